@@ -1,0 +1,145 @@
+"""The frozen mixing g: an invertible MLP with well-conditioned square layers."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+# The condition-number threshold is a quantile of this many random matrices.
+N_COND_SAMPLES = 25_000
+# Matrices drawn per round while searching for one under the threshold.
+COND_CHUNK = 25_000
+# float32 screening is accurate to ~1e-6 relative for well-conditioned
+# matrices; everything within this margin of the threshold is re-checked
+# exactly in float64.
+SCREEN_MARGIN = 1e-4
+MAX_COND_ROUNDS = 400
+
+
+class SmoothLeakyReLU(nn.Module):
+    """alpha * x + (1 - alpha) * softplus(x): a smooth, invertible leaky ReLU."""
+
+    def __init__(self, alpha=0.2):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x):
+        return self.alpha * x + (1 - self.alpha) * F.softplus(x)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "smooth_leaky_relu", "softplus")
+
+
+def activation(name):
+    if name == "relu":
+        return nn.ReLU()
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope=0.2)
+    if name == "elu":
+        return nn.ELU(alpha=1.0)
+    if name == "smooth_leaky_relu":
+        return SmoothLeakyReLU(0.2)
+    if name == "softplus":
+        return nn.Softplus()
+    raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+
+
+def random_matrices(count, n, generator):
+    """(count, n, n) float32 matrices with entries U[-1, 1] (columns not yet normalised)."""
+    return torch.rand(count, n, n, generator=generator) * 2 - 1
+
+
+def unit_columns(w):
+    """Scale every column of each (n, n) matrix to unit L2 norm."""
+    return w / w.norm(dim=-2, keepdim=True)
+
+
+def _screen(w):
+    # cond(W D) for the column scaling D that gives unit columns equals
+    # sqrt(λmax / λmin) of the Gram matrix with unit diagonal: cheaper than an
+    # SVD, and it skips normalising every candidate's columns.
+    gram = w.transpose(1, 2) @ w  # (count, n, n)
+    d = gram.diagonal(dim1=1, dim2=2).rsqrt()  # (count, n)
+    gram = gram * d[:, :, None] * d[:, None, :]
+    e = torch.linalg.eigvalsh(gram)
+    return (e[:, -1] / e[:, 0].clamp_min(torch.finfo(w.dtype).tiny)).sqrt()
+
+
+def condition_numbers_fast(w, pool):
+    """float32 condition numbers of a batch, split over the pool's threads."""
+    parts = w.chunk(pool._max_workers)
+    return torch.cat(list(pool.map(_screen, parts)))
+
+
+def condition_numbers_exact(w):
+    """float64 2-norm condition numbers of a batch of (n, n) matrices, columns normalised first."""
+    s = torch.linalg.svdvals(unit_columns(w).to(torch.float64))
+    return s[:, 0] / s[:, -1]
+
+
+def condition_threshold(n, ratio, generator, pool, count=N_COND_SAMPLES):
+    """The ``ratio`` quantile of the condition numbers of ``count`` random matrices."""
+    w = random_matrices(count, n, generator)
+    conds = condition_numbers_fast(w, pool).to(torch.float64)
+    approx = torch.quantile(conds, ratio)
+    near = (conds / approx - 1).abs() < SCREEN_MARGIN
+    conds[near] = condition_numbers_exact(w[near])
+    return torch.quantile(conds, ratio).item()
+
+
+def well_conditioned_matrix(n, threshold, generator, pool):
+    """The first random matrix whose condition number is at most ``threshold``.
+
+    Returns:
+        (weight (n, n) float32, its exact condition number).
+    """
+    for _ in range(MAX_COND_ROUNDS):
+        w = random_matrices(COND_CHUNK, n, generator)
+        conds = condition_numbers_fast(w, pool)
+        cand = (conds <= threshold * (1 + SCREEN_MARGIN)).nonzero(as_tuple=True)[0]
+        if cand.numel():
+            exact = condition_numbers_exact(w[cand])
+            ok = (exact <= threshold).nonzero(as_tuple=True)[0]
+            if ok.numel():
+                i = ok[0]
+                return unit_columns(w[cand[i]]), exact[i].item()
+    raise RuntimeError("no matrix under the condition-number threshold; "
+                       "raise --cond-thresh-ratio")
+
+
+def construct_invertible_mlp(n, n_layers, act_fct, cond_thresh_ratio, generator,
+                             n_iter_cond_thresh=N_COND_SAMPLES):
+    """Build the frozen mixing g: R^n -> R^n.
+
+    ``n_layers`` bias-free n×n linear layers, ``act_fct`` between them (none
+    after the last). Each weight has entries U[-1, 1], unit-norm columns, and
+    is redrawn until its condition number is at most the ``cond_thresh_ratio``
+    quantile of ``n_iter_cond_thresh`` random matrices.
+
+    Args:
+        generator: a CPU ``torch.Generator``; all the randomness of g.
+    Returns:
+        (g as nn.Sequential with frozen parameters on the CPU, threshold,
+         list of the layers' condition numbers).
+    """
+    workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+    layers, conds = [], []
+    with ThreadPoolExecutor(workers) as pool:
+        threshold = condition_threshold(n, cond_thresh_ratio, generator, pool, n_iter_cond_thresh)
+        for i in range(n_layers):
+            w, c = well_conditioned_matrix(n, threshold, generator, pool)
+            lin = nn.Linear(n, n, bias=False)
+            with torch.no_grad():
+                lin.weight.copy_(w)
+            layers.append(lin)
+            conds.append(c)
+            if i < n_layers - 1:
+                layers.append(activation(act_fct))
+    g = nn.Sequential(*layers)
+    g.requires_grad_(False)
+    return g, threshold, conds

@@ -1,0 +1,141 @@
+"""Contrastive losses: AnInfoNCE / InfoNCE, the Lp form and the dot-product form.
+
+All of them end in the same cross-entropy of the positive against its
+candidates, ``contrastive_cross_entropy``.
+"""
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+THETA_INIT_STD = 0.1
+# Floor of |x| in the Lp form for p < 1, where d|x|^p/dx is infinite at 0.
+LP_EPS = 1e-6
+
+
+def contrastive_cross_entropy(positive, row_lse):
+    """Mean over rows of  -positive + log Σ_candidates exp(logit).
+
+    Args:
+        positive: (R,) logit of each row's positive.
+        row_lse: list of (R,) log-sum-exps over disjoint parts of each row's
+            candidate set (the positive included in exactly one part).
+    Returns:
+        scalar loss.
+    """
+    lse = row_lse[0] if len(row_lse) == 1 else torch.logsumexp(torch.stack(row_lse), dim=0)
+    return (lse - positive).mean()
+
+
+def _masked_diagonal(sim):
+    # A view's similarity with itself is not a candidate: -inf drops it from
+    # the log-sum-exp. In place on a fresh matmul output (mm does not need
+    # its output for backward), so no (B, B) copy is made.
+    sim.diagonal().fill_(float("-inf"))
+    return sim
+
+
+class AnInfoNCELoss(nn.Module):
+    """AnInfoNCE with a learnable diagonal Λ̂ = softplus(θ).
+
+    s(u, v) = -½ (u - v)ᵀ Λ̂ (u - v). For a batch of B pairs (a_i, b_i) every
+    one of the 2B views is an anchor; its positive is s(a_i, b_i) and its
+    negatives are the other 2B - 2 views (NT-Xent layout).
+
+    Args:
+        n: latent dimension.
+        isotropic: one shared λ (InfoNCE with temperature 1/λ) instead of n.
+        symmetric: textbook negatives for the second view's anchors; by
+            default the reference's layout, which reuses the first view's
+            cross block untransposed: for anchor b_i the cross-view
+            candidates are s(a_i, b_k) instead of s(b_i, a_k).
+        generator: draws θ ~ N(0, 0.1²).
+    """
+
+    def __init__(self, n, isotropic=False, symmetric=False, generator=None):
+        super().__init__()
+        size = 1 if isotropic else n
+        self.n, self.isotropic, self.symmetric = n, isotropic, symmetric
+        self.theta = nn.Parameter(torch.randn(size, generator=generator) * THETA_INIT_STD)
+
+    def lambdas(self):
+        """Λ̂ as an (n,) tensor (the shared λ repeated for InfoNCE)."""
+        return F.softplus(self.theta).expand(self.n)
+
+    def forward(self, a, b):
+        """Args: a, b: (B, n) the two views' representations. Returns the scalar loss."""
+        lam = F.softplus(self.theta)  # (n,) or (1,)
+        ones = torch.ones_like(a[:, :1])
+        qa = (a * a * lam).sum(1, keepdim=True)  # (B, 1)  aᵀΛa
+        qb = (b * b * lam).sum(1, keepdim=True)
+        # s(u, v) = uᵀΛv - ½uᵀΛu - ½vᵀΛv as one matmul of augmented rows:
+        # [uΛ, -½uᵀΛu, -½] · [v, 1, vᵀΛv].
+        left_a = torch.cat([a * lam, -0.5 * qa, -0.5 * ones], dim=1)  # (B, n+2)
+        left_b = torch.cat([b * lam, -0.5 * qb, -0.5 * ones], dim=1)
+        right_a = torch.cat([a, ones, qa], dim=1)
+        right_b = torch.cat([b, ones, qb], dim=1)
+        s_ab = left_a @ right_b.T  # (B, B)  s(a_i, b_k)
+        s_aa = _masked_diagonal(left_a @ right_a.T)  # (B, B)  s(a_i, a_k), k ≠ i
+        s_bb = _masked_diagonal(left_b @ right_b.T)  # (B, B)  s(b_i, b_k), k ≠ i
+        positive = -0.5 * ((a - b) ** 2 * lam).sum(1)  # (B,)  s(a_i, b_i)
+
+        lse_ab_rows = torch.logsumexp(s_ab, dim=1)  # over k of s(a_i, b_k)
+        if self.symmetric:
+            lse_cross_b = torch.logsumexp(s_ab, dim=0)  # over k of s(a_k, b_i) = s(b_i, a_k)
+        else:
+            lse_cross_b = lse_ab_rows  # the reference: row i of s_ab again
+        lse_aa = torch.logsumexp(s_aa, dim=1)
+        lse_bb = torch.logsumexp(s_bb, dim=1)
+        loss_a = contrastive_cross_entropy(positive, [lse_aa, lse_ab_rows])
+        loss_b = contrastive_cross_entropy(positive, [lse_bb, lse_cross_b])
+        return 0.5 * (loss_a + loss_b)
+
+
+def lp_distance_pow(x, y, p):
+    """‖x_i - y_j‖_p^p for all pairs: (B, n), (M, n) -> (B, M)."""
+    if p >= 1:
+        return torch.cdist(x, y, p=p) ** p
+    diff = (x[:, None, :] - y[None, :, :]).abs().clamp_min(LP_EPS)
+    return (diff ** p).sum(-1)
+
+
+class LpSimCLRLoss(nn.Module):
+    """The Lp form: logits -‖a_i - ·‖_p^p / τ, negatives from a rolled by one.
+
+    loss = mean_i [ pos_i/τ + logsumexp_j(-[neg_i·, pos_i]/τ) ].
+    """
+
+    def __init__(self, p, tau):
+        super().__init__()
+        self.p, self.tau = p, tau
+
+    def forward(self, a, b):
+        neg_views = torch.roll(a, 1, dims=0)
+        diff = (a - b).abs()
+        if self.p < 1:
+            diff = diff.clamp_min(LP_EPS)
+        pos = (diff ** self.p).sum(1)  # (B,)
+        neg = lp_distance_pow(a, neg_views, self.p)  # (B, B)
+        positive = -pos / self.tau
+        return contrastive_cross_entropy(positive, [torch.logsumexp(-neg / self.tau, dim=1), positive])
+
+
+class DotSimCLRLoss(nn.Module):
+    """The dot-product form: logits a_i · a'_j / τ, same layout as the Lp form."""
+
+    def __init__(self, tau):
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, a, b):
+        neg_views = torch.roll(a, 1, dims=0)
+        positive = (a * b).sum(1) / self.tau  # (B,)
+        neg = a @ neg_views.T / self.tau  # (B, B)
+        return contrastive_cross_entropy(positive, [torch.logsumexp(neg, dim=1), positive])
+
+
+def initial_loss(batch_size):
+    """ln(2B - 1): AnInfoNCE when all similarities are equal."""
+    return math.log(2 * batch_size - 1)

@@ -1,0 +1,652 @@
+"""Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss.
+
+The synthetic experiments of "Contrastive Learning: Reducing the Gap Between
+Theory and Practice" (Rusak et al.), with the command line and log format of
+the authors' main_mlp.py. Reads as: parse and validate arguments -> build the
+latent space, g, f and the loss -> train -> final evaluation.
+"""
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import disentanglement_utils
+import encoders
+import invertible_network_utils
+import latent_spaces
+import losses
+import spaces
+
+PROG = "main_mlp.py"
+# Fresh marginal samples behind every logged Lin./Perm. score.
+N_EVAL_SAMPLES = 4096
+# Below this estimated acceptance rate the rejection sampler would need
+# more than 10,000 proposals per row: we refuse to start.
+MIN_ACCEPTANCE = 1e-4
+ACCEPTANCE_PROPOSALS = 20_000
+CHECKPOINT_NAME = "checkpoint.pth"
+# Arguments that may differ between a run and its resumption.
+RESUMABLE_DIFFERENCES = (
+    "n_steps", "more_unsupervised", "save_dir", "resume_training", "log_file",
+    "metrics_file", "num_eval_batches", "checkpoint_every", "compile", "seed",
+)
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``main_mlp.py: error: ...``, exit 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def number(text):
+    """An int when the value is integral (so the log prints ``p: 0``), else a float."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def build_parser():
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    # The reference's flags, in the reference's order (the log's Arguments block).
+    parser.add_argument("--sphere-r", type=float, default=1.0, help="radius of the sphere space")
+    parser.add_argument("--box-min", type=float, default=0.0, help="lower bound of the box space")
+    parser.add_argument("--box-max", type=float, default=1.0, help="upper bound of the box space")
+    parser.add_argument("--sphere-norm", action="store_true",
+                        help="encoder output on a sphere of learnable radius")
+    parser.add_argument("--box-norm", action="store_true",
+                        help="encoder output: sigmoid scaled by learnable per-dimension bounds")
+    parser.add_argument("--only-supervised", action="store_true", help="run only the supervised (MSE) training")
+    parser.add_argument("--only-unsupervised", action="store_true", help="run only the contrastive training")
+    parser.add_argument("--more-unsupervised", type=int, default=3,
+                        help="the contrastive run has n_steps * this many steps")
+    parser.add_argument("--save-dir", type=str, default="",
+                        help="directory for g, the encoders and the resumable checkpoint")
+    parser.add_argument("--num-eval-batches", type=int, default=10,
+                        help="batches of the final evaluation (mean and std reported)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of every random draw; drawn and reported on stderr when omitted")
+    parser.add_argument("--act-fct", type=str, default="leaky_relu",
+                        choices=invertible_network_utils.ACTIVATIONS, help="activation inside the mixing g")
+    parser.add_argument("--c-param", type=float, default=0.05,
+                        help="scale of the conditional (vMF concentration for --c-p 0 on sphere)")
+    parser.add_argument("--m-param", type=float, default=1.0, help="scale of the marginal (when --m-p is not 0)")
+    parser.add_argument("--tau", type=float, default=1.0, help="temperature of the Lp and dot-product losses")
+    parser.add_argument("--n-mixing-layer", type=int, default=3, help="linear layers in the mixing g")
+    parser.add_argument("--n", type=int, default=10, help="latent dimension")
+    parser.add_argument("--space-type", type=str, default="box",
+                        choices=("box", "sphere", "unbounded", "extended_sphere"), help="latent space")
+    parser.add_argument("--m-p", type=number, default=0,
+                        help="marginal: 0 uniform, 1 Laplace, 2 normal, other p generalised normal")
+    parser.add_argument("--c-p", type=number, default=1,
+                        help="conditional: 1 Laplace, 2 normal, other p generalised normal; 0 vMF on sphere, "
+                             "the rejected anisotropic normal on extended_sphere")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the encoder")
+    parser.add_argument("--p", type=number, default=1,
+                        help="loss: p > 0 the Lp form; 0 the dot-product form (AnInfoNCE on extended_sphere)")
+    parser.add_argument("--batch-size", type=int, default=6144, help="pairs per step")
+    parser.add_argument("--n-log-steps", type=int, default=250, help="log every this many steps")
+    parser.add_argument("--n-steps", type=int, default=100001,
+                        help="supervised steps (the contrastive run does n_steps * more_unsupervised)")
+    parser.add_argument("--resume-training", action="store_true",
+                        help="continue from the checkpoint in --save-dir")
+    parser.add_argument("--gt-lambda-1", type=float, default=5.0,
+                        help="ground-truth λ of the last n - floor(n/2) dimensions (bimodal), or the start of "
+                             "the linear spacing")
+    parser.add_argument("--gt-lambda-2", type=float, default=25.0,
+                        help="ground-truth λ of the first floor(n/2) dimensions (bimodal), or the end of "
+                             "the linear spacing")
+    parser.add_argument("--linearly-spaced-lambda", action="store_true",
+                        help="ground-truth Λ = linspace(gt_lambda_1, gt_lambda_2, n)")
+    parser.add_argument("--lr-lambda", type=float, default=1e-3, help="Adam learning rate of the learned Λ̂")
+    parser.add_argument("--threshold", type=float, default=0.1,
+                        help="acceptance band | ‖z+δ‖ - 1 | < threshold of the positive sampler")
+    # Our flags.
+    parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when available")
+    parser.add_argument("--loss", type=str, default="aninfonce", choices=("aninfonce", "infonce"),
+                        help="aninfonce: learnable diagonal Λ̂; infonce: one shared learnable λ")
+    parser.add_argument("--negatives", type=str, default="reference", choices=("reference", "symmetric"),
+                        help="reference: the authors' negatives for the second view; symmetric: NT-Xent")
+    parser.add_argument("--log-file", type=str, default=None,
+                        help="also write the log here, flushed at every line")
+    parser.add_argument("--metrics-file", type=str, default=None,
+                        help="JSON lines: the configuration, then one record per logged step")
+    parser.add_argument("--precision", type=str, default="float32", choices=("float32", "bf16"),
+                        help="bf16: autocast the encoder to bfloat16 (AMX CPUs, GPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and the loss")
+    parser.add_argument("--allow-tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="steps between checkpoints in --save-dir (default: every log step)")
+    parser.add_argument("--cond-thresh-ratio", type=float, default=0.0,
+                        help="quantile of 25,000 random condition numbers that g's layers must not exceed")
+    return parser
+
+
+def _positive_finite(value):
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _check_writable_file(parser, flag, path):
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        parser.error(f"argument {flag}: directory {parent} does not exist")
+    if os.path.isdir(path) or (os.path.exists(path) and not os.access(path, os.W_OK)) \
+            or not os.access(parent, os.W_OK):
+        parser.error(f"argument {flag}: {path} is not writable")
+
+
+def _check_writable_dir(parser, flag, path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"argument {flag}: cannot create {path} ({exc.strerror})")
+    if not os.access(path, os.W_OK):
+        parser.error(f"argument {flag}: {path} is not writable")
+
+
+def validate_args(parser, args):
+    """Refuse what cannot run, with a one-line error naming the flag (exit 2)."""
+    err = parser.error
+    for flag, value, low in (("--n", args.n, 2), ("--batch-size", args.batch_size, 2),
+                             ("--n-steps", args.n_steps, 1), ("--n-log-steps", args.n_log_steps, 1),
+                             ("--num-eval-batches", args.num_eval_batches, 1),
+                             ("--more-unsupervised", args.more_unsupervised, 1),
+                             ("--n-mixing-layer", args.n_mixing_layer, 1)):
+        if value < low:
+            err(f"argument {flag}: must be an integer >= {low}, got {value}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        err(f"argument --checkpoint-every: must be an integer >= 1, got {args.checkpoint_every}")
+    for flag, value in (("--lr", args.lr), ("--lr-lambda", args.lr_lambda), ("--tau", args.tau),
+                        ("--c-param", args.c_param), ("--m-param", args.m_param),
+                        ("--sphere-r", args.sphere_r), ("--gt-lambda-1", args.gt_lambda_1),
+                        ("--gt-lambda-2", args.gt_lambda_2)):
+        if not _positive_finite(value):
+            err(f"argument {flag}: must be a positive finite number, got {value}")
+    if not (math.isfinite(args.threshold) and 0 < args.threshold <= 1):
+        err(f"argument --threshold: must be in (0, 1], got {args.threshold}")
+    if not (math.isfinite(args.cond_thresh_ratio) and 0 <= args.cond_thresh_ratio <= 1):
+        err(f"argument --cond-thresh-ratio: must be in [0, 1], got {args.cond_thresh_ratio}")
+    for flag, value in (("--p", args.p), ("--m-p", args.m_p), ("--c-p", args.c_p)):
+        if not (math.isfinite(value) and value >= 0):
+            err(f"argument {flag}: must be a finite number >= 0, got {value}")
+    if not (math.isfinite(args.box_min) and math.isfinite(args.box_max)) or args.box_min >= args.box_max:
+        err(f"arguments --box-min/--box-max: need box_min < box_max, got {args.box_min} >= {args.box_max}")
+    if args.only_supervised and args.only_unsupervised:
+        err("arguments --only-supervised and --only-unsupervised: choose at most one")
+    if args.sphere_norm and args.box_norm:
+        err("arguments --sphere-norm and --box-norm: choose at most one")
+    if args.space_type == "unbounded" and args.m_p == 0:
+        err("argument --m-p: the unbounded space has no uniform marginal; use --m-p 1, 2 or another p > 0")
+    if args.c_p == 0 and args.space_type in ("box", "unbounded"):
+        err(f"argument --c-p: 0 (von Mises-Fisher) needs --space-type sphere or extended_sphere, "
+            f"not {args.space_type}")
+    aninfonce = args.space_type == "extended_sphere" and args.p == 0
+    if not aninfonce and args.loss != "aninfonce":
+        err("argument --loss: infonce applies to --space-type extended_sphere with --p 0 only")
+    if not aninfonce and args.negatives != "reference":
+        err("argument --negatives: applies to --space-type extended_sphere with --p 0 only")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
+        err(f"argument --seed: must be in [0, 2^63), got {args.seed}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        err("argument --device: cuda requested but CUDA is not available")
+    if args.compile and args.precision == "bf16":
+        err("arguments --compile and --precision bf16: choose at most one")
+    if args.resume_training and not args.save_dir:
+        err("argument --resume-training: needs --save-dir with a checkpoint")
+    if args.save_dir:
+        _check_writable_dir(parser, "--save-dir", args.save_dir)
+    for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+        if path is not None:
+            _check_writable_file(parser, flag, path)
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
+    return parser, args
+
+
+# --------------------------------------------------------------------------
+# Output: stdout in the reference format (mirrored to --log-file), extras on
+# stderr, a JSON-lines record in --metrics-file.
+
+
+class RunLog:
+    def __init__(self, log_file=None, metrics_file=None, truncate_at=None):
+        """``truncate_at``: (log offset, metrics offset) to continue a file from (resume)."""
+        self.to_file = truncate_at is None  # on resume, the header goes to stdout only
+        self.log = self._open(log_file, truncate_at[0] if truncate_at else None)
+        self.metrics = self._open(metrics_file, truncate_at[1] if truncate_at else None)
+
+    @staticmethod
+    def _open(path, offset):
+        if path is None:
+            return None
+        if offset is None or not os.path.exists(path):
+            return open(path, "w", encoding="utf-8")
+        handle = open(path, "r+", encoding="utf-8")
+        handle.truncate(offset)
+        handle.seek(offset)
+        return handle
+
+    def line(self, text):
+        print(text, flush=True)
+        if self.log is not None and self.to_file:
+            self.log.write(text + "\n")
+            self.log.flush()
+
+    @staticmethod
+    def info(text):
+        print(text, file=sys.stderr, flush=True)
+
+    def record(self, **fields):
+        if self.metrics is not None and self.to_file:
+            self.metrics.write(json.dumps(fields) + "\n")
+            self.metrics.flush()
+
+    def offsets(self):
+        return (self.log.tell() if self.log else 0, self.metrics.tell() if self.metrics else 0)
+
+    def close(self):
+        for handle in (self.log, self.metrics):
+            if handle is not None:
+                handle.close()
+
+
+# --------------------------------------------------------------------------
+# Training and evaluation
+
+
+@torch.no_grad()
+def evaluate(latent, h, num_samples, generator, device):
+    """Lin. and Perm. scores of h on ``num_samples`` fresh marginal samples.
+
+    Returns:
+        (linear R², permutation score) as floats, or None when h(z) is not finite.
+    """
+    z = latent.sample_marginal(num_samples, generator, device)
+    hz = h(z).float()
+    if not bool(torch.isfinite(hz).all()):
+        return None
+    z, hz = z.cpu().numpy(), hz.cpu().numpy()
+    return (disentanglement_utils.linear_disentanglement(z, hz),
+            disentanglement_utils.permutation_disentanglement(z, hz))
+
+
+def train_step(latent, g, f, loss_fn, optimizer, batch_size, generator, device, supervised, autocast):
+    """One optimisation step. Returns the loss as a 0-d tensor on the device (no host sync)."""
+    z = latent.sample_marginal(batch_size, generator, device)  # (B, n)
+    with torch.no_grad():
+        if supervised:
+            x = g(z)
+        else:
+            z_pos = latent.sample_conditional(z, generator)  # (B, n)
+            x = g(torch.cat([z, z_pos]))  # (2B, n): both views in one pass
+    with autocast():
+        h = f(x)
+    h = h.float()
+    if supervised:
+        loss = F.mse_loss(h, z)
+    else:
+        loss = loss_fn(h[:batch_size], h[batch_size:])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+class Stop(Exception):
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SignalFlag:
+    """Remembers SIGINT/SIGTERM so the loop can finish the current step first."""
+
+    def __init__(self):
+        self.signum = None
+        for sig in EXIT_SIGNAL:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+
+def config_fingerprint(args, device):
+    """The arguments that must match for a checkpoint to be resumed."""
+    config = {k: v for k, v in vars(args).items() if k not in RESUMABLE_DIFFERENCES}
+    config["device_type"] = device.type
+    return config
+
+
+def save_atomically(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """The state of one run: what a checkpoint holds, and the loop over phases."""
+
+    def __init__(self, args, device, seed, latent, g, loss_fn, log, generator, flag):
+        self.args, self.device, self.seed = args, device, seed
+        self.latent, self.g, self.loss_fn = latent, g, loss_fn
+        self.log, self.generator, self.flag = log, generator, flag
+        self.encoders = {}
+        self.optimizers = {}
+        self.resume = None
+        self.last_logged = None
+        if args.precision == "bf16":
+            self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
+        else:
+            self.autocast = contextlib.nullcontext
+
+    # -- checkpoints -------------------------------------------------------
+
+    def checkpoint_path(self):
+        return os.path.join(self.args.save_dir, CHECKPOINT_NAME)
+
+    def save_checkpoint(self, phase, step, loss_buffer):
+        if not self.args.save_dir:
+            return
+        state = {
+            "config": config_fingerprint(self.args, self.device),
+            "seed": self.seed,
+            "phase": phase,
+            "step": step,
+            "g": self.g.state_dict(),
+            "encoders": {k: f.state_dict() for k, f in self.encoders.items()},
+            "loss_fn": self.loss_fn.state_dict() if self.loss_fn is not None else None,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "loss_buffer": loss_buffer.cpu(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_data": self.generator.get_state(),
+            "offsets": self.log.offsets(),
+            "last_logged": self.last_logged,
+        }
+        save_atomically(state, self.checkpoint_path())
+
+    def save_models(self, phase):
+        if not self.args.save_dir:
+            return
+        save_atomically(self.g.state_dict(), os.path.join(self.args.save_dir, "g.pth"))
+        name = "sup_f.pth" if phase == "supervised" else "unsup_f.pth"
+        save_atomically(self.encoders[phase].state_dict(), os.path.join(self.args.save_dir, name))
+
+    # -- the loop ------------------------------------------------------------
+
+    def run_phase(self, phase):
+        args, device = self.args, self.device
+        supervised = phase == "supervised"
+        total = args.n_steps if supervised else args.n_steps * args.more_unsupervised
+        f = encoders.build_encoder(args.n, encoders.output_normalization(args)).to(device)
+        self.encoders[phase] = f
+        params = [{"params": f.parameters(), "lr": args.lr}]
+        if not supervised and self.loss_fn is not None:
+            params.append({"params": self.loss_fn.parameters(), "lr": args.lr_lambda})
+        optimizer = torch.optim.Adam(params)
+        self.optimizers = {phase: optimizer}
+        self.log.line(f"supervised test: {supervised}")
+        self.log.line(f"f:  {f!r}")
+
+        n_log = args.n_log_steps
+        loss_buffer = torch.zeros(n_log, device=device)  # the last n_log losses, as a ring
+        start = 1
+        resume = self.resume
+        if resume is not None and resume["phase"] == phase:
+            f.load_state_dict(resume["encoders"][phase])
+            optimizer.load_state_dict(resume["optimizers"][phase])
+            if self.loss_fn is not None and resume["loss_fn"] is not None:
+                self.loss_fn.load_state_dict(resume["loss_fn"])
+            loss_buffer.copy_(resume["loss_buffer"])
+            torch.set_rng_state(resume["rng_cpu"])
+            self.generator.set_state(resume["rng_data"])
+            self.last_logged = resume["last_logged"]
+            start = resume["step"] + 1
+            self.resume = None
+            self.log.to_file = True
+            self.log.info(f"resumed the {phase} run after step {start - 1}")
+
+        f_step = torch.compile(f) if args.compile else f
+        loss_step = torch.compile(self.loss_fn) if args.compile and self.loss_fn is not None else self.loss_fn
+        h = torch.nn.Sequential(self.g, f)
+        every = args.checkpoint_every or n_log
+        t0, step0 = time.perf_counter(), start
+        for step in range(start, total + 1):
+            loss = train_step(self.latent, self.g, f_step, loss_step, optimizer, args.batch_size,
+                              self.generator, device, supervised, self.autocast)
+            loss_buffer[(step - 1) % n_log] = loss
+            is_log = n_log == 1 or step % n_log == 1 or step in (args.n_steps, total)
+            if is_log:
+                self.log_step(phase, step, loss_buffer, h, total, t0, step0)
+            if self.flag.signum is not None:
+                self.save_checkpoint(phase, step, loss_buffer)
+                raise Stop(self.flag.signum)
+            if step % every == 0 or is_log or step == total:
+                self.check_finite(phase, step, loss_buffer, f)
+                self.save_checkpoint(phase, step, loss_buffer)
+        self.save_models(phase)
+        self.final_evaluation(h)
+
+    def check_finite(self, phase, step, loss_buffer, f):
+        """Stop with the step of divergence when a loss or a parameter is not finite."""
+        n_log = loss_buffer.numel()
+        window = min(step, n_log)
+        steps = torch.arange(step - window + 1, step + 1)
+        recent = loss_buffer.cpu()[(steps - 1) % n_log]
+        bad = (~torch.isfinite(recent)).nonzero()
+        params = list(f.parameters()) + (list(self.loss_fn.parameters()) if self.loss_fn else [])
+        params_ok = all(bool(torch.isfinite(p).all()) for p in params)
+        if len(bad) == 0 and params_ok:
+            return
+        first = int(steps[bad[0, 0]]) if len(bad) else step
+        finite = recent[torch.isfinite(recent)]
+        last = f"last finite loss {finite[-1].item():.4f}" if len(finite) else "no finite loss in the window"
+        logged = ""
+        if self.last_logged is not None:
+            rec = self.last_logged
+            logged = (f"; last logged step {rec['step']}: Loss {rec['loss']:.4f}, <Loss> {rec['mean_loss']:.4f}, "
+                      f"Lin. {rec['lin']:.4f}, Perm. {rec['perm']:.4f}")
+        raise Diverged(f"the {phase} run diverged at step {first}: non-finite "
+                       f"{'loss' if len(bad) else 'parameters'} ({last}{logged}); "
+                       f"try a smaller --lr / --lr-lambda")
+
+    def log_step(self, phase, step, loss_buffer, h, total, t0, step0):
+        f = self.encoders[phase]
+        self.check_finite(phase, step, loss_buffer, f)
+        n_log = loss_buffer.numel()
+        count = min(step, n_log)
+        values = loss_buffer.cpu()
+        loss = values[(step - 1) % n_log].item()
+        mean_loss = (values.sum() / count).item() if count == n_log else values[:count].mean().item()
+        scores = evaluate(self.latent, h, N_EVAL_SAMPLES, self.generator, self.device)
+        if scores is None:
+            raise Diverged(f"the {phase} run diverged at step {step}: the encoder's output is not finite; "
+                           f"try a smaller --lr / --lr-lambda")
+        lin, perm = scores
+        self.log.line(f"Step: {step} \t Loss: {loss:.4f} \t <Loss>: {mean_loss:.4f} \t "
+                      f"Lin. Disentanglement: {lin:.4f} \t Perm. Disentanglement: {perm:.4f}")
+        record = {"type": "step", "phase": phase, "step": step, "loss": loss, "mean_loss": mean_loss,
+                  "lin": lin, "perm": perm}
+        if phase == "unsupervised" and self.loss_fn is not None:
+            lam = self.loss_fn.lambdas().detach().cpu().tolist()
+            self.log.line(f"learned lambda values: {[round(v, 1) for v in lam]} \t")
+            record["lambda"] = lam
+        self.log.record(**record)
+        self.last_logged = record
+        elapsed = time.perf_counter() - t0
+        done = step - step0 + 1
+        rate = done / elapsed if elapsed > 0 else float("nan")
+        eta = (total - step) / rate if rate > 0 else float("nan")
+        self.log.info(f"[{phase}] step {step}/{total}  {rate:.1f} steps/s  ETA {eta / 60:.1f} min")
+
+    def final_evaluation(self, h):
+        lin, perm = [], []
+        for _ in range(self.args.num_eval_batches):
+            scores = evaluate(self.latent, h, self.args.batch_size, self.generator, self.device)
+            if scores is None:
+                raise Diverged("the encoder's output is not finite in the final evaluation")
+            lin.append(scores[0])
+            perm.append(scores[1])
+        self.log.line(f"linear mean: {float(np.mean(lin))} std: {float(np.std(lin))}")
+        self.log.line(f"perm mean: {float(np.mean(perm))} std: {float(np.std(perm))}")
+        self.log.record(type="final", lin_mean=float(np.mean(lin)), lin_std=float(np.std(lin)),
+                        perm_mean=float(np.mean(perm)), perm_std=float(np.std(perm)))
+
+
+# --------------------------------------------------------------------------
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_resume_state(parser, args, device):
+    path = os.path.join(args.save_dir, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        parser.error(f"argument --resume-training: no checkpoint {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # a damaged file: say which, not a traceback
+        parser.error(f"argument --resume-training: cannot read {path} ({type(exc).__name__})")
+    if args.seed is None:
+        args.seed = state["seed"]
+    mine = config_fingerprint(args, device)
+    theirs = state["config"]
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if state["seed"] != args.seed:
+        diff.insert(0, "seed")
+    if diff:
+        shown = ", ".join(f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} here)" for k in diff[:4])
+        parser.error(f"argument --resume-training: the checkpoint in {args.save_dir} is from another "
+                     f"configuration: {shown}")
+    total = args.n_steps if state["phase"] == "supervised" else args.n_steps * args.more_unsupervised
+    if state["step"] > total:
+        parser.error(f"argument --n-steps: the checkpoint is at step {state['step']} of the "
+                     f"{state['phase']} run, beyond this run's {total} steps")
+    return state
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
+    device = resolve_device(args.device)
+    resume = load_resume_state(parser, args, device) if args.resume_training else None
+    seed = args.seed
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        RunLog.info(f"no --seed given: drew seed {seed} (pass --seed {seed} to repeat this run)")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
+        torch.backends.cudnn.allow_tf32 = args.allow_tf32
+
+    log = RunLog(args.log_file, args.metrics_file, resume["offsets"] if resume else None)
+    flag = SignalFlag()
+    try:
+        return run(parser, args, device, seed, log, flag, resume)
+    finally:
+        log.close()
+
+
+def run(parser, args, device, seed, log, flag, resume):
+    # All randomness: the global CPU generator (encoder initialisation), one
+    # CPU generator for g and θ, one generator on the device for the data.
+    torch.manual_seed(seed)
+    init_gen = torch.Generator().manual_seed(seed)
+    data_gen = torch.Generator(device=device).manual_seed(seed)
+
+    log.line("Arguments:")
+    for key, value in vars(args).items():
+        log.line(f"\t{key}: {value if value is not None else 'None'}")
+    log.record(type="config", args=vars(args), seed=seed, device=str(device),
+               torch=torch.__version__, numpy=np.__version__, python=platform.python_version())
+
+    space = latent_spaces.build_space(args)
+    aninfonce = args.space_type == "extended_sphere" and args.p == 0
+    gt_lambda, loss_fn, acceptance = None, None, None
+    if aninfonce:
+        loss_fn = losses.AnInfoNCELoss(args.n, isotropic=args.loss == "infonce",
+                                       symmetric=args.negatives == "symmetric", generator=init_gen)
+        gt_lambda = latent_spaces.ground_truth_lambda(args.n, args.gt_lambda_1, args.gt_lambda_2,
+                                                      args.linearly_spaced_lambda)
+        log.line(f"lambda init:  {loss_fn.theta.detach().clone()!r}")
+        log.line(f"ground truth Lambda:  {gt_lambda.to(device)!r}")
+        loss_fn = loss_fn.to(device)
+    elif args.p == 0:
+        loss_fn = losses.DotSimCLRLoss(args.tau)
+    else:
+        loss_fn = losses.LpSimCLRLoss(args.p, args.tau)
+    if args.space_type == "extended_sphere" and args.c_p == 0:
+        acceptance = spaces.acceptance_rate(space, gt_lambda.rsqrt().to(device), args.threshold,
+                                            data_gen, device, ACCEPTANCE_PROPOSALS)
+        if acceptance < MIN_ACCEPTANCE:
+            parser.error(f"arguments --threshold/--gt-lambda-1/--gt-lambda-2: the positive sampler accepts "
+                         f"{acceptance:.2e} of its proposals (measured on {ACCEPTANCE_PROPOSALS}), below "
+                         f"{MIN_ACCEPTANCE:g}; raise --threshold or lower the λ values")
+        log.info(f"positive sampler acceptance rate: {acceptance:.3f}")
+
+    g, threshold, conds = invertible_network_utils.construct_invertible_mlp(
+        args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
+    g = g.to(device)
+    log.line(f"condition number threshold: {threshold:.6f}")
+    for i, c in enumerate(conds):
+        log.line(f"layer {i + 1}/{len(conds)},  condition number: {c!r}")
+    latent = latent_spaces.build_latent_space(args, space, gt_lambda, acceptance, device)
+
+    scores = evaluate(latent, g, N_EVAL_SAMPLES, data_gen, device)
+    log.line(f"Id. Lin. Disentanglement: {scores[0]:.4f}")
+    log.line(f"Id. Perm. Disentanglement: {scores[1]:.4f}")
+
+    trainer = Trainer(args, device, seed, latent, g,
+                      loss_fn if not args.only_supervised else None, log, data_gen, flag)
+    trainer.resume = resume
+    phases = [p for p, skip in (("supervised", args.only_unsupervised),
+                                ("unsupervised", args.only_supervised)) if not skip]
+    if resume is not None:
+        phases = phases[phases.index(resume["phase"]):]
+    try:
+        for phase in phases:
+            trainer.run_phase(phase)
+    except Stop as stop:
+        name = signal.Signals(stop.signum).name
+        where = f"checkpoint in {args.save_dir}" if args.save_dir else "no checkpoint (no --save-dir)"
+        log.info(f"{PROG}: stopped by {name} after a completed step; {where}. "
+                 + (f"Resume with the same command plus --resume-training." if args.save_dir else ""))
+        return EXIT_SIGNAL[stop.signum]
+    except Diverged as exc:
+        log.info(f"{PROG}: error: {exc}")
+        return EXIT_DIVERGED
+    except spaces.SamplerError as exc:
+        log.info(f"{PROG}: error: {exc}")
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Latent spaces and their samplers.
+
+Every sampler works in torch on the device of its inputs and draws all its
+randomness from an explicit ``torch.Generator``, so a seeded run repeats.
+
+Spaces (``--space-type``):
+    box              [box_min, box_max]^n, conditionals redrawn until inside
+    sphere           sphere of radius r, conditionals projected (vMF for c_p 0)
+    unbounded        R^n
+    extended_sphere  the unit sphere of the AnInfoNCE experiment, with the
+                     rejection-sampled anisotropic conditional
+"""
+
+import math
+
+import torch
+
+# How many times a redraw loop (box truncation, rejection samplers) may run
+# before we give up: reaching it means the configuration cannot be sampled,
+# and an error beats a hang.
+MAX_REDRAW_ROUNDS = 10_000
+
+
+class SamplerError(RuntimeError):
+    """A sampler could not produce a batch in reasonable time."""
+
+
+def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
+    """Gamma(shape_param, 1) samples (Marsaglia & Tsang 2000), vectorised.
+
+    ``torch._standard_gamma`` takes no generator, so we sample it ourselves to
+    keep seeded runs repeatable. For shape < 1 we use G(a) = G(a+1) U^(1/a).
+
+    Args:
+        shape_param: the shape a > 0 (a float).
+        size: output shape (tuple).
+    Returns:
+        tensor of ``size`` with Gamma(a, 1) samples.
+    """
+    a = float(shape_param)
+    boost = a < 1.0
+    d = (a + 1.0 if boost else a) - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    numel = math.prod(size)
+    out = torch.empty(numel, device=device, dtype=dtype)
+    todo = torch.arange(numel, device=device)
+    for _ in range(MAX_REDRAW_ROUNDS):
+        m = todo.numel()
+        # Two candidates per open entry: acceptance is > 95 %, so the loop
+        # almost always ends after one round.
+        x = torch.randn(m, 2, generator=generator, device=device, dtype=dtype)
+        u = torch.rand(m, 2, generator=generator, device=device, dtype=dtype)
+        v = (1.0 + c * x) ** 3
+        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+        any_ok = ok.any(dim=1)
+        first = ok.to(torch.int8).argmax(dim=1)
+        val = d * v.gather(1, first[:, None]).squeeze(1)
+        out[todo[any_ok]] = val[any_ok]
+        todo = todo[~any_ok]
+        if todo.numel() == 0:
+            break
+    else:
+        raise SamplerError("gamma sampler did not converge")
+    if boost:
+        u = torch.rand(numel, generator=generator, device=device, dtype=dtype)
+        out = out * u.clamp_min(1e-30) ** (1.0 / a)
+    return out.reshape(size)
+
+
+def generalized_normal_noise(size, p, generator, device, dtype=torch.float32):
+    """Zero-mean generalised normal noise of exponent p and scale 1.
+
+    density ∝ exp(-|x|^p); sampled as ε G^(1/p), G ~ Gamma(1/p, 1), ε = ±1.
+    """
+    g = standard_gamma(1.0 / p, size, generator, device, dtype)
+    sign = torch.randint(0, 2, size, generator=generator, device=device).to(dtype) * 2 - 1
+    return sign * g ** (1.0 / p)
+
+
+def laplace_noise(size, generator, device, dtype=torch.float32):
+    """Standard Laplace noise (scale 1) by inverting the CDF."""
+    u = torch.rand(size, generator=generator, device=device, dtype=dtype) - 0.5
+    # u in [-0.5, 0.5); guard log(0) at the edge.
+    return -torch.sign(u) * torch.log((1 - 2 * u.abs()).clamp_min(torch.finfo(dtype).tiny))
+
+
+def noise(kind, size, generator, device, p=None, dtype=torch.float32):
+    """Unit-scale noise of the named kind: 'normal', 'laplace' or 'generalized_normal'."""
+    if kind == "normal":
+        return torch.randn(size, generator=generator, device=device, dtype=dtype)
+    if kind == "laplace":
+        return laplace_noise(size, generator, device, dtype)
+    if kind == "generalized_normal":
+        return generalized_normal_noise(size, p, generator, device, dtype)
+    raise ValueError(f"unknown noise kind {kind!r}")
+
+
+def von_mises_fisher(mean, kappa, generator):
+    """von Mises–Fisher samples on the unit sphere, one per row of ``mean``.
+
+    Wood's (1994) algorithm, vectorised over a batch of different means
+    (``scipy.stats.vonmises_fisher`` takes a single mean).
+
+    Args:
+        mean: (B, n) unit vectors.
+        kappa: concentration > 0.
+    Returns:
+        (B, n) unit vectors, x ~ vMF(mean_i, kappa).
+    """
+    bsz, n = mean.shape
+    device, dtype = mean.device, mean.dtype
+    m1 = n - 1.0
+    # Work in float64 for the scalar constants: for large kappa b is tiny.
+    b = m1 / (2.0 * kappa + math.sqrt(4.0 * kappa * kappa + m1 * m1))
+    x0 = (1.0 - b) / (1.0 + b)
+    c = kappa * x0 + m1 * math.log(1.0 - x0 * x0)
+
+    w = torch.empty(bsz, device=device, dtype=torch.float64)
+    todo = torch.arange(bsz, device=device)
+    for _ in range(MAX_REDRAW_ROUNDS):
+        m = todo.numel()
+        g1 = standard_gamma(m1 / 2.0, (m,), generator, device, torch.float64)
+        g2 = standard_gamma(m1 / 2.0, (m,), generator, device, torch.float64)
+        beta = g1 / (g1 + g2)
+        cand = (1.0 - (1.0 + b) * beta) / (1.0 - (1.0 - b) * beta)
+        u = torch.rand(m, generator=generator, device=device, dtype=torch.float64)
+        ok = kappa * cand + m1 * torch.log1p(-x0 * cand) - c >= torch.log(u)
+        w[todo[ok]] = cand[ok]
+        todo = todo[~ok]
+        if todo.numel() == 0:
+            break
+    else:
+        raise SamplerError("von Mises-Fisher sampler did not converge")
+
+    # A uniform direction orthogonal to the mean.
+    v = torch.randn(bsz, n, generator=generator, device=device, dtype=torch.float64)
+    mu = mean.to(torch.float64)
+    v = v - (v * mu).sum(dim=1, keepdim=True) * mu
+    v = v / v.norm(dim=1, keepdim=True)
+    w = w[:, None]
+    x = w * mu + torch.sqrt((1.0 - w * w).clamp_min(0.0)) * v
+    return x.to(dtype)
+
+
+class Space:
+    """Base class: a set in R^n with the samplers the experiments need.
+
+    Concrete spaces define ``around(mean, scale, kind, generator, p)``:
+    samples of ``mean + scale * noise`` restricted to the space.
+    """
+
+    def __init__(self, n):
+        self.n = n
+
+    def uniform(self, size, generator, device):
+        raise ValueError(f"{type(self).__name__} has no uniform distribution")
+
+    def von_mises_fisher(self, mean, kappa, generator):
+        raise ValueError(f"{type(self).__name__} has no von Mises-Fisher distribution")
+
+
+class NRealSpace(Space):
+    """R^n (``--space-type unbounded``)."""
+
+    def around(self, mean, scale, kind, generator, p=None):
+        return mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype)
+
+
+class NBoxSpace(Space):
+    """The box [min_, max_]^n; conditionals are redrawn coordinate-wise until inside."""
+
+    def __init__(self, n, min_=0.0, max_=1.0):
+        super().__init__(n)
+        self.min_, self.max_ = float(min_), float(max_)
+
+    def uniform(self, size, generator, device):
+        u = torch.rand(size, self.n, generator=generator, device=device)
+        return self.min_ + (self.max_ - self.min_) * u
+
+    def around(self, mean, scale, kind, generator, p=None):
+        out = mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype)
+        for _ in range(MAX_REDRAW_ROUNDS):
+            outside = (out < self.min_) | (out > self.max_)
+            idx = outside.nonzero(as_tuple=True)
+            if idx[0].numel() == 0:
+                return out
+            fresh = noise(kind, (idx[0].numel(),), generator, mean.device, p, mean.dtype)
+            out[idx] = mean[idx] + scale * fresh
+        raise SamplerError("box conditional: coordinates stay outside the box; "
+                           "check --c-param against --box-min/--box-max")
+
+
+class NSphereSpace(Space):
+    """The sphere of radius r in R^n."""
+
+    def __init__(self, n, r=1.0):
+        super().__init__(n)
+        self.r = float(r)
+
+    def project(self, x):
+        return self.r * x / x.norm(dim=-1, keepdim=True)
+
+    def uniform(self, size, generator, device):
+        return self.project(torch.randn(size, self.n, generator=generator, device=device))
+
+    def around(self, mean, scale, kind, generator, p=None):
+        return self.project(mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype))
+
+    def von_mises_fisher(self, mean, kappa, generator):
+        return self.r * von_mises_fisher(mean / self.r, kappa, generator)
+
+
+class ExtendedSphereSpace(NSphereSpace):
+    """The unit sphere of the AnInfoNCE experiment.
+
+    Its anisotropic conditional: δ_i ~ N(0, 1/λ_i), accepted only when
+    | ‖z+δ‖ − 1 | < threshold, then z~ = (z+δ)/‖z+δ‖.
+    """
+
+    def __init__(self, n):
+        super().__init__(n, 1.0)
+
+    def anisotropic_normal(self, mean, std, threshold, generator, candidates):
+        """Rejection-sampled positives for a batch of anchors.
+
+        Each row gets ``candidates`` proposals at once; the first accepted
+        one is kept. Only the rare rows with none accepted are redrawn, in a
+        loop over those rows alone.
+
+        Args:
+            mean: (B, n) unit anchors z.
+            std: (n,) per-dimension standard deviations 1/sqrt(λ).
+            threshold: acceptance band around the unit sphere.
+            candidates: proposals per row and round.
+        Returns:
+            (B, n) unit vectors z~.
+        """
+        out = torch.empty_like(mean)
+        rows = None  # None: all rows still open (saves an index on the first round)
+        z = mean
+        for _ in range(MAX_REDRAW_ROUNDS):
+            m = z.shape[0]
+            delta = torch.randn(m, candidates, self.n, generator=generator,
+                                device=mean.device, dtype=mean.dtype) * std
+            y = z[:, None, :] + delta  # (m, K, n)
+            norm = y.norm(dim=2)  # (m, K)
+            ok = (norm - 1.0).abs() < threshold
+            first = ok.to(torch.int8).argmax(dim=1)  # first accepted, 0 if none
+            pick = y.gather(1, first[:, None, None].expand(m, 1, self.n)).squeeze(1)
+            pick = pick / norm.gather(1, first[:, None])
+            if rows is None:
+                out = pick
+                done = ok.any(dim=1)
+                if bool(done.all()):
+                    return out
+                rows = (~done).nonzero(as_tuple=True)[0]
+            else:
+                done = ok.any(dim=1)
+                out[rows[done]] = pick[done]
+                rows = rows[~done]
+                if rows.numel() == 0:
+                    return out
+            z = mean[rows]
+        raise SamplerError("rejection sampler did not converge; "
+                           "raise --threshold or lower --gt-lambda-1/--gt-lambda-2")
+
+
+def acceptance_rate(space, std, threshold, generator, device, num=20_000):
+    """Estimate the acceptance rate of ``anisotropic_normal`` from ``num`` proposals."""
+    z = space.uniform(num, generator, device)
+    delta = torch.randn(num, space.n, generator=generator, device=device) * std
+    ok = ((z + delta).norm(dim=1) - 1.0).abs() < threshold
+    return ok.float().mean().item()
