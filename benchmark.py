@@ -1,0 +1,167 @@
+"""Time a training step against the hardware floor, on this machine.
+
+Prints, for the README configuration of the AnInfoNCE experiment:
+  - the GEMM floor of one step: the encoder's matmul FLOPs (forward and
+    backward of 2B samples) divided by the float32 GEMM rate measured here;
+  - the median time of a full training step (sample positives, forward,
+    loss, backward, optimiser) and its ratio to the floor;
+  - the sampler's time per batch, the time of one logged evaluation, the
+    start-up time (mixing g with its 25,000 condition numbers);
+  - the projected wall time of the full 300,003-step run with its logging.
+
+    python benchmark.py                       # CPU, batch 1000, float32
+    python benchmark.py --batch-sizes 1000 256 --precision bf16
+"""
+
+import argparse
+import contextlib
+import functools
+import statistics
+import time
+
+import torch
+
+import encoders
+import invertible_network_utils
+import latent_spaces
+import losses
+import main_mlp
+import spaces
+
+README_ARGS = ["--n", "10", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
+               "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25"]
+FULL_STEPS = 300_003
+LOG_EVERY = 250
+# The float32 GEMM behind the floor: the encoder's widest layer at B = 1000.
+GEMM_SHAPE = (2000, 500, 500)
+
+
+def median_time(fn, repeats, warmup=2):
+    """Median wall time of ``fn()`` in seconds, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gemm_rate(device, repeats, dtype=torch.float32):
+    """Measured FLOP/s of an (M×K)·(K×N) matrix product."""
+    m, k, n = GEMM_SHAPE
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+
+    def run():
+        a @ b
+        sync(device)
+
+    return 2 * m * k * n / median_time(run, repeats)
+
+
+def encoder_step_flops(n, batch_size):
+    """Matmul FLOPs of one step: forward (2 per MAC) and backward (twice that) of 2B samples."""
+    dims = [n] + [k * n for k in encoders.HIDDEN_FACTORS] + [n]
+    forward_per_sample = sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+    return 3 * forward_per_sample * 2 * batch_size
+
+
+def build(args, device, seed=0):
+    """The objects of a run, as main_mlp builds them. Returns (latent, g, loss_fn, startup seconds)."""
+    t = time.perf_counter()
+    init_gen = torch.Generator().manual_seed(seed)
+    data_gen = torch.Generator(device=device).manual_seed(seed)
+    space = latent_spaces.build_space(args)
+    gt = latent_spaces.ground_truth_lambda(args.n, args.gt_lambda_1, args.gt_lambda_2,
+                                           args.linearly_spaced_lambda)
+    loss_fn = losses.AnInfoNCELoss(args.n, generator=init_gen).to(device)
+    acceptance = spaces.acceptance_rate(space, gt.rsqrt().to(device), args.threshold, data_gen, device,
+                                        main_mlp.ACCEPTANCE_PROPOSALS)
+    g, _, _ = invertible_network_utils.construct_invertible_mlp(
+        args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
+    g = g.to(device)
+    latent = latent_spaces.build_latent_space(args, space, gt, acceptance, device)
+    sync(device)
+    return latent, g, loss_fn, data_gen, time.perf_counter() - t
+
+
+def bench_batch(args, device, batch_size, repeats, precision):
+    latent, g, loss_fn, gen, _ = build(args, device)
+    f = encoders.build_encoder(args.n).to(device)
+    optimizer = torch.optim.Adam([{"params": f.parameters(), "lr": args.lr},
+                                  {"params": loss_fn.parameters(), "lr": args.lr_lambda}])
+    if precision == "bf16":
+        autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext
+
+    def step():
+        main_mlp.train_step(latent, g, f, loss_fn, optimizer, batch_size, gen, device, False, autocast)
+        sync(device)
+
+    def sample():
+        z = latent.sample_marginal(batch_size, gen, device)
+        latent.sample_conditional(z, gen)
+        sync(device)
+
+    h = torch.nn.Sequential(g, f)
+
+    def log_eval():
+        main_mlp.evaluate(latent, h, main_mlp.N_EVAL_SAMPLES, gen, device)
+        f"{loss_fn.lambdas().tolist()}"  # the lambda line's host copy
+
+    return {
+        "step": median_time(step, repeats),
+        "sampler": median_time(sample, repeats),
+        "eval": median_time(log_eval, max(3, repeats // 4), warmup=1),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1000, 256],
+                        help="batch sizes to time (the first one is the README's 1000)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed repetitions per figure (median)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to time")
+    parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                        help="autocast the encoder to bfloat16")
+    parser.add_argument("--startup-repeats", type=int, default=3, help="repetitions of the start-up timing")
+    opts = parser.parse_args()
+
+    device = main_mlp.resolve_device(opts.device)
+    _, args = main_mlp.parse_args(README_ARGS)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"precision {opts.precision}")
+
+    startup = statistics.median(build(args, device, seed)[4] for seed in range(opts.startup_repeats))
+    rate = gemm_rate(device, max(10, opts.repeats))
+    print(f"float32 GEMM {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} @ {GEMM_SHAPE[1]}x{GEMM_SHAPE[2]}: "
+          f"{rate / 1e9:.1f} GFLOP/s")
+    print(f"start-up (mixing g with {invertible_network_utils.N_COND_SAMPLES:,} condition numbers, "
+          f"sampler check), median of {opts.startup_repeats} seeds: {startup:.3f} s")
+    print()
+    header = ("batch", "floor ms", "step ms", "step/floor", "sampler ms", "eval ms", "log+sampler %",
+              "projected 300,003 steps")
+    print(" | ".join(header))
+    print(" | ".join("---" for _ in header))
+    for batch_size in opts.batch_sizes:
+        t = bench_batch(args, device, batch_size, opts.repeats, opts.precision)
+        floor = encoder_step_flops(args.n, batch_size) / rate
+        logs = FULL_STEPS // LOG_EVERY + 1
+        total = FULL_STEPS * t["step"] + logs * t["eval"] + startup
+        overhead = (FULL_STEPS * t["sampler"] + logs * t["eval"]) / total
+        print(f"{batch_size} | {floor * 1e3:.1f} | {t['step'] * 1e3:.1f} | {t['step'] / floor:.2f} | "
+              f"{t['sampler'] * 1e3:.2f} | {t['eval'] * 1e3:.1f} | {100 * overhead:.1f} | "
+              f"{total / 3600:.2f} h")
+
+
+if __name__ == "__main__":
+    main()
