@@ -1,0 +1,280 @@
+"""The contrastive losses against hand computations with explicit Python loops."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import losses
+
+THETA = [-1.0, 0.0, 0.5, 2.0]  # known θ for n = 4: Λ̂ = softplus(θ) ≈ 0.31, 0.69, 0.97, 2.13
+
+
+def _unit(b, n, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(b, n, generator=g, dtype=dtype), dim=1)
+
+
+def _softplus(t):
+    return math.log1p(math.exp(t))
+
+
+def _s(u, v, lam):
+    """s(u, v) = -½ (u - v)ᵀ Λ (u - v), with plain Python floats."""
+    return -0.5 * sum(l * (x - y) ** 2 for l, x, y in zip(lam, u, v))
+
+
+def _log_sum_exp(values):
+    return math.log(sum(math.exp(v) for v in values))
+
+
+def hand_aninfonce(a, b, lam, symmetric):
+    """AnInfoNCE over the 2B anchors, candidate sets spelt out one by one (SPEC.md)."""
+    a, b = a.tolist(), b.tolist()
+    bsz = len(a)
+    total = 0.0
+    for i in range(bsz):
+        pos = _s(a[i], b[i], lam)
+        # Anchor a_i: the other first views, and every second view (b_i is the positive).
+        cands = [_s(a[i], a[k], lam) for k in range(bsz) if k != i]
+        cands += [_s(a[i], b[k], lam) for k in range(bsz)]
+        assert len(cands) == 2 * bsz - 1
+        total += _log_sum_exp(cands) - pos
+        # Anchor b_i: the other second views, the cross-view negatives, the positive.
+        cands = [_s(b[i], b[k], lam) for k in range(bsz) if k != i]
+        if symmetric:
+            cands += [_s(b[i], a[k], lam) for k in range(bsz) if k != i]
+        else:  # the reference reuses the first view's row of the cross block
+            cands += [_s(a[i], b[k], lam) for k in range(bsz) if k != i]
+        cands.append(pos)
+        assert len(cands) == 2 * bsz - 1
+        total += _log_sum_exp(cands) - pos
+    return total / (2 * bsz)
+
+
+def _aninfonce(n, theta, symmetric, isotropic=False, dtype=torch.float64):
+    loss = losses.AnInfoNCELoss(n, isotropic=isotropic, symmetric=symmetric).to(dtype)
+    with torch.no_grad():
+        loss.theta.copy_(torch.tensor(theta, dtype=dtype))
+    return loss
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("bsz", [2, 3, 5])
+def test_aninfonce_matches_hand_loop(symmetric, bsz):
+    a, b = _unit(bsz, 4, 10 + bsz), _unit(bsz, 4, 20 + bsz)
+    loss = _aninfonce(4, THETA, symmetric)
+    lam = [_softplus(t) for t in THETA]
+    assert loss(a, b).item() == pytest.approx(hand_aninfonce(a, b, lam, symmetric), rel=1e-12, abs=1e-12)
+    # softplus(θ) is what lambdas() reports.
+    torch.testing.assert_close(loss.lambdas(), torch.tensor(lam, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_aninfonce_float32_matches_hand_loop(symmetric):
+    a, b = _unit(3, 4, 1, torch.float32), _unit(3, 4, 2, torch.float32)
+    loss = _aninfonce(4, THETA, symmetric, dtype=torch.float32)
+    lam = [_softplus(t) for t in THETA]
+    assert loss(a, b).item() == pytest.approx(hand_aninfonce(a.double(), b.double(), lam, symmetric), rel=1e-5)
+
+
+def test_aninfonce_inputs_not_modified():
+    a, b = _unit(3, 4, 3), _unit(3, 4, 4)
+    a0, b0 = a.clone(), b.clone()
+    _aninfonce(4, THETA, False)(a, b)
+    assert torch.equal(a, a0) and torch.equal(b, b0)
+
+
+def test_negative_modes_differ_on_generic_inputs():
+    a, b = _unit(3, 4, 5), _unit(3, 4, 6)
+    ref = _aninfonce(4, THETA, symmetric=False)(a, b).item()
+    sym = _aninfonce(4, THETA, symmetric=True)(a, b).item()
+    assert abs(ref - sym) > 1e-3
+
+
+def _nt_xent_logits(a, b, tau, reference_layout):
+    """Cosine-similarity logits (2B, 2B) / τ with the self-similarity masked by -inf."""
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    s_aa, s_ab, s_bb = a @ a.T / tau, a @ b.T / tau, b @ b.T / tau
+    # Row B+i holds anchor b_i's candidates: textbook s(b_i, a_k) = (s_ab)ᵀ, the
+    # reference's quirk reuses s(a_i, b_k) = s_ab untransposed.
+    lower = s_ab if reference_layout else s_ab.T
+    logits = torch.cat([torch.cat([s_aa, s_ab], 1), torch.cat([lower, s_bb], 1)], 0)
+    return logits.masked_fill(torch.eye(2 * len(a), dtype=torch.bool), float("-inf"))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("bsz", [2, 3, 8])
+def test_infonce_is_cosine_nt_xent_with_temperature(symmetric, bsz):
+    theta = 1.3
+    lam = _softplus(theta)
+    a, b = _unit(bsz, 5, 30 + bsz), _unit(bsz, 5, 40 + bsz)
+    loss = _aninfonce(5, [theta], symmetric, isotropic=True)
+    ours = loss(a, b)
+
+    logits = _nt_xent_logits(a, b, 1.0 / lam, reference_layout=not symmetric)
+    labels = torch.cat([torch.arange(bsz) + bsz, torch.arange(bsz)])
+    # In the reference layout anchor b_i's positive s(a_i, b_i) sits at column i.
+    expected = F.cross_entropy(logits, labels)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    # ... and against the hand loop with Λ̂ = λI.
+    assert ours.item() == pytest.approx(hand_aninfonce(a, b, [lam] * 5, symmetric), rel=1e-12)
+    torch.testing.assert_close(loss.lambdas(), torch.full((5,), lam, dtype=torch.float64))
+
+
+def test_infonce_reference_layout_differs_from_textbook():
+    a, b = _unit(4, 5, 50), _unit(4, 5, 51)
+    lam = _softplus(1.3)
+    labels = torch.cat([torch.arange(4) + 4, torch.arange(4)])
+    textbook = F.cross_entropy(_nt_xent_logits(a, b, 1 / lam, False), labels)
+    ours_ref = _aninfonce(5, [1.3], symmetric=False, isotropic=True)(a, b)
+    assert abs(ours_ref.item() - textbook.item()) > 1e-4
+
+
+def test_theta_init_is_normal_with_std_0_1():
+    theta = losses.AnInfoNCELoss(20_000, generator=torch.Generator().manual_seed(0)).theta.detach()
+    assert abs(theta.mean().item()) < 0.005  # 5 standard errors
+    assert theta.std().item() == pytest.approx(losses.THETA_INIT_STD, rel=0.03)
+    # Seeded: the same generator seed gives the same θ.
+    again = losses.AnInfoNCELoss(20_000, generator=torch.Generator().manual_seed(0)).theta.detach()
+    assert torch.equal(theta, again)
+    assert losses.AnInfoNCELoss(7, isotropic=True).theta.shape == (1,)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_loss_at_init_is_log_2b_minus_1(symmetric):
+    bsz, n = 1000, 10
+    loss = losses.AnInfoNCELoss(n, symmetric=symmetric, generator=torch.Generator().manual_seed(0))
+    # θ ~ N(0, 0.1²): Λ̂ starts near softplus(0) = ln 2 (|θ| < 4σ moves it by < 0.2).
+    assert (loss.lambdas() - math.log(2)).abs().max() < 0.2
+    g = torch.Generator().manual_seed(1)
+    # All views equal: every similarity is 0 and the loss is exactly ln(2B - 1).
+    same = F.normalize(torch.randn(1, n, generator=g), dim=1).expand(bsz, n)
+    assert loss(same, same).item() == pytest.approx(math.log(2 * bsz - 1), abs=1e-5)
+    assert losses.initial_loss(bsz) == pytest.approx(7.6004, abs=1e-4)
+    # Views equal up to a small perturbation: still ln(2B - 1) to within 1e-3.
+    a = F.normalize(same + 1e-2 * torch.randn(bsz, n, generator=g), dim=1)
+    b = F.normalize(same + 1e-2 * torch.randn(bsz, n, generator=g), dim=1)
+    assert loss(a, b).item() == pytest.approx(math.log(2 * bsz - 1), abs=1e-3)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("isotropic", [False, True])
+def test_aninfonce_gradients(symmetric, isotropic):
+    a = _unit(3, 4, 60).requires_grad_(True)
+    b = _unit(3, 4, 61).requires_grad_(True)
+    loss = _aninfonce(4, [0.3] if isotropic else THETA, symmetric, isotropic)
+    loss(a, b).backward()
+    for t in (a.grad, b.grad, loss.theta.grad):
+        assert torch.isfinite(t).all()
+    assert loss.theta.grad.abs().sum() > 0
+    # Analytic gradients (θ, a, b) against finite differences.
+    theta = loss.theta.detach().clone().requires_grad_(True)
+
+    def f(th, x, y):
+        return functional_call(loss, {"theta": th}, (x, y))
+
+    assert torch.autograd.gradcheck(f, (theta, a.detach().requires_grad_(True),
+                                        b.detach().requires_grad_(True)))
+
+
+def test_aninfonce_gradients_finite_with_identical_views():
+    a = _unit(1, 4, 62).expand(4, 4).clone().requires_grad_(True)
+    b = a.detach().clone().requires_grad_(True)
+    loss = _aninfonce(4, THETA, symmetric=False)
+    loss(a, b).backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    assert torch.isfinite(loss.theta.grad).all()
+
+
+# ---------------------------------------------------------------- Lp and dot forms
+
+
+def hand_lp(a, b, p, tau, eps=0.0):
+    """SPEC appendix: loss = mean_i [pos_i/τ + logsumexp_j(-[neg_i·, pos_i]/τ)], negatives a rolled by one.
+
+    ``eps`` floors |x| as the module does for p < 1 (0: exact arithmetic).
+    """
+    a, b = a.tolist(), b.tolist()
+    bsz = len(a)
+    rolled = [a[(j - 1) % bsz] for j in range(bsz)]  # torch.roll(a, 1, 0)
+
+    def dist(u, v):
+        return sum(max(abs(x - y), eps) ** p for x, y in zip(u, v))
+
+    total = 0.0
+    for i in range(bsz):
+        pos = dist(a[i], b[i])
+        logits = [-dist(a[i], rolled[j]) / tau for j in range(bsz)] + [-pos / tau]
+        total += pos / tau + _log_sum_exp(logits)
+    return total / bsz
+
+
+def hand_dot(a, b, tau):
+    a, b = a.tolist(), b.tolist()
+    bsz = len(a)
+    rolled = [a[(j - 1) % bsz] for j in range(bsz)]
+
+    def dot(u, v):
+        return sum(x * y for x, y in zip(u, v))
+
+    total = 0.0
+    for i in range(bsz):
+        pos = dot(a[i], b[i]) / tau
+        logits = [dot(a[i], rolled[j]) / tau for j in range(bsz)] + [pos]
+        total += _log_sum_exp(logits) - pos
+    return total / bsz
+
+
+def _gauss(b, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("bsz", [2, 3, 5])
+def test_lp_loss_matches_hand_loop(p, bsz):
+    tau = 0.7
+    a, b = _gauss(bsz, 4, 70 + bsz), _gauss(bsz, 4, 80 + bsz)
+    ours = losses.LpSimCLRLoss(p, tau)(a, b).item()
+    if p < 1:
+        # The rolled batch always contains a_i itself (a'_{i+1} = a_i), so the
+        # |x| floor of the module matters there: mirror it, and bound the
+        # difference to the exact value.
+        assert ours == pytest.approx(hand_lp(a, b, p, tau, eps=losses.LP_EPS), rel=1e-12)
+        bound = 2 * 4 * losses.LP_EPS ** p / tau
+        assert abs(ours - hand_lp(a, b, p, tau)) <= bound
+    else:
+        assert ours == pytest.approx(hand_lp(a, b, p, tau), rel=1e-10)
+
+
+@pytest.mark.parametrize("bsz", [2, 3, 5])
+def test_dot_loss_matches_hand_loop(bsz):
+    tau = 0.3
+    a, b = _gauss(bsz, 4, 90 + bsz), _gauss(bsz, 4, 95 + bsz)
+    assert losses.DotSimCLRLoss(tau)(a, b).item() == pytest.approx(hand_dot(a, b, tau), rel=1e-12)
+
+
+@pytest.mark.parametrize("p", [0.5, 1.0, 1.5, 2.0])
+def test_lp_loss_gradients_finite_with_coinciding_rows(p):
+    a = _gauss(4, 3, 100)
+    a[1] = a[0]  # two rows coincide
+    b = a.clone()
+    b[2] += 0.1  # positives coincide with their anchors except row 2
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    value = losses.LpSimCLRLoss(p, 0.5)(a, b)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+def test_lp_loss_float32_gradients_finite_p_half():
+    a = torch.randn(6, 4)
+    a[3] = a[2]
+    a.requires_grad_(True)
+    b = a.detach().clone().requires_grad_(True)
+    losses.LpSimCLRLoss(0.5, 1.0)(a, b).backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()

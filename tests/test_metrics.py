@@ -1,0 +1,130 @@
+"""Known-answer tests of the identifiability metrics (disentanglement_utils)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LinearRegression
+from sklearn.metrics import r2_score
+
+from disentanglement_utils import (correlation_matrix, linear_disentanglement,
+                                   permutation_disentanglement)
+
+N_SAMPLES = 4096  # the metric's sample count in the experiment
+N_DIM = 10
+
+
+def _latents(seed, n=N_DIM, num=N_SAMPLES):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((num, n))
+    return z / np.linalg.norm(z, axis=1, keepdims=True), rng  # uniform on the sphere, as in the DGP
+
+
+def test_identity_scores_one():
+    z, _ = _latents(0)
+    assert linear_disentanglement(z, z) == pytest.approx(1.0, abs=1e-9)
+    assert permutation_disentanglement(z, z) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_permuted_rescaled_sign_flipped_scores_one():
+    z, rng = _latents(1)
+    perm = rng.permutation(N_DIM)
+    scale = rng.uniform(0.1, 10.0, N_DIM) * rng.choice([-1.0, 1.0], N_DIM)
+    assert (scale < 0).any() and (perm != np.arange(N_DIM)).any()
+    hz = z[:, perm] * scale + rng.standard_normal(N_DIM)  # plus an offset
+    assert linear_disentanglement(z, hz) == pytest.approx(1.0, abs=1e-9)
+    assert permutation_disentanglement(z, hz) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_invertible_linear_mixing_scores_lin_one():
+    z, rng = _latents(2)
+    a = rng.standard_normal((N_DIM, N_DIM))
+    assert np.linalg.cond(a) < 1e4
+    hz = z @ a + rng.standard_normal(N_DIM)
+    assert linear_disentanglement(z, hz) == pytest.approx(1.0, abs=1e-9)
+    # A dense mixing is not a permutation: Perm. stays well below 1.
+    assert permutation_disentanglement(z, hz) < 0.9
+
+
+def test_independent_noise_scores_near_zero():
+    z, rng = _latents(3)
+    hz = rng.standard_normal((N_SAMPLES, N_DIM))
+    # E[R²] of 10 useless regressors on 4096 samples is about 10/4096.
+    assert 0.0 <= linear_disentanglement(z, hz) < 0.02
+    assert permutation_disentanglement(z, hz) < 0.1
+
+
+def test_torch_inputs_accepted():
+    z, _ = _latents(4, num=256)
+    zt = torch.from_numpy(z).float().requires_grad_(True)
+    assert linear_disentanglement(zt, zt * 2) == pytest.approx(1.0, abs=1e-6)
+    assert permutation_disentanglement(zt, -zt) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_linear_matches_sklearn_and_lstsq():
+    z, rng = _latents(5, num=2000, n=5)
+    # A nonlinear, noisy representation so that R² is strictly between 0 and 1.
+    hz = np.tanh(2 * z @ rng.standard_normal((5, 6))) + 0.3 * rng.standard_normal((2000, 6))
+    ours = linear_disentanglement(z, hz)
+
+    pred = LinearRegression().fit(hz, z).predict(hz)
+    direct = r2_score(z, pred)  # uniform average is sklearn's default
+    assert ours == pytest.approx(direct, abs=1e-12)
+
+    # Independently of sklearn: least squares with an intercept column.
+    design = np.hstack([hz, np.ones((len(hz), 1))])
+    coef, *_ = np.linalg.lstsq(design, z, rcond=None)
+    res = ((z - design @ coef) ** 2).sum(0)
+    tot = ((z - z.mean(0)) ** 2).sum(0)
+    assert ours == pytest.approx(np.mean(1 - res / tot), abs=1e-10)
+    assert 0.05 < ours < 0.95
+
+
+def test_correlation_matrix_matches_corrcoef():
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal((500, 4))
+    hz = z @ rng.standard_normal((4, 3)) + rng.standard_normal((500, 3))
+    expected = np.corrcoef(z.T, hz.T)[:4, 4:]
+    np.testing.assert_allclose(correlation_matrix(z, hz), expected, atol=1e-12)
+
+
+def test_correlation_matrix_constant_column_is_zero():
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((100, 2))
+    hz = np.hstack([z[:, :1], np.ones((100, 1))])
+    corr = correlation_matrix(z, hz)
+    assert np.isfinite(corr).all() and (corr[:, 1] == 0).all()
+
+
+def _exact_correlation_data(c, num=1000, seed=8):
+    """z (num, n) and hz (num, m) whose Pearson correlation matrix is exactly ``c``.
+
+    hz_j = Σ_k c_kj z_k + sqrt(1 - Σ_k c_kj²) e_j with z and e jointly
+    orthonormal, zero-mean columns.
+    """
+    n, m = c.shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num, n + m))
+    x -= x.mean(0)
+    q, _ = np.linalg.qr(x)  # orthonormal columns, still zero mean
+    z, e = q[:, :n], q[:, n:]
+    rest = np.sqrt(1 - (c ** 2).sum(0))
+    return z, z @ c + e * rest
+
+
+def test_permutation_hand_constructed_best_matching():
+    # |corr|: the largest entry (0.7 at (2, 2)) together with the next-largest
+    # (0.6 at (0, 0)) gives 1.4, but the best matching swaps the first two
+    # dimensions: 0.55 + 0.5 + 0.7 = 1.75.
+    c = np.array([[0.6, -0.55, 0.0],
+                  [0.5, 0.1, 0.2],
+                  [0.0, 0.3, -0.7]])
+    z, hz = _exact_correlation_data(c)
+    np.testing.assert_allclose(correlation_matrix(z, hz), c, atol=1e-10)
+
+    brute = max(sum(abs(c[i, j]) for i, j in enumerate(p)) for p in itertools.permutations(range(3)))
+    assert brute == pytest.approx(1.75)
+    assert permutation_disentanglement(z, hz) == pytest.approx(1.75 / 3, abs=1e-10)
+    # Rescaling and flipping hz's dimensions does not change it.
+    assert permutation_disentanglement(z, hz * [-3.0, 0.5, 7.0]) == pytest.approx(1.75 / 3, abs=1e-10)
