@@ -29,12 +29,48 @@ def contrastive_cross_entropy(positive, row_lse):
     return (lse - positive).mean()
 
 
-def _masked_diagonal(sim):
-    # A view's similarity with itself is not a candidate: -inf drops it from
-    # the log-sum-exp. In place on a fresh matmul output (mm does not need
-    # its output for backward), so no (B, B) copy is made.
-    sim.diagonal().fill_(float("-inf"))
-    return sim
+class _ExpSimilaritySums(torch.autograd.Function):
+    """Row (and optionally column) sums of exp(L Rᵀ), with an optional -inf diagonal.
+
+    The similarity block S = L Rᵀ (B, B) is the largest tensor of the loss, so
+    this keeps one (B, B) buffer: S is exponentiated in place and reused by
+    the backward pass, which needs no (B, B) elementwise work:
+        d rows_i / dS_ik = e_ik  ->  dL = g_r ⊙ (E R),   dR = Eᵀ (g_r ⊙ L)
+    and likewise for the column sums. Without a max-shift exp(S) stays a
+    normal float32 for S > -87, i.e. for every similarity while Λ̂ < 43
+    (s ≥ -2 max Λ̂ for unit vectors); beyond that a row whose candidates all
+    underflow gives an infinite loss, which the training loop reports.
+    """
+
+    @staticmethod
+    def forward(ctx, left, right, mask_diagonal, with_columns):
+        e = left @ right.T  # (B, B)
+        if mask_diagonal:
+            # A view is not its own candidate: exp(-inf) = 0 drops it.
+            e.diagonal().fill_(float("-inf"))
+        e.exp_()
+        rows = e.sum(1)
+        cols = e.sum(0) if with_columns else rows.new_empty(0)
+        ctx.save_for_backward(left, right, e)
+        ctx.with_columns = with_columns
+        return rows, cols
+
+    @staticmethod
+    def backward(ctx, g_rows, g_cols):
+        left, right, e = ctx.saved_tensors
+        g_rows = g_rows[:, None]
+        if ctx.with_columns:
+            g_cols = g_cols[:, None]
+            # One matmul each for both sums: E [R, g_c R] and Eᵀ [g_r L, L].
+            er = e @ torch.cat([right, g_cols * right], dim=1)
+            el = e.T @ torch.cat([g_rows * left, left], dim=1)
+            k = right.shape[1]
+            grad_left = g_rows * er[:, :k] + er[:, k:]
+            grad_right = el[:, :k] + g_cols * el[:, k:]
+        else:
+            grad_left = g_rows * (e @ right)
+            grad_right = e.T @ (g_rows * left)
+        return grad_left, grad_right, None, None
 
 
 class AnInfoNCELoss(nn.Module):
@@ -76,20 +112,16 @@ class AnInfoNCELoss(nn.Module):
         left_b = torch.cat([b * lam, -0.5 * qb, -0.5 * ones], dim=1)
         right_a = torch.cat([a, ones, qa], dim=1)
         right_b = torch.cat([b, ones, qb], dim=1)
-        s_ab = left_a @ right_b.T  # (B, B)  s(a_i, b_k)
-        s_aa = _masked_diagonal(left_a @ right_a.T)  # (B, B)  s(a_i, a_k), k ≠ i
-        s_bb = _masked_diagonal(left_b @ right_b.T)  # (B, B)  s(b_i, b_k), k ≠ i
         positive = -0.5 * ((a - b) ** 2 * lam).sum(1)  # (B,)  s(a_i, b_i)
-
-        lse_ab_rows = torch.logsumexp(s_ab, dim=1)  # over k of s(a_i, b_k)
-        if self.symmetric:
-            lse_cross_b = torch.logsumexp(s_ab, dim=0)  # over k of s(a_k, b_i) = s(b_i, a_k)
-        else:
-            lse_cross_b = lse_ab_rows  # the reference: row i of s_ab again
-        lse_aa = torch.logsumexp(s_aa, dim=1)
-        lse_bb = torch.logsumexp(s_bb, dim=1)
-        loss_a = contrastive_cross_entropy(positive, [lse_aa, lse_ab_rows])
-        loss_b = contrastive_cross_entropy(positive, [lse_bb, lse_cross_b])
+        # Σ_k exp s(a_i, b_k) over rows i (and over columns: Σ_k exp s(a_k, b_i)).
+        ab_rows, ab_cols = _ExpSimilaritySums.apply(left_a, right_b, False, self.symmetric)
+        aa_rows, _ = _ExpSimilaritySums.apply(left_a, right_a, True, False)  # k ≠ i
+        bb_rows, _ = _ExpSimilaritySums.apply(left_b, right_b, True, False)  # k ≠ i
+        # The reference reuses row i of the cross block for anchor b_i; the
+        # textbook layout takes its column i, s(b_i, a_k) = s(a_k, b_i).
+        cross_b = ab_cols if self.symmetric else ab_rows
+        loss_a = contrastive_cross_entropy(positive, [aa_rows.log(), ab_rows.log()])
+        loss_b = contrastive_cross_entropy(positive, [bb_rows.log(), cross_b.log()])
         return 0.5 * (loss_a + loss_b)
 
 
