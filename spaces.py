@@ -19,6 +19,8 @@ import torch
 # before we give up: reaching it means the configuration cannot be sampled,
 # and an error beats a hang.
 MAX_REDRAW_ROUNDS = 10_000
+# Largest proposal tensor of the rejection sampler (elements).
+MAX_PROPOSAL_ELEMENTS = 1 << 24
 
 
 class SamplerError(RuntimeError):
@@ -224,43 +226,47 @@ class ExtendedSphereSpace(NSphereSpace):
         """Rejection-sampled positives for a batch of anchors.
 
         Each row gets ``candidates`` proposals at once; the first accepted
-        one is kept. Only the rare rows with none accepted are redrawn, in a
-        loop over those rows alone.
+        one is kept. Only the rows with none accepted are redrawn, in a loop
+        over those rows alone, with twice the proposals each round.
 
         Args:
             mean: (B, n) unit anchors z.
             std: (n,) per-dimension standard deviations 1/sqrt(λ).
             threshold: acceptance band around the unit sphere.
-            candidates: proposals per row and round.
+            candidates: proposals per row in the first round.
         Returns:
             (B, n) unit vectors z~.
         """
-        out = torch.empty_like(mean)
         rows = None  # None: all rows still open (saves an index on the first round)
         z = mean
+        k = candidates
         for _ in range(MAX_REDRAW_ROUNDS):
             m = z.shape[0]
-            delta = torch.randn(m, candidates, self.n, generator=generator,
+            # Bound the proposal tensor's size for huge batches or tiny acceptance.
+            k = max(1, min(k, MAX_PROPOSAL_ELEMENTS // (m * self.n)))
+            delta = torch.randn(m, k, self.n, generator=generator,
                                 device=mean.device, dtype=mean.dtype) * std
-            y = z[:, None, :] + delta  # (m, K, n)
-            norm = y.norm(dim=2)  # (m, K)
+            y = z[:, None, :] + delta  # (m, k, n)
+            norm = y.norm(dim=2)  # (m, k)
             ok = (norm - 1.0).abs() < threshold
             first = ok.to(torch.int8).argmax(dim=1)  # first accepted, 0 if none
             pick = y.gather(1, first[:, None, None].expand(m, 1, self.n)).squeeze(1)
             pick = pick / norm.gather(1, first[:, None])
+            done = ok.any(dim=1)
             if rows is None:
                 out = pick
-                done = ok.any(dim=1)
                 if bool(done.all()):
                     return out
                 rows = (~done).nonzero(as_tuple=True)[0]
             else:
-                done = ok.any(dim=1)
                 out[rows[done]] = pick[done]
                 rows = rows[~done]
                 if rows.numel() == 0:
                     return out
             z = mean[rows]
+            # The rows left are few: more proposals each cost little and
+            # save rounds (each round is a dozen small kernel launches).
+            k *= 2
         raise SamplerError("rejection sampler did not converge; "
                            "raise --threshold or lower --gt-lambda-1/--gt-lambda-2")
 
