@@ -1,0 +1,353 @@
+"""Say whether two training logs agree within noise, and show where they differ.
+
+Two runs of the same configuration with different seeds (or on different
+hardware) never print the same numbers, so a plain ``diff`` of their logs is
+useless. This reads two logs in the reference format (ours or the published
+ones), aligns one phase (the contrastive one by default) by step, and prints:
+
+- a side-by-side table of <Loss>, Lin. and Perm. at the common steps (about
+  ``--rows`` rows spread evenly plus the last common step; ``--all`` for all);
+- the final scores (``linear mean`` / ``perm mean``) of each log, if present;
+- the learned Λ̂ of each log against the ground truth, matched up to
+  permutation: sorted values, the relative error of each entry and, when
+  the ground-truth λ are distinct, the rank agreement.
+
+Verdict: the logs agree when, at every common step >= ``--min-step``,
+|Δ<Loss>| <= ``--loss-tol``, |ΔLin.| <= ``--lin-tol`` and |ΔPerm.| <=
+``--perm-tol``; when the sorted Λ̂ of A is within ``--lambda-rtol`` of the
+sorted Λ̂ of B (relative to B's) entry by entry; when both logs have final
+scores, those are within the Lin./Perm. tolerances; and when both logs have
+the same ground-truth Λ. With no common step >= ``--min-step`` the last
+common step is checked instead, and the output says so.
+
+Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read
+(missing file, not a log, a malformed line: one line on stderr naming the
+file and the line).
+
+    python compare_logs.py training_logs/bimodal.log ../shared/reference/logs_for_bimodal_lambda.log
+"""
+
+import argparse
+import math
+import os
+import sys
+import unicodedata
+import warnings
+
+import numpy as np
+
+import logparse
+
+PROG = "compare_logs.py"
+EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, 2
+# Defaults of the tolerances: the acceptance criteria of issue 5 for Lin.,
+# Perm. and Λ̂. For <Loss> (a 250-step running mean), issue 2's bar for "learns
+# like the reference": within 0.15 of the published log at the same step.
+DEFAULT_MIN_STEP = 15000
+DEFAULT_LIN_TOL = 0.02
+DEFAULT_PERM_TOL = 0.05
+DEFAULT_LAMBDA_RTOL = 0.10
+DEFAULT_LOSS_TOL = 0.15
+DEFAULT_ROWS = 20
+# Arguments that say where a run wrote or ran, not what it computed: not
+# listed as differences between the logs.
+INCIDENTAL_ARGS = {"log_file", "metrics_file", "save_dir", "device", "compile", "checkpoint_every",
+                   "resume_training", "seed", "num_eval_batches"}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error on stderr and exit 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_UNREADABLE)
+
+
+def _nonnegative(text):
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("log_a", metavar="LOG_A", help="first log (e.g. ours)")
+    parser.add_argument("log_b", metavar="LOG_B", help="second log (e.g. the published one); "
+                                                       "Λ̂ differences are relative to this one")
+    parser.add_argument("--min-step", type=int, default=DEFAULT_MIN_STEP,
+                        help="check the tolerances at the common steps >= this (early steps are "
+                             "dominated by the initialisation; default: %(default)s)")
+    parser.add_argument("--lin-tol", type=_nonnegative, default=DEFAULT_LIN_TOL,
+                        help="largest allowed |ΔLin.| (default: %(default)s)")
+    parser.add_argument("--perm-tol", type=_nonnegative, default=DEFAULT_PERM_TOL,
+                        help="largest allowed |ΔPerm.| (default: %(default)s)")
+    parser.add_argument("--loss-tol", type=_nonnegative, default=DEFAULT_LOSS_TOL,
+                        help="largest allowed |Δ<Loss>| (running mean of the loss; default: %(default)s)")
+    parser.add_argument("--lambda-rtol", type=_nonnegative, default=DEFAULT_LAMBDA_RTOL,
+                        help="largest allowed relative difference of sorted Λ̂ entries, |a - b| / |b| "
+                             "(default: %(default)s)")
+    parser.add_argument("--lambda-at", choices=("last", "common"), default="last",
+                        help="Λ̂ to compare: each log's last logged one, or both at the last common step "
+                             "where both logged Λ̂ (default: %(default)s)")
+    parser.add_argument("--phase", choices=("unsupervised", "supervised"), default="unsupervised",
+                        help="the phase of the logs to align (default: %(default)s)")
+    parser.add_argument("--rows", type=_positive_int, default=DEFAULT_ROWS,
+                        help="rows of the step table, spread evenly over the common steps (plus the last; "
+                             "default: %(default)s)")
+    parser.add_argument("--all", action="store_true", help="print every common step in the table")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------
+# Comparison
+
+
+def thin(steps, rows):
+    """About ``rows`` of ``steps`` spread evenly, always with the first and the last."""
+    if len(steps) <= rows + 1:
+        return list(steps)
+    picks = np.unique(np.round(np.linspace(0, len(steps) - 1, rows)).astype(int))
+    chosen = [steps[i] for i in picks]
+    if chosen[-1] != steps[-1]:
+        chosen.append(steps[-1])
+    return chosen
+
+
+def pick_lambda(phase_a, phase_b, common, how):
+    """The Λ̂ of each phase to compare: ``(step_a, Λ̂_a), (step_b, Λ̂_b)``, either may be None."""
+    if how == "last":
+        return phase_a.last_lambda(), phase_b.last_lambda()
+    a, b = phase_a.by_step(), phase_b.by_step()
+    for step in reversed(common):
+        if a[step]["lambda"] is not None and b[step]["lambda"] is not None:
+            return (step, a[step]["lambda"]), (step, b[step]["lambda"])
+    return None, None
+
+
+def rank_agreement(learned, truth):
+    """Spearman ρ between Λ̂ and λ after matching them by sorting.
+
+    The log does not record which encoder output belongs to which latent, so
+    an entry-by-entry ρ of the raw vectors would measure that unknown
+    permutation, not Λ̂. After the matching, ρ is 1 exactly when Λ̂ separates
+    every pair of distinct λ; ties in Λ̂ (entries that merged, at the log's
+    one decimal) pull it below 1. Returns nan when Λ̂ is constant.
+    """
+    # Imported here: scipy.stats takes longer to import than the rest of the
+    # tool together, and only logs with distinct λ need it.
+    import scipy.stats
+
+    learned, truth, _ = logparse.match_sorted(learned, truth)
+    if np.ptp(learned) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(scipy.stats.spearmanr(learned, truth).statistic)
+
+
+def differing_args(log_a, log_b):
+    """``[(name, value in A, value in B)]`` for the arguments both logs list with different values."""
+    keys = [k for k in log_a.args if k in log_b.args and k not in INCIDENTAL_ARGS]
+    return [(k, log_a.args[k], log_b.args[k]) for k in keys if log_a.args[k] != log_b.args[k]]
+
+
+def rjust(text, width):
+    """``str.rjust`` by displayed width: the hat of Λ̂ is a combining character."""
+    shown = sum(1 for ch in text if not unicodedata.combining(ch))
+    return " " * max(0, width - shown) + text
+
+
+def fmt(value, digits=4, signed=False):
+    """A number for the tables: fixed decimals, ``-`` for None, ``nan``/``inf`` as they are."""
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def compare(log_a, log_b, args, out):
+    """Print the comparison of two parsed logs to ``out``; returns the list of disagreements."""
+    phase_a = logparse.require_steps(log_a, args.phase)
+    phase_b = logparse.require_steps(log_b, args.phase)
+    problems = []
+
+    out.write(f"A: {log_a.path}\n   {args.phase} phase: {len(phase_a.steps)} logged steps, last "
+              f"{phase_a.steps[-1]['step']}{'; final scores' if phase_a.has_final() else ''}"
+              f"{'; cut off (last line incomplete)' if log_a.truncated else ''}\n")
+    out.write(f"B: {log_b.path}\n   {args.phase} phase: {len(phase_b.steps)} logged steps, last "
+              f"{phase_b.steps[-1]['step']}{'; final scores' if phase_b.has_final() else ''}"
+              f"{'; cut off (last line incomplete)' if log_b.truncated else ''}\n")
+    diffs = differing_args(log_a, log_b)
+    if diffs:
+        out.write("arguments that differ (A | B): "
+                  + "; ".join(f"{k}: {a!r} | {b!r}" for k, a, b in diffs) + "\n")
+
+    # -- the step table ----------------------------------------------------
+    by_a, by_b = phase_a.by_step(), phase_b.by_step()
+    common = sorted(set(by_a) & set(by_b))
+    if not common:
+        out.write("\nno common logged steps: nothing to align\n")
+        problems.append("the logs have no logged step in common")
+    else:
+        checked = [s for s in common if s >= args.min_step]
+        if checked:
+            out.write(f"\n{len(common)} common steps; tolerances checked at the {len(checked)} "
+                      f"steps >= {args.min_step}\n")
+        else:
+            checked = [common[-1]]
+            out.write(f"\n{len(common)} common steps, none >= {args.min_step}: tolerances checked at "
+                      f"the last common step, {common[-1]}, only\n")
+        checked_set = set(checked)
+        tols = {"mean_loss": args.loss_tol, "lin": args.lin_tol, "perm": args.perm_tol}
+        worst = {}
+        for key in tols:
+            deltas = np.array([by_a[s][key] - by_b[s][key] for s in checked])
+            # A nan (a diverged run) is the worst difference there is.
+            size = np.where(np.isnan(deltas), np.inf, np.abs(deltas))
+            i = int(np.argmax(size))
+            worst[key] = (checked[i], float(deltas[i]))
+        shown = common if args.all else thin(common, args.rows)
+        out.write(f"{'step':>8} {'<Loss> A':>9} {'<Loss> B':>9} {'Δ<Loss>':>8}  {'Lin. A':>7} {'Lin. B':>7} "
+                  f"{'ΔLin.':>8}  {'Perm. A':>7} {'Perm. B':>7} {'ΔPerm.':>8}\n")
+        for step in shown:
+            a, b = by_a[step], by_b[step]
+            outside = step in checked_set and any(not abs(a[k] - b[k]) <= tol for k, tol in tols.items())
+            out.write(f"{step:>8} {fmt(a['mean_loss']):>9} {fmt(b['mean_loss']):>9} "
+                      f"{fmt(a['mean_loss'] - b['mean_loss'], signed=True):>8}  "
+                      f"{fmt(a['lin']):>7} {fmt(b['lin']):>7} {fmt(a['lin'] - b['lin'], signed=True):>8}  "
+                      f"{fmt(a['perm']):>7} {fmt(b['perm']):>7} {fmt(a['perm'] - b['perm'], signed=True):>8}"
+                      f"{'  *' if outside else ''}\n")
+        out.write(f"({len(shown)} of {len(common)} common steps shown"
+                  f"{'' if args.all else '; --all for every one'}; * marks a checked step outside a tolerance)\n")
+        names = {"mean_loss": "<Loss>", "lin": "Lin.", "perm": "Perm."}
+        for key, tol in tols.items():
+            step, delta = worst[key]
+            ok = abs(delta) <= tol
+            out.write(f"largest |Δ{names[key]}| at checked steps: {fmt(abs(delta))} at step {step} "
+                      f"(tolerance {tol:g}): {'ok' if ok else 'OUTSIDE'}\n")
+            if not ok:
+                problems.append(f"|Δ{names[key]}| = {fmt(abs(delta))} > {tol:g} at step {step}")
+
+    # -- final scores --------------------------------------------------------
+    if phase_a.has_final() or phase_b.has_final():
+        out.write("\nfinal scores (mean ± std over the final evaluation batches)\n")
+        for key, label in (("lin", "linear"), ("perm", "perm")):
+            cells = []
+            for phase in (phase_a, phase_b):
+                cells.append(f"{fmt(phase.final[key + '_mean'])} ± {fmt(phase.final[key + '_std'])}"
+                             if phase.has_final() else "-")
+            out.write(f"  {label + ' mean':<12} A {cells[0]:<18} B {cells[1]}\n")
+        if phase_a.has_final() and phase_b.has_final():
+            for key, label, tol in (("lin", "linear", args.lin_tol), ("perm", "perm", args.perm_tol)):
+                delta = phase_a.final[key + "_mean"] - phase_b.final[key + "_mean"]
+                if not abs(delta) <= tol:
+                    problems.append(f"final {label} mean differs by {fmt(abs(delta))} > {tol:g}")
+        else:
+            out.write("  (only one log has final scores: not compared)\n")
+
+    # -- Λ̂ against the ground truth -----------------------------------------
+    problems += compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out)
+    return problems
+
+
+def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
+    """Print the Λ̂ section; returns its disagreements."""
+    problems = []
+    lam_a, lam_b = pick_lambda(phase_a, phase_b, common, args.lambda_at)
+    if lam_a is None and lam_b is None:
+        if args.lambda_at == "common" and (phase_a.last_lambda() or phase_b.last_lambda()):
+            out.write("\nlearned Λ̂: no common step where both logs have one: not compared\n")
+            return ["no common step where both logs have a learned Λ̂"]
+        out.write("\nno learned Λ̂ in either log: not compared\n")
+        return problems
+    if lam_a is None or lam_b is None:
+        missing = "A" if lam_a is None else "B"
+        where = " at a common step" if args.lambda_at == "common" else ""
+        out.write(f"\nlearned Λ̂: log {missing} has none{where}\n")
+        return ["only one log has a learned Λ̂ to compare"]
+    (step_a, values_a), (step_b, values_b) = lam_a, lam_b
+    truth = log_a.gt_lambda if log_a.gt_lambda is not None else log_b.gt_lambda
+    if log_a.gt_lambda is not None and log_b.gt_lambda is not None and \
+            not np.allclose(log_a.gt_lambda, log_b.gt_lambda, rtol=1e-4):
+        problems.append("the logs have different ground-truth Λ")
+        out.write(f"\nground truth differs: A {log_a.gt_lambda}, B {log_b.gt_lambda}; A's is shown\n")
+    if len(values_a) != len(values_b):
+        out.write(f"\nlearned Λ̂: A has {len(values_a)} entries, B {len(values_b)}\n")
+        return problems + ["Λ̂ has a different number of entries"]
+    if truth is not None and len(truth) != len(values_a):
+        out.write(f"\nthe ground truth has {len(truth)} entries, Λ̂ {len(values_a)}: shown without it\n")
+        truth = None
+
+    sorted_a, sorted_b = np.sort(values_a), np.sort(values_b)
+    rel_ab = np.abs(sorted_a - sorted_b) / np.abs(sorted_b)
+    out.write(f"\nlearned Λ̂ of A at step {step_a}, of B at step {step_b}, sorted: the encoder's outputs are the "
+              f"latents up to an unrecorded permutation, so Λ̂ is matched to λ by sorting\n")
+    if truth is not None:
+        _, truth_sorted, err_a = logparse.match_sorted(values_a, truth)
+        _, _, err_b = logparse.match_sorted(values_b, truth)
+        out.write(" ".join(rjust(h, w) for h, w in (("rank", 5), ("λ true", 8), ("Λ̂ A", 8), ("rel.err", 8),
+                                                    ("Λ̂ B", 8), ("rel.err", 8), ("A vs B", 8))) + "\n")
+        for i in range(len(sorted_a)):
+            out.write(f"{i + 1:>5} {truth_sorted[i]:>8.2f} {sorted_a[i]:>8.2f} {err_a[i]:>8.3f} "
+                      f"{sorted_b[i]:>8.2f} {err_b[i]:>8.3f} {rel_ab[i]:>8.3f}\n")
+        out.write(f"mean relative error to λ: A {np.mean(err_a):.3f}, B {np.mean(err_b):.3f}\n")
+        if len(set(truth)) == len(truth):
+            rho_a, rho_b = rank_agreement(values_a, truth), rank_agreement(values_b, truth)
+            out.write(f"rank agreement with λ (Spearman ρ after sorting; 1 when every distinct λ is "
+                      f"separated): A {fmt(rho_a, 3)}, B {fmt(rho_b, 3)}\n")
+        else:
+            out.write("rank agreement: not applicable (the ground-truth λ are not distinct)\n")
+    else:
+        out.write(" ".join(rjust(h, w) for h, w in (("rank", 5), ("Λ̂ A", 8), ("Λ̂ B", 8), ("A vs B", 8))) + "\n")
+        for i in range(len(sorted_a)):
+            out.write(f"{i + 1:>5} {sorted_a[i]:>8.2f} {sorted_b[i]:>8.2f} {rel_ab[i]:>8.3f}\n")
+    worst = int(np.argmax(np.where(np.isfinite(rel_ab), rel_ab, np.inf)))
+    ok = bool(np.all(rel_ab <= args.lambda_rtol))
+    out.write(f"largest relative difference of sorted Λ̂ (A vs B): {rel_ab[worst]:.3f} at rank {worst + 1} "
+              f"(tolerance {args.lambda_rtol:g}): {'ok' if ok else 'OUTSIDE'}\n")
+    if not ok:
+        problems.append(f"sorted Λ̂ differ by {rel_ab[worst]:.3f} (relative) at rank {worst + 1} "
+                        f"> {args.lambda_rtol:g}")
+    return problems
+
+
+def main(argv=None):
+    """Compare the two logs; returns the exit status (0 agree, 1 disagree, 2 unreadable)."""
+    args = parse_args(argv)
+    try:
+        log_a = logparse.parse_log(args.log_a)
+        log_b = logparse.parse_log(args.log_b)
+        # Check both phases before printing anything, so that an unusable
+        # input gives one line on stderr and nothing on stdout.
+        logparse.require_steps(log_a, args.phase)
+        logparse.require_steps(log_b, args.phase)
+    except logparse.LogParseError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_UNREADABLE
+    problems = compare(log_a, log_b, args, sys.stdout)
+    if problems:
+        print(f"\nverdict: DISAGREE ({'; '.join(problems)})")
+        return EXIT_DISAGREE
+    print(f"\nverdict: AGREE (|Δ<Loss>| <= {args.loss_tol:g}, |ΔLin.| <= {args.lin_tol:g}, "
+          f"|ΔPerm.| <= {args.perm_tol:g}, sorted Λ̂ within {args.lambda_rtol:g})")
+    return EXIT_AGREE
+
+
+if __name__ == "__main__":
+    try:
+        status = main()
+    except BrokenPipeError:
+        # The reader of stdout went away (``| head``): not an error of the
+        # comparison. Point stdout at /dev/null so the exit flush stays quiet.
+        sys.stdout = open(os.devnull, "w")
+        status = EXIT_AGREE
+    sys.exit(status)

@@ -1,0 +1,413 @@
+"""Read a training log in the reference format (ours or the authors' published ones).
+
+The format is SPEC.md's "The log, line by line": an ``Arguments:`` block, the
+initial θ and the ground-truth Λ as torch tensor reprs (which may wrap over
+several lines), the condition numbers of the mixing, the identity scores, then
+per phase (``supervised test: True|False``) the encoder repr, the logged steps
+(a ``Step:`` line, followed in the contrastive phase by a ``learned lambda
+values:`` line) and the final ``linear mean`` / ``perm mean`` lines.
+
+Rules, so that two readers of a log agree on what it says:
+
+- A line that starts like one of those line types must parse completely, or
+  :class:`LogParseError` names the file and the line.
+- A line of no known type (a progress line captured with ``2>&1``, a blank
+  line) is skipped; its number is kept in ``ParsedLog.skipped``.
+- A log cut off mid-write (a run killed, a partial copy) parses up to its last
+  complete line: a last line without its newline is dropped, as is a tensor
+  or encoder repr still open at the end of the file; ``ParsedLog.truncated``
+  says so.
+- A step logged twice in a phase keeps its last record; a phase header seen
+  twice (stdout of a run and of its ``--resume-training`` appended to one
+  file) continues the same phase.
+
+Step records are dicts with the keys of the run's metrics file: ``step``,
+``loss``, ``mean_loss``, ``lin``, ``perm`` and ``lambda`` (a list of floats,
+or None when no ``learned lambda values`` line followed the step).
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+
+# A number as Python or torch prints it: 7.6004, 25., 1.0000e+01, nan, -inf.
+_NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
+
+_STEP = re.compile(
+    rf"^Step: (\d+)\s+Loss: ({_NUM})\s+<Loss>: ({_NUM})\s+"
+    rf"Lin\. Disentanglement: ({_NUM})\s+Perm\. Disentanglement: ({_NUM})$")
+_LAMBDA = re.compile(r"^learned lambda values: \[(.*)\]$")
+_FINAL = re.compile(rf"^(linear|perm) mean: ({_NUM}) std: ({_NUM})$")
+_SUPERVISED = re.compile(r"^supervised test: (True|False)$")
+_ID_SCORE = re.compile(rf"^Id\. (Lin|Perm)\. Disentanglement: ({_NUM})$")
+_THRESHOLD = re.compile(rf"^condition number threshold: ({_NUM})$")
+_LAYER = re.compile(rf"^layer (\d+)/(\d+),\s+condition number: ({_NUM})$")
+_ARGUMENT = re.compile(r"^\t([^\s:]+):(?: (.*))?$")
+# The list inside a 1-d tensor repr, then keyword arguments such as
+# device='cuda:0' or dtype=torch.float64.
+_TENSOR = re.compile(r"^tensor\(\[([^\[\]]*)\]((?:\s*,\s*\w+=[^,()]+)*)\s*\)$")
+_TENSOR_FIELDS = {"lambda init:": "lambda_init", "ground truth Lambda:": "gt_lambda"}
+
+# The prefixes that make a line "look like" a known type: such a line must
+# parse, anything else is skipped.
+_STEP_PREFIX = "Step:"
+_LAMBDA_PREFIX = "learned lambda values:"
+_FINAL_PREFIXES = ("linear mean:", "perm mean:")
+_ENCODER_PREFIX = "f:"
+
+
+class LogParseError(ValueError):
+    """A log that cannot be read: ``str()`` is ``FILE:LINE: message``."""
+
+    def __init__(self, path, line, message):
+        self.path, self.line, self.message = path, line, message
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclasses.dataclass
+class Phase:
+    """One training run of the log: supervised (MSE) or unsupervised (contrastive)."""
+
+    supervised: bool
+    line: int  # where its ``supervised test:`` line is
+    steps: list = dataclasses.field(default_factory=list)  # step records, sorted by step
+    final: dict = dataclasses.field(default_factory=dict)  # lin_mean, lin_std, perm_mean, perm_std
+    encoder: str = None  # the ``f:`` module repr
+
+    @property
+    def name(self):
+        return "supervised" if self.supervised else "unsupervised"
+
+    def has_final(self):
+        """True when both final lines (``linear mean``, ``perm mean``) were logged."""
+        return "lin_mean" in self.final and "perm_mean" in self.final
+
+    def last_lambda(self):
+        """The last logged Λ̂ as ``(step, list)``, or None when the phase logged none."""
+        for record in reversed(self.steps):
+            if record["lambda"] is not None:
+                return record["step"], record["lambda"]
+        return None
+
+    def by_step(self):
+        """``{step: record}``."""
+        return {record["step"]: record for record in self.steps}
+
+
+@dataclasses.dataclass
+class ParsedLog:
+    """Everything a log says. Fields are None (or empty) when the log lacks the line."""
+
+    path: str
+    args: dict = dataclasses.field(default_factory=dict)  # name -> value as printed (str)
+    lambda_init: list = None
+    gt_lambda: list = None
+    cond_threshold: float = None
+    cond_numbers: list = dataclasses.field(default_factory=list)  # per mixing layer
+    id_lin: float = None
+    id_perm: float = None
+    phases: list = dataclasses.field(default_factory=list)
+    truncated: bool = False
+    n_lines: int = 0  # complete lines read
+    skipped: list = dataclasses.field(default_factory=list)  # line numbers of unknown lines
+
+    def phase(self, name):
+        """The phase called ``name`` ('supervised' or 'unsupervised'), or None."""
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        return None
+
+    def main_phase(self):
+        """The contrastive phase when the log has one (the paper's result), else the last phase."""
+        return self.phase("unsupervised") or (self.phases[-1] if self.phases else None)
+
+
+def _quote(text, limit=80):
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _float(text):
+    return float(text)  # the regexes only let through what float() reads
+
+
+def _tensor_values(path, line_no, text):
+    """The floats of a 1-d tensor repr such as ``tensor([25., 5.], device='cuda:0')``."""
+    match = _TENSOR.match(text)
+    if match is None or "..." in match.group(1):
+        raise LogParseError(path, line_no, f"not a 1-d tensor repr: {_quote(text)}")
+    return _number_list(path, line_no, match.group(1), text)
+
+
+def _number_list(path, line_no, inner, text):
+    items = [item.strip() for item in inner.split(",")]
+    if not items or any(re.fullmatch(_NUM, item) is None for item in items):
+        raise LogParseError(path, line_no, f"not a list of numbers: {_quote(text)}")
+    return [_float(item) for item in items]
+
+
+class _Parser:
+    """A line-by-line reader; one instance per file."""
+
+    def __init__(self, path):
+        self.log = ParsedLog(path=path)
+        self.path = path
+        self.in_arguments = False
+        self.current = None  # the Phase being read
+        self.steps = None  # {step: record} of the current phase
+        self.last_record = None  # the Step record a ``learned lambda values`` line belongs to
+        self.block = None  # an open multi-line repr: (kind, first line number, [lines], depth)
+
+    def error(self, line_no, message):
+        raise LogParseError(self.path, line_no, message)
+
+    # -- multi-line reprs ---------------------------------------------------
+
+    def open_block(self, kind, line_no, text):
+        depth = text.count("(") - text.count(")")
+        if depth > 0:
+            self.block = (kind, line_no, [text], depth)
+        else:
+            self.close_block(kind, line_no, [text])
+
+    def continue_block(self, line_no, text):
+        kind, start, lines, depth = self.block
+        # Continuation lines of a tensor or module repr are indented, or are
+        # the closing ')' of the module; anything else means the repr was cut.
+        if not (text[:1].isspace() or text.startswith(")")):
+            self.error(start, f"{kind} repr not closed before line {line_no}")
+        lines.append(text)
+        depth += text.count("(") - text.count(")")
+        if depth > 0:
+            self.block = (kind, start, lines, depth)
+        else:
+            self.block = None
+            self.close_block(kind, start, lines)
+
+    def close_block(self, kind, start, lines):
+        if kind == "encoder":
+            if self.current is None:
+                self.error(start, "'f:' line before any 'supervised test:' line")
+            self.current.encoder = "\n".join(lines)[len(_ENCODER_PREFIX):].strip()
+            return
+        # A wrapped tensor: the continuation lines are indentation + numbers.
+        text = " ".join(part.strip() for part in lines)
+        prefix = next(p for p, field in _TENSOR_FIELDS.items() if field == kind)
+        setattr(self.log, kind, _tensor_values(self.path, start, text[len(prefix):].strip()))
+
+    # -- one line -------------------------------------------------------------
+
+    def feed(self, line_no, text):
+        """Read line ``line_no`` (1-based), without its newline."""
+        if self.block is not None:
+            self.continue_block(line_no, text)
+            return
+        if self.in_arguments:
+            if text.startswith("\t"):
+                match = _ARGUMENT.match(text.rstrip("\r\n"))
+                if match is None:
+                    self.error(line_no, f"malformed argument line: {_quote(text)}")
+                self.log.args[match.group(1)] = match.group(2) if match.group(2) is not None else ""
+                return
+            self.in_arguments = False
+        stripped = text.rstrip()
+        if stripped == "Arguments:":
+            self.in_arguments = True
+        elif stripped.startswith(_STEP_PREFIX):
+            self.step(line_no, stripped)
+        elif stripped.startswith(_LAMBDA_PREFIX):
+            self.learned_lambda(line_no, stripped)
+        elif stripped.startswith(_FINAL_PREFIXES):
+            self.final(line_no, stripped)
+        elif stripped.startswith("supervised test:"):
+            self.phase_header(line_no, stripped)
+        elif stripped.startswith(_ENCODER_PREFIX):
+            self.open_block("encoder", line_no, stripped)
+        elif stripped.startswith(tuple(_TENSOR_FIELDS)):
+            prefix = next(p for p in _TENSOR_FIELDS if stripped.startswith(p))
+            self.open_block(_TENSOR_FIELDS[prefix], line_no, stripped)
+        elif stripped.startswith("Id. "):
+            self.id_score(line_no, stripped)
+        elif stripped.startswith("condition number threshold:"):
+            match = _THRESHOLD.match(stripped)
+            if match is None:
+                self.error(line_no, f"malformed condition number threshold line: {_quote(stripped)}")
+            self.log.cond_threshold = _float(match.group(1))
+            self.log.cond_numbers = []  # a repeated header (resumed run) restarts the list
+        elif stripped.startswith("layer ") and "condition number" in stripped:
+            match = _LAYER.match(stripped)
+            if match is None:
+                self.error(line_no, f"malformed layer condition number line: {_quote(stripped)}")
+            self.log.cond_numbers.append(_float(match.group(3)))
+        else:
+            self.log.skipped.append(line_no)
+
+    def step(self, line_no, text):
+        match = _STEP.match(text)
+        if match is None:
+            self.error(line_no, f"malformed Step line: {_quote(text)}")
+        if self.current is None:
+            self.error(line_no, "Step line before any 'supervised test:' line")
+        record = {"step": int(match.group(1)), "loss": _float(match.group(2)),
+                  "mean_loss": _float(match.group(3)), "lin": _float(match.group(4)),
+                  "perm": _float(match.group(5)), "lambda": None}
+        self.steps[record["step"]] = record  # a repeated step keeps its last record
+        self.last_record = record
+
+    def learned_lambda(self, line_no, text):
+        match = _LAMBDA.match(text)
+        if match is None:
+            self.error(line_no, f"malformed learned lambda values line: {_quote(text)}")
+        if self.last_record is None or self.last_record["lambda"] is not None:
+            self.error(line_no, "learned lambda values line without a Step line before it")
+        self.last_record["lambda"] = _number_list(self.path, line_no, match.group(1), text)
+
+    def final(self, line_no, text):
+        match = _FINAL.match(text)
+        if match is None:
+            self.error(line_no, f"malformed final score line: {_quote(text)}")
+        if self.current is None:
+            self.error(line_no, "final score line before any 'supervised test:' line")
+        key = "lin" if match.group(1) == "linear" else "perm"
+        self.current.final[f"{key}_mean"] = _float(match.group(2))
+        self.current.final[f"{key}_std"] = _float(match.group(3))
+        self.last_record = None
+
+    def phase_header(self, line_no, text):
+        match = _SUPERVISED.match(text)
+        if match is None:
+            self.error(line_no, f"malformed supervised test line: {_quote(text)}")
+        self.finish_phase()
+        name = "supervised" if match.group(1) == "True" else "unsupervised"
+        existing = self.log.phase(name)
+        if existing is not None:  # the same run continued (resumed): one phase
+            self.current = existing
+        else:
+            self.current = Phase(supervised=name == "supervised", line=line_no)
+            self.log.phases.append(self.current)
+        self.steps = {record["step"]: record for record in self.current.steps}
+        self.last_record = None
+
+    def id_score(self, line_no, text):
+        match = _ID_SCORE.match(text)
+        if match is None:
+            self.error(line_no, f"malformed identity score line: {_quote(text)}")
+        setattr(self.log, "id_lin" if match.group(1) == "Lin" else "id_perm", _float(match.group(2)))
+
+    def finish_phase(self):
+        if self.current is not None:
+            self.current.steps = [self.steps[k] for k in sorted(self.steps)]
+
+    def finish(self):
+        """The ParsedLog, once every line is read."""
+        if self.block is not None:  # a repr still open at the end: the log was cut there
+            self.log.truncated = True
+            self.block = None
+        self.finish_phase()
+        return self.log
+
+
+def parse_text(text, path="<log>"):
+    """Parse the text of a log; ``path`` only names it in errors. Returns a :class:`ParsedLog`."""
+    lines = text.split("\n")
+    parser = _Parser(path)
+    # The last element is what follows the last newline: empty for a complete
+    # file, else a line whose writer was stopped mid-line; drop it.
+    if lines[-1] != "":
+        parser.log.truncated = True
+    for line_no, line in enumerate(lines[:-1], start=1):
+        parser.feed(line_no, line.rstrip("\r"))
+    parser.log.n_lines = len(lines) - 1
+    return parser.finish()
+
+
+def parse_log(path):
+    """Parse the log file at ``path``.
+
+    Returns:
+        A :class:`ParsedLog`.
+    Raises:
+        LogParseError: the file is missing or unreadable, is not UTF-8 text, or
+            has a line that starts like a known line type but does not parse.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise LogParseError(path, None, f"cannot read the file ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A cut inside a multi-byte character of the unterminated last line is
+        # a truncation; anything else is not a text log.
+        complete = data[:data.rfind(b"\n") + 1]
+        try:
+            text = complete.decode("utf-8") + "\ufffd"  # keeps the last line "unterminated"
+        except UnicodeDecodeError:
+            line = data[:exc.start].count(b"\n") + 1
+            raise LogParseError(path, line, "not UTF-8 text") from None
+    return parse_text(text, path)
+
+
+def require_steps(log, phase_name):
+    """The phase ``phase_name`` of ``log``, with at least one Step line.
+
+    Raises:
+        LogParseError: the log has no such phase, or it logged no step.
+    """
+    phase = log.phase(phase_name)
+    if phase is None and log.n_lines > 0 and len(log.skipped) == log.n_lines:
+        # Not one line of the format: say where reading found none, line 1.
+        raise LogParseError(log.path, 1, f"not a log in the reference format (none of its {log.n_lines} "
+                                         f"lines is a line type of it)")
+    if phase is None:
+        raise LogParseError(log.path, None, f"no {phase_name} phase "
+                            f"('supervised test: {phase_name == 'supervised'}' line) in the log")
+    if not phase.steps:
+        raise LogParseError(log.path, None, f"the {phase_name} phase (line {phase.line}) has no Step line")
+    return phase
+
+
+# --------------------------------------------------------------------------
+# What the tools compute from a parsed log
+
+
+def match_sorted(learned, truth):
+    """Match Λ̂ to the ground truth up to a permutation of the entries.
+
+    The encoder's outputs are the latents up to a permutation that the log
+    does not record, so entry i of Λ̂ belongs to an unknown entry of λ. For a
+    one-dimensional cost |Λ̂_i - λ_j| the best matching pairs the sorted
+    values, so sorting both is the matching.
+
+    Returns:
+        (sorted Λ̂, sorted λ, relative error |Λ̂ - λ| / λ per entry), numpy arrays.
+    Raises:
+        ValueError: the two have different lengths.
+    """
+    learned = np.sort(np.asarray(learned, dtype=float))
+    truth = np.sort(np.asarray(truth, dtype=float))
+    if learned.shape != truth.shape:
+        raise ValueError(f"Λ̂ has {learned.size} entries, the ground truth {truth.size}")
+    return learned, truth, np.abs(learned - truth) / np.abs(truth)
+
+
+def lambda_error(learned, truth):
+    """Mean relative error of sorted Λ̂ against sorted λ (see :func:`match_sorted`)."""
+    return float(np.mean(match_sorted(learned, truth)[2]))
+
+
+def final_scores(phase):
+    """The phase's final (Lin., Perm.) and where they come from.
+
+    Returns:
+        (lin, perm, source): the ``linear mean`` / ``perm mean`` lines when
+        the run finished (source ``"final"``), else the last logged step's
+        Lin. and Perm. (source ``"step N"``).
+    """
+    if phase.has_final():
+        return phase.final["lin_mean"], phase.final["perm_mean"], "final"
+    last = phase.steps[-1]
+    return last["lin"], last["perm"], f"step {last['step']}"

@@ -1,0 +1,146 @@
+"""Plot the curves of one or several training logs into one PNG.
+
+Four panels, each log overlaid in its own colour (legend: the file name):
+Lin. against step, Perm. against step, <Loss> against step, and the
+trajectories of the learned Λ̂ entries against step with the ground-truth λ
+values as dashed horizontal lines. The image is ``--size`` inches at
+``--dpi`` (default 12 x 9 in at 100 dpi: 1200 x 900 pixels), saved without
+cropping so that its pixel size is exactly size x dpi.
+
+    python plot_logs.py training_logs/bimodal.log ../shared/reference/logs_for_bimodal_lambda.log -o bimodal.png
+
+Exit status: 0 written, 2 an input cannot be read (one line on stderr naming
+the file and the line) or the image cannot be written.
+
+matplotlib is imported here only, so that the other tools run without it.
+"""
+
+import argparse
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+import logparse  # noqa: E402
+
+PROG = "plot_logs.py"
+EXIT_BAD_INPUT = 2
+DEFAULT_SIZE = (12.0, 9.0)  # inches
+DEFAULT_DPI = 100
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error on stderr and exit 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _positive(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="logs in the reference format, overlaid")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the PNG to write")
+    parser.add_argument("--phase", choices=("unsupervised", "supervised"), default="unsupervised",
+                        help="the phase of the logs to plot (default: %(default)s)")
+    parser.add_argument("--size", type=_positive, nargs=2, default=list(DEFAULT_SIZE), metavar=("W", "H"),
+                        help="figure width and height in inches (default: 12 9)")
+    parser.add_argument("--dpi", type=_positive, default=DEFAULT_DPI,
+                        help="dots per inch (default: %(default)s, so 1200 x 900 pixels at the default size)")
+    parser.add_argument("--title", default=None, help="title over the panels (default: the phase plotted)")
+    return parser.parse_args(argv)
+
+
+def labels_for(paths):
+    """Legend labels: file names, or the paths as given where two file names coincide."""
+    names = [os.path.basename(p) for p in paths]
+    return [p if names.count(n) > 1 else n for p, n in zip(paths, names)]
+
+
+def plot(logs, labels, phase_name, size, dpi, title):
+    """Draw the four panels; returns the figure."""
+    fig, axes = plt.subplots(2, 2, figsize=size, dpi=dpi)
+    ax_lin, ax_perm, ax_loss, ax_lam = axes.ravel()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    truths = set()
+    any_lambda = False
+    for i, (log, label) in enumerate(zip(logs, labels)):
+        colour = colours[i % len(colours)]
+        steps = log.phase(phase_name).steps
+        x = [r["step"] for r in steps]
+        ax_lin.plot(x, [r["lin"] for r in steps], color=colour, label=label)
+        ax_perm.plot(x, [r["perm"] for r in steps], color=colour, label=label)
+        ax_loss.plot(x, [r["mean_loss"] for r in steps], color=colour, label=label)
+        with_lambda = [r for r in steps if r["lambda"] is not None]
+        if with_lambda:
+            any_lambda = True
+            lam_steps = [r["step"] for r in with_lambda]
+            n_entries = len(with_lambda[-1]["lambda"])
+            for j in range(n_entries):
+                # Only records with the full vector: a log may change length
+                # nowhere, but a hand-made one could.
+                pts = [(s, r["lambda"][j]) for s, r in zip(lam_steps, with_lambda) if len(r["lambda"]) == n_entries]
+                ax_lam.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, linewidth=1.0,
+                            alpha=0.8, label=label if j == 0 else None)
+        if log.gt_lambda is not None:
+            truths.update(log.gt_lambda)
+
+    for k, value in enumerate(sorted(truths)):
+        ax_lam.axhline(value, color="black", linestyle="--", linewidth=0.9,
+                       label=r"ground-truth $\lambda$" if k == 0 else None)
+    if not any_lambda:
+        ax_lam.text(0.5, 0.5, r"no learned $\hat\Lambda$ in these logs", transform=ax_lam.transAxes,
+                    ha="center", va="center")
+
+    for ax, ylabel, panel_title in (
+            (ax_lin, "Lin. disentanglement (R²)", "Lin. vs step"),
+            (ax_perm, "Perm. disentanglement", "Perm. vs step"),
+            (ax_loss, "<Loss> (running mean of the loss)", "<Loss> vs step"),
+            (ax_lam, r"learned $\hat\Lambda$ entries", r"$\hat\Lambda$ trajectories; dashed: ground-truth $\lambda$")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None):
+    """Write the PNG; returns the exit status (0 written, 2 bad input)."""
+    args = parse_args(argv)
+    try:
+        logs = [logparse.parse_log(path) for path in args.logs]
+        for log in logs:
+            logparse.require_steps(log, args.phase)
+    except logparse.LogParseError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    title = args.title if args.title is not None else f"{args.phase} phase"
+    fig = plot(logs, labels_for(args.logs), args.phase, tuple(args.size), args.dpi, title)
+    try:
+        # No bbox_inches="tight": the pixel size stays exactly size x dpi.
+        fig.savefig(args.output, dpi=args.dpi)
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: cannot write {args.output} ({exc.strerror or exc})\n")
+        return EXIT_BAD_INPUT
+    finally:
+        plt.close(fig)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

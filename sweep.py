@@ -1,0 +1,518 @@
+"""Run one main_mlp.py configuration over several seeds and summarise the results.
+
+    python sweep.py --seeds 0 1 2 --jobs 2 --out-dir runs/sweep --name bimodal_aninfonce -- \\
+        --n 10 --batch-size 1000 --space extended_sphere --c-p 0 --p 0 --only-unsupervised \\
+        --gt-lambda-1 5 --gt-lambda-2 25 --n-steps 10000
+
+Everything after ``--`` goes to main_mlp.py unchanged, except that each run
+gets ``--seed S --log-file DIR/NAME_seedS.log --metrics-file
+DIR/NAME_seedS.jsonl`` (so those three flags may not be given) and, when
+``--save-dir D`` (spelled out, not abbreviated) is given, its own
+``D/NAME_seedS`` (so runs do not overwrite each other's checkpoints). Its stdout and stderr go to ``DIR/NAME_seedS.out``
+and ``.err``.
+
+Modes:
+
+- run (default): at most ``--jobs`` runs at a time as subprocesses of this
+  machine, each with ``--threads`` threads (OMP_NUM_THREADS and
+  MKL_NUM_THREADS; default: the CPU count divided by ``--jobs``, so the jobs
+  do not oversubscribe the cores), then the summary. SIGINT/SIGTERM are
+  passed on to the runs, which checkpoint (with ``--save-dir``) and stop.
+- ``--print-jobs``: print one shell command line per seed (stdout and stderr
+  redirected to the same files) and run nothing: a job list for a cluster
+  array job. The lines set OMP_NUM_THREADS only when ``--threads`` is given.
+- ``--summarize-only``: only the summary, of the logs already in DIR, for
+  ``--name`` or for every name matching the ``--names`` patterns (shell
+  globs such as ``'bimodal_*'``), in one table.
+
+The summary, ``DIR/NAME_summary.md`` and ``.csv`` (``sweep_summary`` for
+several names, or ``--summary-name``), has one row per configuration (name):
+the number of seeds, the steps of the runs, and mean ± standard deviation
+over seeds (sample std, ddof = 1; "-" for one seed) of
+
+- Lin. and Perm.: a run's final ``linear mean`` / ``perm mean`` when it
+  finished, else its last logged Lin. / Perm. (the contrastive phase, or the
+  last phase of a supervised-only run);
+- Λ̂ error: the mean over entries of |Λ̂ - λ| / λ after sorting both (the
+  encoder's outputs are a permutation of the latents), with the last logged Λ̂.
+
+The Markdown also lists every run. Its first line under the title states the
+number of steps of the runs.
+
+Exit status: 0 done; 1 a run failed; 2 bad arguments, or logs that cannot be
+read or found; 128 + the signal number when stopped by SIGINT/SIGTERM.
+"""
+
+import argparse
+import csv
+import fnmatch
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import logparse
+
+PROG = "sweep.py"
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_SCRIPT = os.path.join(HERE, "main_mlp.py")
+# The flags this script sets for each run; main_mlp.py must not get them twice.
+OWN_FLAGS = ("--seed", "--log-file", "--metrics-file")
+# Shortest prefix argparse could expand to one of OWN_FLAGS ("--se" is already
+# only --seed); shorter strings are not treated as those flags.
+MIN_PREFIX = 4
+POLL_SECONDS = 0.2
+LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error on stderr and exit 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _seed(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def build_parser():
+    parser = ArgumentParser(prog=PROG, usage=f"{PROG} [options] -- MAIN_MLP_ARGS ...",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=_seed, nargs="+", default=None, metavar="S",
+                        help="the seeds to run (one run each)")
+    parser.add_argument("--jobs", type=_positive_int, default=1,
+                        help="runs at a time on this machine (default: %(default)s)")
+    parser.add_argument("--out-dir", required=True, metavar="DIR",
+                        help="where the logs, metrics files, stdout/stderr files and the summary go")
+    parser.add_argument("--name", default="run",
+                        help="configuration name: runs write DIR/NAME_seedS.log (no '/' in it; default: %(default)s)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="threads per run (default: CPU count // --jobs, at least 1)")
+    parser.add_argument("--python", default=sys.executable,
+                        help="the Python interpreter of the runs (default: this one)")
+    parser.add_argument("--script", default=DEFAULT_SCRIPT,
+                        help="the training script (default: main_mlp.py beside this file)")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="do not rerun a seed whose log already has its final scores")
+    parser.add_argument("--print-jobs", action="store_true",
+                        help="print one shell command line per seed and run nothing")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="run nothing; summarise the logs already in --out-dir")
+    parser.add_argument("--names", nargs="+", default=None, metavar="PATTERN",
+                        help="with --summarize-only: the configuration names (or shell globs) to put in one "
+                             "table (default: --name)")
+    parser.add_argument("--summary-name", default=None,
+                        help="base name of the summary files in --out-dir (default: NAME_summary, or "
+                             "sweep_summary for several names)")
+    parser.add_argument("--note", default=None,
+                        help="a sentence to put under the summary's title (how and where the runs were made)")
+    return parser
+
+
+def split_argv(argv):
+    """``(sweep's own arguments, main_mlp.py's arguments)``, split at the first ``--``."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def flag_name(token):
+    """The flag of one of OWN_FLAGS that ``token`` would set in main_mlp.py, or None."""
+    if not token.startswith("--"):
+        return None
+    name = token.split("=", 1)[0]
+    for flag in OWN_FLAGS:
+        if name == flag or (len(name) >= MIN_PREFIX and flag.startswith(name)):
+            return flag
+    return None
+
+
+def parse_args(argv=None):
+    """Parse and validate; ``args.train_args`` holds the arguments after ``--`` for main_mlp.py."""
+    parser = build_parser()
+    own, train_args = split_argv(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(own)
+    args.train_args = train_args
+    if "/" in args.name or os.sep in args.name:
+        parser.error(f"argument --name: no path separator allowed, got {args.name!r}")
+    if args.print_jobs and args.summarize_only:
+        parser.error("arguments --print-jobs and --summarize-only: choose at most one")
+    if args.summarize_only:
+        if train_args:
+            parser.error("--summarize-only runs nothing: drop the main_mlp.py arguments after '--'")
+        return args
+    if args.names is not None:
+        parser.error("argument --names: only with --summarize-only")
+    if not args.seeds:
+        parser.error("argument --seeds: required to run or print jobs")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"argument --seeds: a seed is repeated: {args.seeds}")
+    for token in train_args:
+        flag = flag_name(token)
+        if flag is not None:
+            parser.error(f"main_mlp.py argument {token}: {PROG} sets {flag} for each run itself")
+    if not os.path.isfile(args.script):
+        parser.error(f"argument --script: no file {args.script}")
+    if args.threads is None and not args.print_jobs:
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    return args
+
+
+# --------------------------------------------------------------------------
+# Running
+
+
+def run_paths(out_dir, name, seed):
+    """The files of one run: log, metrics, stdout, stderr."""
+    stem = os.path.join(out_dir, f"{name}_seed{seed}")
+    return {"log": stem + ".log", "metrics": stem + ".jsonl", "out": stem + ".out", "err": stem + ".err"}
+
+
+def with_save_dir(train_args, name, seed):
+    """``train_args`` with the value of --save-dir (if any) replaced by a per-seed subdirectory."""
+    result, i = [], 0
+    while i < len(train_args):
+        token = train_args[i]
+        if token == "--save-dir" and i + 1 < len(train_args):
+            result += [token, os.path.join(train_args[i + 1], f"{name}_seed{seed}")]
+            i += 2
+            continue
+        if token.startswith("--save-dir="):
+            token = "--save-dir=" + os.path.join(token.split("=", 1)[1], f"{name}_seed{seed}")
+        result.append(token)
+        i += 1
+    return result
+
+
+def command(args, seed):
+    """The argv of the run with seed ``seed``."""
+    paths = run_paths(args.out_dir, args.name, seed)
+    return ([args.python, args.script] + with_save_dir(args.train_args, args.name, seed)
+            + ["--seed", str(seed), "--log-file", paths["log"], "--metrics-file", paths["metrics"]])
+
+
+def job_line(args, seed):
+    """One shell line: the run with its stdout/stderr redirected to its files."""
+    paths = run_paths(args.out_dir, args.name, seed)
+    env = "".join(f"{var}={args.threads} " for var in THREAD_VARIABLES) if args.threads else ""
+    return (f"{env}{shlex.join(command(args, seed))} "
+            f"> {shlex.quote(paths['out'])} 2> {shlex.quote(paths['err'])}")
+
+
+def finished(path):
+    """True when the log at ``path`` parses and its main phase has its final scores."""
+    try:
+        phase = logparse.parse_log(path).main_phase()
+    except logparse.LogParseError:
+        return False
+    return phase is not None and phase.has_final()
+
+
+class Signals:
+    """Remembers SIGINT/SIGTERM so the scheduler can pass it on and wait for the runs."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def last_line(path):
+    """The last non-blank line of a text file (a failed run's error message), or ''."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def run_all(args):
+    """Run the seeds, at most ``args.jobs`` at a time. Returns ``(failed seeds, signal or None)``."""
+    os.makedirs(args.out_dir, exist_ok=True)
+    env = dict(os.environ, **{var: str(args.threads) for var in THREAD_VARIABLES})
+    pending = []
+    for seed in args.seeds:
+        if args.skip_done and finished(run_paths(args.out_dir, args.name, seed)["log"]):
+            print(f"seed {seed}: already finished, skipped", flush=True)
+        else:
+            pending.append(seed)
+    running = {}  # seed -> (Popen, start time, open files)
+    failed = []
+    signals = Signals()
+    forwarded = False
+    try:
+        while pending or running:
+            while pending and len(running) < args.jobs and signals.signum is None:
+                seed = pending.pop(0)
+                paths = run_paths(args.out_dir, args.name, seed)
+                out = open(paths["out"], "w", encoding="utf-8")
+                err = open(paths["err"], "w", encoding="utf-8")
+                try:
+                    proc = subprocess.Popen(command(args, seed), stdout=out, stderr=err, env=env)
+                except OSError as exc:  # e.g. --python is not an executable
+                    out.close()
+                    err.close()
+                    failed.append(seed)
+                    print(f"seed {seed}: FAILED to start: {exc}", flush=True)
+                    continue
+                running[seed] = (proc, time.perf_counter(), (out, err))
+                print(f"seed {seed}: started ({args.threads} threads), log {paths['log']}", flush=True)
+            if signals.signum is not None and not forwarded:
+                # The runs checkpoint and stop on the same signal; the ones
+                # not started yet are dropped.
+                for proc, _, _ in running.values():
+                    proc.send_signal(signals.signum)
+                forwarded = True
+                pending.clear()
+            time.sleep(POLL_SECONDS)
+            for seed in list(running):
+                proc, t0, files = running[seed]
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                for handle in files:
+                    handle.close()
+                del running[seed]
+                minutes = (time.perf_counter() - t0) / 60
+                err = run_paths(args.out_dir, args.name, seed)["err"]
+                if rc == 0:
+                    print(f"seed {seed}: done in {minutes:.1f} min", flush=True)
+                elif forwarded:
+                    print(f"seed {seed}: stopped (exit {rc}) after {minutes:.1f} min (see {err})", flush=True)
+                else:
+                    failed.append(seed)
+                    message = last_line(err)
+                    print(f"seed {seed}: FAILED (exit {rc}) after {minutes:.1f} min"
+                          f"{': ' + message if message else ''} (see {err})", flush=True)
+    finally:
+        signals.restore()
+    return failed, signals.signum
+
+
+# --------------------------------------------------------------------------
+# Summary
+
+
+def find_runs(out_dir, patterns):
+    """``{name: [(seed, log path), ...]}`` for the names in ``out_dir`` matching ``patterns``.
+
+    Raises:
+        LogParseError: ``out_dir`` cannot be listed, or a pattern matches no log.
+    """
+    try:
+        files = sorted(os.listdir(out_dir))
+    except OSError as exc:
+        raise logparse.LogParseError(out_dir, None, f"cannot list the directory ({exc.strerror})") from None
+    found = {}
+    for file_name in files:
+        match = LOG_NAME.match(file_name)
+        if match is not None:
+            found.setdefault(match.group("name"), []).append(
+                (int(match.group("seed")), os.path.join(out_dir, file_name)))
+    runs = {}
+    for pattern in patterns:
+        names = [name for name in found if fnmatch.fnmatchcase(name, pattern)]
+        if not names:
+            raise logparse.LogParseError(out_dir, None, f"no log {pattern}_seed<S>.log in the directory")
+        for name in names:
+            runs[name] = sorted(found[name])
+    return runs
+
+
+def loss_label(log_args):
+    """What loss the run trained with, from its Arguments block."""
+    if log_args.get("space_type") == "extended_sphere" and log_args.get("p") == "0":
+        return log_args.get("loss", "aninfonce")  # the published logs predate --loss
+    return f"Lp (p={log_args.get('p', '?')})" if log_args.get("p") != "0" else "dot product"
+
+
+def lambda_label(log):
+    """The ground-truth Λ of the run in words, from its Arguments block."""
+    if log.gt_lambda is None:
+        return "-"
+    low, high = log.args.get("gt_lambda_1", "?"), log.args.get("gt_lambda_2", "?")
+    if log.args.get("linearly_spaced_lambda") == "True":
+        return f"linear {low}..{high}"
+    return f"bimodal {high} / {low}"
+
+
+def planned_steps(log, phase):
+    """The steps the run was asked for, from its Arguments, or None when they are not there."""
+    try:
+        n_steps = int(log.args["n_steps"])
+        more = int(log.args.get("more_unsupervised", "1"))
+    except (KeyError, ValueError):
+        return None
+    return n_steps if phase.supervised else n_steps * more
+
+
+def summarize_run(name, seed, path):
+    """One run's row; None (with a warning on stderr) when its log has no logged step."""
+    log = logparse.parse_log(path)
+    phase = log.main_phase()
+    if phase is None or not phase.steps:
+        sys.stderr.write(f"{PROG}: warning: {path} has no logged step yet: left out of the summary\n")
+        return None
+    lin, perm, source = logparse.final_scores(phase)
+    last_lambda = phase.last_lambda()
+    error = None
+    if last_lambda is not None and log.gt_lambda is not None and len(last_lambda[1]) == len(log.gt_lambda):
+        error = logparse.lambda_error(last_lambda[1], log.gt_lambda)
+    return {"name": name, "seed": seed, "path": path, "loss": loss_label(log.args),
+            "lambda": lambda_label(log), "steps": phase.steps[-1]["step"],
+            "planned": planned_steps(log, phase), "finished": phase.has_final(),
+            "lin": lin, "perm": perm, "source": source, "lambda_error": error}
+
+
+def mean_std(values):
+    """(mean, sample std) of the non-None values; nan where undefined."""
+    values = np.array([v for v in values if v is not None], dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def aggregate(name, rows):
+    """One configuration's row of the summary from its runs' rows."""
+    steps = [r["steps"] for r in rows]
+    result = {"name": name, "loss": rows[0]["loss"], "lambda": rows[0]["lambda"], "seeds": len(rows),
+              "steps_min": min(steps), "steps_max": max(steps), "finished": sum(r["finished"] for r in rows)}
+    for key in ("lin", "perm", "lambda_error"):
+        result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in rows])
+    return result
+
+
+def pm(mean, std, digits):
+    """``mean ± std`` for the Markdown table."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f} ± -"
+
+
+def steps_text(low, high):
+    """A step count, or a range when the runs differ."""
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def write_summary(out_dir, base, configs, runs, note):
+    """Write ``base``.md and ``base``.csv in ``out_dir``; returns their paths."""
+    all_steps = [r["steps"] for r in runs]
+    low, high = min(all_steps), max(all_steps)
+    unfinished = sum(not r["finished"] for r in runs)
+    planned = sorted({r["planned"] for r in runs if r["planned"] is not None})
+    if low == high:
+        header = f"Steps per run: {low:,} (the last logged step of each run)"
+    else:
+        header = f"Steps per run: {low:,} to {high:,} (not all runs are equally long: see the steps column)"
+    if planned:
+        header += f"; asked for: {', '.join(f'{p:,}' for p in planned)}"
+    header += "."
+    if unfinished:
+        header += (f" {unfinished} of {len(runs)} runs have no final scores (not finished): "
+                   f"their last logged Lin./Perm. are used.")
+    lines = [f"# Seed sweep: {', '.join(c['name'] for c in configs)}", "", header, ""]
+    if note:
+        lines += [note, ""]
+    lines += ["Mean ± standard deviation over seeds (sample std, ddof = 1). Lin. and Perm.: the final "
+              "`linear mean` / `perm mean` of a finished run, else its last logged Lin. / Perm. "
+              "Λ̂ error: mean over entries of |Λ̂ − λ| / λ, both sorted (the encoder's outputs are a "
+              "permutation of the latents), with the last logged Λ̂.", "",
+              "| configuration | loss | Λ | seeds | steps | Lin. | Perm. | Λ̂ error |",
+              "|---|---|---|---:|---:|---|---|---|"]
+    for c in configs:
+        lines.append(f"| {c['name']} | {c['loss']} | {c['lambda']} | {c['seeds']} | "
+                     f"{steps_text(c['steps_min'], c['steps_max'])} | {pm(c['lin_mean'], c['lin_std'], 4)} | "
+                     f"{pm(c['perm_mean'], c['perm_std'], 4)} | "
+                     f"{pm(c['lambda_error_mean'], c['lambda_error_std'], 3)} |")
+    lines += ["", "## Runs", "", "| configuration | seed | steps | scores from | Lin. | Perm. | Λ̂ error | log |",
+              "|---|---:|---:|---|---:|---:|---:|---|"]
+    for r in runs:
+        error = f"{r['lambda_error']:.3f}" if r["lambda_error"] is not None else "-"
+        lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {r['source']} | {r['lin']:.4f} | "
+                     f"{r['perm']:.4f} | {error} | {os.path.basename(r['path'])} |")
+    md_path = os.path.join(out_dir, base + ".md")
+    csv_path = os.path.join(out_dir, base + ".csv")
+    with open(md_path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    fields = ["name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished", "lin_mean", "lin_std",
+              "perm_mean", "perm_std", "lambda_error_mean", "lambda_error_std"]
+    with open(csv_path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for c in configs:
+            writer.writerow({k: c[k] for k in fields})
+    return md_path, csv_path
+
+
+def summarize(args):
+    """Summarise the logs of ``args.names`` (or ``args.name``) in ``args.out_dir``; returns an exit status."""
+    patterns = args.names or [args.name]
+    try:
+        found = find_runs(args.out_dir, patterns)
+        runs = [row for name, seeds in found.items() for seed, path in seeds
+                for row in [summarize_run(name, seed, path)] if row is not None]
+    except logparse.LogParseError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    if not runs:
+        sys.stderr.write(f"{PROG}: error: {args.out_dir}: no log with a logged step for {' '.join(patterns)}\n")
+        return EXIT_BAD_INPUT
+    configs = [aggregate(name, [r for r in runs if r["name"] == name])
+               for name in found if any(r["name"] == name for r in runs)]
+    single = len(patterns) == 1 and not any(ch in patterns[0] for ch in "*?[")
+    base = args.summary_name or (f"{patterns[0]}_summary" if single else "sweep_summary")
+    for path in write_summary(args.out_dir, base, configs, runs, args.note):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def main(argv=None):
+    """Run, print or summarise as the flags say; returns the exit status."""
+    args = parse_args(argv)
+    if args.print_jobs:
+        for seed in args.seeds:
+            print(job_line(args, seed))
+        return EXIT_OK
+    if args.summarize_only:
+        return summarize(args)
+    failed, signum = run_all(args)
+    if signum is not None:
+        print(f"stopped by {signal.Signals(signum).name}; summarise later with --summarize-only", flush=True)
+        return 128 + signum
+    status = summarize(args)
+    if failed:
+        print(f"{len(failed)} of {len(args.seeds)} runs failed: seeds {' '.join(map(str, failed))}")
+        return EXIT_RUN_FAILED
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
