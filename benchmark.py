@@ -96,7 +96,7 @@ def bench_batch(args, device, batch_size, repeats, precision):
     latent, g, loss_fn, gen, _ = build(args, device)
     f = encoders.build_encoder(args.n).to(device)
     optimizer = torch.optim.Adam([{"params": f.parameters(), "lr": args.lr},
-                                  {"params": loss_fn.parameters(), "lr": args.lr_lambda}])
+                                  {"params": loss_fn.parameters(), "lr": args.lr_lambda}], fused=True)
     if precision == "bf16":
         autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
     else:

@@ -1,0 +1,187 @@
+"""The command line end to end, through subprocess: the README bimodal command on tiny settings.
+
+The subprocess runs of this module start together (module fixture, a few at
+a time) and the tests read what they printed and wrote. Each run gets its own
+working directory and relative output paths, so two runs of the same command
+have the same command line (and so the same ``Arguments:`` block).
+"""
+
+import json
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import main_mlp
+from cli_util import (REFERENCE_KEYS, env_for_cli, one_torch_thread, parse_log, restore_signal_handlers,
+                      run_cli)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+# The README's bimodal command, shortened: --n-steps 4 (12 contrastive steps), one eval batch.
+# Seed 9, not 3: g's search for well-conditioned layers (a matrix under the minimum
+# condition number of 25,000 draws) has a heavy-tailed cost; at n = 10 seed 3 needs
+# ~37 rounds of 25,000 candidates, seed 9 four.
+README = ["--n", "10", "--batch-size", "64", "--space", "extended_sphere", "--c-p", "0", "--p", "0",
+          "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25", "--n-steps", "4",
+          "--n-log-steps", "5", "--seed", "9", "--num-eval-batches", "1"]
+README_OUT = ["--device", "cpu", "--log-file", "run.log", "--metrics-file", "metrics.jsonl"]
+NO_CUDA = {"CUDA_VISIBLE_DEVICES": ""}
+NO_SEED = ["--n-log-steps", "2", "--metrics-file", "metrics.jsonl", "--cond-thresh-ratio", "0.01"]
+TINY = ["--device", "cpu", "--n", "4", "--batch-size", "32", "--space", "extended_sphere", "--c-p", "0",
+        "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", "3",
+        "--num-eval-batches", "1"]
+
+# The encoder's repr for n = 10, exactly as in the reference logs.
+REFERENCE_F = [
+    "  (0): Linear(in_features=10, out_features=100, bias=True)",
+    "  (1): LeakyReLU(negative_slope=0.01)",
+    "  (2): Linear(in_features=100, out_features=500, bias=True)",
+    "  (3): LeakyReLU(negative_slope=0.01)",
+    "  (4): Linear(in_features=500, out_features=500, bias=True)",
+    "  (5): LeakyReLU(negative_slope=0.01)",
+    "  (6): Linear(in_features=500, out_features=500, bias=True)",
+    "  (7): LeakyReLU(negative_slope=0.01)",
+    "  (8): Linear(in_features=500, out_features=500, bias=True)",
+    "  (9): LeakyReLU(negative_slope=0.01)",
+    "  (10): Linear(in_features=500, out_features=100, bias=True)",
+    "  (11): LeakyReLU(negative_slope=0.01)",
+    "  (12): Linear(in_features=100, out_features=10, bias=True)",
+    "  (13): RescaleLayer()",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Start every run of this module together; returns {name: (CompletedProcess, its directory)}.
+
+    The run without --seed goes first; as soon as it has ended, the same command
+    with the seed it drew ("seeded_again") joins the runs still going.
+    """
+    specs = {
+        "no_seed": (TINY + NO_SEED, None),
+        "readme": (README + README_OUT, NO_CUDA),
+        "readme_again": (README + README_OUT, NO_CUDA),
+    }
+    dirs = {name: tmp_path_factory.mktemp(name) for name in [*specs, "seeded_again"]}
+    with ThreadPoolExecutor(3) as pool:
+        futures = {name: pool.submit(run_cli, args, cwd=dirs[name], env=env_for_cli(**(env or {})))
+                   for name, (args, env) in specs.items()}
+        m = re.search(r"drew seed (\d+)", futures["no_seed"].result().stderr)
+        if m:
+            futures["seeded_again"] = pool.submit(run_cli, TINY + NO_SEED + ["--seed", m.group(1)],
+                                                  cwd=dirs["seeded_again"])
+        return {name: (future.result(), dirs[name]) for name, future in futures.items()}
+
+
+def ok(run):
+    res, _ = run
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    return res
+
+
+def test_readme_command_prints_every_line_type_in_order(runs):
+    res = ok(runs["readme"])
+    log = parse_log(res.stdout)  # strict: every line is a known type, in the reference order
+
+    keys = list(log["args"])
+    assert keys[:len(REFERENCE_KEYS)] == REFERENCE_KEYS
+    assert log["args"]["space_type"] == "extended_sphere"  # --space is the prefix of --space-type
+    assert log["args"]["seed"] == "9" and log["args"]["p"] == "0" and log["args"]["c_p"] == "0"
+
+    assert len(log["lambda_init"]) == 10
+    assert all(abs(v) < 0.5 for v in log["lambda_init"])  # θ ~ N(0, 0.1²)
+    assert log["gt_lambda"] == [25.0] * 5 + [5.0] * 5
+
+    assert len(log["layer_conds"]) == 3
+    assert all(1.0 <= c <= log["cond_threshold"] for c in log["layer_conds"])
+    assert 0.0 <= log["id_lin"] <= 1.0 and 0.0 <= log["id_perm"] <= 1.0
+
+    (phase,) = log["phases"]
+    assert phase["supervised"] is False
+    assert phase["f"] == REFERENCE_F
+    # 4 * 3 = 12 contrastive steps, logged (the reference's rule) at step % 5 == 1 and at step == --n-steps
+    assert [s["step"] for s in phase["steps"]] == [1, 4, 6, 11]
+    for s in phase["steps"]:
+        assert len(s["lambda"]) == 10
+        assert all(0.3 < v < 1.2 for v in s["lambda"])  # softplus(θ) ≈ 0.7 after a few steps
+        assert 0.0 <= s["perm"] <= 1.0
+    assert phase["final"] is not None
+
+    # At initialisation the loss is about ln(2B - 1).
+    assert abs(phase["steps"][0]["loss"] - math.log(2 * 64 - 1)) < 0.05
+    assert phase["steps"][0]["mean_loss"] == phase["steps"][0]["loss"]
+
+
+def test_same_seed_gives_identical_stdout(runs):
+    first, second = ok(runs["readme"]), ok(runs["readme_again"])
+    assert first.stdout == second.stdout
+
+
+def test_log_file_is_stdout(runs):
+    res, cwd = runs["readme"]
+    ok(runs["readme"])
+    assert (cwd / "run.log").read_text() == res.stdout
+
+
+def test_metrics_file_records_config_and_every_logged_step(runs):
+    res, cwd = runs["readme"]
+    ok(runs["readme"])
+    records = [json.loads(line) for line in (cwd / "metrics.jsonl").read_text().splitlines()]
+    config = records[0]
+    assert config["type"] == "config"
+    assert config["seed"] == 9 and config["device"] == "cpu"
+    assert config["torch"] and config["numpy"]
+    assert config["args"]["n"] == 10 and config["args"]["batch_size"] == 64
+
+    steps = [r for r in records if r.get("type") == "step"]
+    printed = parse_log(res.stdout)["phases"][0]["steps"]
+    assert [r["step"] for r in steps] == [s["step"] for s in printed]
+    for rec, line in zip(steps, printed):
+        assert {"step", "loss", "mean_loss", "lin", "perm", "lambda"} <= set(rec)
+        for key in ("loss", "mean_loss", "lin", "perm"):
+            assert f"{rec[key]:.4f}" == f"{line[key]:.4f}"  # the printed value is the recorded one
+        assert [round(v, 1) for v in rec["lambda"]] == line["lambda"]
+    assert records.index(steps[0]) == 1  # the config record comes first
+
+
+def test_linspace_infonce_symmetric_every_step_logged(capsys):
+    """--linearly-spaced-lambda, --loss infonce, --negatives symmetric and --n-log-steps 1 in one run.
+
+    In-process (``main_mlp.main``), to spare an interpreter start-up.
+    """
+    argv = TINY + ["--seed", "0", "--n-log-steps", "1", "--linearly-spaced-lambda",
+                   "--loss", "infonce", "--negatives", "symmetric"]
+    with restore_signal_handlers():
+        assert main_mlp.main(argv) == 0
+    log = parse_log(capsys.readouterr().out)
+    assert log["gt_lambda"] == pytest.approx([5.0, 5.0 + 20 / 3, 5.0 + 40 / 3, 25.0], abs=1e-4)
+    assert log["args"]["loss"] == "infonce" and log["args"]["negatives"] == "symmetric"
+    steps = log["phases"][0]["steps"]
+    assert [s["step"] for s in steps] == [1, 2, 3]  # --n-log-steps 1: every step
+    assert [s["mean_loss"] for s in steps] == [s["loss"] for s in steps]  # the mean of the last 1 loss
+    for s in steps:
+        assert len(s["lambda"]) == 4 and len(set(s["lambda"])) == 1  # one shared λ: the isotropic baseline
+    assert abs(steps[0]["loss"] - math.log(2 * 32 - 1)) < 0.05
+
+
+def test_drawn_seed_is_reported_and_repeats_the_run(runs):
+    res, cwd = runs["no_seed"]
+    ok(runs["no_seed"])
+    m = re.search(r"drew seed (\d+)", res.stderr)
+    assert m, res.stderr
+    seed = int(m.group(1))
+    config = json.loads((cwd / "metrics.jsonl").read_text().splitlines()[0])
+    assert config["seed"] == seed
+    assert "\tseed: None\n" in res.stdout and "drew" not in res.stdout  # stdout: reference format only
+
+    again = ok(runs["seeded_again"])  # the same command with --seed <the drawn seed>
+    assert "drew seed" not in again.stderr
+    assert again.stdout == res.stdout.replace("\tseed: None\n", f"\tseed: {seed}\n")

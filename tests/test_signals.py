@@ -1,0 +1,151 @@
+"""A stopped run loses nothing: SIGINT / SIGTERM / SIGKILL mid-run, then --resume-training.
+
+One command (a tiny contrastive run with --save-dir, --log-file and
+--metrics-file, all relative paths) runs four times at once in four
+directories: to the end (the reference), and stopped by SIGINT, SIGTERM and
+SIGKILL once its log holds two Step lines. Then, again at once: the SIGINT
+and SIGKILL runs are resumed with the same command plus --resume-training,
+and a copy of the finished run is extended with a larger --n-steps. On the
+CPU with a seed, a resumed run must print after its checkpoint step exactly
+what the run that was never stopped printed, and leave the same log and
+metrics files.
+"""
+
+import re
+import shutil
+import signal
+
+import pytest
+import torch
+
+import logparse
+from cli_util import finish, parse_log, signal_after_steps, start_cli, step_lines
+
+N_STEPS = 36  # 36 % 5 == 1: the last step is also a regular log step
+EXTENDED = 46
+CMD = ["--device", "cpu", "--n", "4", "--batch-size", "64", "--space", "extended_sphere", "--c-p", "0",
+       "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", str(N_STEPS),
+       "--n-log-steps", "5", "--seed", "5", "--num-eval-batches", "1",
+       "--save-dir", "ckpt", "--log-file", "run.log", "--metrics-file", "metrics.jsonl"]
+RESUME = CMD + ["--resume-training"]
+STOPPED = re.compile(r"^main_mlp\.py: stopped by (SIG\w+) after step (\d+) of the unsupervised run; "
+                     r"checkpoint in ckpt\. Resume with the same command plus --resume-training\.$", re.M)
+RESUMED = re.compile(r"resumed the unsupervised run after step (\d+)")
+
+
+def load_checkpoint(cwd):
+    return torch.load(cwd / "ckpt" / "checkpoint.pth", map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{name: (returncode, stdout, stderr, directory)} of all the runs of this module."""
+    dirs = {name: tmp_path_factory.mktemp(name) for name in
+            ("full", "sigint", "sigterm", "sigkill", "resume_sigint", "resume_sigkill", "extend")}
+    out = {}
+    procs = {name: start_cli(CMD, dirs[name]) for name in ("full", "sigint", "sigterm", "sigkill")}
+    try:
+        signal_after_steps([(procs["sigint"], dirs["sigint"] / "run.log", signal.SIGINT),
+                            (procs["sigterm"], dirs["sigterm"] / "run.log", signal.SIGTERM),
+                            (procs["sigkill"], dirs["sigkill"] / "run.log", signal.SIGKILL)], count=2)
+        for name, proc in procs.items():
+            out[name] = (*finish(proc), dirs[name])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    # Second round: resume the SIGINT and SIGKILL runs, extend a copy of the finished one.
+    for stopped, resumed in (("sigint", "resume_sigint"), ("sigkill", "resume_sigkill")):
+        shutil.rmtree(dirs[resumed])
+        shutil.copytree(dirs[stopped], dirs[resumed])  # keep the stopped run's files to inspect
+    shutil.rmtree(dirs["extend"])
+    shutil.copytree(dirs["full"], dirs["extend"])
+    procs = {"resume_sigint": start_cli(RESUME, dirs["resume_sigint"]),
+             "resume_sigkill": start_cli(RESUME, dirs["resume_sigkill"]),
+             "extend": start_cli(CMD[:CMD.index("--n-steps") + 1] + [str(EXTENDED)]
+                                 + CMD[CMD.index("--n-steps") + 2:] + ["--resume-training"], dirs["extend"])}
+    try:
+        for name, proc in procs.items():
+            out[name] = (*finish(proc), dirs[name])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out
+
+
+def test_uninterrupted_run(runs):
+    rc, stdout, stderr, cwd = runs["full"]
+    assert rc == 0, stderr
+    assert (cwd / "run.log").read_text() == stdout
+    steps = parse_log(stdout)["phases"][0]["steps"]
+    assert [s["step"] for s in steps] == list(range(1, N_STEPS + 1, 5))
+    assert load_checkpoint(cwd)["step"] == N_STEPS
+
+
+@pytest.mark.parametrize("name, signum, code", [("sigint", "SIGINT", 130), ("sigterm", "SIGTERM", 143)])
+def test_sigint_sigterm_stop_after_a_step_with_a_checkpoint(runs, name, signum, code):
+    rc, stdout, stderr, cwd = runs[name]
+    assert rc == code, stderr
+    assert "Traceback" not in stderr
+    m = STOPPED.search(stderr)  # says where it stopped and how to resume
+    assert m and m.group(1) == signum, stderr
+    step = int(m.group(2))
+    assert 6 <= step < N_STEPS
+    assert load_checkpoint(cwd)["step"] == step
+    log = parse_log(stdout)
+    assert log["phases"][0]["final"] is None  # stopped: no final evaluation
+    assert (cwd / "run.log").read_text() == stdout
+
+
+def test_sigkill_leaves_a_parseable_log_and_a_loadable_checkpoint(runs):
+    rc, stdout, stderr, cwd = runs["sigkill"]
+    assert rc == -signal.SIGKILL
+    text = (cwd / "run.log").read_text()
+    assert text.endswith("\n")  # no half-written line
+    steps = parse_log(text)["phases"][0]["steps"]
+    assert len(steps) >= 2
+    # the project's log reader (compare_logs.py, plot_logs.py) reads it whole
+    read = logparse.parse_log(str(cwd / "run.log"))
+    assert not read.truncated and not read.skipped
+    assert [r["step"] for r in read.main_phase().steps] == [s["step"] for s in steps]
+    state = load_checkpoint(cwd)
+    assert 1 <= state["step"] < N_STEPS
+    assert state["offsets"][0] <= len(text.encode())
+    # the checkpoint is at or after the last log line it has seen
+    logged = parse_log(text.encode()[:state["offsets"][0]].decode())["phases"][0]["steps"]
+    assert logged and logged[-1]["step"] <= state["step"]
+
+
+@pytest.mark.parametrize("stopped, resumed", [("sigint", "resume_sigint"), ("sigkill", "resume_sigkill")])
+def test_resume_prints_what_the_uninterrupted_run_printed(runs, stopped, resumed):
+    _, full_out, _, full_dir = runs["full"]
+    rc, stdout, stderr, cwd = runs[resumed]
+    assert rc == 0, stderr
+    k = int(RESUMED.search(stderr).group(1))
+    assert k == load_checkpoint(runs[stopped][3])["step"]
+
+    after = [line for step, line in step_lines(full_out) if step > k]
+    assert after  # the run was stopped before its last log line
+    assert [line for _, line in step_lines(stdout)] == after
+    assert stdout.splitlines()[-2:] == full_out.splitlines()[-2:]  # the final evaluation
+    # The files continue from the checkpoint: the same as if never stopped.
+    assert (cwd / "run.log").read_text() == (full_dir / "run.log").read_text()
+    assert (cwd / "metrics.jsonl").read_text() == (full_dir / "metrics.jsonl").read_text()
+
+
+def test_extend_a_finished_run(runs):
+    _, full_out, _, _ = runs["full"]
+    rc, stdout, stderr, cwd = runs["extend"]
+    assert rc == 0, stderr
+    assert int(RESUMED.search(stderr).group(1)) == N_STEPS
+    assert [s["step"] for s in parse_log(stdout)["phases"][0]["steps"]] == [41, 46]
+    text = (cwd / "run.log").read_text()
+    before = full_out.splitlines()[:-2]  # the finished run's log without its final evaluation
+    assert text.splitlines()[:len(before)] == before
+    steps = parse_log(text)["phases"][0]["steps"]
+    assert [s["step"] for s in steps] == list(range(1, EXTENDED + 1, 5))
+    assert load_checkpoint(cwd)["step"] == EXTENDED

@@ -1,0 +1,198 @@
+"""Bad input: a one-line error naming the flag (exit 2); a hopeless sampler and a diverging run stop early.
+
+The bad inputs run in-process through ``main_mlp.main(argv)`` (argument
+checking needs no subprocess, and 30 interpreter start-ups would cost a
+minute); two representative cases go through the real CLI in subprocess
+to check what a shell sees: the exit status, stderr, no traceback.
+"""
+
+import contextlib
+import os
+import re
+
+import pytest
+import torch
+
+import main_mlp
+from cli_util import STEP_RE, env_for_cli, one_torch_thread, restore_signal_handlers, run_many
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+# (flags, text the one-line error must contain)
+BAD_INPUTS = [
+    (["--n", "1"], "--n"),
+    (["--n", "abc"], "--n"),
+    (["--batch-size", "1"], "--batch-size"),
+    (["--n-steps", "0"], "--n-steps"),
+    (["--n-log-steps", "0"], "--n-log-steps"),
+    (["--num-eval-batches", "0"], "--num-eval-batches"),
+    (["--more-unsupervised", "0"], "--more-unsupervised"),
+    (["--n-mixing-layer", "0"], "--n-mixing-layer"),
+    (["--checkpoint-every", "0"], "--checkpoint-every"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-4"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--lr-lambda", "0"], "--lr-lambda"),
+    (["--tau", "0"], "--tau"),
+    (["--tau", "inf"], "--tau"),
+    (["--c-param", "-1"], "--c-param"),
+    (["--m-param", "0"], "--m-param"),
+    (["--sphere-r", "0"], "--sphere-r"),
+    (["--sphere-r", "nan"], "--sphere-r"),
+    (["--gt-lambda-1", "0"], "--gt-lambda-1"),
+    (["--gt-lambda-2", "-25"], "--gt-lambda-2"),
+    (["--threshold", "0"], "--threshold"),
+    (["--threshold", "1.5"], "--threshold"),
+    (["--threshold", "nan"], "--threshold"),
+    (["--p", "-1"], "--p"),
+    (["--box-min", "1", "--box-max", "0"], "--box-min"),
+    (["--box-min", "0.5", "--box-max", "0.5"], "--box-max"),
+    (["--only-supervised", "--only-unsupervised"], "--only-unsupervised"),
+    (["--sphere-norm", "--box-norm"], "--box-norm"),
+    (["--space-type", "unbounded", "--m-p", "0"], "--m-p"),
+    (["--space-type", "cube"], "--space-type"),
+    (["--space-type", "box", "--c-p", "0"], "--c-p"),
+    (["--loss", "infonce"], "--loss"),  # the default box space with --p 1 has no Λ̂
+    (["--negatives", "symmetric"], "--negatives"),
+    (["--act-fct", "gelu"], "--act-fct"),
+    (["--device", "tpu"], "--device"),
+    (["--seed", "-1"], "--seed"),
+    (["--resume-training"], "--resume-training"),  # needs --save-dir
+]
+
+
+def run_in_process(argv, capsys):
+    with restore_signal_handlers(), pytest.raises(SystemExit) as exc:
+        main_mlp.main(argv)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def assert_one_line_error(code, out, err, flag):
+    assert code == 2
+    assert out == ""  # nothing printed, nothing trained
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("main_mlp.py: error: ")
+    assert flag in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, flag", BAD_INPUTS, ids=[" ".join(f) for f, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_error(flags, flag, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_in_process(flags, capsys)
+    assert_one_line_error(code, out, err, flag)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cuda_requested_without_cuda(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_in_process(["--device", "cuda"], capsys)
+    assert_one_line_error(code, out, err, "--device")
+    assert "CUDA" in err
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_directory", "missing_directory"])
+@pytest.mark.parametrize("flag", ["--save-dir", "--log-file", "--metrics-file"])
+def test_unwritable_outputs_are_refused_before_training(flag, where, capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    if flag == "--save-dir":
+        # A directory can't be made under a regular file, nor where a file is.
+        path = {"under_a_file": tmp_path / "file" / "ckpt", "is_a_directory": tmp_path / "file",
+                "missing_directory": tmp_path / "file" / "a" / "b"}[where]
+    else:
+        path = {"under_a_file": tmp_path / "file" / "run.log", "is_a_directory": tmp_path / "dir",
+                "missing_directory": tmp_path / "missing" / "run.log"}[where]
+    code, out, err = run_in_process([flag, str(path)], capsys)
+    assert_one_line_error(code, out, err, flag)
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file"] and os.listdir(tmp_path / "dir") == []
+
+
+CKPT_RUN = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--space-type", "extended_sphere",
+            "--c-p", "0", "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", "2",
+            "--n-log-steps", "2", "--num-eval-batches", "1", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("ckpt")
+    with restore_signal_handlers(), open(os.devnull, "w") as null, \
+            contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+        assert main_mlp.main(CKPT_RUN + ["--save-dir", str(save_dir)]) == 0
+    assert (save_dir / main_mlp.CHECKPOINT_NAME).exists()
+    return save_dir
+
+
+@pytest.mark.parametrize("change, key", [
+    (["--n", "4"], "n ("),
+    (["--batch-size", "64"], "batch_size"),
+    (["--loss", "infonce"], "loss"),
+    (["--seed", "1"], "seed"),
+])
+def test_resume_from_another_configuration_is_refused(change, key, checkpoint_dir, capsys):
+    argv = CKPT_RUN + ["--save-dir", str(checkpoint_dir), "--resume-training"] + change
+    code, out, err = run_in_process(argv, capsys)
+    assert_one_line_error(code, out, err, "--resume-training")
+    assert key in err
+
+
+def test_resume_past_the_end_is_refused(checkpoint_dir, capsys):
+    argv = CKPT_RUN + ["--save-dir", str(checkpoint_dir), "--resume-training", "--n-steps", "1"]
+    code, out, err = run_in_process(argv, capsys)
+    assert_one_line_error(code, out, err, "--n-steps")
+
+
+@pytest.mark.parametrize("lr, later", [("1e6", False), ("300", True)])
+def test_diverging_run_stops_at_the_step(lr, later, capsys, tmp_path):
+    """A message naming the step and the last loss, a non-zero exit, no NaN lines, the checkpoint before it.
+
+    --lr 1e6 makes the encoder's output infinite after step 1; --lr 300 gives a NaN
+    loss a few steps in, between two log lines.
+    """
+    argv = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--only-supervised", "--lr", lr,
+            "--n-steps", "200", "--n-log-steps", "10", "--seed", "0", "--cond-thresh-ratio", "0.01",
+            "--log-file", str(tmp_path / "run.log"), "--save-dir", str(tmp_path / "ckpt")]
+    with restore_signal_handlers():
+        code = main_mlp.main(argv)
+    out, err = capsys.readouterr()
+    assert code not in (0, 2)
+    errors = [line for line in err.splitlines() if line.startswith("main_mlp.py: error: ")]
+    assert len(errors) == 1, err
+    m = re.search(r"diverged at step (\d+)", errors[0])
+    assert m and re.search(r"loss \d+\.\d{4}", errors[0]) and "--lr" in errors[0], errors[0]
+    steps = [line for line in out.splitlines() if line.startswith("Step:")]
+    assert len(steps) <= 2 and all(STEP_RE.match(line) for line in steps)  # no NaN lines
+    assert "nan" not in out
+    assert (tmp_path / "run.log").read_text() == out
+    ckpt = tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME
+    if later:  # the last checkpoint is from before the divergence, and finite
+        assert int(m.group(1)) > 1
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        assert state["step"] < int(m.group(1))
+        assert all(bool(torch.isfinite(t).all()) for t in state["encoders"]["supervised"].values())
+
+
+def test_through_the_cli(tmp_path):
+    """What a shell sees: a bad flag, and a rejection sampler that would never finish a batch."""
+    env = env_for_cli(CUDA_VISIBLE_DEVICES="")
+    bad, sampler = run_many([
+        dict(args=["--n", "1"], cwd=tmp_path, env=env, timeout=120),
+        # ~1e-6 of the proposals could be accepted: the reference loops forever
+        dict(args=["--n", "10", "--space", "extended_sphere", "--c-p", "0", "--p", "0", "--only-unsupervised",
+                   "--threshold", "1e-6", "--seed", "0"], cwd=tmp_path, env=env, timeout=60),
+    ])
+    assert_one_line_error(bad.returncode, bad.stdout, bad.stderr, "--n")
+
+    assert sampler.returncode == 2, sampler.stderr
+    assert sampler.stderr.count("\n") == 1 and "Traceback" not in sampler.stderr
+    assert sampler.stderr.startswith("main_mlp.py: error: ")
+    assert "--threshold" in sampler.stderr and "--gt-lambda" in sampler.stderr
+    assert "accepts 0.00e+00 of its proposals" in sampler.stderr  # the measured rate
+    assert "Step:" not in sampler.stdout and "supervised test" not in sampler.stdout  # nothing trained
