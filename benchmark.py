@@ -95,8 +95,7 @@ def build(args, device, seed=0):
 def bench_batch(args, device, batch_size, repeats, precision):
     latent, g, loss_fn, gen, _ = build(args, device)
     f = encoders.build_encoder(args.n).to(device)
-    optimizer = torch.optim.Adam([{"params": f.parameters(), "lr": args.lr},
-                                  {"params": loss_fn.parameters(), "lr": args.lr_lambda}], fused=True)
+    optimizer = main_mlp.build_optimizer(args, f, loss_fn)
     if precision == "bf16":
         autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
     else:
@@ -136,6 +135,7 @@ def main():
     opts = parser.parse_args()
 
     device = main_mlp.resolve_device(opts.device)
+    main_mlp.keep_freed_memory()
     _, args = main_mlp.parse_args(README_ARGS)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
