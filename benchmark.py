@@ -53,8 +53,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def gemm_rate(device, repeats, dtype=torch.float32):
-    """Measured FLOP/s of an (M×K)·(K×N) matrix product."""
+def gemm_op(device, dtype=torch.float32):
+    """One (M×K)·(K×N) float32 matrix product, the widest layer's shape; returns (op, FLOPs)."""
     m, k, n = GEMM_SHAPE
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
@@ -63,7 +63,21 @@ def gemm_rate(device, repeats, dtype=torch.float32):
         a @ b
         sync(device)
 
-    return 2 * m * k * n / median_time(run, repeats)
+    return run, 2 * m * k * n
+
+
+def interleaved_medians(fns, repeats, warmup=2):
+    """Median wall time of each function, timed in turns so that all see the same machine load."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - t)
+    return [statistics.median(bucket) for bucket in times]
 
 
 def encoder_step_flops(n, batch_size):
@@ -116,8 +130,11 @@ def bench_batch(args, device, batch_size, repeats, precision):
         main_mlp.evaluate(latent, h, main_mlp.N_EVAL_SAMPLES, gen, device)
         f"{loss_fn.lambdas().tolist()}"  # the lambda line's host copy
 
+    gemm, gemm_flops = gemm_op(device)
+    step_time, gemm_time = interleaved_medians([step, gemm], repeats)
     return {
-        "step": median_time(step, repeats),
+        "step": step_time,
+        "gemm_rate": gemm_flops / gemm_time,
         "sampler": median_time(sample, repeats),
         "eval": median_time(log_eval, max(3, repeats // 4), warmup=1),
     }
@@ -142,23 +159,23 @@ def main():
           f"precision {opts.precision}")
 
     startup = statistics.median(build(args, device, seed)[4] for seed in range(opts.startup_repeats))
-    rate = gemm_rate(device, max(10, opts.repeats))
-    print(f"float32 GEMM {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} @ {GEMM_SHAPE[1]}x{GEMM_SHAPE[2]}: "
-          f"{rate / 1e9:.1f} GFLOP/s")
+    print(f"floor: the encoder's matmul FLOPs at the float32 rate of a {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} @ "
+          f"{GEMM_SHAPE[1]}x{GEMM_SHAPE[2]} GEMM, timed in turns with the step")
     print(f"start-up (mixing g with {invertible_network_utils.N_COND_SAMPLES:,} condition numbers, "
           f"sampler check), median of {opts.startup_repeats} seeds: {startup:.3f} s")
     print()
-    header = ("batch", "floor ms", "step ms", "step/floor", "sampler ms", "eval ms", "log+sampler %",
+    header = ("batch", "GEMM GFLOP/s", "floor ms", "step ms", "step/floor", "sampler ms", "eval ms", "log+sampler %",
               "projected 300,003 steps")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for batch_size in opts.batch_sizes:
         t = bench_batch(args, device, batch_size, opts.repeats, opts.precision)
-        floor = encoder_step_flops(args.n, batch_size) / rate
+        floor = encoder_step_flops(args.n, batch_size) / t["gemm_rate"]
         logs = FULL_STEPS // LOG_EVERY + 1
         total = FULL_STEPS * t["step"] + logs * t["eval"] + startup
         overhead = (FULL_STEPS * t["sampler"] + logs * t["eval"]) / total
-        print(f"{batch_size} | {floor * 1e3:.1f} | {t['step'] * 1e3:.1f} | {t['step'] / floor:.2f} | "
+        print(f"{batch_size} | {t['gemm_rate'] / 1e9:.0f} | {floor * 1e3:.1f} | {t['step'] * 1e3:.1f} | "
+              f"{t['step'] / floor:.2f} | "
               f"{t['sampler'] * 1e3:.2f} | {t['eval'] * 1e3:.1f} | {100 * overhead:.1f} | "
               f"{total / 3600:.2f} h")
 

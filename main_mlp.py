@@ -136,7 +136,8 @@ def build_parser():
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and the loss")
     parser.add_argument("--allow-tf32", action="store_true", help="allow TF32 matmuls on CUDA")
     parser.add_argument("--checkpoint-every", type=int, default=None,
-                        help="steps between checkpoints in --save-dir (default: every log step)")
+                        help="also checkpoint every this many steps (one is always written in --save-dir "
+                             "at every log step and at the end)")
     parser.add_argument("--cond-thresh-ratio", type=float, default=0.0,
                         help="quantile of 25,000 random condition numbers that g's layers must not exceed")
     return parser
@@ -443,7 +444,6 @@ class Trainer:
         f_step = torch.compile(f) if args.compile else f
         loss_step = torch.compile(self.loss_fn) if args.compile and self.loss_fn is not None else self.loss_fn
         h = torch.nn.Sequential(self.g, f)
-        every = args.checkpoint_every or n_log
         t0, step0 = time.perf_counter(), start
         for step in range(start, total + 1):
             loss = train_step(self.latent, self.g, f_step, loss_step, optimizer, args.batch_size,
@@ -457,7 +457,10 @@ class Trainer:
             if self.flag.signum is not None:
                 self.save_checkpoint(phase, step, loss_buffer)
                 raise Stop(self.flag.signum, f"step {step} of the {phase} run")
-            if step % every == 0 or is_log or step == total:
+            # A checkpoint (and the finite check before it) at every log step,
+            # at the end, and every --checkpoint-every steps when given.
+            every = args.checkpoint_every
+            if is_log or step == total or (every is not None and step % every == 0):
                 self.check_finite(phase, step, loss_buffer, f)
                 self.save_checkpoint(phase, step, loss_buffer)
         self.save_models(phase)
@@ -474,9 +477,16 @@ class Trainer:
         params_ok = all(bool(torch.isfinite(p).all()) for p in params)
         if len(bad) == 0 and params_ok:
             return
-        first = int(steps[bad[0, 0]]) if len(bad) else step
-        finite = recent[torch.isfinite(recent)]
-        last = f"last finite loss {finite[-1].item():.4f}" if len(finite) else "no finite loss in the window"
+        first_index = int(bad[0, 0]) if len(bad) else window - 1
+        first = int(steps[first_index]) if len(bad) else step
+        # The last finite loss: in the window before the first bad one, else the last logged step's.
+        before = recent[:first_index]
+        if len(before):
+            last = f"last finite loss {before[-1].item():.4f} at step {first - 1}"
+        elif self.last_logged is not None:
+            last = f"last finite loss {self.last_logged['loss']:.4f} at step {self.last_logged['step']}"
+        else:
+            last = "no finite loss before it"
         logged = ""
         if self.last_logged is not None:
             rec = self.last_logged
@@ -563,6 +573,10 @@ def load_resume_state(parser, args, device):
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # a damaged file: say which, not a traceback
         parser.error(f"argument --resume-training: cannot read {path} ({type(exc).__name__})")
+    # A run killed while writing a checkpoint leaves its temporary file behind.
+    for name in os.listdir(args.save_dir):
+        if name.startswith(CHECKPOINT_NAME + ".tmp"):
+            os.remove(os.path.join(args.save_dir, name))
     if args.seed is None:
         args.seed = state["seed"]
     mine = config_fingerprint(args, device)
