@@ -37,6 +37,7 @@ import warnings
 import numpy as np
 
 import logparse
+from argparse_utils import ArgumentParser
 
 PROG = "compare_logs.py"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, 2
@@ -53,14 +54,6 @@ DEFAULT_ROWS = 20
 # listed as differences between the logs.
 INCIDENTAL_ARGS = {"log_file", "metrics_file", "save_dir", "device", "compile", "checkpoint_every",
                    "resume_training", "seed", "num_eval_batches"}
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error on stderr and exit 2."""
-
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(EXIT_UNREADABLE)
 
 
 def _nonnegative(text):

@@ -6,7 +6,6 @@ the authors' main_mlp.py. Reads as: parse and validate arguments -> build the
 latent space, g, f and the loss -> train -> final evaluation.
 """
 
-import argparse
 import contextlib
 import ctypes
 import functools
@@ -28,6 +27,7 @@ import invertible_network_utils
 import latent_spaces
 import losses
 import spaces
+from argparse_utils import ArgumentParser
 
 PROG = "main_mlp.py"
 # Fresh marginal samples behind every logged Lin./Perm. score.
@@ -49,14 +49,6 @@ EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 # --------------------------------------------------------------------------
 # Command line
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error: ``main_mlp.py: error: ...``, exit 2."""
-
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def number(text):

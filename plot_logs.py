@@ -25,19 +25,12 @@ matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 import logparse  # noqa: E402
+from argparse_utils import ArgumentParser
 
 PROG = "plot_logs.py"
 EXIT_BAD_INPUT = 2
 DEFAULT_SIZE = (12.0, 9.0)  # inches
 DEFAULT_DPI = 100
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error on stderr and exit 2."""
-
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def _positive(text):

@@ -58,6 +58,7 @@ import time
 import numpy as np
 
 import logparse
+from argparse_utils import ArgumentParser
 
 PROG = "sweep.py"
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -71,14 +72,6 @@ MIN_PREFIX = 4
 POLL_SECONDS = 0.2
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error on stderr and exit 2."""
-
-    def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(EXIT_BAD_INPUT)
 
 
 def _positive_int(text):
