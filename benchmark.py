@@ -23,10 +23,7 @@ import torch
 
 import encoders
 import invertible_network_utils
-import latent_spaces
-import losses
 import main_mlp
-import spaces
 
 README_ARGS = ["--n", "10", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25"]
@@ -88,26 +85,18 @@ def encoder_step_flops(n, batch_size):
 
 
 def build(args, device, seed=0):
-    """The objects of a run, as main_mlp builds them. Returns (latent, g, loss_fn, startup seconds)."""
+    """The objects of a run, as main_mlp builds them. Returns (experiment, data generator, start-up seconds)."""
     t = time.perf_counter()
     init_gen = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator(device=device).manual_seed(seed)
-    space = latent_spaces.build_space(args)
-    gt = latent_spaces.ground_truth_lambda(args.n, args.gt_lambda_1, args.gt_lambda_2,
-                                           args.linearly_spaced_lambda)
-    loss_fn = losses.AnInfoNCELoss(args.n, generator=init_gen).to(device)
-    acceptance = spaces.acceptance_rate(space, gt.rsqrt().to(device), args.threshold, data_gen, device,
-                                        main_mlp.ACCEPTANCE_PROPOSALS)
-    g, _, _ = invertible_network_utils.construct_invertible_mlp(
-        args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
-    g = g.to(device)
-    latent = latent_spaces.build_latent_space(args, space, gt, acceptance, device)
+    exp = main_mlp.build_experiment(args, device, init_gen, data_gen)
     sync(device)
-    return latent, g, loss_fn, data_gen, time.perf_counter() - t
+    return exp, data_gen, time.perf_counter() - t
 
 
 def bench_batch(args, device, batch_size, repeats, precision):
-    latent, g, loss_fn, gen, _ = build(args, device)
+    exp, gen, _ = build(args, device)
+    latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
     f = encoders.build_encoder(args.n).to(device)
     optimizer = main_mlp.build_optimizer(args, f, loss_fn)
     if precision == "bf16":
@@ -158,7 +147,7 @@ def main():
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"precision {opts.precision}")
 
-    startup = statistics.median(build(args, device, seed)[4] for seed in range(opts.startup_repeats))
+    startup = statistics.median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
     print(f"floor: the encoder's matmul FLOPs at the float32 rate of a {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} @ "
           f"{GEMM_SHAPE[1]}x{GEMM_SHAPE[2]} GEMM, timed in turns with the step")
     print(f"start-up (mixing g with {invertible_network_utils.N_COND_SAMPLES:,} condition numbers, "

@@ -7,6 +7,7 @@ latent space, g, f and the loss -> train -> final evaluation.
 """
 
 import contextlib
+import dataclasses
 import ctypes
 import functools
 import json
@@ -608,6 +609,58 @@ def main(argv=None):
         log.close()
 
 
+class InputError(ValueError):
+    """A configuration that parses but cannot run (reported like a bad flag)."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What a run draws before training: the latent space, the mixing g and the loss."""
+
+    latent: latent_spaces.LatentSpace
+    g: torch.nn.Module
+    loss_fn: torch.nn.Module
+    threshold: float  # of the layers' condition numbers
+    conds: list  # the layers' condition numbers
+    gt_lambda: torch.Tensor = None  # (n,) ground-truth Λ (AnInfoNCE experiment)
+    theta_init: torch.Tensor = None  # θ of Λ̂ as drawn, before any step
+    acceptance: float = None  # of the rejection sampler
+
+
+def build_experiment(args, device, init_gen, data_gen):
+    """Build the latent space, g and the loss from the flags, in the order the seed fixes.
+
+    θ and g are drawn from ``init_gen`` (CPU), the sampler's acceptance
+    estimate from ``data_gen``. Raises InputError when the rejection sampler
+    would accept too few proposals to finish a batch.
+    """
+    space = latent_spaces.build_space(args)
+    gt_lambda, theta_init, acceptance = None, None, None
+    if args.space_type == "extended_sphere" and args.p == 0:
+        loss_fn = losses.AnInfoNCELoss(args.n, isotropic=args.loss == "infonce",
+                                       symmetric=args.negatives == "symmetric", generator=init_gen)
+        theta_init = loss_fn.theta.detach().clone()
+        gt_lambda = latent_spaces.ground_truth_lambda(args.n, args.gt_lambda_1, args.gt_lambda_2,
+                                                      args.linearly_spaced_lambda)
+        loss_fn = loss_fn.to(device)
+    elif args.p == 0:
+        loss_fn = losses.DotSimCLRLoss(args.tau)
+    else:
+        loss_fn = losses.LpSimCLRLoss(args.p, args.tau)
+    if args.space_type == "extended_sphere" and args.c_p == 0:
+        acceptance = spaces.acceptance_rate(space, gt_lambda.rsqrt().to(device), args.threshold,
+                                            data_gen, device, ACCEPTANCE_PROPOSALS)
+        if acceptance < MIN_ACCEPTANCE:
+            raise InputError(f"arguments --threshold/--gt-lambda-1/--gt-lambda-2: the positive sampler accepts "
+                             f"{acceptance:.2e} of its proposals (measured on {ACCEPTANCE_PROPOSALS}), below "
+                             f"{MIN_ACCEPTANCE:g}; raise --threshold or lower the λ values")
+    g, threshold, conds = invertible_network_utils.construct_invertible_mlp(
+        args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
+    g = g.to(device)
+    latent = latent_spaces.build_latent_space(args, space, gt_lambda, acceptance, device)
+    return Experiment(latent, g, loss_fn, threshold, conds, gt_lambda, theta_init, acceptance)
+
+
 def run(parser, args, device, seed, log, flag, resume):
     # All randomness: the global CPU generator (encoder initialisation), one
     # CPU generator for g and θ, one generator on the device for the data.
@@ -621,37 +674,19 @@ def run(parser, args, device, seed, log, flag, resume):
     log.record(type="config", args=vars(args), seed=seed, device=str(device),
                torch=torch.__version__, numpy=np.__version__, python=platform.python_version())
 
-    space = latent_spaces.build_space(args)
-    aninfonce = args.space_type == "extended_sphere" and args.p == 0
-    gt_lambda, loss_fn, acceptance = None, None, None
-    if aninfonce:
-        loss_fn = losses.AnInfoNCELoss(args.n, isotropic=args.loss == "infonce",
-                                       symmetric=args.negatives == "symmetric", generator=init_gen)
-        gt_lambda = latent_spaces.ground_truth_lambda(args.n, args.gt_lambda_1, args.gt_lambda_2,
-                                                      args.linearly_spaced_lambda)
-        log.line(f"lambda init:  {loss_fn.theta.detach().clone()!r}")
-        log.line(f"ground truth Lambda:  {gt_lambda.to(device)!r}")
-        loss_fn = loss_fn.to(device)
-    elif args.p == 0:
-        loss_fn = losses.DotSimCLRLoss(args.tau)
-    else:
-        loss_fn = losses.LpSimCLRLoss(args.p, args.tau)
-    if args.space_type == "extended_sphere" and args.c_p == 0:
-        acceptance = spaces.acceptance_rate(space, gt_lambda.rsqrt().to(device), args.threshold,
-                                            data_gen, device, ACCEPTANCE_PROPOSALS)
-        if acceptance < MIN_ACCEPTANCE:
-            parser.error(f"arguments --threshold/--gt-lambda-1/--gt-lambda-2: the positive sampler accepts "
-                         f"{acceptance:.2e} of its proposals (measured on {ACCEPTANCE_PROPOSALS}), below "
-                         f"{MIN_ACCEPTANCE:g}; raise --threshold or lower the λ values")
-        log.info(f"positive sampler acceptance rate: {acceptance:.3f}")
-
-    g, threshold, conds = invertible_network_utils.construct_invertible_mlp(
-        args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
-    g = g.to(device)
-    log.line(f"condition number threshold: {threshold:.6f}")
-    for i, c in enumerate(conds):
-        log.line(f"layer {i + 1}/{len(conds)},  condition number: {c!r}")
-    latent = latent_spaces.build_latent_space(args, space, gt_lambda, acceptance, device)
+    try:
+        exp = build_experiment(args, device, init_gen, data_gen)
+    except InputError as exc:
+        parser.error(str(exc))
+    if exp.acceptance is not None:
+        log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
+    if exp.gt_lambda is not None:
+        log.line(f"lambda init:  {exp.theta_init!r}")
+        log.line(f"ground truth Lambda:  {exp.gt_lambda.to(device)!r}")
+    log.line(f"condition number threshold: {exp.threshold:.6f}")
+    for i, c in enumerate(exp.conds):
+        log.line(f"layer {i + 1}/{len(exp.conds)},  condition number: {c!r}")
+    latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
 
     scores = evaluate(latent, g, N_EVAL_SAMPLES, data_gen, device)
     log.line(f"Id. Lin. Disentanglement: {scores[0]:.4f}")
