@@ -15,7 +15,8 @@ ones), aligns one phase (the contrastive one by default) by step, and prints:
 Verdict: the logs agree when, at every common step >= ``--min-step``,
 |Δ<Loss>| <= ``--loss-tol``, |ΔLin.| <= ``--lin-tol`` and |ΔPerm.| <=
 ``--perm-tol``; when the sorted Λ̂ of A is within ``--lambda-rtol`` of the
-sorted Λ̂ of B (relative to B's) entry by entry; when both logs have final
+sorted Λ̂ of B (relative to B's) entry by entry, both taken at the last
+common step where both logged Λ̂ (``--lambda-at last``: each log's last); when both logs have final
 scores, those are within the Lin./Perm. tolerances; and when both logs have
 the same ground-truth Λ. With no common step >= ``--min-step`` the last
 common step is checked instead, and the output says so.
@@ -87,9 +88,10 @@ def parse_args(argv=None):
     parser.add_argument("--lambda-rtol", type=_nonnegative, default=DEFAULT_LAMBDA_RTOL,
                         help="largest allowed relative difference of sorted Λ̂ entries, |a - b| / |b| "
                              "(default: %(default)s)")
-    parser.add_argument("--lambda-at", choices=("last", "common"), default="last",
-                        help="Λ̂ to compare: each log's last logged one, or both at the last common step "
-                             "where both logged Λ̂ (default: %(default)s)")
+    parser.add_argument("--lambda-at", choices=("last", "common"), default="common",
+                        help="Λ̂ to compare: both at the last common step where both logged Λ̂ (two runs "
+                             "of different length are compared at the same step), or each log's last one "
+                             "(default: %(default)s)")
     parser.add_argument("--phase", choices=("unsupervised", "supervised"), default="unsupervised",
                         help="the phase of the logs to align (default: %(default)s)")
     parser.add_argument("--rows", type=_positive_int, default=DEFAULT_ROWS,
