@@ -454,7 +454,8 @@ class Trainer:
             # at the end, and every --checkpoint-every steps when given.
             every = args.checkpoint_every
             if is_log or step == total or (every is not None and step % every == 0):
-                self.check_finite(phase, step, loss_buffer, f)
+                if not is_log:  # log_step has just checked
+                    self.check_finite(phase, step, loss_buffer, f)
                 self.save_checkpoint(phase, step, loss_buffer)
         self.save_models(phase)
         self.final_evaluation(h)
