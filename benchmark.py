@@ -2,9 +2,13 @@
 
 Prints, for the README configuration of the AnInfoNCE experiment:
   - the GEMM floor of one step: the encoder's matmul FLOPs (forward and
-    backward of 2B samples) divided by the float32 GEMM rate measured here;
+    backward of 2B samples) divided by the float32 GEMM rate measured here
+    (the widest layer's product, repeated to the step's FLOPs);
   - the median time of a full training step (sample positives, forward,
-    loss, backward, optimiser) and its ratio to the floor;
+    loss, backward, optimiser) and its ratio to the floor: the two are timed
+    in turns, and the ratio is the median of the per-turn ratios (on a
+    shared machine whose speed drifts, that is steadier than a ratio of
+    two medians);
   - the sampler's time per batch, the time of one logged evaluation, the
     start-up time (mixing g with its 25,000 condition numbers);
   - the projected wall time of the full 300,003-step run with its logging.
@@ -63,8 +67,12 @@ def gemm_op(device, dtype=torch.float32):
     return run, 2 * m * k * n
 
 
-def interleaved_medians(fns, repeats, warmup=2):
-    """Median wall time of each function, timed in turns so that all see the same machine load."""
+def interleaved_times(fns, repeats, warmup=2):
+    """Wall times of each function, timed in turns so that all see the same machine load.
+
+    Returns one list of ``repeats`` times per function; entry i of each list
+    comes from the same turn.
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -74,7 +82,7 @@ def interleaved_medians(fns, repeats, warmup=2):
             t = time.perf_counter()
             fn()
             bucket.append(time.perf_counter() - t)
-    return [statistics.median(bucket) for bucket in times]
+    return times
 
 
 def encoder_step_flops(n, batch_size):
@@ -119,11 +127,25 @@ def bench_batch(args, device, batch_size, repeats, precision):
         main_mlp.evaluate(latent, h, main_mlp.N_EVAL_SAMPLES, gen, device)
         f"{loss_fn.lambdas().tolist()}"  # the lambda line's host copy
 
+    # The floor's GEMMs: as many widest-layer products as the step has FLOPs,
+    # so that each turn times both over about the same stretch of machine time.
     gemm, gemm_flops = gemm_op(device)
-    step_time, gemm_time = interleaved_medians([step, gemm], repeats)
+    step_flops = encoder_step_flops(args.n, batch_size)
+    rounds = max(1, round(step_flops / gemm_flops))
+
+    def floor_gemms():
+        for _ in range(rounds):
+            gemm()
+
+    step_times, gemm_times = interleaved_times([step, floor_gemms], repeats)
+    gemm_rate = rounds * gemm_flops / statistics.median(gemm_times)
+    # Turn by turn, step / floor: a shared machine's speed drifts between
+    # turns, and the ratio within a turn cancels most of that drift.
+    ratios = [s / (step_flops * g / (rounds * gemm_flops)) for s, g in zip(step_times, gemm_times)]
     return {
-        "step": step_time,
-        "gemm_rate": gemm_flops / gemm_time,
+        "step": statistics.median(step_times),
+        "ratio": statistics.median(ratios),
+        "gemm_rate": gemm_rate,
         "sampler": median_time(sample, repeats),
         "eval": median_time(log_eval, max(3, repeats // 4), warmup=1),
     }
@@ -149,7 +171,8 @@ def main():
 
     startup = statistics.median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
     print(f"floor: the encoder's matmul FLOPs at the float32 rate of a {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} @ "
-          f"{GEMM_SHAPE[1]}x{GEMM_SHAPE[2]} GEMM, timed in turns with the step")
+          f"{GEMM_SHAPE[1]}x{GEMM_SHAPE[2]} GEMM, timed in turns with the step; "
+          f"step/floor: median over {opts.repeats} turns of the turn's ratio")
     print(f"start-up (mixing g with {invertible_network_utils.N_COND_SAMPLES:,} condition numbers, "
           f"sampler check), median of {opts.startup_repeats} seeds: {startup:.3f} s")
     print()
@@ -164,7 +187,7 @@ def main():
         total = FULL_STEPS * t["step"] + logs * t["eval"] + startup
         overhead = (FULL_STEPS * t["sampler"] + logs * t["eval"]) / total
         print(f"{batch_size} | {t['gemm_rate'] / 1e9:.0f} | {floor * 1e3:.1f} | {t['step'] * 1e3:.1f} | "
-              f"{t['step'] / floor:.2f} | "
+              f"{t['ratio']:.2f} | "
               f"{t['sampler'] * 1e3:.2f} | {t['eval'] * 1e3:.1f} | {100 * overhead:.1f} | "
               f"{total / 3600:.2f} h")
 

@@ -1,0 +1,24 @@
+"""benchmark.py runs end to end on tiny settings and prints its table."""
+
+import os
+import re
+import subprocess
+import sys
+
+from cli_util import ROOT, env_for_cli
+
+
+def test_benchmark_prints_its_table():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), "--batch-sizes", "16",
+                           "--repeats", "2", "--startup-repeats", "1", "--device", "cpu"],
+                          cwd=ROOT, env=env_for_cli(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("batch |"))
+    assert "step/floor" in lines[header]
+    row = lines[header + 2].split(" | ")
+    assert row[0] == "16"
+    gflops, floor_ms, step_ms, ratio = (float(x) for x in row[1:5])
+    assert gflops > 0 and floor_ms > 0 and step_ms > 0 and ratio > 0
+    assert re.search(r"start-up .*: \d+\.\d+ s", proc.stdout)
+    assert row[-1].endswith(" h")
