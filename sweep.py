@@ -37,7 +37,10 @@ over seeds (sample std, ddof = 1; "-" for one seed) of
   encoder's outputs are a permutation of the latents), with the last logged Λ̂.
 
 The Markdown also lists every run. Its first line under the title states the
-number of steps of the runs.
+number of steps of the runs. With ``--reference NAME=LOG`` (e.g. a published
+log) it adds a section that sets configuration NAME's runs beside that log
+at the last step all of them logged: <Loss>, Lin., Perm. and Λ̂ error, ours
+as mean ± std [min, max] over seeds, the reference's value beside it.
 
 Exit status: 0 done; 1 a run failed; 2 bad arguments, or logs that cannot be
 read or found; 128 + the signal number when stopped by SIGINT/SIGTERM.
@@ -117,6 +120,10 @@ def build_parser():
     parser.add_argument("--summary-name", default=None,
                         help="base name of the summary files in --out-dir (default: NAME_summary, or "
                              "sweep_summary for several names)")
+    parser.add_argument("--reference", action="append", default=[], metavar="NAME=LOG",
+                        help="set the runs of configuration NAME beside a reference log (e.g. a published "
+                             "one) at the last step all of them logged: the summary gets a section with "
+                             "their <Loss>, Lin., Perm. and Λ̂ error there (repeatable)")
     parser.add_argument("--note", default=None,
                         help="a sentence to put under the summary's title (how and where the runs were made)")
     return parser
@@ -147,6 +154,12 @@ def parse_args(argv=None):
     own, train_args = split_argv(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(own)
     args.train_args = train_args
+    args.references = {}
+    for item in args.reference:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"argument --reference: expected NAME=LOG, got {item!r}")
+        args.references[name] = path
     if "/" in args.name or os.sep in args.name:
         parser.error(f"argument --name: no path separator allowed, got {args.name!r}")
     if args.print_jobs and args.summarize_only:
@@ -415,7 +428,69 @@ def steps_text(low, high):
     return f"{low:,}" if low == high else f"{low:,}-{high:,}"
 
 
-def write_summary(out_dir, base, configs, runs, note):
+REFERENCE_KEYS = (("mean_loss", "<Loss>", 4), ("lin", "Lin.", 4), ("perm", "Perm.", 4),
+                  ("lambda_error", "Λ̂ error", 3))
+
+
+def step_values(record, gt_lambda):
+    """A logged step's figures for the reference table (Λ̂ error None when it cannot be computed)."""
+    values = {key: record[key] for key in ("mean_loss", "lin", "perm")}
+    learned = record["lambda"]
+    values["lambda_error"] = (logparse.lambda_error(learned, gt_lambda)
+                              if learned is not None and gt_lambda is not None
+                              and len(learned) == len(gt_lambda) else None)
+    return values
+
+
+def compare_with_reference(name, rows, ref_path):
+    """The runs of one configuration against a reference log at the last step all of them logged.
+
+    Returns a dict for the summary's reference table.
+    Raises:
+        LogParseError: the reference cannot be read, or shares no logged step with every run.
+    """
+    ref = logparse.parse_log(ref_path)
+    ref_phase = ref.main_phase()
+    if ref_phase is None or not ref_phase.steps:
+        raise logparse.LogParseError(ref_path, None, "no logged step in the reference log")
+    logs = [logparse.parse_log(r["path"]) for r in rows]
+    common = set(ref_phase.by_step())
+    for log in logs:
+        common &= set(log.main_phase().by_step())
+    if not common:
+        raise logparse.LogParseError(ref_path, None, f"no step logged by the reference and every {name} run")
+    step = max(common)
+    ours = [step_values(log.main_phase().by_step()[step], log.gt_lambda) for log in logs]
+    theirs = step_values(ref_phase.by_step()[step], ref.gt_lambda)
+    result = {"name": name, "reference": ref_path, "step": step, "seeds": len(rows)}
+    for key, _, _ in REFERENCE_KEYS:
+        values = [v[key] for v in ours if v[key] is not None]
+        result[key] = (mean_std(values), (min(values), max(values)) if values else None, theirs[key])
+    return result
+
+
+def reference_lines(comparisons):
+    """The summary's Markdown section for the ``--reference`` comparisons."""
+    lines = ["", "## Against reference logs", "",
+             "At the last step logged by the reference and by every run of the configuration: our mean ± "
+             "std over seeds [min, max], and the reference's value. Λ̂ error as above, at that step.", "",
+             "| configuration | reference | step | seeds | "
+             + " | ".join(f"{label} ours | {label} reference" for _, label, _ in REFERENCE_KEYS) + " |",
+             "|---|---|---:|---:|" + "---|---:|" * len(REFERENCE_KEYS)]
+    for c in comparisons:
+        cells = []
+        for key, _, digits in REFERENCE_KEYS:
+            (mean, std), bounds, ref = c[key]
+            ours = pm(mean, std, digits)
+            if bounds is not None:
+                ours += f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+            cells += [ours, f"{ref:.{digits}f}" if ref is not None else "-"]
+        lines.append(f"| {c['name']} | {os.path.basename(c['reference'])} | {c['step']:,} | {c['seeds']} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def write_summary(out_dir, base, configs, runs, note, comparisons=()):
     """Write ``base``.md and ``base``.csv in ``out_dir``; returns their paths."""
     all_steps = [r["steps"] for r in runs]
     low, high = min(all_steps), max(all_steps)
@@ -451,6 +526,8 @@ def write_summary(out_dir, base, configs, runs, note):
         error = f"{r['lambda_error']:.3f}" if r["lambda_error"] is not None else "-"
         lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {r['source']} | {r['lin']:.4f} | "
                      f"{r['perm']:.4f} | {error} | {os.path.basename(r['path'])} |")
+    if comparisons:
+        lines += reference_lines(comparisons)
     md_path = os.path.join(out_dir, base + ".md")
     csv_path = os.path.join(out_dir, base + ".csv")
     with open(md_path, "w", encoding="utf-8") as handle:
@@ -480,9 +557,20 @@ def summarize(args):
         return EXIT_BAD_INPUT
     configs = [aggregate(name, [r for r in runs if r["name"] == name])
                for name in found if any(r["name"] == name for r in runs)]
+    comparisons = []
+    for name, ref_path in getattr(args, "references", {}).items():
+        rows = [r for r in runs if r["name"] == name]
+        if not rows:
+            sys.stderr.write(f"{PROG}: error: argument --reference: no run of configuration {name!r} to compare\n")
+            return EXIT_BAD_INPUT
+        try:
+            comparisons.append(compare_with_reference(name, rows, ref_path))
+        except logparse.LogParseError as exc:
+            sys.stderr.write(f"{PROG}: error: argument --reference: {exc}\n")
+            return EXIT_BAD_INPUT
     single = len(patterns) == 1 and not any(ch in patterns[0] for ch in "*?[")
     base = args.summary_name or (f"{patterns[0]}_summary" if single else "sweep_summary")
-    for path in write_summary(args.out_dir, base, configs, runs, args.note):
+    for path in write_summary(args.out_dir, base, configs, runs, args.note, comparisons):
         print(f"wrote {path}")
     return EXIT_OK
 

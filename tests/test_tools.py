@@ -443,6 +443,36 @@ def test_sweep_summarize_only(tmp_path):
     assert result.returncode == 2 and "no log nothing*_seed<S>.log" in result.stderr
 
 
+def test_sweep_reference_section(tmp_path):
+    out_dir = tmp_path / "sw"
+    _write_runs(out_dir, "an", [None, None, None], [0.90, 0.92, 0.94], [1.0] * 3)  # steps 1 .. 5,001
+    ref_steps = make_steps(n_logged=10, lin_end=0.95, perm_end=0.97, seed=7)  # steps 1 .. 9,001
+    ref = write(tmp_path / "published.log", render_log(ref_steps))
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+                      "--reference", f"an={ref}")
+    assert result.returncode == 0, result.stderr
+    md = (out_dir / "an_summary.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| an | published.log |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "5,001" and cells[3] == "3"  # the last step every run and the reference logged
+    ours = [round(make_steps(n_logged=6, lin_end=v, seed=s)[-1]["lin"], 4) for s, v in enumerate((0.90, 0.92, 0.94))]
+    assert cells[6] == (f"{np.mean(ours):.4f} ± {np.std(ours, ddof=1):.4f} "
+                        f"[{min(ours):.4f}, {max(ours):.4f}]")
+    assert cells[7] == f"{ref_steps[5]['lin']:.4f}" and ref_steps[5]["step"] == 5001
+    assert cells[9] == f"{ref_steps[5]['perm']:.4f}"
+
+    for bad, message in ((["--reference", "an"], "expected NAME=LOG"),
+                         (["--reference", f"other={ref}"], "no run of configuration 'other'"),
+                         (["--reference", f"an={tmp_path / 'missing.log'}"], "missing.log")):
+        result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an", *bad)
+        assert result.returncode == 2 and "--reference" in result.stderr and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    shifted = write(tmp_path / "shifted.log", render_log(make_steps(n_logged=10, every=777)[1:]))
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+                      "--reference", f"an={shifted}")
+    assert result.returncode == 2 and "no step logged by the reference and every an run" in result.stderr
+
+
 FAKE_TRAINER = '''
 import argparse, os, shutil, sys
 parser = argparse.ArgumentParser()
