@@ -392,7 +392,7 @@ def summarize_run(name, seed, path):
     error = None
     if last_lambda is not None and log.gt_lambda is not None and len(last_lambda[1]) == len(log.gt_lambda):
         error = logparse.lambda_error(last_lambda[1], log.gt_lambda)
-    return {"name": name, "seed": seed, "path": path, "loss": loss_label(log.args),
+    return {"name": name, "seed": seed, "path": path, "log": log, "loss": loss_label(log.args),
             "lambda": lambda_label(log), "steps": phase.steps[-1]["step"],
             "planned": planned_steps(log, phase), "finished": phase.has_final(),
             "lin": lin, "perm": perm, "source": source, "lambda_error": error}
@@ -453,7 +453,7 @@ def compare_with_reference(name, rows, ref_path):
     ref_phase = ref.main_phase()
     if ref_phase is None or not ref_phase.steps:
         raise logparse.LogParseError(ref_path, None, "no logged step in the reference log")
-    logs = [logparse.parse_log(r["path"]) for r in rows]
+    logs = [r["log"] for r in rows]
     common = set(ref_phase.by_step())
     for log in logs:
         common &= set(log.main_phase().by_step())
@@ -558,7 +558,7 @@ def summarize(args):
     configs = [aggregate(name, [r for r in runs if r["name"] == name])
                for name in found if any(r["name"] == name for r in runs)]
     comparisons = []
-    for name, ref_path in getattr(args, "references", {}).items():
+    for name, ref_path in args.references.items():
         rows = [r for r in runs if r["name"] == name]
         if not rows:
             sys.stderr.write(f"{PROG}: error: argument --reference: no run of configuration {name!r} to compare\n")
