@@ -11,10 +11,14 @@ Prints, for the README configuration of the AnInfoNCE experiment:
     two medians);
   - the sampler's time per batch, the time of one logged evaluation, the
     start-up time (mixing g with its 25,000 condition numbers);
-  - the projected wall time of the full 300,003-step run with its logging.
+  - the projected wall time of the full 300,003-step run with its logging;
+  - with ``--breakdown``, where the step's time goes: each stage (the
+    encoder's matrix products alone, the encoder's forward and backward, the
+    loss, the sampler with the mixing, Adam) timed in turns with the floor.
 
     python benchmark.py                       # CPU, batch 1000, float32
     python benchmark.py --batch-sizes 1000 256 --precision bf16
+    python benchmark.py --batch-sizes 1000 --breakdown
 """
 
 import argparse
@@ -107,10 +111,7 @@ def bench_batch(args, device, batch_size, repeats, precision):
     latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
     f = encoders.build_encoder(args.n).to(device)
     optimizer = main_mlp.build_optimizer(args, f, loss_fn)
-    if precision == "bf16":
-        autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext
+    autocast = autocast_for(device, precision)
 
     def step():
         main_mlp.train_step(latent, g, f, loss_fn, optimizer, batch_size, gen, device, False, autocast)
@@ -151,6 +152,99 @@ def bench_batch(args, device, batch_size, repeats, precision):
     }
 
 
+def autocast_for(device, precision):
+    if precision == "bf16":
+        return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def encoder_gemms_op(f, x, grad_out, dtype):
+    """The encoder's matrix products alone, in the order of a step.
+
+    Forward h_l = h_(l-1) W_lᵀ, backward dW_l = g_lᵀ h_(l-1) and g_(l-1) = g_l W_l
+    (none for the input, which needs no gradient), on fresh outputs as in a
+    step, but without bias, activation, autograd or optimiser. Args: f the
+    encoder, x (2B, n) its input, grad_out (2B, n) the gradient at its last
+    Linear, dtype the products' precision.
+    """
+    weights = [m.weight.detach().to(dtype) for m in f if isinstance(m, torch.nn.Linear)]
+    x, grad_out = x.to(dtype), grad_out.to(dtype)
+
+    def run():
+        hs = [x]
+        for w in weights:
+            hs.append(hs[-1] @ w.T)  # (2B, out)
+        g = grad_out
+        for i in reversed(range(len(weights))):
+            g.T @ hs[i]  # (out, in): the weight's gradient
+            if i > 0:
+                g = g @ weights[i]  # (2B, in)
+        sync(x.device)
+
+    return run
+
+
+def breakdown(args, device, batch_size, repeats, precision):
+    """Each stage of a step timed in turns with the floor. Returns [(stage, ms, stage / floor)]."""
+    exp, gen, _ = build(args, device)
+    latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
+    f = encoders.build_encoder(args.n).to(device)
+    optimizer = main_mlp.build_optimizer(args, f, loss_fn)
+    autocast = autocast_for(device, precision)
+    gemm, gemm_flops = gemm_op(device)
+    rounds = max(1, round(encoder_step_flops(args.n, batch_size) / gemm_flops))
+    # Fixed inputs for the stages timed alone: a batch of the mixing's
+    # outputs and unit-norm representations like the encoder's.
+    z = latent.sample_marginal(batch_size, gen, device)
+    with torch.no_grad():
+        x = g(torch.cat([z, latent.sample_conditional(z, gen)]))  # (2B, n)
+    reps = torch.nn.functional.normalize(torch.randn(2 * batch_size, args.n, device=device), dim=1)
+    grad_out = torch.randn(2 * batch_size, args.n, device=device)
+
+    def floor():
+        for _ in range(rounds):
+            gemm()
+
+    def step():
+        main_mlp.train_step(latent, g, f, loss_fn, optimizer, batch_size, gen, device, False, autocast)
+        sync(device)
+
+    def encoder():
+        f.zero_grad(set_to_none=True)
+        with autocast():
+            h = f(x)
+        h.float().backward(reps)
+        sync(device)
+
+    def loss():
+        h = reps.clone().requires_grad_()
+        loss_fn(h[:batch_size], h[batch_size:]).backward()
+        sync(device)
+
+    def sampler_and_mixing():
+        z = latent.sample_marginal(batch_size, gen, device)
+        with torch.no_grad():
+            g(torch.cat([z, latent.sample_conditional(z, gen)]))
+        sync(device)
+
+    def adam():
+        optimizer.step()
+        sync(device)
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    stages = [("GEMM floor", floor), ("full step", step),
+              ("encoder matrix products alone", encoder_gemms_op(f, x, grad_out, dtype)),
+              ("encoder forward + backward", encoder), ("loss forward + backward", loss),
+              ("sampler + mixing g", sampler_and_mixing), ("Adam", adam)]
+    step()  # Adam's state exists before the optimiser is timed alone
+    times = interleaved_times([fn for _, fn in stages], repeats)
+    rows = []
+    for (name, _), t in zip(stages, times):
+        ratios = [a / b for a, b in zip(t, times[0])]
+        rows.append((name, statistics.median(t) * 1e3, statistics.median(ratios)))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1000, 256],
@@ -159,6 +253,8 @@ def main():
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to time")
     parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                         help="autocast the encoder to bfloat16")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each stage of the step against the floor (first batch size)")
     parser.add_argument("--startup-repeats", type=int, default=3, help="repetitions of the start-up timing")
     opts = parser.parse_args()
 
@@ -190,6 +286,16 @@ def main():
               f"{t['ratio']:.2f} | "
               f"{t['sampler'] * 1e3:.2f} | {t['eval'] * 1e3:.1f} | {100 * overhead:.1f} | "
               f"{total / 3600:.2f} h")
+    if opts.breakdown:
+        batch_size = opts.batch_sizes[0]
+        print()
+        print(f"where the step's time goes (batch {batch_size}, {opts.precision}; each stage timed in turns "
+              f"with the floor, median over {opts.repeats} turns):")
+        print()
+        print("stage | ms | / floor")
+        print("--- | --- | ---")
+        for name, ms, ratio in breakdown(args, device, batch_size, opts.repeats, opts.precision):
+            print(f"{name} | {ms:.2f} | {ratio:.3f}")
 
 
 if __name__ == "__main__":

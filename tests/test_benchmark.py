@@ -8,9 +8,9 @@ import sys
 from cli_util import ROOT, env_for_cli
 
 
-def test_benchmark_prints_its_table():
+def test_benchmark_prints_its_tables():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), "--batch-sizes", "16",
-                           "--repeats", "2", "--startup-repeats", "1", "--device", "cpu"],
+                           "--repeats", "2", "--startup-repeats", "1", "--device", "cpu", "--breakdown"],
                           cwd=ROOT, env=env_for_cli(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -22,3 +22,13 @@ def test_benchmark_prints_its_table():
     assert gflops > 0 and floor_ms > 0 and step_ms > 0 and ratio > 0
     assert re.search(r"start-up .*: \d+\.\d+ s", proc.stdout)
     assert row[-1].endswith(" h")
+    # --breakdown: every stage of the step, in ms and as a multiple of the floor.
+    stage_header = lines.index("stage | ms | / floor")
+    stages = {}
+    for line in lines[stage_header + 2:]:
+        name, ms, ratio = line.split(" | ")
+        stages[name] = (float(ms), float(ratio))
+    assert list(stages) == ["GEMM floor", "full step", "encoder matrix products alone", "encoder forward + backward",
+                            "loss forward + backward", "sampler + mixing g", "Adam"]
+    assert stages["GEMM floor"][1] == 1.0
+    assert all(ms > 0 and ratio > 0 for ms, ratio in stages.values())
