@@ -19,9 +19,9 @@ Prints, for the README configuration of the AnInfoNCE experiment:
     python benchmark.py                       # CPU, batch 1000, float32
     python benchmark.py --batch-sizes 1000 256 --precision bf16
     python benchmark.py --batch-sizes 1000 --breakdown
+    python benchmark.py --batch-sizes 1000 --compile   # as main_mlp.py --compile
 """
 
-import argparse
 import contextlib
 import functools
 import statistics
@@ -30,6 +30,7 @@ import time
 import torch
 
 import encoders
+from argparse_utils import ArgumentParser
 import invertible_network_utils
 import main_mlp
 
@@ -106,15 +107,28 @@ def build(args, device, seed=0):
     return exp, data_gen, time.perf_counter() - t
 
 
-def bench_batch(args, device, batch_size, repeats, precision):
+def build_training(args, device, precision, compile_):
+    """What a step needs, as main_mlp builds it.
+
+    Returns (experiment, data generator, f, optimizer, autocast, f_step,
+    loss_step); f_step and loss_step are the encoder and the loss the step
+    calls (``torch.compile``d with ``compile_``).
+    """
     exp, gen, _ = build(args, device)
-    latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
     f = encoders.build_encoder(args.n).to(device)
-    optimizer = main_mlp.build_optimizer(args, f, loss_fn)
+    optimizer = main_mlp.build_optimizer(args, f, exp.loss_fn)
     autocast = autocast_for(device, precision)
+    if compile_:
+        return exp, gen, f, optimizer, autocast, torch.compile(f), torch.compile(exp.loss_fn)
+    return exp, gen, f, optimizer, autocast, f, exp.loss_fn
+
+
+def bench_batch(args, device, batch_size, repeats, precision, compile_=False):
+    exp, gen, f, optimizer, autocast, f_step, loss_step = build_training(args, device, precision, compile_)
+    latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
 
     def step():
-        main_mlp.train_step(latent, g, f, loss_fn, optimizer, batch_size, gen, device, False, autocast)
+        main_mlp.train_step(latent, g, f_step, loss_step, optimizer, batch_size, gen, device, False, autocast)
         sync(device)
 
     def sample():
@@ -184,13 +198,10 @@ def encoder_gemms_op(f, x, grad_out, dtype):
     return run
 
 
-def breakdown(args, device, batch_size, repeats, precision):
+def breakdown(args, device, batch_size, repeats, precision, compile_=False):
     """Each stage of a step timed in turns with the floor. Returns [(stage, ms, stage / floor)]."""
-    exp, gen, _ = build(args, device)
-    latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
-    f = encoders.build_encoder(args.n).to(device)
-    optimizer = main_mlp.build_optimizer(args, f, loss_fn)
-    autocast = autocast_for(device, precision)
+    exp, gen, f, optimizer, autocast, f_step, loss_step = build_training(args, device, precision, compile_)
+    latent, g = exp.latent, exp.g
     gemm, gemm_flops = gemm_op(device)
     rounds = max(1, round(encoder_step_flops(args.n, batch_size) / gemm_flops))
     # Fixed inputs for the stages timed alone: a batch of the mixing's
@@ -206,19 +217,19 @@ def breakdown(args, device, batch_size, repeats, precision):
             gemm()
 
     def step():
-        main_mlp.train_step(latent, g, f, loss_fn, optimizer, batch_size, gen, device, False, autocast)
+        main_mlp.train_step(latent, g, f_step, loss_step, optimizer, batch_size, gen, device, False, autocast)
         sync(device)
 
     def encoder():
         f.zero_grad(set_to_none=True)
         with autocast():
-            h = f(x)
+            h = f_step(x)
         h.float().backward(reps)
         sync(device)
 
     def loss():
         h = reps.clone().requires_grad_()
-        loss_fn(h[:batch_size], h[batch_size:]).backward()
+        loss_step(h[:batch_size], h[batch_size:]).backward()
         sync(device)
 
     def sampler_and_mixing():
@@ -237,6 +248,8 @@ def breakdown(args, device, batch_size, repeats, precision):
               ("encoder forward + backward", encoder), ("loss forward + backward", loss),
               ("sampler + mixing g", sampler_and_mixing), ("Adam", adam)]
     step()  # Adam's state exists before the optimiser is timed alone
+    encoder()  # with --compile, the compilations happen here, not in the timing
+    loss()
     times = interleaved_times([fn for _, fn in stages], repeats)
     rows = []
     for (name, _), t in zip(stages, times):
@@ -246,24 +259,34 @@ def breakdown(args, device, batch_size, repeats, precision):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1000, 256],
                         help="batch sizes to time (the first one is the README's 1000)")
     parser.add_argument("--repeats", type=int, default=15, help="timed repetitions per figure (median)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to time")
     parser.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                         help="autocast the encoder to bfloat16")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the encoder and the loss, as main_mlp.py --compile does")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time each stage of the step against the floor (first batch size)")
     parser.add_argument("--startup-repeats", type=int, default=3, help="repetitions of the start-up timing")
     opts = parser.parse_args()
+    if opts.compile and opts.precision == "bf16":
+        parser.error("arguments --compile and --precision bf16: choose at most one")
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda requested but CUDA is not available")
+    for flag, values in (("--batch-sizes", opts.batch_sizes), ("--repeats", [opts.repeats]),
+                         ("--startup-repeats", [opts.startup_repeats])):
+        if min(values) < 1:
+            parser.error(f"argument {flag}: must be at least 1, got {min(values)}")
 
     device = main_mlp.resolve_device(opts.device)
     main_mlp.keep_freed_memory()
     _, args = main_mlp.parse_args(README_ARGS)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"precision {opts.precision}")
+          f"precision {opts.precision}{', compiled' if opts.compile else ''}")
 
     startup = statistics.median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
     print(f"floor: the encoder's matmul FLOPs at the float32 rate of a {GEMM_SHAPE[0]}x{GEMM_SHAPE[1]} @ "
@@ -277,7 +300,7 @@ def main():
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for batch_size in opts.batch_sizes:
-        t = bench_batch(args, device, batch_size, opts.repeats, opts.precision)
+        t = bench_batch(args, device, batch_size, opts.repeats, opts.precision, opts.compile)
         floor = encoder_step_flops(args.n, batch_size) / t["gemm_rate"]
         logs = FULL_STEPS // LOG_EVERY + 1
         total = FULL_STEPS * t["step"] + logs * t["eval"] + startup
@@ -294,7 +317,7 @@ def main():
         print()
         print("stage | ms | / floor")
         print("--- | --- | ---")
-        for name, ms, ratio in breakdown(args, device, batch_size, opts.repeats, opts.precision):
+        for name, ms, ratio in breakdown(args, device, batch_size, opts.repeats, opts.precision, opts.compile):
             print(f"{name} | {ms:.2f} | {ratio:.3f}")
 
 

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from cli_util import ROOT, env_for_cli
 
 
@@ -32,3 +34,18 @@ def test_benchmark_prints_its_tables():
                             "loss forward + backward", "sampler + mixing g", "Adam"]
     assert stages["GEMM floor"][1] == 1.0
     assert all(ms > 0 and ratio > 0 for ms, ratio in stages.values())
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--compile", "--precision", "bf16"], "--compile"),
+    (["--batch-sizes", "0"], "--batch-sizes"),
+    (["--startup-repeats", "0"], "--startup-repeats"),
+    (["--device", "tpu"], "--device"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, flag):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), *args], cwd=ROOT,
+                          env=env_for_cli(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("benchmark.py: error:") and flag in lines[0]
+    assert proc.stdout == ""
