@@ -72,6 +72,22 @@ def gemm_op(device, dtype=torch.float32):
     return run, 2 * m * k * n
 
 
+def floor_op(device, n, batch_size):
+    """The floor's GEMMs of one turn: as many widest-layer products as the step has FLOPs.
+
+    Each turn then times the floor and the step over about the same stretch
+    of machine time. Returns (op, the FLOPs it runs).
+    """
+    gemm, gemm_flops = gemm_op(device)
+    rounds = max(1, round(encoder_step_flops(n, batch_size) / gemm_flops))
+
+    def run():
+        for _ in range(rounds):
+            gemm()
+
+    return run, rounds * gemm_flops
+
+
 def interleaved_times(fns, repeats, warmup=2):
     """Wall times of each function, timed in turns so that all see the same machine load.
 
@@ -142,21 +158,13 @@ def bench_batch(args, device, batch_size, repeats, precision, compile_=False):
         main_mlp.evaluate(latent, h, main_mlp.N_EVAL_SAMPLES, gen, device)
         f"{loss_fn.lambdas().tolist()}"  # the lambda line's host copy
 
-    # The floor's GEMMs: as many widest-layer products as the step has FLOPs,
-    # so that each turn times both over about the same stretch of machine time.
-    gemm, gemm_flops = gemm_op(device)
+    floor_gemms, floor_flops = floor_op(device, args.n, batch_size)
     step_flops = encoder_step_flops(args.n, batch_size)
-    rounds = max(1, round(step_flops / gemm_flops))
-
-    def floor_gemms():
-        for _ in range(rounds):
-            gemm()
-
     step_times, gemm_times = interleaved_times([step, floor_gemms], repeats)
-    gemm_rate = rounds * gemm_flops / statistics.median(gemm_times)
+    gemm_rate = floor_flops / statistics.median(gemm_times)
     # Turn by turn, step / floor: a shared machine's speed drifts between
     # turns, and the ratio within a turn cancels most of that drift.
-    ratios = [s / (step_flops * g / (rounds * gemm_flops)) for s, g in zip(step_times, gemm_times)]
+    ratios = [s / (step_flops * g / floor_flops) for s, g in zip(step_times, gemm_times)]
     return {
         "step": statistics.median(step_times),
         "ratio": statistics.median(ratios),
@@ -202,8 +210,7 @@ def breakdown(args, device, batch_size, repeats, precision, compile_=False):
     """Each stage of a step timed in turns with the floor. Returns [(stage, ms, stage / floor)]."""
     exp, gen, f, optimizer, autocast, f_step, loss_step = build_training(args, device, precision, compile_)
     latent, g = exp.latent, exp.g
-    gemm, gemm_flops = gemm_op(device)
-    rounds = max(1, round(encoder_step_flops(args.n, batch_size) / gemm_flops))
+    floor, _ = floor_op(device, args.n, batch_size)
     # Fixed inputs for the stages timed alone: a batch of the mixing's
     # outputs and unit-norm representations like the encoder's.
     z = latent.sample_marginal(batch_size, gen, device)
@@ -211,10 +218,6 @@ def breakdown(args, device, batch_size, repeats, precision, compile_=False):
         x = g(torch.cat([z, latent.sample_conditional(z, gen)]))  # (2B, n)
     reps = torch.nn.functional.normalize(torch.randn(2 * batch_size, args.n, device=device), dim=1)
     grad_out = torch.randn(2 * batch_size, args.n, device=device)
-
-    def floor():
-        for _ in range(rounds):
-            gemm()
 
     def step():
         main_mlp.train_step(latent, g, f_step, loss_step, optimizer, batch_size, gen, device, False, autocast)

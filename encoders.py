@@ -20,7 +20,8 @@ class LeakyReLU(nn.LeakyReLU):
     Same values and gradients as ``nn.LeakyReLU`` (its backward reads the
     sign from the output, which equals the input's for a positive slope),
     but no fresh (2B, width) buffer per layer (on this project's CPU the
-    encoder's forward and backward at 2B = 2000 took ~2 ms less of ~58 ms). Prints as the reference's ``LeakyReLU(negative_slope=…)``.
+    encoder's forward and backward at 2B = 2000 took ~2 ms less of ~58 ms).
+    Prints as the reference's ``LeakyReLU(negative_slope=…)``.
     """
 
     def __init__(self, negative_slope=LEAKY_SLOPE):

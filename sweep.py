@@ -380,6 +380,13 @@ def planned_steps(log, phase):
     return n_steps if phase.supervised else n_steps * more
 
 
+def lambda_error_or_none(learned, truth):
+    """``logparse.lambda_error``, or None when either side is missing or their lengths differ."""
+    if learned is None or truth is None or len(learned) != len(truth):
+        return None
+    return logparse.lambda_error(learned, truth)
+
+
 def summarize_run(name, seed, path):
     """One run's row; None (with a warning on stderr) when its log has no logged step."""
     log = logparse.parse_log(path)
@@ -389,9 +396,7 @@ def summarize_run(name, seed, path):
         return None
     lin, perm, source = logparse.final_scores(phase)
     last_lambda = phase.last_lambda()
-    error = None
-    if last_lambda is not None and log.gt_lambda is not None and len(last_lambda[1]) == len(log.gt_lambda):
-        error = logparse.lambda_error(last_lambda[1], log.gt_lambda)
+    error = lambda_error_or_none(last_lambda[1] if last_lambda is not None else None, log.gt_lambda)
     return {"name": name, "seed": seed, "path": path, "log": log, "loss": loss_label(log.args),
             "lambda": lambda_label(log), "steps": phase.steps[-1]["step"],
             "planned": planned_steps(log, phase), "finished": phase.has_final(),
@@ -435,10 +440,7 @@ REFERENCE_KEYS = (("mean_loss", "<Loss>", 4), ("lin", "Lin.", 4), ("perm", "Perm
 def step_values(record, gt_lambda):
     """A logged step's figures for the reference table (Λ̂ error None when it cannot be computed)."""
     values = {key: record[key] for key in ("mean_loss", "lin", "perm")}
-    learned = record["lambda"]
-    values["lambda_error"] = (logparse.lambda_error(learned, gt_lambda)
-                              if learned is not None and gt_lambda is not None
-                              and len(learned) == len(gt_lambda) else None)
+    values["lambda_error"] = lambda_error_or_none(record["lambda"], gt_lambda)
     return values
 
 
@@ -454,14 +456,14 @@ def compare_with_reference(name, rows, ref_path):
     if ref_phase is None or not ref_phase.steps:
         raise logparse.LogParseError(ref_path, None, "no logged step in the reference log")
     logs = [r["log"] for r in rows]
-    common = set(ref_phase.by_step())
-    for log in logs:
-        common &= set(log.main_phase().by_step())
+    ref_steps = ref_phase.by_step()
+    run_steps = [log.main_phase().by_step() for log in logs]
+    common = set(ref_steps).intersection(*run_steps)
     if not common:
         raise logparse.LogParseError(ref_path, None, f"no step logged by the reference and every {name} run")
     step = max(common)
-    ours = [step_values(log.main_phase().by_step()[step], log.gt_lambda) for log in logs]
-    theirs = step_values(ref_phase.by_step()[step], ref.gt_lambda)
+    ours = [step_values(steps[step], log.gt_lambda) for steps, log in zip(run_steps, logs)]
+    theirs = step_values(ref_steps[step], ref.gt_lambda)
     result = {"name": name, "reference": ref_path, "step": step, "seeds": len(rows)}
     for key, _, _ in REFERENCE_KEYS:
         values = [v[key] for v in ours if v[key] is not None]
