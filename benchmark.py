@@ -33,6 +33,7 @@ import encoders
 from argparse_utils import ArgumentParser
 import invertible_network_utils
 import main_mlp
+import settings
 
 README_ARGS = ["--n", "10", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25"]
@@ -118,7 +119,7 @@ def build(args, device, seed=0):
     t = time.perf_counter()
     init_gen = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator(device=device).manual_seed(seed)
-    exp = main_mlp.build_experiment(args, device, init_gen, data_gen)
+    exp = main_mlp.build_experiment(args, settings.derive_from_args(args), device, init_gen, data_gen)
     sync(device)
     return exp, data_gen, time.perf_counter() - t
 
@@ -286,7 +287,7 @@ def main():
 
     device = main_mlp.resolve_device(opts.device)
     main_mlp.keep_freed_memory()
-    _, args = main_mlp.parse_args(README_ARGS)
+    _, args, _ = main_mlp.parse_args(README_ARGS)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"precision {opts.precision}{', compiled' if opts.compile else ''}")

@@ -1,11 +1,14 @@
 """The encoder f: an MLP n -> 10n -> 50n -> 50n -> 50n -> 50n -> 10n -> n.
 
-Its last module normalises the output:
-    RescaleLayer          fixed unit sphere (``--p 0`` without a learnable norm)
-    SphereNormLayer       sphere of learnable radius (``--sphere-norm``)
-    BoxNormLayer          sigmoid scaled by learnable bounds (``--box-norm``)
-    none                  (``--p`` > 0 without a learnable norm)
+Its last module normalises the output; the names, the printed repr and the
+parameter names are the reference's, so its state dict loads in either program:
+    RescaleLayer()                  fixed unit sphere (``--p 0`` without a learnable norm)
+    RescaleLayer(), parameter r     sphere of learnable radius (``--sphere-norm``)
+    SoftclipLayer(), max_abs_bound  sigmoid scaled by learnable bounds (``--box-norm``)
+    none                            (``--p`` > 0 without a learnable norm)
 """
+
+import functools
 
 import torch
 from torch import nn
@@ -32,46 +35,44 @@ class LeakyReLU(nn.LeakyReLU):
 
 
 class RescaleLayer(nn.Module):
-    """Project every row onto the unit sphere."""
+    """Project every row onto a sphere: the unit sphere, or one of learnable radius ``r``.
 
-    def forward(self, x):
-        return x / x.norm(dim=-1, keepdim=True)
+    As the reference: the fixed radius is not a parameter (not in the state
+    dict), the learnable one is the parameter ``r`` (init 1, shape (1,)).
+    """
 
-
-class SphereNormLayer(nn.Module):
-    """Project onto a sphere whose radius is learned (init 1)."""
-
-    def __init__(self):
+    def __init__(self, learnable=False):
         super().__init__()
-        self.r = nn.Parameter(torch.ones(1))
+        self.r = nn.Parameter(torch.ones(1)) if learnable else None
 
     def forward(self, x):
+        if self.r is None:
+            return x / x.norm(dim=-1, keepdim=True)
         return self.r * x / x.norm(dim=-1, keepdim=True)
 
 
-class BoxNormLayer(nn.Module):
-    """A sigmoid scaled by a learnable per-dimension bound (init 1)."""
+class SoftclipLayer(nn.Module):
+    """A sigmoid scaled by the learnable per-dimension bound ``max_abs_bound`` (init 1)."""
 
     def __init__(self, n):
         super().__init__()
-        self.bound = nn.Parameter(torch.ones(n))
+        self.max_abs_bound = nn.Parameter(torch.ones(n))
 
     def forward(self, x):
-        return self.bound * torch.sigmoid(x)
+        return self.max_abs_bound * torch.sigmoid(x)
 
 
-NORMALIZATIONS = ("fixed_sphere", "learnable_sphere", "learnable_box", "none")
-
-
-def output_normalization(args):
-    """Which output normalisation the flags ask for."""
-    if args.box_norm:
-        return "learnable_box"
-    if args.sphere_norm:
-        return "learnable_sphere"
-    if args.p == 0:
-        return "fixed_sphere"
-    return "none"
+def output_layer(normalization, n):
+    """The encoder's last module for an output normalisation (settings.NORMALIZATIONS), or None."""
+    layers = {
+        "fixed_sphere": RescaleLayer,
+        "learnable_sphere": functools.partial(RescaleLayer, learnable=True),
+        "learnable_box": functools.partial(SoftclipLayer, n),
+        "none": None,
+    }
+    if normalization not in layers:
+        raise ValueError(f"unknown output normalisation {normalization!r}")
+    return layers[normalization]() if layers[normalization] is not None else None
 
 
 def build_encoder(n, normalization="fixed_sphere"):
@@ -82,12 +83,7 @@ def build_encoder(n, normalization="fixed_sphere"):
         layers.append(nn.Linear(dims[i], dims[i + 1]))
         if i < len(dims) - 2:
             layers.append(LeakyReLU(LEAKY_SLOPE))
-    if normalization == "fixed_sphere":
-        layers.append(RescaleLayer())
-    elif normalization == "learnable_sphere":
-        layers.append(SphereNormLayer())
-    elif normalization == "learnable_box":
-        layers.append(BoxNormLayer(n))
-    elif normalization != "none":
-        raise ValueError(f"unknown output normalisation {normalization!r}")
+    last = output_layer(normalization, n)
+    if last is not None:
+        layers.append(last)
     return nn.Sequential(*layers)

@@ -89,23 +89,39 @@ def candidates_for(acceptance):
     return int(min(MAX_CANDIDATES, max(1, math.ceil(CANDIDATES_PER_EXPECTED_DRAW / acceptance))))
 
 
-def build_space(args):
-    if args.space_type == "box":
-        return spaces.NBoxSpace(args.n, args.box_min, args.box_max)
-    if args.space_type == "sphere":
-        return spaces.NSphereSpace(args.n, args.sphere_r)
-    if args.space_type == "unbounded":
-        return spaces.NRealSpace(args.n)
+def _box(args):
+    return spaces.NBoxSpace(args.n, args.box_min, args.box_max)
+
+
+def _sphere(args):
+    return spaces.NSphereSpace(args.n, args.sphere_r)
+
+
+def _unbounded(args):
+    return spaces.NRealSpace(args.n)
+
+
+def _extended_sphere(args):
     return spaces.ExtendedSphereSpace(args.n)
 
 
-def build_latent_space(args, space, gt_lambda=None, acceptance=None, device="cpu"):
+# --space-type -> the space it builds from the flags (also the parser's choices).
+SPACES = {"box": _box, "sphere": _sphere, "unbounded": _unbounded, "extended_sphere": _extended_sphere}
+
+
+def build_space(args):
+    return SPACES[args.space_type](args)
+
+
+def build_latent_space(args, space, anisotropic, positive_std=None, acceptance=None):
     """The latent space the flags describe.
 
     Args:
-        args: parsed arguments (space_type, m_p, m_param, c_p, c_param, threshold, ...).
+        args: parsed arguments (m_p, m_param, c_p, c_param, threshold, ...).
         space: from ``build_space(args)``.
-        gt_lambda: (n,) ground-truth Λ (extended_sphere with --c-p 0 only).
+        anisotropic: the conditional is the rejected anisotropic normal
+            (settings.Derived.anisotropic).
+        positive_std: (n,) its per-dimension standard deviations 1/sqrt(λ), on the device.
         acceptance: estimated acceptance rate of the rejection sampler.
     """
     if args.m_p == 0:
@@ -116,9 +132,9 @@ def build_latent_space(args, space, gt_lambda=None, acceptance=None, device="cpu
             center[0] = space.r  # η = e_1 on the sphere
         marginal = Marginal(noise_kind(args.m_p), args.m_param, args.m_p, center)
 
-    if args.c_p == 0 and args.space_type == "extended_sphere":
-        conditional = Conditional("anisotropic", std=gt_lambda.rsqrt().to(device),
-                                  threshold=args.threshold, candidates=candidates_for(acceptance))
+    if anisotropic:
+        conditional = Conditional("anisotropic", std=positive_std, threshold=args.threshold,
+                                  candidates=candidates_for(acceptance))
     elif args.c_p == 0:
         conditional = Conditional("vmf", scale=args.c_param)
     else:

@@ -57,6 +57,21 @@ _FINAL_PREFIXES = ("linear mean:", "perm mean:")
 _ENCODER_PREFIX = "f:"
 
 
+_SHAPE_NUMBER = re.compile(r"-?\d+")
+_SHAPE_SPACES = re.compile(r" +")
+
+
+def line_shape(line):
+    """A log line as two runs of the same command print it alike.
+
+    Every run of digits (with its minus sign) becomes ``#``, every run of
+    spaces one space, and the sign padding torch puts after ``[`` goes: so
+    ``tensor([ 0.0340, -0.0139])`` and ``tensor([-0.0751,  0.0611])`` have
+    the same shape, ``gt_lambda_1: 5`` and ``gt_lambda_1: 5.0`` do not.
+    """
+    return _SHAPE_SPACES.sub(" ", _SHAPE_NUMBER.sub("#", line)).replace("[ ", "[")
+
+
 class LogParseError(ValueError):
     """A log that cannot be read: ``str()`` is ``FILE:LINE: message``."""
 

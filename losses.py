@@ -35,56 +35,49 @@ def _transposed_product(e, x):
     return (x.T @ e).T
 
 
-class _ExpSimilaritySums(torch.autograd.Function):
-    """Row (and optionally column) sums of exp(L Rᵀ), with an optional -inf diagonal.
+class _ShiftedExpRowSums(torch.autograd.Function):
+    """Row log-sum-exps of S = L Rᵀ, optionally without the diagonal, shifted by each row's max.
 
-    The similarity block S = L Rᵀ (B, B) is the largest tensor of the loss, so
-    this keeps one (B, B) buffer: S is exponentiated in place and reused by
-    the backward pass, which needs no (B, B) elementwise work:
-        d rows_i / dS_ik = e_ik  ->  dL = g_r ⊙ (E R),   dR = Eᵀ (g_r ⊙ L)
-    and likewise for the column sums. Without a max-shift exp(S) stays a
-    normal float32 for S > -87, i.e. for every similarity while Λ̂ < 43
-    (s ≥ -2 max Λ̂ for unit vectors); beyond that a row whose candidates all
-    underflow gives an infinite loss, which the training loop reports.
+    The similarity block S (B, B) is the largest tensor of the loss, so this
+    keeps one (B, B) buffer: S - m (m the row max, one reduction) is
+    exponentiated in place and reused by the backward pass, which needs no
+    (B, B) elementwise work. With E = exp(S - m) and r = E 1 the output is
+    log r + m; its gradient is the row softmax E / r, whatever m is, so m is
+    treated as a constant:
+        dL = (g / r) ⊙ (E R),   dR = Eᵀ ((g / r) ⊙ L).
+    The shift keeps every row finite for any Λ̂ (its largest term is exp(0)).
     """
 
     @staticmethod
-    def forward(ctx, left, right, mask_diagonal, with_columns):
+    def forward(ctx, left, right, mask_diagonal):
         e = left @ right.T  # (B, B)
         if mask_diagonal:
             # A view is not its own candidate: exp(-inf) = 0 drops it.
             e.diagonal().fill_(float("-inf"))
-        e.exp_()
-        rows = e.sum(1)
-        cols = e.sum(0) if with_columns else rows.new_empty(0)
-        ctx.save_for_backward(left, right, e)
-        ctx.with_columns = with_columns
-        return rows, cols
+        top = e.amax(dim=1, keepdim=True)  # (B, 1)
+        e.sub_(top).exp_()
+        rows = e.sum(1)  # (B,)
+        ctx.save_for_backward(left, right, e, rows)
+        return rows.log() + top.squeeze(1)
 
     @staticmethod
-    def backward(ctx, g_rows, g_cols):
-        left, right, e = ctx.saved_tensors
-        g_rows = g_rows[:, None]
-        if ctx.with_columns:
-            g_cols = g_cols[:, None]
-            # One matmul each for both sums: E [R, g_c R] and Eᵀ [g_r L, L].
-            er = e @ torch.cat([right, g_cols * right], dim=1)
-            el = _transposed_product(e, torch.cat([g_rows * left, left], dim=1))
-            k = right.shape[1]
-            grad_left = g_rows * er[:, :k] + er[:, k:]
-            grad_right = el[:, :k] + g_cols * el[:, k:]
-        else:
-            grad_left = g_rows * (e @ right)
-            grad_right = _transposed_product(e, g_rows * left)
-        return grad_left, grad_right, None, None
+    def backward(ctx, grad):
+        left, right, e, rows = ctx.saved_tensors
+        weight = (grad / rows)[:, None]  # (B, 1)
+        grad_left = weight * (e @ right)
+        grad_right = _transposed_product(e, weight * left)
+        return grad_left, grad_right, None
 
 
 class AnInfoNCELoss(nn.Module):
     """AnInfoNCE with a learnable diagonal Λ̂ = softplus(θ).
 
-    s(u, v) = -½ (u - v)ᵀ Λ̂ (u - v). For a batch of B pairs (a_i, b_i) every
-    one of the 2B views is an anchor; its positive is s(a_i, b_i) and its
-    negatives are the other 2B - 2 views (NT-Xent layout).
+    s(u, v) = -½ (u - v)ᵀ Λ̂ (u - v) on the unit-normalised representations
+    (the loss divides each row by its norm, as the reference does: with a
+    learnable output radius the radius gets no gradient through the loss).
+    For a batch of B pairs (a_i, b_i) every one of the 2B views is an
+    anchor; its positive is s(a_i, b_i) and its negatives are the other
+    2B - 2 views (NT-Xent layout).
 
     Args:
         n: latent dimension.
@@ -108,6 +101,8 @@ class AnInfoNCELoss(nn.Module):
 
     def forward(self, a, b):
         """Args: a, b: (B, n) the two views' representations. Returns the scalar loss."""
+        a = a / a.norm(dim=1, keepdim=True)
+        b = b / b.norm(dim=1, keepdim=True)
         lam = F.softplus(self.theta)  # (n,) or (1,)
         ones = torch.ones_like(a[:, :1])
         qa = (a * a * lam).sum(1, keepdim=True)  # (B, 1)  aᵀΛa
@@ -119,15 +114,15 @@ class AnInfoNCELoss(nn.Module):
         right_a = torch.cat([a, ones, qa], dim=1)
         right_b = torch.cat([b, ones, qb], dim=1)
         positive = -0.5 * ((a - b) ** 2 * lam).sum(1)  # (B,)  s(a_i, b_i)
-        # Σ_k exp s(a_i, b_k) over rows i (and over columns: Σ_k exp s(a_k, b_i)).
-        ab_rows, ab_cols = _ExpSimilaritySums.apply(left_a, right_b, False, self.symmetric)
-        aa_rows, _ = _ExpSimilaritySums.apply(left_a, right_a, True, False)  # k ≠ i
-        bb_rows, _ = _ExpSimilaritySums.apply(left_b, right_b, True, False)  # k ≠ i
+        # log Σ_k exp s(·, ·) over each anchor's candidates, block by block.
+        ab = _ShiftedExpRowSums.apply(left_a, right_b, False)  # s(a_i, b_k), positive included
+        aa = _ShiftedExpRowSums.apply(left_a, right_a, True)  # s(a_i, a_k), k ≠ i
+        bb = _ShiftedExpRowSums.apply(left_b, right_b, True)  # s(b_i, b_k), k ≠ i
         # The reference reuses row i of the cross block for anchor b_i; the
-        # textbook layout takes its column i, s(b_i, a_k) = s(a_k, b_i).
-        cross_b = ab_cols if self.symmetric else ab_rows
-        loss_a = contrastive_cross_entropy(positive, [aa_rows.log(), ab_rows.log()])
-        loss_b = contrastive_cross_entropy(positive, [bb_rows.log(), cross_b.log()])
+        # textbook layout takes s(b_i, a_k), a block of its own.
+        cross_b = _ShiftedExpRowSums.apply(left_b, right_a, False) if self.symmetric else ab
+        loss_a = contrastive_cross_entropy(positive, [aa, ab])
+        loss_b = contrastive_cross_entropy(positive, [bb, cross_b])
         return 0.5 * (loss_a + loss_b)
 
 

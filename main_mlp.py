@@ -27,6 +27,7 @@ import encoders
 import invertible_network_utils
 import latent_spaces
 import losses
+import settings
 import spaces
 from argparse_utils import ArgumentParser
 
@@ -84,17 +85,18 @@ def build_parser():
                         help="scale of the conditional (vMF concentration for --c-p 0 on sphere)")
     parser.add_argument("--m-param", type=float, default=1.0, help="scale of the marginal (when --m-p is not 0)")
     parser.add_argument("--tau", type=float, default=1.0, help="temperature of the Lp and dot-product losses")
-    parser.add_argument("--n-mixing-layer", type=int, default=3, help="linear layers in the mixing g")
+    parser.add_argument("--n-mixing-layer", type=int, default=3,
+                        help="linear layers in the mixing g (0: the identity)")
     parser.add_argument("--n", type=int, default=10, help="latent dimension")
     parser.add_argument("--space-type", type=str, default="box",
-                        choices=("box", "sphere", "unbounded", "extended_sphere"), help="latent space")
+                        choices=tuple(latent_spaces.SPACES), help="latent space")
     parser.add_argument("--m-p", type=number, default=0,
                         help="marginal: 0 uniform, 1 Laplace, 2 normal, other p generalised normal")
-    parser.add_argument("--c-p", type=number, default=1,
+    parser.add_argument("--c-p", type=number, default=2,
                         help="conditional: 1 Laplace, 2 normal, other p generalised normal; 0 vMF on sphere, "
                              "the rejected anisotropic normal on extended_sphere")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the encoder")
-    parser.add_argument("--p", type=number, default=1,
+    parser.add_argument("--p", type=number, default=2,
                         help="loss: p > 0 the Lp form; 0 the dot-product form (AnInfoNCE on extended_sphere)")
     parser.add_argument("--batch-size", type=int, default=6144, help="pairs per step")
     parser.add_argument("--n-log-steps", type=int, default=250, help="log every this many steps")
@@ -102,10 +104,11 @@ def build_parser():
                         help="supervised steps (the contrastive run does n_steps * more_unsupervised)")
     parser.add_argument("--resume-training", action="store_true",
                         help="continue from the checkpoint in --save-dir")
-    parser.add_argument("--gt-lambda-1", type=float, default=5.0,
+    # Integer defaults under type=float, as the reference: printed "5" when omitted, "5.0" when passed.
+    parser.add_argument("--gt-lambda-1", type=float, default=5,
                         help="ground-truth λ of the last n - floor(n/2) dimensions (bimodal), or the start of "
                              "the linear spacing")
-    parser.add_argument("--gt-lambda-2", type=float, default=25.0,
+    parser.add_argument("--gt-lambda-2", type=float, default=25,
                         help="ground-truth λ of the first floor(n/2) dimensions (bimodal), or the end of "
                              "the linear spacing")
     parser.add_argument("--linearly-spaced-lambda", action="store_true",
@@ -158,14 +161,14 @@ def _check_writable_dir(parser, flag, path):
         parser.error(f"argument {flag}: {path} is not writable")
 
 
-def validate_args(parser, args):
+def validate_args(parser, args, derived):
     """Refuse what cannot run, with a one-line error naming the flag (exit 2)."""
     err = parser.error
     for flag, value, low in (("--n", args.n, 2), ("--batch-size", args.batch_size, 2),
                              ("--n-steps", args.n_steps, 1), ("--n-log-steps", args.n_log_steps, 1),
                              ("--num-eval-batches", args.num_eval_batches, 1),
-                             ("--more-unsupervised", args.more_unsupervised, 1),
-                             ("--n-mixing-layer", args.n_mixing_layer, 1)):
+                             ("--more-unsupervised", args.more_unsupervised, 0),
+                             ("--n-mixing-layer", args.n_mixing_layer, 0)):
         if value < low:
             err(f"argument {flag}: must be an integer >= {low}, got {value}")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
@@ -176,8 +179,8 @@ def validate_args(parser, args):
                         ("--gt-lambda-2", args.gt_lambda_2)):
         if not _positive_finite(value):
             err(f"argument {flag}: must be a positive finite number, got {value}")
-    if not (math.isfinite(args.threshold) and 0 < args.threshold <= 1):
-        err(f"argument --threshold: must be in (0, 1], got {args.threshold}")
+    if not _positive_finite(args.threshold):
+        err(f"argument --threshold: must be a positive finite number, got {args.threshold}")
     if not (math.isfinite(args.cond_thresh_ratio) and 0 <= args.cond_thresh_ratio <= 1):
         err(f"argument --cond-thresh-ratio: must be in [0, 1], got {args.cond_thresh_ratio}")
     for flag, value in (("--p", args.p), ("--m-p", args.m_p), ("--c-p", args.c_p)):
@@ -194,10 +197,9 @@ def validate_args(parser, args):
     if args.c_p == 0 and args.space_type in ("box", "unbounded"):
         err(f"argument --c-p: 0 (von Mises-Fisher) needs --space-type sphere or extended_sphere, "
             f"not {args.space_type}")
-    aninfonce = args.space_type == "extended_sphere" and args.p == 0
-    if not aninfonce and args.loss != "aninfonce":
+    if not derived.learns_lambda and args.loss != "aninfonce":
         err("argument --loss: infonce applies to --space-type extended_sphere with --p 0 only")
-    if not aninfonce and args.negatives != "reference":
+    if not derived.learns_lambda and args.negatives != "reference":
         err("argument --negatives: applies to --space-type extended_sphere with --p 0 only")
     if args.seed is not None and not 0 <= args.seed < 2 ** 63:
         err(f"argument --seed: must be in [0, 2^63), got {args.seed}")
@@ -215,10 +217,12 @@ def validate_args(parser, args):
 
 
 def parse_args(argv=None):
+    """Returns (parser, args, derived): ``derived`` holds what the flags imply (settings.Derived)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    validate_args(parser, args)
-    return parser, args
+    derived = settings.derive_from_args(args)
+    validate_args(parser, args, derived)
+    return parser, args, derived
 
 
 # --------------------------------------------------------------------------
@@ -358,8 +362,8 @@ def save_atomically(obj, path):
 class Trainer:
     """The state of one run: what a checkpoint holds, and the loop over phases."""
 
-    def __init__(self, args, device, seed, latent, g, loss_fn, log, generator, flag):
-        self.args, self.device, self.seed = args, device, seed
+    def __init__(self, args, derived, device, seed, latent, g, loss_fn, log, generator, flag):
+        self.args, self.derived, self.device, self.seed = args, derived, device, seed
         self.latent, self.g, self.loss_fn = latent, g, loss_fn
         self.log, self.generator, self.flag = log, generator, flag
         self.encoders = {}
@@ -399,17 +403,17 @@ class Trainer:
     def save_models(self, phase):
         if not self.args.save_dir:
             return
-        save_atomically(self.g.state_dict(), os.path.join(self.args.save_dir, "g.pth"))
         name = "sup_f.pth" if phase == "supervised" else "unsup_f.pth"
         save_atomically(self.encoders[phase].state_dict(), os.path.join(self.args.save_dir, name))
 
     # -- the loop ------------------------------------------------------------
 
     def run_phase(self, phase):
+        """Train a fresh encoder for one phase; returns it."""
         args, device = self.args, self.device
         supervised = phase == "supervised"
         total = args.n_steps if supervised else args.n_steps * args.more_unsupervised
-        f = encoders.build_encoder(args.n, encoders.output_normalization(args)).to(device)
+        f = encoders.build_encoder(args.n, self.derived.normalization).to(device)
         self.encoders[phase] = f
         optimizer = build_optimizer(args, f, None if supervised else self.loss_fn)
         self.optimizers = {phase: optimizer}
@@ -458,7 +462,7 @@ class Trainer:
                     self.check_finite(phase, step, loss_buffer, f)
                 self.save_checkpoint(phase, step, loss_buffer)
         self.save_models(phase)
-        self.final_evaluation(h)
+        return f
 
     def check_finite(self, phase, step, loss_buffer, f):
         """Stop with the step of divergence when a loss or a parameter is not finite."""
@@ -507,7 +511,11 @@ class Trainer:
                       f"Lin. Disentanglement: {lin:.4f} \t Perm. Disentanglement: {perm:.4f}")
         record = {"type": "step", "phase": phase, "step": step, "loss": loss, "mean_loss": mean_loss,
                   "lin": lin, "perm": perm}
-        if phase == "unsupervised" and isinstance(self.loss_fn, losses.AnInfoNCELoss):
+        if self.derived.normalization == "learnable_sphere":
+            # The reference prints the radius parameter itself (two lines).
+            self.log.line(f"r: {f[-1].r}")
+            record["r"] = f[-1].r.item()
+        if self.derived.learns_lambda:  # in both phases (untrained in the supervised one), as the reference
             lam = self.loss_fn.lambdas().detach().cpu().tolist()
             self.log.line(f"learned lambda values: {[round(v, 1) for v in lam]} \t")
             record["lambda"] = lam
@@ -590,7 +598,7 @@ def load_resume_state(parser, args, device):
 
 
 def main(argv=None):
-    parser, args = parse_args(argv)
+    parser, args, derived = parse_args(argv)
     device = resolve_device(args.device)
     keep_freed_memory()
     resume = load_resume_state(parser, args, device) if args.resume_training else None
@@ -605,7 +613,7 @@ def main(argv=None):
     log = RunLog(args.log_file, args.metrics_file, resume["offsets"] if resume else None)
     flag = SignalFlag()
     try:
-        return run(parser, args, device, seed, log, flag, resume)
+        return run(parser, args, derived, device, seed, log, flag, resume)
     finally:
         log.close()
 
@@ -628,7 +636,17 @@ class Experiment:
     acceptance: float = None  # of the rejection sampler
 
 
-def build_experiment(args, device, init_gen, data_gen):
+def build_loss(args, derived, init_gen):
+    """The contrastive loss the flags pick (settings.LOSSES), θ of Λ̂ drawn from ``init_gen``."""
+    if derived.loss in ("aninfonce", "infonce"):
+        return losses.AnInfoNCELoss(args.n, isotropic=derived.loss == "infonce",
+                                    symmetric=args.negatives == "symmetric", generator=init_gen)
+    if derived.loss == "dot":
+        return losses.DotSimCLRLoss(args.tau)
+    return losses.LpSimCLRLoss(args.p, args.tau)
+
+
+def build_experiment(args, derived, device, init_gen, data_gen):
     """Build the latent space, g and the loss from the flags, in the order the seed fixes.
 
     θ and g are drawn from ``init_gen`` (CPU), the sampler's acceptance
@@ -636,20 +654,15 @@ def build_experiment(args, device, init_gen, data_gen):
     would accept too few proposals to finish a batch.
     """
     space = latent_spaces.build_space(args)
-    gt_lambda, theta_init, acceptance = None, None, None
-    if args.space_type == "extended_sphere" and args.p == 0:
-        loss_fn = losses.AnInfoNCELoss(args.n, isotropic=args.loss == "infonce",
-                                       symmetric=args.negatives == "symmetric", generator=init_gen)
-        theta_init = loss_fn.theta.detach().clone()
+    loss_fn = build_loss(args, derived, init_gen)
+    theta_init = loss_fn.theta.detach().clone() if derived.learns_lambda else None
+    loss_fn = loss_fn.to(device)
+    gt_lambda, positive_std, acceptance = None, None, None
+    if derived.anisotropic:
         gt_lambda = latent_spaces.ground_truth_lambda(args.n, args.gt_lambda_1, args.gt_lambda_2,
                                                       args.linearly_spaced_lambda)
-        loss_fn = loss_fn.to(device)
-    elif args.p == 0:
-        loss_fn = losses.DotSimCLRLoss(args.tau)
-    else:
-        loss_fn = losses.LpSimCLRLoss(args.p, args.tau)
-    if args.space_type == "extended_sphere" and args.c_p == 0:
-        acceptance = spaces.acceptance_rate(space, gt_lambda.rsqrt().to(device), args.threshold,
+        positive_std = gt_lambda.rsqrt().to(device)
+        acceptance = spaces.acceptance_rate(space, positive_std, args.threshold,
                                             data_gen, device, ACCEPTANCE_PROPOSALS)
         if acceptance < MIN_ACCEPTANCE:
             raise InputError(f"arguments --threshold/--gt-lambda-1/--gt-lambda-2: the positive sampler accepts "
@@ -658,11 +671,11 @@ def build_experiment(args, device, init_gen, data_gen):
     g, threshold, conds = invertible_network_utils.construct_invertible_mlp(
         args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
     g = g.to(device)
-    latent = latent_spaces.build_latent_space(args, space, gt_lambda, acceptance, device)
+    latent = latent_spaces.build_latent_space(args, space, derived.anisotropic, positive_std, acceptance)
     return Experiment(latent, g, loss_fn, threshold, conds, gt_lambda, theta_init, acceptance)
 
 
-def run(parser, args, device, seed, log, flag, resume):
+def run(parser, args, derived, device, seed, log, flag, resume):
     # All randomness: the global CPU generator (encoder initialisation), one
     # CPU generator for g and θ, one generator on the device for the data.
     torch.manual_seed(seed)
@@ -676,13 +689,14 @@ def run(parser, args, device, seed, log, flag, resume):
                torch=torch.__version__, numpy=np.__version__, python=platform.python_version())
 
     try:
-        exp = build_experiment(args, device, init_gen, data_gen)
+        exp = build_experiment(args, derived, device, init_gen, data_gen)
     except InputError as exc:
         parser.error(str(exc))
     if exp.acceptance is not None:
         log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
-    if exp.gt_lambda is not None:
+    if exp.theta_init is not None:
         log.line(f"lambda init:  {exp.theta_init!r}")
+    if exp.gt_lambda is not None:
         log.line(f"ground truth Lambda:  {exp.gt_lambda.to(device)!r}")
     log.line(f"condition number threshold: {exp.threshold:.6f}")
     for i, c in enumerate(exp.conds):
@@ -693,8 +707,11 @@ def run(parser, args, device, seed, log, flag, resume):
     log.line(f"Id. Lin. Disentanglement: {scores[0]:.4f}")
     log.line(f"Id. Perm. Disentanglement: {scores[1]:.4f}")
 
-    trainer = Trainer(args, device, seed, latent, g,
-                      loss_fn if not args.only_supervised else None, log, data_gen, flag)
+    if args.save_dir and resume is None:
+        # Before training, as the reference: an interrupted run leaves the mixing on disk.
+        save_atomically(g.state_dict(), os.path.join(args.save_dir, "g.pth"))
+
+    trainer = Trainer(args, derived, device, seed, latent, g, loss_fn, log, data_gen, flag)
     trainer.resume = resume
     phases = [p for p, skip in (("supervised", args.only_unsupervised),
                                 ("unsupervised", args.only_supervised)) if not skip]
@@ -702,7 +719,9 @@ def run(parser, args, device, seed, log, flag, resume):
         phases = phases[phases.index(resume["phase"]):]
     try:
         for phase in phases:
-            trainer.run_phase(phase)
+            f = trainer.run_phase(phase)
+        # One evaluation after the last phase, as the reference.
+        trainer.final_evaluation(torch.nn.Sequential(g, f))
     except Stop as stop:
         name = signal.Signals(stop.signum).name
         where = f"checkpoint in {args.save_dir}" if args.save_dir else "no checkpoint (no --save-dir)"

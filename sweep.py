@@ -61,6 +61,7 @@ import time
 import numpy as np
 
 import logparse
+import settings
 from argparse_utils import ArgumentParser
 
 PROG = "sweep.py"
@@ -355,9 +356,15 @@ def find_runs(out_dir, patterns):
 
 def loss_label(log_args):
     """What loss the run trained with, from its Arguments block."""
-    if log_args.get("space_type") == "extended_sphere" and log_args.get("p") == "0":
-        return log_args.get("loss", "aninfonce")  # the published logs predate --loss
-    return f"Lp (p={log_args.get('p', '?')})" if log_args.get("p") != "0" else "dot product"
+    try:
+        # The published logs predate --loss: AnInfoNCE.
+        derived = settings.derive(log_args.get("space_type", "box"), log_args.get("p", "2"),
+                                  log_args.get("c_p", "2"), log_args.get("loss", "aninfonce"))
+    except ValueError:
+        return "?"
+    if derived.loss == "lp":
+        return f"Lp (p={log_args.get('p', '?')})"
+    return "dot product" if derived.loss == "dot" else derived.loss
 
 
 def lambda_label(log):

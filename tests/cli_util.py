@@ -72,13 +72,13 @@ def parse_log(text):
         {"args": {key: value str}, "lambda_init": [...] or None, "gt_lambda": [...] or None,
          "cond_threshold": float, "layer_conds": [...], "id_lin": float, "id_perm": float,
          "phases": [{"supervised": bool, "f": [module lines], "steps": [{"step", "loss",
-         "mean_loss", "lin", "perm", "lambda"}], "final": {"lin_mean", "lin_std",
-         "perm_mean", "perm_std"} or None}]}
+         "mean_loss", "lin", "perm", "lambda", "r"}]}], "final": {"lin_mean", "lin_std",
+         "perm_mean", "perm_std"} or None}
     """
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    out = {"args": {}, "lambda_init": None, "gt_lambda": None, "phases": []}
+    out = {"args": {}, "lambda_init": None, "gt_lambda": None, "phases": [], "final": None}
     i = 0
 
     def expect(cond, what):
@@ -95,7 +95,7 @@ def parse_log(text):
         i += 1
     if i < len(lines) and lines[i].startswith("lambda init:  "):
         out["lambda_init"], i = _tensor(lines, i, "lambda init:  ")
-        expect(i < len(lines) and lines[i].startswith("ground truth Lambda:  "), "'ground truth Lambda:'")
+    if i < len(lines) and lines[i].startswith("ground truth Lambda:  "):
         out["gt_lambda"], i = _tensor(lines, i, "ground truth Lambda:  ")
     m = COND_THRESH_RE.match(lines[i]) if i < len(lines) else None
     expect(m, "'condition number threshold: <6 decimals>'")
@@ -107,7 +107,8 @@ def parse_log(text):
         expect(int(m.group(1)) == len(out["layer_conds"]) + 1, "the next layer number")
         out["layer_conds"].append(float(m.group(3)))
         i += 1
-    expect(out["layer_conds"], "'layer i/N,  condition number: ...'")
+    expect(len(out["layer_conds"]) == int(out["args"].get("n_mixing_layer", 3)),
+           "'layer i/N,  condition number: ...' for every layer")
     for kind in ("Lin", "Perm"):
         m = ID_RE.match(lines[i]) if i < len(lines) else None
         expect(m and m.group(1) == kind, f"'Id. {kind}. Disentanglement: 0.xxxx'")
@@ -117,7 +118,7 @@ def parse_log(text):
     while i < len(lines):
         m = re.match(r"^supervised test: (True|False)$", lines[i])
         expect(m, "'supervised test: True|False'")
-        phase = {"supervised": m.group(1) == "True", "f": [], "steps": [], "final": None}
+        phase = {"supervised": m.group(1) == "True", "f": [], "steps": []}
         out["phases"].append(phase)
         i += 1
         expect(i < len(lines) and lines[i] == "f:  Sequential(", "'f:  Sequential('")
@@ -131,8 +132,14 @@ def parse_log(text):
             m = STEP_RE.match(lines[i])
             expect(m, "a Step line in the reference format with finite numbers")
             step = {"step": int(m.group(1)), "loss": float(m.group(2)), "mean_loss": float(m.group(3)),
-                    "lin": float(m.group(4)), "perm": float(m.group(5)), "lambda": None}
+                    "lin": float(m.group(4)), "perm": float(m.group(5)), "lambda": None, "r": None}
             i += 1
+            if i < len(lines) and lines[i] == "r: Parameter containing:":
+                i += 1
+                m = re.match(rf"^tensor\(\[({FLOAT})\], requires_grad=True\)$", lines[i]) if i < len(lines) else None
+                expect(m, "the radius 'tensor([r], requires_grad=True)'")
+                step["r"] = float(m.group(1))
+                i += 1
             if i < len(lines) and lines[i].startswith("learned lambda values: "):
                 m = LAMBDA_RE.match(lines[i])
                 expect(m, "'learned lambda values: [..] \\t'")
@@ -150,7 +157,8 @@ def parse_log(text):
                 key = "lin" if kind == "linear" else "perm"
                 final[f"{key}_mean"], final[f"{key}_std"] = mean, std
                 i += 1
-            phase["final"] = final
+            out["final"] = final
+            expect(i == len(lines), "the end of the log after the final evaluation")
     return out
 
 

@@ -113,7 +113,7 @@ def test_readme_command_prints_every_line_type_in_order(runs):
         assert len(s["lambda"]) == 10
         assert all(0.3 < v < 1.2 for v in s["lambda"])  # softplus(θ) ≈ 0.7 after a few steps
         assert 0.0 <= s["perm"] <= 1.0
-    assert phase["final"] is not None
+    assert log["final"] is not None
 
     # At initialisation the loss is about ln(2B - 1).
     assert abs(phase["steps"][0]["loss"] - math.log(2 * 64 - 1)) < 0.05

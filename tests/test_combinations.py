@@ -13,6 +13,7 @@ import math
 import pytest
 
 import main_mlp
+import settings
 from cli_util import all_steps, one_torch_thread, parse_log, restore_signal_handlers
 
 
@@ -57,6 +58,7 @@ COMBINATIONS = [
     ("extended-infonce-symmetric-spherenorm", ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                                                "--loss", "infonce", "--negatives", "symmetric",
                                                "--sphere-norm", "--only-unsupervised"]),
+    ("extended-c0-p2", ["--space-type", "extended_sphere", "--c-p", "0", "--p", "2", "--only-unsupervised"]),
     ("extended-c2-p1", ["--space-type", "extended_sphere", "--c-p", "2", "--p", "1", "--only-unsupervised"]),
     ("extended-sup-only", ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                            "--only-supervised"]),
@@ -89,27 +91,29 @@ def test_combination_runs_to_the_end(flags, capsys, restore_signals):
         expected = [True]
     assert [ph["supervised"] for ph in log["phases"]] == expected
 
-    aninfonce = space == "extended_sphere" and args["p"] == "0"
-    assert (log["lambda_init"] is not None) == aninfonce
+    derived = settings.derive(space, args["p"], args["c_p"], args["loss"])
+    assert (log["lambda_init"] is not None) == derived.learns_lambda
+    assert (log["gt_lambda"] is not None) == derived.anisotropic
     for ph in log["phases"]:
         # logged at step % 2 == 1 (and step == --n-steps): 1 and 3
         assert [s["step"] for s in ph["steps"]] == [1, 3]
-        assert ph["final"] is not None
         for s in ph["steps"]:
             assert all(math.isfinite(s[k]) for k in ("loss", "mean_loss", "lin", "perm"))
             assert 0.0 <= s["perm"] <= 1.0
-            # learned Λ̂ is printed for AnInfoNCE / InfoNCE runs only
-            assert (s["lambda"] is not None) == (aninfonce and not ph["supervised"])
+            # learned Λ̂ is printed in both phases of AnInfoNCE / InfoNCE runs, as the reference
+            assert (s["lambda"] is not None) == derived.learns_lambda
             if s["lambda"] is not None and "infonce" in flags:
                 assert len(set(s["lambda"])) == 1  # one shared λ
+            # the learnable radius is printed after every Step line
+            assert (s["r"] is not None) == ("--sphere-norm" in flags)
         # the encoder's output: learnable box / learnable sphere / unit sphere (p = 0) / none
         last = ph["f"][-1]
         if "--box-norm" in flags:
-            assert last == "  (13): BoxNormLayer()"
-        elif "--sphere-norm" in flags:
-            assert last == "  (13): SphereNormLayer()"
-        elif args["p"] == "0":
+            assert last == "  (13): SoftclipLayer()"
+        elif "--sphere-norm" in flags or args["p"] == "0":
             assert last == "  (13): RescaleLayer()"
         else:
             assert last.startswith("  (12): Linear(")
+    # one final evaluation, after the last phase
+    assert log["final"] is not None
     assert len(all_steps(log)) == 2 * len(expected)

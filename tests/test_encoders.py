@@ -1,12 +1,11 @@
 """The encoder f (encoders.py): layout, repr as in the reference log, output normalisation."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from torch import nn
 
 import encoders
+import settings
 
 # The encoder's repr in the published logs (n = 10), after "f:  ".
 REFERENCE_REPR = """Sequential(
@@ -56,7 +55,7 @@ def test_learnable_sphere():
     torch.manual_seed(0)
     f = encoders.build_encoder(4, "learnable_sphere")
     layer = f[13]
-    assert isinstance(layer, encoders.SphereNormLayer)
+    assert isinstance(layer, encoders.RescaleLayer) and repr(layer) == "RescaleLayer()"
     params = list(layer.parameters())
     assert len(params) == 1 and params[0].requires_grad and params[0].item() == 1.0
     with torch.no_grad():
@@ -71,15 +70,16 @@ def test_learnable_box():
     torch.manual_seed(0)
     f = encoders.build_encoder(4, "learnable_box")
     layer = f[13]
-    assert isinstance(layer, encoders.BoxNormLayer)
-    assert layer.bound.shape == (4,) and layer.bound.requires_grad
-    assert torch.equal(layer.bound.detach(), torch.ones(4))
+    assert isinstance(layer, encoders.SoftclipLayer) and repr(layer) == "SoftclipLayer()"
+    bound = layer.max_abs_bound
+    assert bound.shape == (4,) and bound.requires_grad
+    assert torch.equal(bound.detach(), torch.ones(4))
     with torch.no_grad():
-        layer.bound.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        bound.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     out = f(torch.randn(32, 4))
-    assert (out > 0).all() and (out < layer.bound).all()
+    assert (out > 0).all() and (out < bound).all()
     out.sum().backward()
-    assert torch.isfinite(layer.bound.grad).all()
+    assert torch.isfinite(bound.grad).all()
 
 
 def test_no_normalisation():
@@ -89,6 +89,23 @@ def test_no_normalisation():
         encoders.build_encoder(4, "cube")
 
 
+# The reference's state-dict keys (its encoders.get_mlp with RescaleLayer / SoftclipLayer).
+LINEAR_KEYS = [f"{i}.{w}" for i in range(0, 13, 2) for w in ("weight", "bias")]
+
+
+@pytest.mark.parametrize("normalization,extra", [
+    ("fixed_sphere", []),  # the fixed radius is a plain tensor there, not in the state dict
+    ("learnable_sphere", ["13.r"]),
+    ("learnable_box", ["13.max_abs_bound"]),
+    ("none", []),
+])
+def test_state_dict_keys_are_the_references(normalization, extra):
+    f = encoders.build_encoder(4, normalization)
+    assert list(f.state_dict()) == LINEAR_KEYS + extra
+    shapes = {k: tuple(v.shape) for k, v in f.state_dict().items()}
+    assert shapes.get("13.r", (1,)) == (1,) and shapes.get("13.max_abs_bound", (4,)) == (4,)
+
+
 @pytest.mark.parametrize("box_norm,sphere_norm,p,expected", [
     (True, False, 0, "learnable_box"),
     (False, True, 1, "learnable_sphere"),
@@ -96,5 +113,5 @@ def test_no_normalisation():
     (False, False, 2, "none"),
 ])
 def test_output_normalization_from_flags(box_norm, sphere_norm, p, expected):
-    args = SimpleNamespace(box_norm=box_norm, sphere_norm=sphere_norm, p=p)
-    assert encoders.output_normalization(args) == expected
+    derived = settings.derive("box", p, 2, box_norm=box_norm, sphere_norm=sphere_norm)
+    assert derived.normalization == expected

@@ -26,13 +26,13 @@ def _one_thread():
         yield
 
 
-def _optimise(args, supervised):
+def _optimise(args, derived, supervised):
     """First and last loss of STEPS Adam steps on one fixed batch."""
     torch.manual_seed(0)
     init_gen = torch.Generator().manual_seed(0)
     data_gen = torch.Generator().manual_seed(0)
-    exp = main_mlp.build_experiment(args, torch.device("cpu"), init_gen, data_gen)
-    f = encoders.build_encoder(args.n, encoders.output_normalization(args))
+    exp = main_mlp.build_experiment(args, derived, torch.device("cpu"), init_gen, data_gen)
+    f = encoders.build_encoder(args.n, derived.normalization)
     loss_fn = None if supervised else exp.loss_fn
     optimizer = main_mlp.build_optimizer(args, f, loss_fn)
     z = exp.latent.sample_marginal(BATCH, data_gen, "cpu")
@@ -61,8 +61,8 @@ CASES = [(name, flags, supervised) for name, flags in COMBINATIONS
 @pytest.mark.parametrize("name,flags,supervised", CASES,
                          ids=[f"{c[0]}-{'sup' if c[2] else 'unsup'}" for c in CASES])
 def test_loss_is_finite_and_decreases(name, flags, supervised):
-    _, args = main_mlp.parse_args(TINY + flags)
+    _, args, derived = main_mlp.parse_args(TINY + flags)
     args.lr = LR
-    values = _optimise(args, supervised)
+    values = _optimise(args, derived, supervised)
     assert all(torch.isfinite(torch.tensor(values))), values
     assert values[-1] < values[0], values

@@ -87,6 +87,76 @@ def test_aninfonce_inputs_not_modified():
     assert torch.equal(a, a0) and torch.equal(b, b0)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_aninfonce_normalises_its_inputs(symmetric):
+    """Each representation is divided by its norm inside the loss, as in the reference."""
+    a, b = _unit(5, 4, 7), _unit(5, 4, 8)
+    scale_a = torch.tensor([0.5, 1.0, 2.0, 3.0, 0.25], dtype=torch.float64)[:, None]
+    scale_b = torch.tensor([4.0, 0.3, 1.0, 1.5, 2.0], dtype=torch.float64)[:, None]
+    loss = _aninfonce(4, THETA, symmetric)
+    lam = [_softplus(t) for t in THETA]
+    expected = hand_aninfonce(a, b, lam, symmetric)
+    assert loss(a * scale_a, b * scale_b).item() == pytest.approx(expected, rel=1e-12)
+    # A learnable radius r in front of the loss gets no gradient through it.
+    r = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    loss(r * a, r * b).backward()
+    assert abs(r.grad.item()) < 1e-12
+
+
+def test_aninfonce_box_outputs_are_normalised():
+    """Sigmoid outputs (--box-norm) are not unit vectors: the loss sees them normalised."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.sigmoid(torch.randn(6, 4, generator=g, dtype=torch.float64))
+    b = torch.sigmoid(torch.randn(6, 4, generator=g, dtype=torch.float64))
+    lam = [_softplus(t) for t in THETA]
+    expected = hand_aninfonce(F.normalize(a, dim=1), F.normalize(b, dim=1), lam, False)
+    assert _aninfonce(4, THETA, False)(a, b).item() == pytest.approx(expected, rel=1e-12)
+    assert abs(expected - hand_aninfonce(a, b, lam, False)) > 1e-3  # normalising matters here
+
+
+def plain_aninfonce(a, b, lam, symmetric):
+    """AnInfoNCE with torch.logsumexp over the full (2B, 2B - 1) candidate matrix."""
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+
+    def sim(u, v):  # (B, B): s(u_i, v_k)
+        d = u[:, None, :] - v[None, :, :]
+        return -0.5 * (d * d * lam).sum(-1)
+
+    eye = torch.eye(len(a), dtype=torch.bool)
+    s_ab, s_aa, s_bb = sim(a, b), sim(a, a), sim(b, b)
+    cross_b = sim(b, a) if symmetric else s_ab
+    rows_a = torch.cat([s_aa.masked_fill(eye, float("-inf")), s_ab], 1)
+    rows_b = torch.cat([s_bb.masked_fill(eye, float("-inf")), cross_b], 1)
+    positive = s_ab.diagonal()
+    return 0.5 * ((torch.logsumexp(rows_a, 1) - positive).mean() + (torch.logsumexp(rows_b, 1) - positive).mean())
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("lam_value", [1.0, 50.0, 500.0, 1e4])
+def test_aninfonce_stable_for_large_lambda(symmetric, lam_value):
+    """No overflow or underflow to ±inf: equal to a plain logsumexp form up to Λ̂ = 10⁴."""
+    a, b = _unit(64, 10, 30, torch.float32), _unit(64, 10, 31, torch.float32)
+    theta = [lam_value + math.log(-math.expm1(-lam_value))] * 10  # softplus(θ) = lam_value
+    loss = _aninfonce(10, theta, symmetric, dtype=torch.float32)
+    lam = F.softplus(torch.tensor(theta, dtype=torch.float64))
+    expected = plain_aninfonce(a.double(), b.double(), lam, symmetric).item()
+    value = loss(a, b)
+    assert math.isfinite(value.item())
+    assert value.item() == pytest.approx(expected, rel=1e-4)
+    a.requires_grad_(True)
+    loss(a, b).backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(loss.theta.grad).all()
+
+
+def test_aninfonce_large_batch_large_theta_is_finite():
+    """n = 10, B = 1000, θ = 500: finite, and equal to the logsumexp form."""
+    a, b = _unit(1000, 10, 40, torch.float32), _unit(1000, 10, 41, torch.float32)
+    loss = _aninfonce(10, [500.0] * 10, symmetric=False, dtype=torch.float32)
+    expected = plain_aninfonce(a.double(), b.double(), F.softplus(torch.full((10,), 500.0, dtype=torch.float64)),
+                               False).item()
+    assert loss(a, b).item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_negative_modes_differ_on_generic_inputs():
     a, b = _unit(3, 4, 5), _unit(3, 4, 6)
     ref = _aninfonce(4, THETA, symmetric=False)(a, b).item()

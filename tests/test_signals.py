@@ -97,7 +97,7 @@ def test_sigint_sigterm_stop_after_a_step_with_a_checkpoint(runs, name, signum, 
     assert 6 <= step < N_STEPS
     assert load_checkpoint(cwd)["step"] == step
     log = parse_log(stdout)
-    assert log["phases"][0]["final"] is None  # stopped: no final evaluation
+    assert log["final"] is None  # stopped: no final evaluation
     assert (cwd / "run.log").read_text() == stdout
 
 
