@@ -25,7 +25,7 @@ Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read
 (missing file, not a log, a malformed line: one line on stderr naming the
 file and the line).
 
-    python compare_logs.py training_logs/bimodal.log ../shared/reference/logs_for_bimodal_lambda.log
+    python compare_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
 """
 
 import argparse
@@ -42,9 +42,9 @@ from argparse_utils import ArgumentParser
 
 PROG = "compare_logs.py"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, 2
-# Defaults of the tolerances: the acceptance criteria of issue 5 for Lin.,
-# Perm. and Λ̂. For <Loss> (a 250-step running mean), issue 2's bar for "learns
-# like the reference": within 0.15 of the published log at the same step.
+# Defaults of the tolerances: what we accept as a reproduction of a published
+# log for Lin., Perm. and Λ̂; for <Loss> (a 250-step running mean), "learns like
+# the reference" means within 0.15 of the published log at the same step.
 DEFAULT_MIN_STEP = 15000
 DEFAULT_LIN_TOL = 0.02
 DEFAULT_PERM_TOL = 0.05

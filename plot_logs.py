@@ -7,7 +7,7 @@ values as dashed horizontal lines. The image is ``--size`` inches at
 ``--dpi`` (default 12 x 9 in at 100 dpi: 1200 x 900 pixels), saved without
 cropping so that its pixel size is exactly size x dpi.
 
-    python plot_logs.py training_logs/bimodal.log ../shared/reference/logs_for_bimodal_lambda.log -o bimodal.png
+    python plot_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log -o bimodal.png
 
 Exit status: 0 written, 2 an input cannot be read (one line on stderr naming
 the file and the line) or the image cannot be written.

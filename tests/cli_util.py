@@ -1,6 +1,6 @@
 """Helpers for the CLI tests: run main_mlp.py (subprocess or in-process) and parse its log.
 
-``parse_log`` is a strict reader of the reference log format (SPEC.md, "The
+``parse_log`` is a strict reader of the reference log format (README, "The
 log, line by line"): every line must be one of the known line types, in the
 known order, or it raises ``LogFormatError`` naming the line. Numbers that
 print as ``nan``/``inf`` do not match the formats, so a parsed log is finite.
@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "main_mlp.py")
 
-# The reference parser's arguments, in its order (the Arguments block of
-# ../shared/reference/*.log).
+# The reference parser's arguments, in its order (the Arguments block of the
+# authors' published logs).
 REFERENCE_KEYS = [
     "sphere_r", "box_min", "box_max", "sphere_norm", "box_norm", "only_supervised",
     "only_unsupervised", "more_unsupervised", "save_dir", "num_eval_batches", "seed",

@@ -9,6 +9,8 @@ import pytest
 
 from cli_util import ROOT, env_for_cli
 
+pytestmark = pytest.mark.slow  # subprocess runs of the CLI
+
 
 def test_benchmark_prints_its_tables():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), "--batch-sizes", "16",

@@ -17,6 +17,8 @@ import main_mlp
 from cli_util import (REFERENCE_KEYS, env_for_cli, one_torch_thread, parse_log, restore_signal_handlers,
                       run_cli)
 
+pytestmark = pytest.mark.slow  # subprocess runs of the CLI
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

@@ -13,6 +13,8 @@ import pytest
 from cli_util import env_for_cli, parse_log, run_cli
 from test_cli import README
 
+pytestmark = pytest.mark.slow  # subprocess runs of the CLI
+
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
                                     reason="torch.compile on CPU needs a C++ compiler")
 

@@ -68,6 +68,7 @@ def test_same_line_shapes_as_the_authors(name, argv, capsys):
     assert_same_shapes(our_shapes(out, theirs), theirs, name.endswith(".partial"))
 
 
+@pytest.mark.slow
 def test_same_line_shapes_through_the_cli(tmp_path):
     """One of them through the real command line, its --log-file included."""
     name, argv = next(c for c in COMMANDS if c[0] == "es_both_phases")

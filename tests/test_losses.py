@@ -31,7 +31,7 @@ def _log_sum_exp(values):
 
 
 def hand_aninfonce(a, b, lam, symmetric):
-    """AnInfoNCE over the 2B anchors, candidate sets spelt out one by one (SPEC.md)."""
+    """AnInfoNCE over the 2B anchors, candidate sets spelt out one by one."""
     a, b = a.tolist(), b.tolist()
     bsz = len(a)
     total = 0.0
@@ -263,7 +263,7 @@ def test_aninfonce_gradients_finite_with_identical_views():
 
 
 def hand_lp(a, b, p, tau, eps=0.0):
-    """SPEC appendix: loss = mean_i [pos_i/τ + logsumexp_j(-[neg_i·, pos_i]/τ)], negatives a rolled by one.
+    """The Lp form: loss = mean_i [pos_i/τ + logsumexp_j(-[neg_i·, pos_i]/τ)], negatives a rolled by one.
 
     ``eps`` floors |x| as the module does for p < 1 (0: exact arithmetic).
     """

@@ -21,6 +21,8 @@ import torch
 import logparse
 from cli_util import finish, parse_log, signal_after_steps, start_cli, step_lines
 
+pytestmark = pytest.mark.slow  # subprocess runs of the CLI
+
 N_STEPS = 36  # 36 % 5 == 1: the last step is also a regular log step
 EXTENDED = 46
 CMD = ["--device", "cpu", "--n", "4", "--batch-size", "64", "--space", "extended_sphere", "--c-p", "0",

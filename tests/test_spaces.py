@@ -130,7 +130,7 @@ def test_acceptance_rate_readme_setting():
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     delta = rng.standard_normal((200_000, 10)) / np.sqrt(README_LAMBDA.numpy())
     expected = np.mean(np.abs(np.linalg.norm(z + delta, axis=1) - 1) < 0.1)
-    assert 0.08 < expected < 0.12  # "about 10 %" (SPEC)
+    assert 0.08 < expected < 0.12  # "about 10 %" of the draws are accepted
     assert rate == pytest.approx(expected, abs=0.01)  # ~4.5 binomial s.e. of 20,000 draws
 
 

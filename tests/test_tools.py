@@ -1,7 +1,7 @@
 """Tests of the log tools: logparse.py, compare_logs.py, plot_logs.py, sweep.py.
 
 Every log here is written by ``render_log`` into tmp_path, in the format of
-main_mlp.py (SPEC.md, "The log, line by line"); no test reads the published
+main_mlp.py (README, "The log, line by line"); no test reads the published
 reference logs or trains a model. The command-line tools run through
 subprocess, as a user runs them.
 """
@@ -357,6 +357,7 @@ def test_compare_unreadable_inputs_exit_2(tmp_path):
 # plot_logs.py
 
 
+@pytest.mark.slow
 def test_plot_writes_png_of_expected_size(tmp_path):
     import matplotlib.image
 

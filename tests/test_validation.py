@@ -179,6 +179,7 @@ def test_diverging_run_stops_at_the_step(lr, later, capsys, tmp_path):
         assert all(bool(torch.isfinite(t).all()) for t in state["encoders"]["supervised"].values())
 
 
+@pytest.mark.slow
 def test_through_the_cli(tmp_path):
     """What a shell sees: a bad flag, and a rejection sampler that would never finish a batch."""
     env = env_for_cli(CUDA_VISIBLE_DEVICES="")
