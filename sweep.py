@@ -179,6 +179,11 @@ def parse_args(argv=None):
         flag = flag_name(token)
         if flag is not None:
             parser.error(f"main_mlp.py argument {token}: {PROG} sets {flag} for each run itself")
+        name = token.split("=", 1)[0]
+        if name != "--save-dir" and len(name) >= MIN_PREFIX and "--save-dir".startswith(name):
+            # argparse would expand it, and every seed would share one directory.
+            parser.error(f"main_mlp.py argument {token}: spell out --save-dir, which {PROG} gives each "
+                         f"seed a directory of its own")
     if not os.path.isfile(args.script):
         parser.error(f"argument --script: no file {args.script}")
     if args.threads is None and not args.print_jobs:
