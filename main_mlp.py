@@ -6,6 +6,20 @@ the authors' main_mlp.py. Reads as: parse and validate arguments -> build the
 latent space, g, f and the loss -> train -> final evaluation.
 """
 
+import signal
+import sys
+
+
+def _exit_quietly(signum, frame):
+    sys.exit(128 + signum)
+
+
+if __name__ == "__main__":
+    # A signal while torch is still being imported (the imports below come after this on
+    # purpose) ends the run at once, without a traceback.
+    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_signum, _exit_quietly)
+
 import contextlib
 import dataclasses
 import ctypes
@@ -13,8 +27,6 @@ import functools
 import math
 import os
 import platform
-import signal
-import sys
 import time
 
 import numpy as np
@@ -29,9 +41,10 @@ import losses
 import settings
 import spaces
 from argparse_utils import ArgumentParser
-from run_support import (CHECKPOINT_NAME, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGNAL, Diverged, InputError,
-                         RunLog, SaveDirLock, SignalFlag, Stop, config_fingerprint, load_resume_state,
-                         refuse_existing_checkpoint, remove_stale_temporaries, save_atomically)
+from run_support import (CHECKPOINT_NAME, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGNAL, EXIT_WRITE_FAILED, Diverged,
+                         InputError, RunLog, SaveDirLock, SignalFlag, Stop, WriteError, config_fingerprint,
+                         exit_on_signals, load_resume_state, refuse_existing_checkpoint, remove_stale_temporaries,
+                         save_atomically, save_checkpoint_file)
 
 PROG = "main_mlp.py"
 # Fresh marginal samples behind every logged Lin./Perm. score.
@@ -40,6 +53,9 @@ N_EVAL_SAMPLES = 4096
 # more than 10,000 proposals per row: we refuse to start.
 MIN_ACCEPTANCE = 1e-4
 ACCEPTANCE_PROPOSALS = 20_000
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# A vMF with κ = 1e8 spreads its samples 1e-4 rad around the mean.
+MAX_VMF_KAPPA = 1e8
 
 
 # --------------------------------------------------------------------------
@@ -142,12 +158,17 @@ def _check_writable_file(parser, flag, path):
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         parser.error(f"argument {flag}: directory {parent} does not exist")
-    if os.path.isdir(path) or (os.path.exists(path) and not os.access(path, os.W_OK)) \
-            or not os.access(parent, os.W_OK):
+    if os.path.isdir(path):
+        parser.error(f"argument {flag}: {path} is a directory; give a file name")
+    if (os.path.exists(path) and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK):
         parser.error(f"argument {flag}: {path} is not writable")
 
 
-def _check_writable_dir(parser, flag, path):
+def _check_writable_dir(parser, flag, path, create):
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"argument {flag}: {path} is a file, not a directory")
+    if not os.path.exists(path) and not create:
+        parser.error(f"argument {flag}: no directory {path} to resume from")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -176,6 +197,15 @@ def validate_args(parser, args, derived):
             err(f"argument {flag}: must be a positive finite number, got {value}")
     if not _positive_finite(args.threshold):
         err(f"argument --threshold: must be a positive finite number, got {args.threshold}")
+    # Values that become float32 tensors must fit one.
+    for flag, value in (("--sphere-r", args.sphere_r), ("--box-min", args.box_min), ("--box-max", args.box_max),
+                        ("--c-param", args.c_param), ("--m-param", args.m_param), ("--tau", args.tau),
+                        ("--gt-lambda-1", args.gt_lambda_1), ("--gt-lambda-2", args.gt_lambda_2)):
+        if math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            err(f"argument {flag}: must be at most {FLOAT32_MAX:.3g} in magnitude (float32), got {value}")
+    if args.space_type == "sphere" and args.c_p == 0 and args.c_param > MAX_VMF_KAPPA:
+        err(f"argument --c-param: the von Mises-Fisher concentration must be at most {MAX_VMF_KAPPA:g} "
+            f"(beyond, float32 cannot tell the samples from their mean), got {args.c_param}")
     if not (math.isfinite(args.cond_thresh_ratio) and 0 <= args.cond_thresh_ratio <= 1):
         err(f"argument --cond-thresh-ratio: must be in [0, 1], got {args.cond_thresh_ratio}")
     for flag, value in (("--p", args.p), ("--m-p", args.m_p), ("--c-p", args.c_p)):
@@ -205,7 +235,7 @@ def validate_args(parser, args, derived):
     if args.resume_training and not args.save_dir:
         err("argument --resume-training: needs --save-dir with a checkpoint")
     if args.save_dir:
-        _check_writable_dir(parser, "--save-dir", args.save_dir)
+        _check_writable_dir(parser, "--save-dir", args.save_dir, create=not args.resume_training)
     for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
         if path is not None:
             _check_writable_file(parser, flag, path)
@@ -275,7 +305,8 @@ def build_experiment(args, derived, device, init_gen, data_gen):
         if acceptance < MIN_ACCEPTANCE:
             raise InputError(f"arguments --threshold/--gt-lambda-1/--gt-lambda-2: the positive sampler accepts "
                              f"{acceptance:.2e} of its proposals (measured on {ACCEPTANCE_PROPOSALS}), below "
-                             f"{MIN_ACCEPTANCE:g}; raise --threshold or lower the λ values")
+                             f"{MIN_ACCEPTANCE:g}; raise --threshold or the λ values (a larger λ draws "
+                             f"positives nearer the sphere)")
     g, threshold, conds = invertible_network_utils.construct_invertible_mlp(
         args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
     g = g.to(device)
@@ -378,7 +409,7 @@ class Trainer:
             "file_checks": self.log.checks(),
             "last_logged": self.last_logged,
         }
-        save_atomically(state, self.checkpoint_path())
+        save_checkpoint_file(state, self.checkpoint_path())
 
     def save_models(self, phase):
         if not self.args.save_dir:
@@ -510,6 +541,8 @@ class Trainer:
     def final_evaluation(self, h):
         lin, perm = [], []
         for _ in range(self.args.num_eval_batches):
+            if self.flag.signum is not None:  # the checkpoint of the last step is on disk
+                raise Stop(self.flag.signum, "the last step, in the final evaluation")
             scores = evaluate(self.latent, h, self.args.batch_size, self.generator, self.device)
             if scores is None:
                 raise Diverged("the encoder's output is not finite in the final evaluation")
@@ -525,14 +558,13 @@ class Trainer:
 # Running it
 
 
-def run(args, derived, device, seed, exp, data_gen, log, flag, resume):
-    """Print the header, train every phase, evaluate once. Returns the exit status."""
+def print_header(args, device, seed, exp, id_scores, log):
+    """Everything the reference prints before training: the arguments, Λ, g and the identity scores."""
     log.line("Arguments:")
     for key, value in vars(args).items():
         log.line(f"\t{key}: {value if value is not None else 'None'}")
     log.record(type="config", args=vars(args), seed=seed, device=str(device),
                torch=torch.__version__, numpy=np.__version__, python=platform.python_version())
-
     if exp.acceptance is not None:
         log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
     if exp.theta_init is not None:
@@ -542,27 +574,27 @@ def run(args, derived, device, seed, exp, data_gen, log, flag, resume):
     log.line(f"condition number threshold: {exp.threshold:.6f}")
     for i, c in enumerate(exp.conds):
         log.line(f"layer {i + 1}/{len(exp.conds)},  condition number: {c!r}")
-    latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
+    log.line(f"Id. Lin. Disentanglement: {id_scores[0]:.4f}")
+    log.line(f"Id. Perm. Disentanglement: {id_scores[1]:.4f}")
 
-    scores = evaluate(latent, g, N_EVAL_SAMPLES, data_gen, device)
-    log.line(f"Id. Lin. Disentanglement: {scores[0]:.4f}")
-    log.line(f"Id. Perm. Disentanglement: {scores[1]:.4f}")
 
-    if args.save_dir and resume is None:
-        # Before training, as the reference: an interrupted run leaves the mixing on disk.
-        save_atomically(g.state_dict(), os.path.join(args.save_dir, "g.pth"))
-
-    trainer = Trainer(args, derived, device, seed, latent, g, loss_fn, log, data_gen, flag)
-    trainer.resume = resume
-    phases = [p for p, skip in (("supervised", args.only_unsupervised),
-                                ("unsupervised", args.only_supervised)) if not skip]
-    if resume is not None:
-        phases = phases[phases.index(resume["phase"]):]
+def run(args, derived, device, seed, exp, id_scores, data_gen, log, flag, resume):
+    """Print the header, train every phase, evaluate once. Returns the exit status."""
     try:
+        print_header(args, device, seed, exp, id_scores, log)
+        if args.save_dir and resume is None:
+            # Before training, as the reference: an interrupted run leaves the mixing on disk.
+            save_atomically(exp.g.state_dict(), os.path.join(args.save_dir, "g.pth"))
+        trainer = Trainer(args, derived, device, seed, exp.latent, exp.g, exp.loss_fn, log, data_gen, flag)
+        trainer.resume = resume
+        phases = [p for p, skip in (("supervised", args.only_unsupervised),
+                                    ("unsupervised", args.only_supervised)) if not skip]
+        if resume is not None:
+            phases = phases[phases.index(resume["phase"]):]
         for phase in phases:
             f = trainer.run_phase(phase)
         # One evaluation after the last phase, as the reference.
-        trainer.final_evaluation(torch.nn.Sequential(g, f))
+        trainer.final_evaluation(torch.nn.Sequential(exp.g, f))
     except Stop as stop:
         name = signal.Signals(stop.signum).name
         where = f"checkpoint in {args.save_dir}" if args.save_dir else "no checkpoint (no --save-dir)"
@@ -572,6 +604,9 @@ def run(args, derived, device, seed, exp, data_gen, log, flag, resume):
     except Diverged as exc:
         log.info(f"{PROG}: error: {exc}")
         return EXIT_DIVERGED
+    except WriteError as exc:
+        log.info(f"{PROG}: error: {exc}; the last checkpoint written is intact")
+        return EXIT_WRITE_FAILED
     except spaces.SamplerError as exc:
         log.info(f"{PROG}: error: {exc}")
         return EXIT_BAD_INPUT
@@ -607,6 +642,7 @@ def phase_steps(args, phase):
 
 
 def main(argv=None):
+    exit_on_signals()
     parser, args, derived = parse_args(argv)
     device = resolve_device(args.device)
     keep_freed_memory()
@@ -632,14 +668,18 @@ def main(argv=None):
         init_gen = torch.Generator().manual_seed(seed)
         data_gen = torch.Generator(device=device).manual_seed(seed)
         exp = build_experiment(args, derived, device, init_gen, data_gen)
-    except InputError as exc:
+        id_scores = evaluate(exp.latent, exp.g, N_EVAL_SAMPLES, data_gen, device)
+        if id_scores is None:
+            raise InputError("arguments --sphere-r/--m-param/--c-param/--box-min/--box-max: the latents or "
+                             "the mixing's output are not finite at these scales")
+    except (InputError, spaces.SamplerError) as exc:
         if lock is not None:
             lock.release()
         parser.error(str(exc))
     log = RunLog(args.log_file, args.metrics_file, resume["offsets"] if resume else None)
     flag = SignalFlag()
     try:
-        return run(args, derived, device, seed, exp, data_gen, log, flag, resume)
+        return run(args, derived, device, seed, exp, id_scores, data_gen, log, flag, resume)
     finally:
         log.close()
         if lock is not None:

@@ -10,8 +10,10 @@
   still hold what it says they held, or nothing is touched.
 """
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import signal
@@ -25,12 +27,15 @@ LOCK_NAME = ".lock"
 RESUMABLE_DIFFERENCES = (
     "n_steps", "more_unsupervised", "save_dir", "resume_training", "log_file",
     "metrics_file", "num_eval_batches", "checkpoint_every", "compile", "seed", "overwrite",
+    "device",  # auto and cpu are the same device: device_type is compared instead
 )
 # Bytes of a log file before a checkpoint's offset whose hash the checkpoint keeps.
 TAIL_BYTES = 4096
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: a file could not be written (full disk, quota, size limit)
+# SIGHUP (a closed terminal or ssh session) is treated like SIGTERM.
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 class InputError(ValueError):
@@ -41,6 +46,10 @@ class Diverged(RuntimeError):
     pass
 
 
+class WriteError(OSError):
+    """An output file (log, metrics, checkpoint, model) could not be written."""
+
+
 class Stop(Exception):
     def __init__(self, signum, where="a completed step"):
         super().__init__(signum)
@@ -48,7 +57,7 @@ class Stop(Exception):
 
 
 class SignalFlag:
-    """Remembers SIGINT/SIGTERM so the loop can finish the current step first."""
+    """Remembers SIGINT/SIGTERM/SIGHUP so the loop can finish the current step first."""
 
     def __init__(self):
         self.signum = None
@@ -59,6 +68,17 @@ class SignalFlag:
         self.signum = signum
 
 
+def _exit_at_once(signum, frame):
+    RunLog.info(f"main_mlp.py: stopped by {signal.Signals(signum).name} during start-up; nothing written")
+    sys.exit(EXIT_SIGNAL[signum])
+
+
+def exit_on_signals():
+    """Until the run has something to save, a signal ends it at once (no traceback)."""
+    for sig in EXIT_SIGNAL:
+        signal.signal(sig, _exit_at_once)
+
+
 # --------------------------------------------------------------------------
 # Output files
 
@@ -67,6 +87,8 @@ def file_check(path, offset):
     """What a checkpoint remembers of a log file: its path, the offset, a hash of the bytes before it."""
     if path is None:
         return None
+    if not os.path.isfile(path):  # /dev/null, a terminal, a pipe: nothing to cut back or to verify
+        return {"path": os.path.abspath(path), "offset": offset, "stream": True}
     with open(path, "rb") as handle:
         start = max(0, offset - TAIL_BYTES)
         handle.seek(start)
@@ -88,7 +110,12 @@ def verify_file(flag, path, check):
     if path is None:
         raise InputError(f"argument {flag}: the checkpoint's run wrote {check['path']}; pass {flag} "
                          f"again to continue it")
-    if not os.path.isfile(path):
+    if check.get("stream") or not os.path.isfile(path):
+        if check.get("stream") and os.path.exists(path) and not os.path.isfile(path):
+            return  # a stream again (e.g. /dev/null): written to, never cut
+        if check.get("stream"):
+            raise InputError(f"argument {flag}: the checkpoint's run wrote to the stream {check['path']}, "
+                             f"not a file; give a stream again")
         raise InputError(f"argument {flag}: {path} is missing; the checkpoint continues it after byte "
                          f"{check['offset']}")
     size = os.path.getsize(path)
@@ -108,6 +135,7 @@ class RunLog:
     def __init__(self, log_file=None, metrics_file=None, truncate_at=None):
         self.to_file = truncate_at is None  # on resume, the header goes to stdout only
         self.paths = (log_file, metrics_file)
+        self.stdout_gone = False
         self.log = self._open(log_file, truncate_at[0] if truncate_at else None)
         self.metrics = self._open(metrics_file, truncate_at[1] if truncate_at else None)
 
@@ -117,25 +145,42 @@ class RunLog:
             return None
         if offset is None:
             return open(path, "w", encoding="utf-8")
+        if not os.path.isfile(path):  # a stream (e.g. /dev/null): nothing to cut back
+            return open(path, "a", encoding="utf-8")
         handle = open(path, "r+", encoding="utf-8")
         handle.truncate(offset)
         handle.seek(offset)
         return handle
 
     def line(self, text):
-        print(text, flush=True)
+        if not self.stdout_gone:
+            try:
+                print(text, flush=True)
+            except BrokenPipeError:  # e.g. `main_mlp.py ... | head`: keep training, keep the files
+                self.stdout_gone = True
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush does not fail either
+                os.close(devnull)
+                self.info("main_mlp.py: stdout was closed; the run goes on and writes only its files")
         if self.log is not None and self.to_file:
-            self.log.write(text + "\n")
-            self.log.flush()
+            self._write(self.log, self.paths[0], text + "\n")
 
     @staticmethod
     def info(text):
-        print(text, file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # a closed stderr must not stop the run
+            print(text, file=sys.stderr, flush=True)
 
     def record(self, **fields):
         if self.metrics is not None and self.to_file:
-            self.metrics.write(json.dumps(fields) + "\n")
-            self.metrics.flush()
+            self._write(self.metrics, self.paths[1], json.dumps(fields) + "\n")
+
+    @staticmethod
+    def _write(handle, path, text):
+        try:
+            handle.write(text)
+            handle.flush()
+        except OSError as exc:
+            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def offsets(self):
         return (self.log.tell() if self.log else 0, self.metrics.tell() if self.metrics else 0)
@@ -189,9 +234,27 @@ def remove_stale_temporaries(save_dir):
 
 
 def save_atomically(obj, path):
+    """torch.save to a temporary file renamed into place: ``path`` is the old file or the new, never a cut one.
+
+    Raises WriteError (the temporary file removed) when it cannot be written.
+    """
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise WriteError(f"cannot write {path}: {cause}") from None
+
+
+def save_checkpoint_file(state, path):
+    """A checkpoint: the pickled state with its SHA-256, so flipped bytes are found on load."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    save_atomically({"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, path)
 
 
 def config_fingerprint(args, device):
@@ -201,14 +264,24 @@ def config_fingerprint(args, device):
     return config
 
 
-def read_checkpoint(path, device):
-    """The checkpoint at ``path``; InputError when it cannot be read or is not one of ours."""
+def read_checkpoint(path, device, flag="--resume-training"):
+    """The checkpoint at ``path``; InputError when it cannot be read, is damaged or is not one of ours.
+
+    Loaded with ``weights_only=True``: a file that would run code when unpickled is refused, not run.
+    """
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # a damaged file: say which, not a traceback
-        raise InputError(f"argument --resume-training: cannot read {path} ({type(exc).__name__})") from None
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(outer, dict) and isinstance(outer.get("payload"), bytes) and "sha256" in outer):
+            raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
+        if hashlib.sha256(outer["payload"]).hexdigest() != outer["sha256"]:
+            raise InputError(f"argument {flag}: {path} is damaged (its checksum does not match)")
+        state = torch.load(io.BytesIO(outer["payload"]), map_location=device, weights_only=True)
+    except InputError:
+        raise
+    except Exception as exc:  # a damaged or foreign file: say which, not a traceback
+        raise InputError(f"argument {flag}: cannot read {path} ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not {"config", "seed", "phase", "step"} <= set(state):
-        raise InputError(f"argument --resume-training: {path} is not a checkpoint of main_mlp.py")
+        raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
     return state
 
 
@@ -218,9 +291,9 @@ def refuse_existing_checkpoint(args):
     if args.resume_training or args.overwrite or not os.path.exists(path):
         return
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path, "cpu", "--save-dir")
         where = f"at step {state['step']} of the {state['phase']} run"
-    except Exception:  # unreadable: still not ours to overwrite silently
+    except InputError:  # unreadable: still not ours to overwrite silently
         where = "(unreadable)"
     raise InputError(f"argument --save-dir: {args.save_dir} holds a checkpoint {where}; continue it with "
                      f"--resume-training, or start over with --overwrite")

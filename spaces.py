@@ -268,7 +268,7 @@ class ExtendedSphereSpace(NSphereSpace):
             # save rounds (each round is a dozen small kernel launches).
             k *= 2
         raise SamplerError("rejection sampler did not converge; "
-                           "raise --threshold or lower --gt-lambda-1/--gt-lambda-2")
+                           "raise --threshold or --gt-lambda-1/--gt-lambda-2")
 
 
 def acceptance_rate(space, std, threshold, generator, device, num=20_000):

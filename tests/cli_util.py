@@ -256,7 +256,7 @@ def signal_after_steps(targets, count, timeout=180):
 @contextlib.contextmanager
 def restore_signal_handlers():
     """For in-process ``main_mlp.main``: it installs SIGINT/SIGTERM handlers; put pytest's back after."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

@@ -153,3 +153,141 @@ def test_sweep_refuses_an_abbreviated_save_dir(flag, tmp_path):
                            str(tmp_path), "--", *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--save-dir" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- failing cleanly
+
+
+def cli(argv, cwd, **kwargs):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main_mlp.py"), *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"), **kwargs)
+
+
+def _limit_file_size(limit):
+    def apply():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_last_checkpoint(finished_run, capsys):
+    """A checkpoint write that fails: one line naming the file, the old checkpoint intact, no temporary left."""
+    d, argv = finished_run
+    before = (d / "ckpt" / main_mlp.CHECKPOINT_NAME).read_bytes()
+    # Files may grow to 200 kB: the logs can, the ~1 MB checkpoint cannot.
+    proc = cli(argv + ["--resume-training", "--n-steps", "6"], cwd=d, preexec_fn=_limit_file_size(200_000))
+    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and main_mlp.CHECKPOINT_NAME in errors[0] and "Traceback" not in proc.stderr
+    assert (d / "ckpt" / main_mlp.CHECKPOINT_NAME).read_bytes() == before
+    assert sorted(os.listdir(d / "ckpt")) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "unsup_f.pth"]
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_does_not_stop_the_run(tmp_path):
+    """`main_mlp.py ... | head -1`: the run goes on and its log file is complete."""
+    argv = BASE + ["--log-file", "run.log"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main_mlp.py"), *argv], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "stdout was closed" in err
+    assert (tmp_path / "run.log").read_text().splitlines()[-1].startswith("perm mean: ")
+
+
+def test_a_damaged_checkpoint_is_refused(finished_run, capsys):
+    d, argv = finished_run
+    path = d / "ckpt" / main_mlp.CHECKPOINT_NAME
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the payload
+    path.write_bytes(bytes(data))
+    before = snapshot(d)
+    code, _, err = run(argv + ["--resume-training"], capsys)
+    assert_refused(code, err, "--resume-training", str(path))
+    assert snapshot(d) == before
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    (tmp_path / "ckpt").mkdir()
+    with open(tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME, "wb") as handle:
+        pickle.dump({"config": Payload()}, handle)
+    code, _, err = run(BASE + ["--save-dir", str(tmp_path / "ckpt"), "--resume-training"], capsys)
+    assert_refused(code, err, "--resume-training")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_not_a_checkpoint_is_refused(tmp_path, capsys):
+    (tmp_path / "ckpt").mkdir()
+    import torch
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME)
+    code, _, err = run(BASE + ["--save-dir", str(tmp_path / "ckpt"), "--resume-training"], capsys)
+    assert_refused(code, err, "not a checkpoint")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--gt-lambda-1", "1e39"], ["--gt-lambda-1"]),
+    (["--space-type", "sphere", "--c-p", "2", "--sphere-r", "1e308"], ["--sphere-r"]),
+    (["--space-type", "sphere", "--c-p", "2", "--sphere-r", "1e38"], ["--sphere-r", "not finite"]),
+    (["--space-type", "box", "--c-p", "2", "--m-p", "2", "--m-param", "1e308"], ["--m-param"]),
+    (["--space-type", "sphere", "--c-p", "0", "--c-param", "1e308"], ["--c-param"]),
+    (["--space-type", "sphere", "--c-p", "0", "--c-param", "1e20"], ["--c-param", "von Mises"]),
+])
+def test_extreme_values_are_refused_on_one_line(flags, words, capsys):
+    code, out, err = run(BASE + flags, capsys)
+    assert_refused(code, err, *words)
+    assert out == ""
+
+
+def test_messages_say_what_is_wrong(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code, _, err = run(BASE + ["--save-dir", str(tmp_path / "file")], capsys)
+    assert_refused(code, err, "is a file, not a directory")
+    code, _, err = run(BASE + ["--log-file", str(tmp_path)], capsys)
+    assert_refused(code, err, "is a directory")
+    code, _, err = run(BASE + ["--save-dir", str(tmp_path / "new"), "--resume-training"], capsys)
+    assert_refused(code, err, "no directory")
+    assert not (tmp_path / "new").exists()
+    code, _, err = run(BASE + ["--threshold", "1e-6"], capsys)
+    assert_refused(code, err, "raise --threshold or the λ values")
+
+
+def test_resume_messages_name_both_seeds_and_accept_auto_for_cpu(finished_run, capsys):
+    d, argv = finished_run
+    code, _, err = run(argv + ["--resume-training", "--seed", "1"], capsys)
+    assert_refused(code, err, "seed (0 there, 1 here)")
+    i = argv.index("--device")
+    code, _, err = run(argv[:i + 1] + ["auto"] + argv[i + 2:] + ["--resume-training", "--n-steps", "5"], capsys)
+    assert code == 0, err  # auto is the CPU here: the same device
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [("SIGHUP", 129), ("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_start_up_ends_the_run_at_once(signum, code, tmp_path):
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main_mlp.py"), *BASE, "--n", "40",
+                             "--log-file", "run.log"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    time.sleep(0.3)  # importing torch
+    proc.send_signal(getattr(signal, signum))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_resume_with_the_log_on_dev_null(tmp_path, capsys):
+    argv = BASE + ["--log-file", os.devnull, "--save-dir", str(tmp_path / "ckpt")]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    code, _, err = run(argv + ["--resume-training", "--n-steps", "5"], capsys)
+    assert code == 0, err

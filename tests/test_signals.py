@@ -16,9 +16,9 @@ import shutil
 import signal
 
 import pytest
-import torch
 
 import logparse
+import run_support
 from cli_util import finish, parse_log, signal_after_steps, start_cli, step_lines
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
@@ -36,7 +36,7 @@ RESUMED = re.compile(r"resumed the unsupervised run after step (\d+)")
 
 
 def load_checkpoint(cwd):
-    return torch.load(cwd / "ckpt" / "checkpoint.pth", map_location="cpu", weights_only=False)
+    return run_support.read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"), "cpu")
 
 
 @pytest.fixture(scope="module")
