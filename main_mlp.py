@@ -42,7 +42,8 @@ import settings
 import spaces
 from argparse_utils import ArgumentParser
 from run_support import (CHECKPOINT_NAME, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGNAL, EXIT_WRITE_FAILED, Diverged,
-                         InputError, RunLog, SaveDirLock, SignalFlag, Stop, WriteError, config_fingerprint,
+                         InputError, RunLog, SaveDirLock, SignalFlag, Stop, WriteError, available_memory,
+                         config_fingerprint,
                          exit_on_signals, load_resume_state, refuse_existing_checkpoint, remove_stale_temporaries,
                          save_atomically, save_checkpoint_file)
 
@@ -274,6 +275,30 @@ class Experiment:
     acceptance: float = None  # of the rejection sampler
 
 
+def peak_memory(args, derived):
+    """A generous estimate of a run's largest memory use, in bytes, from its sizes alone.
+
+    The largest of: g's condition-number search (N_COND_SAMPLES n×n matrices
+    and their Gram matrices), the sampler's acceptance check, and a training
+    step (the encoder with its gradients and Adam's two moments, the 2B rows
+    of activations kept for the backward pass, the loss's B×B blocks, the
+    sampler's proposals), plus the loss ring.
+    """
+    n, bsz = args.n, args.batch_size
+    dims = [n] + [k * n for k in encoders.HIDDEN_FACTORS] + [n]
+    params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+    width = sum(dims)
+    mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
+    acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if derived.anisotropic else 0
+    blocks = {"aninfonce": 4, "infonce": 4, "lp": 3, "dot": 2}[derived.loss]
+    proposals = 3 * min(latent_spaces.MAX_CANDIDATES * bsz * n, spaces.MAX_PROPOSAL_ELEMENTS) * 4 \
+        if derived.anisotropic else 0
+    step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals
+    evaluation = 2 * max(N_EVAL_SAMPLES, bsz) * width * 4
+    ring = min(args.n_log_steps, args.n_steps * max(1, args.more_unsupervised)) * 4
+    return max(mixing, acceptance, step, evaluation) + ring
+
+
 def build_loss(args, derived, init_gen):
     """The contrastive loss the flags pick (settings.LOSSES), θ of Λ̂ drawn from ``init_gen``."""
     if derived.loss in ("aninfonce", "infonce"):
@@ -431,8 +456,10 @@ class Trainer:
         self.log.line(f"supervised test: {supervised}")
         self.log.line(f"f:  {f!r}")
 
+        # The last n_log losses, as a ring; never longer than the phase (--n-log-steps may be huge).
         n_log = args.n_log_steps
-        loss_buffer = torch.zeros(n_log, device=device)  # the last n_log losses, as a ring
+        loss_buffer = torch.zeros(max(1, min(n_log, total)), device=device)
+        ring = loss_buffer.numel()
         start = 1
         resume = self.resume
         if resume is not None and resume["phase"] == phase:
@@ -440,7 +467,8 @@ class Trainer:
             optimizer.load_state_dict(resume["optimizers"][phase])
             if self.loss_fn is not None and resume["loss_fn"] is not None:
                 self.loss_fn.load_state_dict(resume["loss_fn"])
-            loss_buffer.copy_(resume["loss_buffer"])
+            saved = resume["loss_buffer"]  # a shorter ring when the run is being extended
+            loss_buffer[:saved.numel()].copy_(saved[:loss_buffer.numel()])
             torch.set_rng_state(resume["rng_cpu"])
             self.generator.set_state(resume["rng_data"])
             self.last_logged = resume["last_logged"]
@@ -456,7 +484,7 @@ class Trainer:
         for step in range(start, total + 1):
             loss = train_step(self.latent, self.g, f_step, loss_step, optimizer, args.batch_size,
                               self.generator, device, supervised, self.autocast)
-            loss_buffer[(step - 1) % n_log] = loss
+            loss_buffer[(step - 1) % ring] = loss
             # The reference's rule: step % n_log == 1 or step == n_steps (which
             # crashes it for n_log == 1; there we log every step).
             is_log = n_log == 1 or step % n_log == 1 or step == args.n_steps
@@ -667,6 +695,11 @@ def main(argv=None):
         torch.manual_seed(seed)
         init_gen = torch.Generator().manual_seed(seed)
         data_gen = torch.Generator(device=device).manual_seed(seed)
+        need, have = peak_memory(args, derived), available_memory(device)
+        if have is not None and need > have:
+            raise InputError(f"arguments --n/--batch-size: this run needs about {need / 2**30:.1f} GiB at its "
+                             f"peak, the {device.type} has {have / 2**30:.1f} GiB available; lower --batch-size "
+                             f"or --n")
         exp = build_experiment(args, derived, device, init_gen, data_gen)
         id_scores = evaluate(exp.latent, exp.g, N_EVAL_SAMPLES, data_gen, device)
         if id_scores is None:

@@ -197,6 +197,24 @@ class RunLog:
                 handle.close()
 
 
+def available_memory(device):
+    """Bytes the run may still allocate on ``device``, or None when it cannot be told."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
 # --------------------------------------------------------------------------
 # The save directory and its checkpoint
 

@@ -291,3 +291,22 @@ def test_resume_with_the_log_on_dev_null(tmp_path, capsys):
     assert code == 0, err
     code, _, err = run(argv + ["--resume-training", "--n-steps", "5"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("flags", [["--batch-size", "100000"], ["--n", "100000"]])
+def test_a_run_that_cannot_fit_in_memory_is_refused(flags, capsys):
+    code, out, err = run(BASE + flags, capsys)
+    assert_refused(code, err, "GiB", "available")
+    assert out == ""
+
+
+def test_a_huge_log_interval_allocates_no_huge_ring(capsys):
+    code, out, err = run(BASE + ["--n-log-steps", "10000000000"], capsys)
+    assert code == 0, err
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("Step:")] == ["1", "3"]
+
+
+def test_the_readme_run_fits_a_laptop():
+    _, args, derived = main_mlp.parse_args(["--n", "10", "--batch-size", "1000", "--space", "extended_sphere",
+                                            "--c-p", "0", "--p", "0", "--only-unsupervised"])
+    assert 50e6 < main_mlp.peak_memory(args, derived) < 1e9
