@@ -45,7 +45,7 @@ from run_support import (CHECKPOINT_NAME, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SI
                          InputError, RunLog, SaveDirLock, SignalFlag, Stop, WriteError, available_memory,
                          config_fingerprint,
                          exit_on_signals, load_resume_state, refuse_existing_checkpoint, remove_stale_temporaries,
-                         save_atomically, save_checkpoint_file)
+                         restate_arguments, save_atomically, save_checkpoint_file)
 
 PROG = "main_mlp.py"
 # Fresh marginal samples behind every logged Lin./Perm. score.
@@ -586,13 +586,22 @@ class Trainer:
 # Running it
 
 
+def argument_lines(args):
+    """The ``Arguments:`` block, as the reference prints it."""
+    return ["Arguments:"] + [f"\t{key}: {value if value is not None else 'None'}" for key, value in vars(args).items()]
+
+
+def config_record(args, seed, device):
+    """The first record of --metrics-file."""
+    return dict(type="config", args=vars(args), seed=seed, device=str(device), torch=torch.__version__,
+                numpy=np.__version__, python=platform.python_version())
+
+
 def print_header(args, device, seed, exp, id_scores, log):
     """Everything the reference prints before training: the arguments, Λ, g and the identity scores."""
-    log.line("Arguments:")
-    for key, value in vars(args).items():
-        log.line(f"\t{key}: {value if value is not None else 'None'}")
-    log.record(type="config", args=vars(args), seed=seed, device=str(device),
-               torch=torch.__version__, numpy=np.__version__, python=platform.python_version())
+    for line in argument_lines(args):
+        log.line(line)
+    log.record(**config_record(args, seed, device))
     if exp.acceptance is not None:
         log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
     if exp.theta_init is not None:
@@ -669,52 +678,70 @@ def phase_steps(args, phase):
     return args.n_steps if phase == "supervised" else args.n_steps * args.more_unsupervised
 
 
+def prepare(args, derived, device):
+    """Everything before the first output file is opened, so that a refusal cuts nothing.
+
+    Returns (resume state or None, seed, experiment, identity scores, data generator).
+    Raises InputError (or the sampler's SamplerError) for a run that cannot start.
+    """
+    if args.save_dir:
+        remove_stale_temporaries(args.save_dir)  # under the directory's lock
+        refuse_existing_checkpoint(args)
+    resume = load_resume_state(args, device, lambda phase: phase_steps(args, phase)) \
+        if args.resume_training else None
+    seed = args.seed
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        RunLog.info(f"no --seed given: drew seed {seed} (pass --seed {seed} to repeat this run)")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
+        torch.backends.cudnn.allow_tf32 = args.allow_tf32
+    need, have = peak_memory(args, derived), available_memory(device)
+    if have is not None and need > have:
+        raise InputError(f"arguments --n/--batch-size: this run needs about {need / 2**30:.1f} GiB at its "
+                         f"peak, the {device.type} has {have / 2**30:.1f} GiB available; lower --batch-size "
+                         f"or --n")
+    # All randomness: the global CPU generator (encoder initialisation), one
+    # CPU generator for g and θ, one generator on the device for the data.
+    torch.manual_seed(seed)
+    init_gen = torch.Generator().manual_seed(seed)
+    data_gen = torch.Generator(device=device).manual_seed(seed)
+    exp = build_experiment(args, derived, device, init_gen, data_gen)
+    id_scores = evaluate(exp.latent, exp.g, N_EVAL_SAMPLES, data_gen, device)
+    if id_scores is None:
+        raise InputError("arguments --sphere-r/--m-param/--c-param/--box-min/--box-max: the latents or "
+                         "the mixing's output are not finite at these scales")
+    return resume, seed, exp, id_scores, data_gen
+
+
+def open_outputs(args, seed, device, resume):
+    """The RunLog; on resume the files are cut back to the checkpoint and say the run's arguments now."""
+    offsets = None
+    if resume is not None:
+        offsets = (restate_arguments(args.log_file, resume["offsets"][0], args),
+                   restate_arguments(args.metrics_file, resume["offsets"][1], args, metrics=True))
+    return RunLog(args.log_file, args.metrics_file, offsets)
+
+
 def main(argv=None):
     exit_on_signals()
     parser, args, derived = parse_args(argv)
     device = resolve_device(args.device)
     keep_freed_memory()
-    lock = None
+    lock = log = None
     try:
-        # Every refusal comes before an output file is opened, so none is cut by a mistake.
-        if args.save_dir:
-            lock = SaveDirLock(args.save_dir)
-            remove_stale_temporaries(args.save_dir)
-            refuse_existing_checkpoint(args)
-        resume = load_resume_state(args, device, lambda phase: phase_steps(args, phase)) \
-            if args.resume_training else None
-        seed = args.seed
-        if seed is None:
-            seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-            RunLog.info(f"no --seed given: drew seed {seed} (pass --seed {seed} to repeat this run)")
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
-            torch.backends.cudnn.allow_tf32 = args.allow_tf32
-        # All randomness: the global CPU generator (encoder initialisation), one
-        # CPU generator for g and θ, one generator on the device for the data.
-        torch.manual_seed(seed)
-        init_gen = torch.Generator().manual_seed(seed)
-        data_gen = torch.Generator(device=device).manual_seed(seed)
-        need, have = peak_memory(args, derived), available_memory(device)
-        if have is not None and need > have:
-            raise InputError(f"arguments --n/--batch-size: this run needs about {need / 2**30:.1f} GiB at its "
-                             f"peak, the {device.type} has {have / 2**30:.1f} GiB available; lower --batch-size "
-                             f"or --n")
-        exp = build_experiment(args, derived, device, init_gen, data_gen)
-        id_scores = evaluate(exp.latent, exp.g, N_EVAL_SAMPLES, data_gen, device)
-        if id_scores is None:
-            raise InputError("arguments --sphere-r/--m-param/--c-param/--box-min/--box-max: the latents or "
-                             "the mixing's output are not finite at these scales")
+        lock = SaveDirLock(args.save_dir) if args.save_dir else None
+        resume, seed, exp, id_scores, data_gen = prepare(args, derived, device)
+        log = open_outputs(args, seed, device, resume)
+        return run(args, derived, device, seed, exp, id_scores, data_gen, log, SignalFlag(), resume)
     except (InputError, spaces.SamplerError) as exc:
-        if lock is not None:
-            lock.release()
         parser.error(str(exc))
-    log = RunLog(args.log_file, args.metrics_file, resume["offsets"] if resume else None)
-    flag = SignalFlag()
-    try:
-        return run(args, derived, device, seed, exp, id_scores, data_gen, log, flag, resume)
+    except WriteError as exc:
+        RunLog.info(f"{PROG}: error: {exc}")
+        return EXIT_WRITE_FAILED
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         if lock is not None:
             lock.release()
 

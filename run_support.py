@@ -125,6 +125,52 @@ def verify_file(flag, path, check):
                          f"{check['offset']}); give that file, or start over with --overwrite")
 
 
+# Resumable arguments that change what the run is (its length, its final evaluation): a resumed
+# run's files are updated to say their new values. The others (paths, --resume-training) stay as written.
+RESTATED_ON_RESUME = ("n_steps", "more_unsupervised", "num_eval_batches", "checkpoint_every")
+
+
+def restate_arguments(path, offset, args, metrics=False):
+    """In the part of a log (or metrics file) that a checkpoint continues (up to ``offset``), give the
+    RESTATED_ON_RESUME arguments their values in ``args``; returns the new offset.
+
+    A finished run extended by ``--n-steps`` then says its new length, as an
+    uninterrupted run of that length would. A file that needs no change is not touched.
+    """
+    if path is None or not os.path.isfile(path):
+        return offset
+    with open(path, "rb") as handle:
+        lines = handle.read(offset).decode("utf-8").splitlines(keepends=True)
+    values = {key: getattr(args, key) for key in RESTATED_ON_RESUME}
+    changed = list(lines)
+    if metrics and changed:
+        record = json.loads(changed[0])
+        if record.get("type") == "config":
+            record["args"].update(values)
+            changed[0] = json.dumps(record) + "\n"
+    elif changed and changed[0] == "Arguments:\n":
+        for k in range(1, len(changed)):
+            if not changed[k].startswith("\t"):
+                break
+            key = changed[k][1:].split(":", 1)[0]
+            if key in values:
+                value = values[key]
+                changed[k] = f"\t{key}: {value if value is not None else 'None'}\n"
+    if changed == lines:
+        return offset
+    data = "".join(changed).encode("utf-8")
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return len(data)
+
+
 class RunLog:
     """stdout (and --log-file), stderr, and the --metrics-file JSON lines of one run.
 

@@ -11,6 +11,7 @@ what the run that was never stopped printed, and leave the same log and
 metrics files.
 """
 
+import json
 import re
 import shutil
 import signal
@@ -146,8 +147,12 @@ def test_extend_a_finished_run(runs):
     assert int(RESUMED.search(stderr).group(1)) == N_STEPS
     assert [s["step"] for s in parse_log(stdout)["phases"][0]["steps"]] == [41, 46]
     text = (cwd / "run.log").read_text()
-    before = full_out.splitlines()[:-2]  # the finished run's log without its final evaluation
+    # The finished run's log without its final evaluation, its header saying the new length.
+    before = [f"\tn_steps: {EXTENDED}" if line == f"\tn_steps: {N_STEPS}" else line
+              for line in full_out.splitlines()[:-2]]
     assert text.splitlines()[:len(before)] == before
+    config = json.loads((cwd / "metrics.jsonl").read_text().splitlines()[0])
+    assert config["type"] == "config" and config["args"]["n_steps"] == EXTENDED
     steps = parse_log(text)["phases"][0]["steps"]
     assert [s["step"] for s in steps] == list(range(1, EXTENDED + 1, 5))
     assert load_checkpoint(cwd)["step"] == EXTENDED
