@@ -338,32 +338,49 @@ def parse_text(text, path="<log>"):
     return parser.finish()
 
 
+# A log of a full-length run logged at every step is ~100 MB; anything far beyond, or a
+# "line" of megabytes (/dev/zero, a binary file), is not a log: refuse it rather than read it all.
+MAX_LOG_BYTES = 1 << 30
+MAX_LINE_BYTES = 1 << 20
+
+
 def parse_log(path):
-    """Parse the log file at ``path``.
+    """Parse the log file at ``path``, line by line.
 
     Returns:
         A :class:`ParsedLog`.
     Raises:
-        LogParseError: the file is missing or unreadable, is not UTF-8 text, or
-            has a line that starts like a known line type but does not parse.
+        LogParseError: the file is missing or unreadable, is not UTF-8 text, is
+            larger than MAX_LOG_BYTES or has a line longer than MAX_LINE_BYTES,
+            or has a line that starts like a known line type but does not parse.
     """
+    parser = _Parser(path)
+    total = 0
+    line_no = 0
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            while True:
+                raw = handle.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    break
+                line_no += 1
+                total += len(raw)
+                if len(raw) > MAX_LINE_BYTES:
+                    raise LogParseError(path, line_no, f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log")
+                if total > MAX_LOG_BYTES:
+                    raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log")
+                if not raw.endswith(b"\n"):  # the writer was stopped mid-line: drop it
+                    parser.log.truncated = True
+                    break
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise LogParseError(path, line_no, "not UTF-8 text") from None
+                parser.feed(line_no, text[:-1].rstrip("\r"))
+                parser.log.n_lines = line_no
     except OSError as exc:
         raise LogParseError(path, None, f"cannot read the file ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # A cut inside a multi-byte character of the unterminated last line is
-        # a truncation; anything else is not a text log.
-        complete = data[:data.rfind(b"\n") + 1]
-        try:
-            text = complete.decode("utf-8") + "\ufffd"  # keeps the last line "unterminated"
-        except UnicodeDecodeError:
-            line = data[:exc.start].count(b"\n") + 1
-            raise LogParseError(path, line, "not UTF-8 text") from None
-    return parse_text(text, path)
+    return parser.finish()
 
 
 def require_steps(log, phase_name):

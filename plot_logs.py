@@ -31,6 +31,8 @@ PROG = "plot_logs.py"
 EXIT_BAD_INPUT = 2
 DEFAULT_SIZE = (12.0, 9.0)  # inches
 DEFAULT_DPI = 100
+# Largest image side, in pixels: beyond, the figure takes gigabytes (and matplotlib refuses 2^16).
+MAX_PIXELS = 10_000
 
 
 def _positive(text):
@@ -51,7 +53,15 @@ def parse_args(argv=None):
     parser.add_argument("--dpi", type=_positive, default=DEFAULT_DPI,
                         help="dots per inch (default: %(default)s, so 1200 x 900 pixels at the default size)")
     parser.add_argument("--title", default=None, help="title over the panels (default: the phase plotted)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for side in args.size:
+        if side * args.dpi > MAX_PIXELS:
+            parser.error(f"arguments --size/--dpi: {args.size[0]:g} x {args.size[1]:g} in at {args.dpi:g} dpi "
+                         f"is more than {MAX_PIXELS:,} pixels a side")
+        if side * args.dpi < 10:
+            parser.error(f"arguments --size/--dpi: {args.size[0]:g} x {args.size[1]:g} in at {args.dpi:g} dpi "
+                         f"is less than 10 pixels a side")
+    return args
 
 
 def labels_for(paths):
@@ -125,7 +135,9 @@ def main(argv=None):
     fig = plot(logs, labels_for(args.logs), args.phase, tuple(args.size), args.dpi, title)
     try:
         # No bbox_inches="tight": the pixel size stays exactly size x dpi.
-        fig.savefig(args.output, dpi=args.dpi)
+        # format="png": the file is written under exactly the name given (matplotlib
+        # would otherwise add ".png" to a name without an extension).
+        fig.savefig(args.output, dpi=args.dpi, format="png")
     except OSError as exc:
         sys.stderr.write(f"{PROG}: error: cannot write {args.output} ({exc.strerror or exc})\n")
         return EXIT_BAD_INPUT

@@ -428,8 +428,11 @@ def aggregate(name, rows):
     steps = [r["steps"] for r in rows]
     result = {"name": name, "loss": rows[0]["loss"], "lambda": rows[0]["lambda"], "seeds": len(rows),
               "steps_min": min(steps), "steps_max": max(steps), "finished": sum(r["finished"] for r in rows)}
+    # A failed or killed run stops early: its scores are not averaged with the finished ones. Only
+    # when none finished (a sweep still running, or cut short on purpose) do the last logged ones count.
+    used = [r for r in rows if r["finished"]] or rows
     for key in ("lin", "perm", "lambda_error"):
-        result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in rows])
+        result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in used])
     return result
 
 
@@ -518,8 +521,9 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
         header += f"; asked for: {', '.join(f'{p:,}' for p in planned)}"
     header += "."
     if unfinished:
-        header += (f" {unfinished} of {len(runs)} runs have no final scores (not finished): "
-                   f"their last logged Lin./Perm. are used.")
+        header += (f" {unfinished} of {len(runs)} runs have no final scores (failed, killed or still "
+                   f"running): they are left out of the mean ± std of a configuration with finished runs; "
+                   f"a configuration with none uses their last logged Lin./Perm.")
     lines = [f"# Seed sweep: {', '.join(c['name'] for c in configs)}", "", header, ""]
     if note:
         lines += [note, ""]
@@ -527,10 +531,10 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
               "`linear mean` / `perm mean` of a finished run, else its last logged Lin. / Perm. "
               "Λ̂ error: mean over entries of |Λ̂ − λ| / λ, both sorted (the encoder's outputs are a "
               "permutation of the latents), with the last logged Λ̂.", "",
-              "| configuration | loss | Λ | seeds | steps | Lin. | Perm. | Λ̂ error |",
+              "| configuration | loss | Λ | seeds (finished) | steps | Lin. | Perm. | Λ̂ error |",
               "|---|---|---|---:|---:|---|---|---|"]
     for c in configs:
-        lines.append(f"| {c['name']} | {c['loss']} | {c['lambda']} | {c['seeds']} | "
+        lines.append(f"| {c['name']} | {c['loss']} | {c['lambda']} | {c['seeds']} ({c['finished']}) | "
                      f"{steps_text(c['steps_min'], c['steps_max'])} | {pm(c['lin_mean'], c['lin_std'], 4)} | "
                      f"{pm(c['perm_mean'], c['perm_std'], 4)} | "
                      f"{pm(c['lambda_error_mean'], c['lambda_error_std'], 3)} |")
@@ -538,7 +542,8 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
               "|---|---:|---:|---|---:|---:|---:|---|"]
     for r in runs:
         error = f"{r['lambda_error']:.3f}" if r["lambda_error"] is not None else "-"
-        lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {r['source']} | {r['lin']:.4f} | "
+        source = r["source"] if r["finished"] else f"unfinished: {r['source']}"
+        lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | {r['lin']:.4f} | "
                      f"{r['perm']:.4f} | {error} | {os.path.basename(r['path'])} |")
     if comparisons:
         lines += reference_lines(comparisons)
@@ -561,11 +566,19 @@ def summarize(args):
     patterns = args.names or [args.name]
     try:
         found = find_runs(args.out_dir, patterns)
-        runs = [row for name, seeds in found.items() for seed, path in seeds
-                for row in [summarize_run(name, seed, path)] if row is not None]
     except logparse.LogParseError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_BAD_INPUT
+    runs = []
+    for name, seeds in found.items():
+        for seed, path in seeds:
+            try:
+                row = summarize_run(name, seed, path)
+            except logparse.LogParseError as exc:  # one bad log does not sink the others
+                sys.stderr.write(f"{PROG}: warning: {exc}: left out of the summary\n")
+                continue
+            if row is not None:
+                runs.append(row)
     if not runs:
         sys.stderr.write(f"{PROG}: error: {args.out_dir}: no log with a logged step for {' '.join(patterns)}\n")
         return EXIT_BAD_INPUT

@@ -375,6 +375,28 @@ def test_plot_writes_png_of_expected_size(tmp_path):
     assert result.returncode == 2 and f"{bad}:1:" in result.stderr and not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
+def test_plot_writes_the_name_it_prints_and_bounds_its_size(tmp_path):
+    path_a, _ = pair(tmp_path, n_logged=4)
+    result = run_tool("plot_logs.py", path_a, "-o", tmp_path / "figure", "--size", "3", "2", "--dpi", "50")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {tmp_path / 'figure'}"
+    assert (tmp_path / "figure").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "figure.png").exists()
+    for size, dpi in ((["1000", "1000"], "100"), (["0.01", "0.01"], "100")):
+        result = run_tool("plot_logs.py", path_a, "-o", tmp_path / "big.png", "--size", *size, "--dpi", dpi)
+        assert result.returncode == 2 and "--size/--dpi" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "big.png").exists()
+
+
+def test_logs_that_are_not_logs_are_refused_without_reading_them_whole(tmp_path):
+    result = run_tool("compare_logs.py", "/dev/zero", "/dev/zero")
+    assert result.returncode == 2 and "not a log" in result.stderr
+    big = tmp_path / "one_line.log"
+    big.write_bytes(b"x" * (logparse.MAX_LINE_BYTES + 10))
+    with pytest.raises(logparse.LogParseError, match="longer than"):
+        logparse.parse_log(str(big))
+
+
 # --------------------------------------------------------------------------
 # sweep.py
 
@@ -421,7 +443,7 @@ def test_sweep_summarize_only(tmp_path):
     assert result.returncode == 0, result.stderr
     md = (out_dir / "an_summary.md").read_text()
     assert "Steps per run: 5,001" in md and "asked for: 40,002" in md
-    assert "| an | aninfonce | bimodal 25.0 / 5.0 | 3 | 5,001 | 0.9200 ± 0.0200 | 0.8200 ± 0.0200 |" in md
+    assert "| an | aninfonce | bimodal 25.0 / 5.0 | 3 (3) | 5,001 | 0.9200 ± 0.0200 | 0.8200 ± 0.0200 |" in md
     rows = list(csv.DictReader(open(out_dir / "an_summary.csv")))
     assert len(rows) == 1 and rows[0]["seeds"] == "3" and rows[0]["finished"] == "3"
     assert float(rows[0]["lin_mean"]) == pytest.approx(0.92)
@@ -439,6 +461,18 @@ def test_sweep_summarize_only(tmp_path):
     assert "Steps per run: 3,001 to 5,001" in md and "2 of 5 runs have no final scores" in md
     last_lins = [make_steps(n_logged=4, lin_end=v, seed=s)[-1]["lin"] for s, v in enumerate((0.5, 0.7))]
     assert float(rows["info"]["lin_mean"]) == pytest.approx(np.mean(np.round(last_lins, 4)))
+
+    # A killed run beside two finished ones is listed, not averaged; an unreadable log is skipped.
+    _write_runs(out_dir, "mix", [(0.90, 0.01, 0.80, 0.01), (0.94, 0.01, 0.84, 0.01), None],
+                [0.9, 0.9, 0.2], [1.0] * 3, n_logged=4)
+    write(out_dir / "mix_seed7.log", "Arguments:\n\tn: 10\nStep: 1 \t Loss: x\n")
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "mix")
+    assert result.returncode == 0, result.stderr
+    assert "mix_seed7.log" in result.stderr and "left out of the summary" in result.stderr
+    rows = list(csv.DictReader(open(out_dir / "mix_summary.csv")))
+    assert rows[0]["seeds"] == "3" and rows[0]["finished"] == "2"
+    assert float(rows[0]["lin_mean"]) == pytest.approx(0.92)
+    assert "unfinished: " in (out_dir / "mix_summary.md").read_text()
 
     result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--names", "nothing*")
     assert result.returncode == 2 and "no log nothing*_seed<S>.log" in result.stderr
