@@ -17,7 +17,7 @@ def _exit_quietly(signum, frame):
 if __name__ == "__main__":
     # A signal while torch is still being imported (the imports below come after this on
     # purpose) ends the run at once, without a traceback.
-    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(_signum, _exit_quietly)
 
 import contextlib
@@ -144,6 +144,11 @@ def build_parser():
     parser.add_argument("--checkpoint-every", type=int, default=None,
                         help="also checkpoint every this many steps (one is always written in --save-dir "
                              "at every log step and at the end)")
+    parser.add_argument("--resume-if-exists", action="store_true",
+                        help="resume when --save-dir holds a checkpoint, start fresh when not (for requeued jobs)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=None,
+                        help="checkpoint every this many minutes instead of at every log step (and on a "
+                             "signal, and at the end)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a fresh run in a --save-dir that holds a checkpoint (which it replaces)")
     parser.add_argument("--cond-thresh-ratio", type=float, default=0.0,
@@ -190,6 +195,8 @@ def validate_args(parser, args, derived):
             err(f"argument {flag}: must be an integer >= {low}, got {value}")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         err(f"argument --checkpoint-every: must be an integer >= 1, got {args.checkpoint_every}")
+    if args.checkpoint_minutes is not None and not _positive_finite(args.checkpoint_minutes):
+        err(f"argument --checkpoint-minutes: must be a positive number, got {args.checkpoint_minutes}")
     for flag, value in (("--lr", args.lr), ("--lr-lambda", args.lr_lambda), ("--tau", args.tau),
                         ("--c-param", args.c_param), ("--m-param", args.m_param),
                         ("--sphere-r", args.sphere_r), ("--gt-lambda-1", args.gt_lambda_1),
@@ -251,6 +258,10 @@ def parse_args(argv=None):
     """Returns (parser, args, derived): ``derived`` holds what the flags imply (settings.Derived)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.resume_if_exists:
+        if not args.save_dir:
+            parser.error("argument --resume-if-exists: needs --save-dir")
+        args.resume_training = os.path.exists(os.path.join(args.save_dir, CHECKPOINT_NAME))
     derived = settings.derive_from_args(args)
     validate_args(parser, args, derived)
     return parser, args, derived
@@ -405,6 +416,7 @@ class Trainer:
         self.optimizers = {}
         self.resume = None
         self.last_logged = None
+        self.last_checkpoint = time.monotonic()
         if args.precision == "bf16":
             self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
         else:
@@ -435,6 +447,7 @@ class Trainer:
             "last_logged": self.last_logged,
         }
         save_checkpoint_file(state, self.checkpoint_path())
+        self.last_checkpoint = time.monotonic()
 
     def save_models(self, phase):
         if not self.args.save_dir:
@@ -493,10 +506,15 @@ class Trainer:
             if self.flag.signum is not None:
                 self.save_checkpoint(phase, step, loss_buffer)
                 raise Stop(self.flag.signum, f"step {step} of the {phase} run")
-            # A checkpoint (and the finite check before it) at every log step,
-            # at the end, and every --checkpoint-every steps when given.
+            # A checkpoint (and the finite check before it) at every log step
+            # (or every --checkpoint-minutes instead), at the end, and every
+            # --checkpoint-every steps when given.
             every = args.checkpoint_every
-            if is_log or step == total or (every is not None and step % every == 0):
+            if args.checkpoint_minutes is None:
+                due = is_log
+            else:
+                due = time.monotonic() - self.last_checkpoint >= 60 * args.checkpoint_minutes
+            if due or step == total or (every is not None and step % every == 0):
                 if not is_log:  # log_step has just checked
                     self.check_finite(phase, step, loss_buffer, f)
                 self.save_checkpoint(phase, step, loss_buffer)

@@ -28,14 +28,16 @@ RESUMABLE_DIFFERENCES = (
     "n_steps", "more_unsupervised", "save_dir", "resume_training", "log_file",
     "metrics_file", "num_eval_batches", "checkpoint_every", "compile", "seed", "overwrite",
     "device",  # auto and cpu are the same device: device_type is compared instead
+    "resume_if_exists", "checkpoint_minutes",
 )
 # Bytes of a log file before a checkpoint's offset whose hash the checkpoint keeps.
 TAIL_BYTES = 4096
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: a file could not be written (full disk, quota, size limit)
-# SIGHUP (a closed terminal or ssh session) is treated like SIGTERM.
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+# SIGHUP (a closed terminal or ssh session) and SIGUSR2 (what SLURM sends before a
+# time limit or preemption, and submitit passes on) are treated like SIGTERM.
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGUSR2: 140}
 
 
 class InputError(ValueError):

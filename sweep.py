@@ -1,54 +1,73 @@
-"""Run one main_mlp.py configuration over several seeds and summarise the results.
+"""Run main_mlp.py configurations over several seeds, here or on a SLURM cluster, and summarise them.
 
-    python sweep.py --seeds 0 1 2 --jobs 2 --out-dir runs/sweep --name bimodal_aninfonce -- \\
+    python sweep.py --seeds 0 1 2 --jobs 2 --out-dir runs/sweep --name bimodal -- \\
         --n 10 --batch-size 1000 --space extended_sphere --c-p 0 --p 0 --only-unsupervised \\
         --gt-lambda-1 5 --gt-lambda-2 25 --n-steps 10000
+    python sweep.py --executor slurm --partition gpu --gpus 1 --time 240 --seeds 0 1 2 \\
+        --grid loss=aninfonce,infonce --out-dir runs/grid --name bimodal -- <main_mlp.py arguments>
 
 Everything after ``--`` goes to main_mlp.py unchanged, except that each run
 gets ``--seed S --log-file DIR/NAME_seedS.log --metrics-file
-DIR/NAME_seedS.jsonl`` (so those three flags may not be given) and, when
-``--save-dir D`` (spelled out, not abbreviated) is given, its own
-``D/NAME_seedS`` (so runs do not overwrite each other's checkpoints). Its stdout and stderr go to ``DIR/NAME_seedS.out``
-and ``.err``.
+DIR/NAME_seedS.jsonl`` (so those three flags may not be given), a
+``--save-dir`` of its own (``D/NAME_seedS`` under a given ``--save-dir D``,
+spelled out, not abbreviated; else ``DIR/checkpoints/NAME_seedS``),
+``--resume-if-exists`` (a run started again continues from its checkpoint)
+and ``--checkpoint-minutes`` (default 10) unless a checkpoint cadence is
+given. Its stdout and stderr are appended to ``DIR/NAME_seedS.out`` and ``.err``.
 
-Modes:
+``--grid KEY=V1,V2`` (repeatable) makes one configuration per combination of
+values, named ``NAME_KEY-V1...``; ``on``/``off`` are a switch given or not.
 
-- run (default): at most ``--jobs`` runs at a time as subprocesses of this
-  machine, each with ``--threads`` threads (OMP_NUM_THREADS and
-  MKL_NUM_THREADS; default: the CPU count divided by ``--jobs``, so the jobs
-  do not oversubscribe the cores), then the summary. SIGINT/SIGTERM are
-  passed on to the runs, which checkpoint (with ``--save-dir``) and stop.
-- ``--print-jobs``: print one shell command line per seed (stdout and stderr
-  redirected to the same files) and run nothing: a job list for a cluster
-  array job. The lines set OMP_NUM_THREADS only when ``--threads`` is given.
-- ``--summarize-only``: only the summary, of the logs already in DIR, for
-  ``--name`` or for every name matching the ``--names`` patterns (shell
-  globs such as ``'bimodal_*'``), in one table.
+Executors (``--executor``):
 
-The summary, ``DIR/NAME_summary.md`` and ``.csv`` (``sweep_summary`` for
-several names, or ``--summary-name``), has one row per configuration (name):
-the number of seeds, the steps of the runs, and mean ± standard deviation
-over seeds (sample std, ddof = 1; "-" for one seed) of
+- ``local`` (default): at most ``--jobs`` runs at a time as subprocesses of
+  this machine, each with ``--threads`` threads (OMP_NUM_THREADS and
+  MKL_NUM_THREADS; default: the CPU count divided by ``--jobs``), then the
+  summary. SIGINT/SIGTERM are passed on to the runs, which checkpoint and stop.
+- ``submitit-local``: the tasks a cluster would run, through submitit's
+  LocalExecutor on this machine (all at once, ``--time`` minutes each), then
+  the summary.
+- ``slurm``: ONE job array of every configuration × seed through submitit
+  (``--partition``, ``--time``, ``--gpus``, ``--cpus``, ``--mem-gb``,
+  ``--array-parallelism``, ``--account``, ``--qos``, ``--setup``); prints the
+  job id and returns. SLURM sends SIGUSR2 before the time limit (and on
+  preemption): the task passes it to its run, which finishes its step,
+  checkpoints and exits, and submitit requeues the task, which resumes.
+- ``print``: one shell command line per run (stdout and stderr redirected)
+  and nothing run: for an array script of your own.
 
-- Lin. and Perm.: a run's final ``linear mean`` / ``perm mean`` when it
-  finished, else its last logged Lin. / Perm. (the contrastive phase, or the
-  last phase of a supervised-only run);
+``--skip-done`` leaves out the runs whose log has its final scores, so
+submitting a sweep again runs only what is unfinished.
+
+``--summarize-only`` makes the summary of the logs already in DIR, for
+``--name`` or every name matching the ``--names`` patterns (shell globs such
+as ``'bimodal_*'``), in one table. The summary, ``DIR/NAME_summary.md`` and
+``.csv`` (``NAME_grid_summary`` for a grid, ``sweep_summary`` for several
+names, or ``--summary-name``), has one row per configuration: the seeds (and
+how many finished), the steps, and mean ± standard deviation over the
+finished seeds (sample std, ddof = 1; "-" for one seed) of
+
+- Lin. and Perm.: a run's final ``linear mean`` / ``perm mean`` (when no run
+  of a configuration finished, their last logged Lin. / Perm.);
 - Λ̂ error: the mean over entries of |Λ̂ - λ| / λ after sorting both (the
   encoder's outputs are a permutation of the latents), with the last logged Λ̂.
 
-The Markdown also lists every run. Its first line under the title states the
-number of steps of the runs. With ``--reference NAME=LOG`` (e.g. a published
-log) it adds a section that sets configuration NAME's runs beside that log
-at the last step all of them logged: <Loss>, Lin., Perm. and Λ̂ error, ours
-as mean ± std [min, max] over seeds, the reference's value beside it.
+The Markdown also lists every run, unfinished ones marked. With
+``--reference NAME=LOG`` (e.g. a published log) it adds a section that sets
+configuration NAME's runs beside that log at the last step all of them
+logged: <Loss>, Lin., Perm. and Λ̂ error, ours as mean ± std [min, max] over
+seeds, the reference's value beside it.
 
-Exit status: 0 done; 1 a run failed; 2 bad arguments, or logs that cannot be
-read or found; 128 + the signal number when stopped by SIGINT/SIGTERM.
+Exit status: 0 done (or submitted); 1 a run failed; 2 bad arguments, or logs
+that cannot be read or found; 128 + the signal number when stopped by
+SIGINT/SIGTERM.
 """
+
 
 import argparse
 import csv
 import fnmatch
+import importlib.util
 import math
 import os
 import re
@@ -74,6 +93,13 @@ OWN_FLAGS = ("--seed", "--log-file", "--metrics-file")
 # only --seed); shorter strings are not treated as those flags.
 MIN_PREFIX = 4
 POLL_SECONDS = 0.2
+EXECUTORS = ("local", "submitit-local", "slurm", "print")
+DEFAULT_CHECKPOINT_MINUTES = 10.0
+# SLURM sends SIGUSR2 this long before the time limit (at most a quarter of the limit):
+# time to finish a step and write a checkpoint.
+SIGNAL_DELAY_S = 120
+# Requeues after a time limit before a task gives up (preemptions do not count).
+MAX_TIMEOUTS = 50
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -111,8 +137,30 @@ def build_parser():
                         help="the training script (default: main_mlp.py beside this file)")
     parser.add_argument("--skip-done", action="store_true",
                         help="do not rerun a seed whose log already has its final scores")
-    parser.add_argument("--print-jobs", action="store_true",
-                        help="print one shell command line per seed and run nothing")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="local: subprocesses here, --jobs at a time; submitit-local: the same tasks as on a "
+                             "cluster, through submitit on this machine; slurm: one SLURM job array through "
+                             "submitit, then return; print: the command lines, run nothing (default: local)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a main_mlp.py flag (without --) and its values, one configuration each; "
+                             "on/off for switches; repeatable: every combination runs, each over --seeds")
+    parser.add_argument("--checkpoint-minutes", type=float, default=DEFAULT_CHECKPOINT_MINUTES,
+                        help="checkpoint cadence of the runs (main_mlp.py --checkpoint-minutes; default "
+                             "%(default)s), unless the main_mlp.py arguments set one")
+    slurm = parser.add_argument_group("SLURM (--executor slurm; passed to submitit)")
+    slurm.add_argument("--partition", default=None, help="partition")
+    slurm.add_argument("--time", type=float, default=60.0,
+                       help="time limit per task, minutes (default 60; also the limit of submitit-local tasks); "
+                            "a task that hits it checkpoints and is requeued")
+    slurm.add_argument("--gpus", type=int, default=0, help="GPUs per task (default 0)")
+    slurm.add_argument("--cpus", type=_positive_int, default=None, help="CPUs per task (default: --threads or 1)")
+    slurm.add_argument("--mem-gb", type=float, default=None, help="memory per task, GB")
+    slurm.add_argument("--array-parallelism", type=_positive_int, default=None,
+                       help="tasks of the array running at once (the %%P of the array; default: all)")
+    slurm.add_argument("--account", default=None, help="account to charge")
+    slurm.add_argument("--qos", default=None, help="quality of service")
+    slurm.add_argument("--setup", action="append", default=[], metavar="LINE",
+                       help="a shell line run before each task, e.g. 'module load cuda' (repeatable)")
     parser.add_argument("--summarize-only", action="store_true",
                         help="run nothing; summarise the logs already in --out-dir")
     parser.add_argument("--names", nargs="+", default=None, metavar="PATTERN",
@@ -163,8 +211,11 @@ def parse_args(argv=None):
         args.references[name] = path
     if "/" in args.name or os.sep in args.name:
         parser.error(f"argument --name: no path separator allowed, got {args.name!r}")
-    if args.print_jobs and args.summarize_only:
-        parser.error("arguments --print-jobs and --summarize-only: choose at most one")
+    args.print_jobs = args.executor == "print"
+    try:
+        args.configs = configurations(args.name, args.grid)
+    except ValueError as exc:
+        parser.error(f"argument --grid: {exc}")
     if args.summarize_only:
         if train_args:
             parser.error("--summarize-only runs nothing: drop the main_mlp.py arguments after '--'")
@@ -186,9 +237,46 @@ def parse_args(argv=None):
                          f"seed a directory of its own")
     if not os.path.isfile(args.script):
         parser.error(f"argument --script: no file {args.script}")
-    if args.threads is None and not args.print_jobs:
+    if args.threads is None and args.executor in ("local", "submitit-local"):
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if not (args.time > 0 and math.isfinite(args.time)):
+        parser.error(f"argument --time: must be a positive number of minutes, got {args.time}")
+    if not (args.checkpoint_minutes > 0 and math.isfinite(args.checkpoint_minutes)):
+        parser.error(f"argument --checkpoint-minutes: must be a positive number, got {args.checkpoint_minutes}")
+    if args.executor in ("submitit-local", "slurm"):
+        if importlib.util.find_spec("submitit") is None:  # only these executors need it
+            parser.error(f"argument --executor: {args.executor} needs submitit "
+                         f"(pip install -r requirements-cluster.txt)")
     return args
+
+
+def configurations(base, grid):
+    """``[(name, extra main_mlp.py arguments)]``: every combination of the ``--grid`` values.
+
+    ``KEY=V1,V2`` gives ``--KEY V1`` and ``--KEY V2``; the values ``on`` and
+    ``off`` give the switch ``--KEY`` and nothing. Each name is ``base``
+    followed by ``_KEY-VALUE`` per grid key.
+    """
+    configs = [(base, [])]
+    for item in grid:
+        key, sep, values = item.partition("=")
+        key = key.strip().lstrip("-")
+        values = [v.strip() for v in values.split(",")]
+        if not sep or not key or not all(values):
+            raise ValueError(f"expected KEY=V1,V2,..., got {item!r}")
+        if f"--{key}" in OWN_FLAGS:
+            raise ValueError(f"--{key} is set for each run by {PROG}")
+        expanded = []
+        for name, extra in configs:
+            for value in values:
+                flag = [f"--{key}"] if value == "on" else [] if value == "off" else [f"--{key}", value]
+                label = re.sub(r"[^A-Za-z0-9.+-]", "-", value)
+                expanded.append((f"{name}_{key}-{label}", extra + flag))
+        configs = expanded
+    names = [name for name, _ in configs]
+    if len(set(names)) != len(names):
+        raise ValueError("two configurations get the same name; give distinct values")
+    return configs
 
 
 # --------------------------------------------------------------------------
@@ -201,34 +289,48 @@ def run_paths(out_dir, name, seed):
     return {"log": stem + ".log", "metrics": stem + ".jsonl", "out": stem + ".out", "err": stem + ".err"}
 
 
-def with_save_dir(train_args, name, seed):
-    """``train_args`` with the value of --save-dir (if any) replaced by a per-seed subdirectory."""
-    result, i = [], 0
+def with_save_dir(train_args, name, seed, out_dir):
+    """``train_args`` with a --save-dir of the run's own: the given one's subdirectory NAME_seedS, or
+    ``out_dir/checkpoints/NAME_seedS`` when none is given (every run under a sweep can be resumed)."""
+    result, i, given = [], 0, False
     while i < len(train_args):
         token = train_args[i]
         if token == "--save-dir" and i + 1 < len(train_args):
             result += [token, os.path.join(train_args[i + 1], f"{name}_seed{seed}")]
+            given = True
             i += 2
             continue
         if token.startswith("--save-dir="):
             token = "--save-dir=" + os.path.join(token.split("=", 1)[1], f"{name}_seed{seed}")
+            given = True
         result.append(token)
         i += 1
+    if not given:
+        result += ["--save-dir", os.path.join(out_dir, "checkpoints", f"{name}_seed{seed}")]
     return result
 
 
-def command(args, seed):
-    """The argv of the run with seed ``seed``."""
-    paths = run_paths(args.out_dir, args.name, seed)
-    return ([args.python, args.script] + with_save_dir(args.train_args, args.name, seed)
-            + ["--seed", str(seed), "--log-file", paths["log"], "--metrics-file", paths["metrics"]])
+def all_runs(args):
+    """``[(name, extra arguments, seed)]``: every configuration of the grid over every seed."""
+    return [(name, extra, seed) for name, extra in args.configs for seed in args.seeds]
 
 
-def job_line(args, seed):
+def command(args, name, extra, seed):
+    """The argv of one run: resumable (its own --save-dir, --resume-if-exists), its own files."""
+    paths = run_paths(args.out_dir, name, seed)
+    train_args = with_save_dir(args.train_args + extra, name, seed, args.out_dir)
+    if not any(t.startswith(("--checkpoint-minutes", "--checkpoint-every")) for t in train_args):
+        train_args += ["--checkpoint-minutes", f"{args.checkpoint_minutes:g}"]
+    return ([args.python, args.script] + train_args
+            + ["--resume-if-exists", "--seed", str(seed), "--log-file", paths["log"],
+               "--metrics-file", paths["metrics"]])
+
+
+def job_line(args, name, extra, seed):
     """One shell line: the run with its stdout/stderr redirected to its files."""
-    paths = run_paths(args.out_dir, args.name, seed)
+    paths = run_paths(args.out_dir, name, seed)
     env = "".join(f"{var}={args.threads} " for var in THREAD_VARIABLES) if args.threads else ""
-    return (f"{env}{shlex.join(command(args, seed))} "
+    return (f"{env}{shlex.join(command(args, name, extra, seed))} "
             f"> {shlex.quote(paths['out'])} 2> {shlex.quote(paths['err'])}")
 
 
@@ -266,37 +368,41 @@ def last_line(path):
     return lines[-1] if lines else ""
 
 
-def run_all(args):
-    """Run the seeds, at most ``args.jobs`` at a time. Returns ``(failed seeds, signal or None)``."""
-    os.makedirs(args.out_dir, exist_ok=True)
-    env = dict(os.environ, **{var: str(args.threads) for var in THREAD_VARIABLES})
+def pending_runs(args):
+    """The runs to start: all of them, or with --skip-done those whose log has no final scores yet."""
     pending = []
-    for seed in args.seeds:
-        if args.skip_done and finished(run_paths(args.out_dir, args.name, seed)["log"]):
-            print(f"seed {seed}: already finished, skipped", flush=True)
+    for name, extra, seed in all_runs(args):
+        if args.skip_done and finished(run_paths(args.out_dir, name, seed)["log"]):
+            print(f"{name} seed {seed}: already finished, skipped", flush=True)
         else:
-            pending.append(seed)
-    running = {}  # seed -> (Popen, start time, open files)
+            pending.append((name, extra, seed))
+    return pending
+
+
+def run_all(args, pending):
+    """Run ``pending`` here, at most ``args.jobs`` at a time. Returns ``(failed runs, signal or None)``."""
+    env = dict(os.environ, **{var: str(args.threads) for var in THREAD_VARIABLES})
+    running = {}  # (name, seed) -> (Popen, start time, open files)
     failed = []
     signals = Signals()
     forwarded = False
     try:
         while pending or running:
             while pending and len(running) < args.jobs and signals.signum is None:
-                seed = pending.pop(0)
-                paths = run_paths(args.out_dir, args.name, seed)
-                out = open(paths["out"], "w", encoding="utf-8")
-                err = open(paths["err"], "w", encoding="utf-8")
+                name, extra, seed = pending.pop(0)
+                paths = run_paths(args.out_dir, name, seed)
+                out = open(paths["out"], "a", encoding="utf-8")
+                err = open(paths["err"], "a", encoding="utf-8")
                 try:
-                    proc = subprocess.Popen(command(args, seed), stdout=out, stderr=err, env=env)
+                    proc = subprocess.Popen(command(args, name, extra, seed), stdout=out, stderr=err, env=env)
                 except OSError as exc:  # e.g. --python is not an executable
                     out.close()
                     err.close()
-                    failed.append(seed)
-                    print(f"seed {seed}: FAILED to start: {exc}", flush=True)
+                    failed.append((name, seed))
+                    print(f"{name} seed {seed}: FAILED to start: {exc}", flush=True)
                     continue
-                running[seed] = (proc, time.perf_counter(), (out, err))
-                print(f"seed {seed}: started ({args.threads} threads), log {paths['log']}", flush=True)
+                running[(name, seed)] = (proc, time.perf_counter(), (out, err))
+                print(f"{name} seed {seed}: started ({args.threads} threads), log {paths['log']}", flush=True)
             if signals.signum is not None and not forwarded:
                 # The runs checkpoint and stop on the same signal; the ones
                 # not started yet are dropped.
@@ -305,24 +411,26 @@ def run_all(args):
                 forwarded = True
                 pending.clear()
             time.sleep(POLL_SECONDS)
-            for seed in list(running):
-                proc, t0, files = running[seed]
+            for key in list(running):
+                proc, t0, files = running[key]
                 rc = proc.poll()
                 if rc is None:
                     continue
                 for handle in files:
                     handle.close()
-                del running[seed]
+                del running[key]
+                name, seed = key
                 minutes = (time.perf_counter() - t0) / 60
-                err = run_paths(args.out_dir, args.name, seed)["err"]
+                err = run_paths(args.out_dir, name, seed)["err"]
                 if rc == 0:
-                    print(f"seed {seed}: done in {minutes:.1f} min", flush=True)
+                    print(f"{name} seed {seed}: done in {minutes:.1f} min", flush=True)
                 elif forwarded:
-                    print(f"seed {seed}: stopped (exit {rc}) after {minutes:.1f} min (see {err})", flush=True)
+                    print(f"{name} seed {seed}: stopped (exit {rc}) after {minutes:.1f} min (see {err})",
+                          flush=True)
                 else:
-                    failed.append(seed)
+                    failed.append(key)
                     message = last_line(err)
-                    print(f"seed {seed}: FAILED (exit {rc}) after {minutes:.1f} min"
+                    print(f"{name} seed {seed}: FAILED (exit {rc}) after {minutes:.1f} min"
                           f"{': ' + message if message else ''} (see {err})", flush=True)
     finally:
         signals.restore()
@@ -602,22 +710,100 @@ def summarize(args):
     return EXIT_OK
 
 
+def submitit_executor(args):
+    """The submitit executor of ``--executor submitit-local`` / ``slurm``, its parameters set from the flags."""
+    import submitit
+
+    folder = os.path.join(args.out_dir, "submitit", "%j")
+    delay = max(1, min(SIGNAL_DELAY_S, int(args.time * 60 / 4)))
+    if args.executor == "submitit-local":
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
+        executor.update_parameters(timeout_min=args.time, signal_delay_s=delay)
+        return executor
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
+    params = dict(time=int(math.ceil(args.time)), signal_delay_s=delay, cpus_per_task=args.cpus or args.threads or 1,
+                  ntasks_per_node=1, nodes=1, setup=list(args.setup), job_name=f"sweep_{args.name}")
+    if args.gpus:
+        params["gpus_per_node"] = args.gpus
+    if args.partition:
+        params["partition"] = args.partition
+    if args.mem_gb:
+        params["mem"] = f"{int(math.ceil(args.mem_gb))}GB"
+    if args.array_parallelism:
+        params["array_parallelism"] = args.array_parallelism
+    if args.account:
+        params["account"] = args.account
+    if args.qos:
+        params["qos"] = args.qos
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit(args, pending):
+    """Submit ``pending`` as ONE job array through submitit; returns the jobs."""
+    from sweep_task import RunTask
+
+    # The job process imports sweep_task by name: make this directory importable there
+    # (submitit starts it with this process's environment, locally and through sbatch).
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
+    executor = submitit_executor(args)
+    tasks = []
+    for name, extra, seed in pending:
+        paths = run_paths(args.out_dir, name, seed)
+        tasks.append(RunTask(command(args, name, extra, seed), paths["out"], paths["err"], args.threads))
+    with executor.batch():
+        jobs = [executor.submit(task) for task in tasks]
+    return jobs
+
+
+def summarize_configs(args):
+    """The summary of every configuration of the grid, in one table."""
+    args.names = [name for name, _ in args.configs]
+    if args.summary_name is None and len(args.names) > 1:
+        args.summary_name = f"{args.name}_grid_summary"
+    return summarize(args)
+
+
 def main(argv=None):
-    """Run, print or summarise as the flags say; returns the exit status."""
+    """Run, submit, print or summarise as the flags say; returns the exit status."""
     args = parse_args(argv)
-    if args.print_jobs:
-        for seed in args.seeds:
-            print(job_line(args, seed))
-        return EXIT_OK
     if args.summarize_only:
         return summarize(args)
-    failed, signum = run_all(args)
+    if args.print_jobs:
+        for name, extra, seed in all_runs(args):
+            print(job_line(args, name, extra, seed))
+        return EXIT_OK
+    os.makedirs(args.out_dir, exist_ok=True)
+    pending = pending_runs(args)
+    if args.executor == "slurm":
+        jobs = submit(args, pending) if pending else []
+        if jobs:
+            print(f"submitted job array {jobs[0].job_id.split('_')[0]}: {len(jobs)} tasks; logs in {args.out_dir}, "
+                  f"submitit's files in {os.path.join(args.out_dir, 'submitit')}")
+            print(f"when they are done: python {PROG} --summarize-only --out-dir {args.out_dir} "
+                  f"--names {' '.join(shlex.quote(n) for n, _ in args.configs)}")
+        else:
+            print("nothing to submit: every run has finished")
+        return EXIT_OK
+    if args.executor == "submitit-local":
+        failed = []
+        for job, (name, _, seed) in zip(submit(args, pending) if pending else [], pending):
+            try:
+                job.result()
+                print(f"{name} seed {seed}: done", flush=True)
+            except Exception as exc:  # the task's error, as submitit reports it
+                failed.append((name, seed))
+                print(f"{name} seed {seed}: FAILED: {str(exc).strip().splitlines()[-1]}", flush=True)
+        signum = None
+    else:
+        failed, signum = run_all(args, list(pending))
     if signum is not None:
         print(f"stopped by {signal.Signals(signum).name}; summarise later with --summarize-only", flush=True)
         return 128 + signum
-    status = summarize(args)
+    status = summarize_configs(args)
     if failed:
-        print(f"{len(failed)} of {len(args.seeds)} runs failed: seeds {' '.join(map(str, failed))}")
+        print(f"{len(failed)} of {len(pending)} runs failed: "
+              + ", ".join(f"{name} seed {seed}" for name, seed in failed))
         return EXIT_RUN_FAILED
     return status
 

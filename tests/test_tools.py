@@ -403,7 +403,7 @@ def test_logs_that_are_not_logs_are_refused_without_reading_them_whole(tmp_path)
 
 def test_sweep_print_jobs(tmp_path):
     out_dir = tmp_path / "sw"
-    result = run_tool("sweep.py", "--seeds", "0", "1", "7", "--out-dir", out_dir, "--name", "bi", "--print-jobs",
+    result = run_tool("sweep.py", "--seeds", "0", "1", "7", "--out-dir", out_dir, "--name", "bi", "--executor", "print",
                       "--", "--n", "10", "--space", "extended_sphere", "--save-dir", "ck")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().split("\n")
@@ -417,9 +417,9 @@ def test_sweep_print_jobs(tmp_path):
         assert argv[argv.index("--save-dir") + 1] == f"ck/bi_seed{seed}"
         assert argv[-4:] == [">", f"{out_dir}/bi_seed{seed}.out", "2>", f"{out_dir}/bi_seed{seed}.err"]
         assert "OMP_NUM_THREADS" not in line
-    result = run_tool("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--threads", "4", "--print-jobs", "--")
+    result = run_tool("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--threads", "4", "--executor", "print", "--")
     assert result.stdout.startswith("OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 ")
-    result = run_tool("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--print-jobs", "--", "--seed", "3")
+    result = run_tool("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--executor", "print", "--", "--seed", "3")
     assert result.returncode == 2 and "sets --seed" in result.stderr
 
 
@@ -515,7 +515,8 @@ parser.add_argument("--seed", type=int)
 parser.add_argument("--log-file")
 parser.add_argument("--metrics-file")
 parser.add_argument("--template")
-args = parser.parse_args()
+parser.add_argument("--save-dir")
+args, _ = parser.parse_known_args()  # --resume-if-exists, --checkpoint-minutes
 print("threads", os.environ.get("OMP_NUM_THREADS"))
 if args.seed == 2:
     sys.exit("seed 2 fails on purpose")
