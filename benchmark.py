@@ -145,7 +145,8 @@ def bench_batch(args, device, batch_size, repeats, precision, compile_=False):
     latent, g, loss_fn = exp.latent, exp.g, exp.loss_fn
 
     def step():
-        main_mlp.train_step(latent, g, f_step, loss_step, optimizer, batch_size, gen, device, False, autocast)
+        x, _ = main_mlp.sample_views(latent, g, batch_size, gen, device, False)
+        main_mlp.optimise(f_step, loss_step, optimizer, x, None, autocast)
         sync(device)
 
     def sample():
@@ -157,7 +158,7 @@ def bench_batch(args, device, batch_size, repeats, precision, compile_=False):
 
     def log_eval():
         main_mlp.evaluate(latent, h, main_mlp.N_EVAL_SAMPLES, gen, device)
-        f"{loss_fn.lambdas().tolist()}"  # the lambda line's host copy
+        loss_fn.lambdas().tolist()  # the lambda line's host copy
 
     floor_gemms, floor_flops = floor_op(device, args.n, batch_size)
     step_flops = encoder_step_flops(args.n, batch_size)
@@ -214,14 +215,13 @@ def breakdown(args, device, batch_size, repeats, precision, compile_=False):
     floor, _ = floor_op(device, args.n, batch_size)
     # Fixed inputs for the stages timed alone: a batch of the mixing's
     # outputs and unit-norm representations like the encoder's.
-    z = latent.sample_marginal(batch_size, gen, device)
-    with torch.no_grad():
-        x = g(torch.cat([z, latent.sample_conditional(z, gen)]))  # (2B, n)
+    x, _ = main_mlp.sample_views(latent, g, batch_size, gen, device, False)  # (2B, n)
     reps = torch.nn.functional.normalize(torch.randn(2 * batch_size, args.n, device=device), dim=1)
     grad_out = torch.randn(2 * batch_size, args.n, device=device)
 
     def step():
-        main_mlp.train_step(latent, g, f_step, loss_step, optimizer, batch_size, gen, device, False, autocast)
+        x, _ = main_mlp.sample_views(latent, g, batch_size, gen, device, False)
+        main_mlp.optimise(f_step, loss_step, optimizer, x, None, autocast)
         sync(device)
 
     def encoder():
@@ -237,9 +237,7 @@ def breakdown(args, device, batch_size, repeats, precision, compile_=False):
         sync(device)
 
     def sampler_and_mixing():
-        z = latent.sample_marginal(batch_size, gen, device)
-        with torch.no_grad():
-            g(torch.cat([z, latent.sample_conditional(z, gen)]))
+        main_mlp.sample_views(latent, g, batch_size, gen, device, False)
         sync(device)
 
     def adam():

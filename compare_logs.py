@@ -38,10 +38,10 @@ import warnings
 import numpy as np
 
 import logparse
-from argparse_utils import ArgumentParser
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int
 
 PROG = "compare_logs.py"
-EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, 2
+EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT
 # Defaults of the tolerances: what we accept as a reproduction of a published
 # log for Lin., Perm. and Λ̂; for <Loss> (a 250-step running mean), "learns like
 # the reference" means within 0.15 of the published log at the same step.
@@ -61,13 +61,6 @@ def _nonnegative(text):
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return value
 
 
@@ -94,7 +87,7 @@ def parse_args(argv=None):
                              "(default: %(default)s)")
     parser.add_argument("--phase", choices=("unsupervised", "supervised"), default="unsupervised",
                         help="the phase of the logs to align (default: %(default)s)")
-    parser.add_argument("--rows", type=_positive_int, default=DEFAULT_ROWS,
+    parser.add_argument("--rows", type=positive_int, default=DEFAULT_ROWS,
                         help="rows of the step table, spread evenly over the common steps (plus the last; "
                              "default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="print every common step in the table")

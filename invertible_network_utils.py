@@ -96,9 +96,17 @@ def _may_pass(w, threshold):
     return info == 0
 
 
+class _Pool(ThreadPoolExecutor):
+    """A thread pool that knows its size (to split a batch into one chunk per thread)."""
+
+    def __init__(self, workers):
+        super().__init__(workers)
+        self.workers = workers
+
+
 def _parallel(fn, w, pool):
     """``fn`` over the batch ``w`` split across the pool's threads."""
-    return torch.cat(list(pool.map(fn, w.chunk(pool._max_workers))))
+    return torch.cat(list(pool.map(fn, w.chunk(pool.workers))))
 
 
 def condition_numbers_fast(w, pool):
@@ -159,7 +167,7 @@ def construct_invertible_mlp(n, n_layers, act_fct, cond_thresh_ratio, generator,
     """
     workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
     layers, conds = [], []
-    with ThreadPoolExecutor(workers) as pool:
+    with _Pool(workers) as pool:
         threshold = condition_threshold(n, cond_thresh_ratio, generator, pool, n_iter_cond_thresh)
         for i in range(n_layers):
             w, c = well_conditioned_matrix(n, threshold, generator, pool)

@@ -58,10 +58,6 @@ class LatentSpace:
     def __init__(self, space, marginal, conditional):
         self.space, self.marginal, self.conditional = space, marginal, conditional
 
-    @property
-    def n(self):
-        return self.space.n
-
     def sample_marginal(self, size, generator, device):
         return self.marginal.sample(self.space, size, generator, device)
 

@@ -40,10 +40,9 @@ import latent_spaces
 import losses
 import settings
 import spaces
-from argparse_utils import ArgumentParser
-from run_support import (CHECKPOINT_NAME, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_SIGNAL, EXIT_WRITE_FAILED, Diverged,
-                         InputError, RunLog, SaveDirLock, SignalFlag, Stop, WriteError, available_memory,
-                         config_fingerprint,
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser
+from run_support import (CHECKPOINT_NAME, EXIT_DIVERGED, EXIT_SIGNAL, EXIT_WRITE_FAILED, Diverged, InputError,
+                         RunLog, SaveDirLock, SignalFlag, Stop, WriteError, available_memory, config_fingerprint,
                          exit_on_signals, load_resume_state, refuse_existing_checkpoint, remove_stale_temporaries,
                          restate_arguments, save_atomically, save_checkpoint_file)
 
@@ -379,22 +378,30 @@ def evaluate(latent, h, num_samples, generator, device):
             disentanglement_utils.permutation_disentanglement(z, hz))
 
 
-def train_step(latent, g, f, loss_fn, optimizer, batch_size, generator, device, supervised, autocast):
-    """One optimisation step. Returns the loss as a 0-d tensor on the device (no host sync)."""
+def sample_views(latent, g, batch_size, generator, device, supervised):
+    """The inputs of one step, drawn fresh: ``(x, target)``.
+
+    Contrastive: x = g([z; z~]) (2B, n), both views in one pass, target None.
+    Supervised: x = g(z) (B, n) and target z.
+    """
     z = latent.sample_marginal(batch_size, generator, device)  # (B, n)
     with torch.no_grad():
         if supervised:
-            x = g(z)
-        else:
-            z_pos = latent.sample_conditional(z, generator)  # (B, n)
-            x = g(torch.cat([z, z_pos]))  # (2B, n): both views in one pass
+            return g(z), z
+        z_pos = latent.sample_conditional(z, generator)  # (B, n)
+        return g(torch.cat([z, z_pos])), None
+
+
+def optimise(f, loss_fn, optimizer, x, target, autocast):
+    """One optimiser step of f (and Λ̂) on ``x``. Returns the loss as a 0-d tensor (no host sync)."""
     with autocast():
         h = f(x)
     h = h.float()
-    if supervised:
-        loss = F.mse_loss(h, z)
+    if target is not None:
+        loss = F.mse_loss(h, target)
     else:
-        loss = loss_fn(h[:batch_size], h[batch_size:])
+        half = h.shape[0] // 2
+        loss = loss_fn(h[:half], h[half:])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -412,8 +419,8 @@ class Trainer:
         self.args, self.derived, self.device, self.seed = args, derived, device, seed
         self.latent, self.g, self.loss_fn = latent, g, loss_fn
         self.log, self.generator, self.flag = log, generator, flag
-        self.encoders = {}
-        self.optimizers = {}
+        self.f = None  # the encoder of the phase being trained, and its optimiser
+        self.optimizer = None
         self.resume = None
         self.last_logged = None
         self.last_checkpoint = time.monotonic()
@@ -436,9 +443,9 @@ class Trainer:
             "phase": phase,
             "step": step,
             "g": self.g.state_dict(),
-            "encoders": {k: f.state_dict() for k, f in self.encoders.items()},
+            "encoder": self.f.state_dict(),
             "loss_fn": self.loss_fn.state_dict() if self.loss_fn is not None else None,
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "optimizer": self.optimizer.state_dict(),
             "loss_buffer": loss_buffer.cpu(),
             "rng_cpu": torch.get_rng_state(),
             "rng_data": self.generator.get_state(),
@@ -453,7 +460,7 @@ class Trainer:
         if not self.args.save_dir:
             return
         name = "sup_f.pth" if phase == "supervised" else "unsup_f.pth"
-        save_atomically(self.encoders[phase].state_dict(), os.path.join(self.args.save_dir, name))
+        save_atomically(self.f.state_dict(), os.path.join(self.args.save_dir, name))
 
     # -- the loop ------------------------------------------------------------
 
@@ -463,9 +470,8 @@ class Trainer:
         supervised = phase == "supervised"
         total = args.n_steps if supervised else args.n_steps * args.more_unsupervised
         f = encoders.build_encoder(args.n, self.derived.normalization).to(device)
-        self.encoders[phase] = f
         optimizer = build_optimizer(args, f, None if supervised else self.loss_fn)
-        self.optimizers = {phase: optimizer}
+        self.f, self.optimizer = f, optimizer
         self.log.line(f"supervised test: {supervised}")
         self.log.line(f"f:  {f!r}")
 
@@ -476,8 +482,8 @@ class Trainer:
         start = 1
         resume = self.resume
         if resume is not None and resume["phase"] == phase:
-            f.load_state_dict(resume["encoders"][phase])
-            optimizer.load_state_dict(resume["optimizers"][phase])
+            f.load_state_dict(resume["encoder"])
+            optimizer.load_state_dict(resume["optimizer"])
             if self.loss_fn is not None and resume["loss_fn"] is not None:
                 self.loss_fn.load_state_dict(resume["loss_fn"])
             saved = resume["loss_buffer"]  # a shorter ring when the run is being extended
@@ -495,8 +501,8 @@ class Trainer:
         h = torch.nn.Sequential(self.g, f)
         t0, step0 = time.perf_counter(), start
         for step in range(start, total + 1):
-            loss = train_step(self.latent, self.g, f_step, loss_step, optimizer, args.batch_size,
-                              self.generator, device, supervised, self.autocast)
+            x, target = sample_views(self.latent, self.g, args.batch_size, self.generator, device, supervised)
+            loss = optimise(f_step, loss_step, optimizer, x, target, self.autocast)
             loss_buffer[(step - 1) % ring] = loss
             # The reference's rule: step % n_log == 1 or step == n_steps (which
             # crashes it for n_log == 1; there we log every step).
@@ -552,7 +558,7 @@ class Trainer:
                        f"try a smaller --lr / --lr-lambda")
 
     def log_step(self, phase, step, loss_buffer, h, total, t0, step0):
-        f = self.encoders[phase]
+        f = self.f
         self.check_finite(phase, step, loss_buffer, f)
         n_log = loss_buffer.numel()
         count = min(step, n_log)

@@ -25,10 +25,9 @@ matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 import logparse  # noqa: E402
-from argparse_utils import ArgumentParser
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser
 
 PROG = "plot_logs.py"
-EXIT_BAD_INPUT = 2
 DEFAULT_SIZE = (12.0, 9.0)  # inches
 DEFAULT_DPI = 100
 # Largest image side, in pixels: beyond, the figure takes gigabytes (and matplotlib refuses 2^16).

@@ -32,7 +32,6 @@ RESUMABLE_DIFFERENCES = (
 )
 # Bytes of a log file before a checkpoint's offset whose hash the checkpoint keeps.
 TAIL_BYTES = 4096
-EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: a file could not be written (full disk, quota, size limit)
 # SIGHUP (a closed terminal or ssh session) and SIGUSR2 (what SLURM sends before a

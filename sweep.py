@@ -81,10 +81,10 @@ import numpy as np
 
 import logparse
 import settings
-from argparse_utils import ArgumentParser
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int
 
 PROG = "sweep.py"
-EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_RUN_FAILED = 0, 1
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SCRIPT = os.path.join(HERE, "main_mlp.py")
 # The flags this script sets for each run; main_mlp.py must not get them twice.
@@ -104,13 +104,6 @@ LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
-
-
 def _seed(text):
     value = int(text)
     if value < 0:
@@ -123,13 +116,13 @@ def build_parser():
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=_seed, nargs="+", default=None, metavar="S",
                         help="the seeds to run (one run each)")
-    parser.add_argument("--jobs", type=_positive_int, default=1,
+    parser.add_argument("--jobs", type=positive_int, default=1,
                         help="runs at a time on this machine (default: %(default)s)")
     parser.add_argument("--out-dir", required=True, metavar="DIR",
                         help="where the logs, metrics files, stdout/stderr files and the summary go")
     parser.add_argument("--name", default="run",
                         help="configuration name: runs write DIR/NAME_seedS.log (no '/' in it; default: %(default)s)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads per run (default: CPU count // --jobs, at least 1)")
     parser.add_argument("--python", default=sys.executable,
                         help="the Python interpreter of the runs (default: this one)")
@@ -153,9 +146,9 @@ def build_parser():
                        help="time limit per task, minutes (default 60; also the limit of submitit-local tasks); "
                             "a task that hits it checkpoints and is requeued")
     slurm.add_argument("--gpus", type=int, default=0, help="GPUs per task (default 0)")
-    slurm.add_argument("--cpus", type=_positive_int, default=None, help="CPUs per task (default: --threads or 1)")
+    slurm.add_argument("--cpus", type=positive_int, default=None, help="CPUs per task (default: --threads or 1)")
     slurm.add_argument("--mem-gb", type=float, default=None, help="memory per task, GB")
-    slurm.add_argument("--array-parallelism", type=_positive_int, default=None,
+    slurm.add_argument("--array-parallelism", type=positive_int, default=None,
                        help="tasks of the array running at once (the %%P of the array; default: all)")
     slurm.add_argument("--account", default=None, help="account to charge")
     slurm.add_argument("--qos", default=None, help="quality of service")

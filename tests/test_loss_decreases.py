@@ -6,9 +6,10 @@ output normalisation) combination is built exactly as main_mlp builds it and
 optimised for a few Adam steps on one fixed batch, so the loss must fall.
 """
 
+import contextlib
+
 import pytest
 import torch
-import torch.nn.functional as F
 
 import encoders
 import main_mlp
@@ -35,20 +36,10 @@ def _optimise(args, derived, supervised):
     f = encoders.build_encoder(args.n, derived.normalization)
     loss_fn = None if supervised else exp.loss_fn
     optimizer = main_mlp.build_optimizer(args, f, loss_fn)
-    z = exp.latent.sample_marginal(BATCH, data_gen, "cpu")
-    with torch.no_grad():
-        if supervised:
-            x = exp.g(z)
-        else:
-            x = exp.g(torch.cat([z, exp.latent.sample_conditional(z, data_gen)]))
-    values = []
-    for _ in range(STEPS):
-        h = f(x)
-        loss = F.mse_loss(h, z) if supervised else loss_fn(h[:BATCH], h[BATCH:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        values.append(loss.item())
+    x, target = main_mlp.sample_views(exp.latent, exp.g, BATCH, data_gen, "cpu", supervised)
+    # The step main_mlp.py runs, on this one fixed batch.
+    values = [main_mlp.optimise(f, loss_fn, optimizer, x, target, contextlib.nullcontext).item()
+              for _ in range(STEPS)]
     return values
 
 

@@ -177,7 +177,7 @@ def test_diverging_run_stops_at_the_step(lr, later, capsys, tmp_path):
         assert int(m.group(1)) > 1
         state = run_support.read_checkpoint(str(ckpt), "cpu")
         assert state["step"] < int(m.group(1))
-        assert all(bool(torch.isfinite(t).all()) for t in state["encoders"]["supervised"].values())
+        assert all(bool(torch.isfinite(t).all()) for t in state["encoder"].values())
 
 
 @pytest.mark.slow
