@@ -44,6 +44,7 @@ _ID_SCORE = re.compile(rf"^Id\. (Lin|Perm)\. Disentanglement: ({_NUM})$")
 _THRESHOLD = re.compile(rf"^condition number threshold: ({_NUM})$")
 _LAYER = re.compile(rf"^layer (\d+)/(\d+),\s+condition number: ({_NUM})$")
 _ARGUMENT = re.compile(r"^\t([^\s:]+):(?: (.*))?$")
+_RADIUS = re.compile(rf"^tensor\(\[({_NUM})\], requires_grad=True\)$")
 # The list inside a 1-d tensor repr, then keyword arguments such as
 # device='cuda:0' or dtype=torch.float64.
 _TENSOR = re.compile(r"^tensor\(\[([^\[\]]*)\]((?:\s*,\s*\w+=[^,()]+)*)\s*\)$")
@@ -174,6 +175,7 @@ class _Parser:
         self.steps = None  # {step: record} of the current phase
         self.last_record = None  # the Step record a ``learned lambda values`` line belongs to
         self.block = None  # an open multi-line repr: (kind, first line number, [lines], depth)
+        self.radius_next = False  # the line after ``r: Parameter containing:``
 
     def error(self, line_no, message):
         raise LogParseError(self.path, line_no, message)
@@ -219,6 +221,8 @@ class _Parser:
         if self.block is not None:
             self.continue_block(line_no, text)
             return
+        if self.radius_next and not text.startswith("tensor("):
+            self.error(line_no, "the radius tensor does not follow 'r: Parameter containing:'")
         if self.in_arguments:
             if text.startswith("\t"):
                 match = _ARGUMENT.match(text.rstrip("\r\n"))
@@ -243,6 +247,10 @@ class _Parser:
         elif stripped.startswith(tuple(_TENSOR_FIELDS)):
             prefix = next(p for p in _TENSOR_FIELDS if stripped.startswith(p))
             self.open_block(_TENSOR_FIELDS[prefix], line_no, stripped)
+        elif stripped == "r: Parameter containing:":
+            self.radius_next = True  # --sphere-norm: the radius tensor follows
+        elif self.radius_next:
+            self.radius(line_no, stripped)
         elif stripped.startswith("Id. "):
             self.id_score(line_no, stripped)
         elif stripped.startswith("condition number threshold:"):
@@ -267,9 +275,16 @@ class _Parser:
             self.error(line_no, "Step line before any 'supervised test:' line")
         record = {"step": int(match.group(1)), "loss": _float(match.group(2)),
                   "mean_loss": _float(match.group(3)), "lin": _float(match.group(4)),
-                  "perm": _float(match.group(5)), "lambda": None}
+                  "perm": _float(match.group(5)), "lambda": None, "r": None}
         self.steps[record["step"]] = record  # a repeated step keeps its last record
         self.last_record = record
+
+    def radius(self, line_no, text):
+        self.radius_next = False
+        match = _RADIUS.match(text)
+        if match is None or self.last_record is None:
+            self.error(line_no, f"malformed radius line: {_quote(text)}")
+        self.last_record["r"] = _float(match.group(1))
 
     def learned_lambda(self, line_no, text):
         match = _LAMBDA.match(text)

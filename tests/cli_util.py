@@ -1,9 +1,9 @@
 """Helpers for the CLI tests: run main_mlp.py (subprocess or in-process) and parse its log.
 
-``parse_log`` is a strict reader of the reference log format (README, "The
-log, line by line"): every line must be one of the known line types, in the
-known order, or it raises ``LogFormatError`` naming the line. Numbers that
-print as ``nan``/``inf`` do not match the formats, so a parsed log is finite.
+``parse_log`` reads a log with the project's parser (logparse.py) and holds
+it to the reference format strictly: every line must be one of the known
+line types, in the exact format of our numbers, or it raises
+``LogFormatError`` naming the line; a parsed log's numbers are finite.
 """
 
 import contextlib
@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import logparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "main_mlp.py")
@@ -34,7 +36,6 @@ STEP_RE = re.compile(
     rf"^Step: (\d+) \t Loss: ({NUM}) \t <Loss>: ({NUM}) \t "
     rf"Lin\. Disentanglement: ({NUM}) \t Perm\. Disentanglement: ({NUM})$")
 LAMBDA_RE = re.compile(r"^learned lambda values: \[(.*)\] \t$")
-TENSOR_RE = re.compile(r"^tensor\(\[(.*)\](?:, device='[a-z]+(?::\d+)?')?\)$")
 FLOAT = r"(-?\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
 COND_THRESH_RE = re.compile(r"^condition number threshold: (\d+\.\d{6})$")
 LAYER_RE = re.compile(rf"^layer (\d+)/(\d+),  condition number: {FLOAT}$")
@@ -47,26 +48,16 @@ class LogFormatError(AssertionError):
     pass
 
 
-def _floats(text):
-    return [float(v) for v in text.split(",")] if text.strip() else []
-
-
-def _tensor(lines, i, prefix):
-    """A torch tensor repr after ``prefix``, possibly wrapped over several lines."""
-    text = lines[i][len(prefix):]
-    while not text.rstrip().endswith(")"):
-        i += 1
-        if i >= len(lines):
-            raise LogFormatError(f"unterminated tensor after {prefix!r}")
-        text += " " + lines[i].strip()
-    m = TENSOR_RE.match(" ".join(text.split()).replace("[ ", "["))
-    if not m:
-        raise LogFormatError(f"line {i + 1}: not a tensor repr: {text!r}")
-    return _floats(m.group(1)), i + 1
+# The exact formats of the line types whose numbers we print ourselves (4 decimals, tabs).
+EXACT = [(re.compile(r"^Step: "), STEP_RE), (re.compile(r"^learned lambda values: "), LAMBDA_RE),
+         (re.compile(r"^condition number threshold: "), COND_THRESH_RE), (re.compile(r"^layer \d"), LAYER_RE),
+         (re.compile(r"^Id\. "), ID_RE), (re.compile(r"^(linear|perm) mean: "), FINAL_RE),
+         (re.compile(r"^  \(\d+\): "), MODULE_RE)]
 
 
 def parse_log(text):
-    """Parse a whole log (stdout of main_mlp.py) into a dict; raise LogFormatError on any stray line.
+    """Parse a whole log (stdout of main_mlp.py) with logparse, strictly: every line known, in the
+    exact format, the numbers finite; raise LogFormatError naming the line otherwise.
 
     Returns:
         {"args": {key: value str}, "lambda_init": [...] or None, "gt_lambda": [...] or None,
@@ -76,90 +67,38 @@ def parse_log(text):
          "perm_mean", "perm_std"} or None}
     """
     lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    out = {"args": {}, "lambda_init": None, "gt_lambda": None, "phases": [], "final": None}
-    i = 0
-
-    def expect(cond, what):
-        if not cond:
-            got = lines[i] if i < len(lines) else "<end of log>"
-            raise LogFormatError(f"line {i + 1}: expected {what}, got {got!r}")
-
-    expect(i < len(lines) and lines[i] == "Arguments:", "'Arguments:'")
-    i += 1
-    while i < len(lines) and lines[i].startswith("\t"):
-        key, sep, value = lines[i][1:].partition(": ")
-        expect(sep and re.fullmatch(r"[a-z_0-9]+", key), "'\\t<name>: <value>'")
-        out["args"][key] = value
-        i += 1
-    if i < len(lines) and lines[i].startswith("lambda init:  "):
-        out["lambda_init"], i = _tensor(lines, i, "lambda init:  ")
-    if i < len(lines) and lines[i].startswith("ground truth Lambda:  "):
-        out["gt_lambda"], i = _tensor(lines, i, "ground truth Lambda:  ")
-    m = COND_THRESH_RE.match(lines[i]) if i < len(lines) else None
-    expect(m, "'condition number threshold: <6 decimals>'")
-    out["cond_threshold"] = float(m.group(1))
-    i += 1
-    out["layer_conds"] = []
-    while i < len(lines) and LAYER_RE.match(lines[i]):
-        m = LAYER_RE.match(lines[i])
-        expect(int(m.group(1)) == len(out["layer_conds"]) + 1, "the next layer number")
-        out["layer_conds"].append(float(m.group(3)))
-        i += 1
-    expect(len(out["layer_conds"]) == int(out["args"].get("n_mixing_layer", 3)),
-           "'layer i/N,  condition number: ...' for every layer")
-    for kind in ("Lin", "Perm"):
-        m = ID_RE.match(lines[i]) if i < len(lines) else None
-        expect(m and m.group(1) == kind, f"'Id. {kind}. Disentanglement: 0.xxxx'")
-        out[f"id_{kind.lower()}"] = float(m.group(2))
-        i += 1
-
-    while i < len(lines):
-        m = re.match(r"^supervised test: (True|False)$", lines[i])
-        expect(m, "'supervised test: True|False'")
-        phase = {"supervised": m.group(1) == "True", "f": [], "steps": []}
-        out["phases"].append(phase)
-        i += 1
-        expect(i < len(lines) and lines[i] == "f:  Sequential(", "'f:  Sequential('")
-        i += 1
-        while i < len(lines) and MODULE_RE.match(lines[i]):
-            phase["f"].append(lines[i])
-            i += 1
-        expect(i < len(lines) and lines[i] == ")", "')' closing the encoder repr")
-        i += 1
-        while i < len(lines) and lines[i].startswith("Step: "):
-            m = STEP_RE.match(lines[i])
-            expect(m, "a Step line in the reference format with finite numbers")
-            step = {"step": int(m.group(1)), "loss": float(m.group(2)), "mean_loss": float(m.group(3)),
-                    "lin": float(m.group(4)), "perm": float(m.group(5)), "lambda": None, "r": None}
-            i += 1
-            if i < len(lines) and lines[i] == "r: Parameter containing:":
-                i += 1
-                m = re.match(rf"^tensor\(\[({FLOAT})\], requires_grad=True\)$", lines[i]) if i < len(lines) else None
-                expect(m, "the radius 'tensor([r], requires_grad=True)'")
-                step["r"] = float(m.group(1))
-                i += 1
-            if i < len(lines) and lines[i].startswith("learned lambda values: "):
-                m = LAMBDA_RE.match(lines[i])
-                expect(m, "'learned lambda values: [..] \\t'")
-                step["lambda"] = _floats(m.group(1))
-                expect(all(math.isfinite(v) for v in step["lambda"]), "finite learned lambda values")
-                i += 1
-            phase["steps"].append(step)
-        if i < len(lines) and lines[i].startswith("linear mean: "):
-            final = {}
-            for kind in ("linear", "perm"):
-                m = FINAL_RE.match(lines[i]) if i < len(lines) else None
-                expect(m and m.group(1) == kind, f"'{kind} mean: <m> std: <s>'")
-                mean, std = float(m.group(2)), float(m.group(3))
-                expect(math.isfinite(mean) and math.isfinite(std), "a finite mean and std")
-                key = "lin" if kind == "linear" else "perm"
-                final[f"{key}_mean"], final[f"{key}_std"] = mean, std
-                i += 1
-            out["final"] = final
-            expect(i == len(lines), "the end of the log after the final evaluation")
-    return out
+    if not lines or lines[0] != "Arguments:":
+        raise LogFormatError("line 1: expected 'Arguments:'")
+    for number, line in enumerate(lines, start=1):
+        for prefix, exact in EXACT:
+            if prefix.match(line) and not exact.match(line):
+                raise LogFormatError(f"line {number}: not in the reference format: {line!r}")
+    try:
+        log = logparse.parse_text(text)
+    except logparse.LogParseError as exc:
+        raise LogFormatError(str(exc)) from None
+    if log.skipped:
+        raise LogFormatError(f"line {log.skipped[0]}: an unknown line: {lines[log.skipped[0] - 1]!r}")
+    if log.truncated:
+        raise LogFormatError("the log ends inside a line or a repr")
+    if len(log.cond_numbers) != int(log.args.get("n_mixing_layer", 3)):
+        raise LogFormatError("expected 'layer i/N,  condition number: ...' for every layer")
+    if log.id_lin is None or log.id_perm is None or log.cond_threshold is None:
+        raise LogFormatError("the identity scores or the condition number threshold are missing")
+    final = log.phases[-1].final if log.phases and log.phases[-1].has_final() else None
+    if final is not None and not text.rstrip("\n").splitlines()[-1].startswith("perm mean: "):
+        raise LogFormatError("the final evaluation is not the end of the log")
+    numbers = [log.id_lin, log.id_perm, log.cond_threshold, *log.cond_numbers, *(final or {}).values()]
+    for phase in log.phases:
+        for record in phase.steps:
+            numbers += [record[k] for k in ("loss", "mean_loss", "lin", "perm")] + (record["lambda"] or [])
+    if not all(math.isfinite(v) for v in numbers):
+        raise LogFormatError("a number is not finite")
+    return {"args": log.args, "lambda_init": log.lambda_init, "gt_lambda": log.gt_lambda,
+            "cond_threshold": log.cond_threshold, "layer_conds": log.cond_numbers, "id_lin": log.id_lin,
+            "id_perm": log.id_perm, "final": final,
+            "phases": [{"supervised": phase.supervised, "f": phase.encoder.splitlines()[1:-1],
+                        "steps": phase.steps} for phase in log.phases]}
 
 
 def all_steps(parsed):
