@@ -214,3 +214,16 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def run_main(argv, capsys):
+    """``main_mlp.main(argv)`` in-process: (exit status, stdout, stderr), a refusal's SystemExit included."""
+    import main_mlp
+
+    with restore_signal_handlers():
+        try:
+            code = main_mlp.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -14,16 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import main_mlp
-from cli_util import (REFERENCE_KEYS, env_for_cli, one_torch_thread, parse_log, restore_signal_handlers,
+from cli_util import (REFERENCE_KEYS, env_for_cli, parse_log, restore_signal_handlers,
                       run_cli)
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 # The README's bimodal command, shortened: --n-steps 4 (12 contrastive steps), one eval batch.

@@ -14,13 +14,7 @@ import pytest
 
 import main_mlp
 import settings
-from cli_util import all_steps, one_torch_thread, parse_log, restore_signal_handlers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
+from cli_util import all_steps, parse_log, restore_signal_handlers
 
 
 TINY = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--n-steps", "3", "--more-unsupervised", "1",

@@ -12,28 +12,11 @@ import pytest
 
 import main_mlp
 import run_support
-from cli_util import ROOT, one_torch_thread, restore_signal_handlers
+from cli_util import ROOT, run_main
 
 BASE = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--space-type", "extended_sphere", "--c-p", "0",
         "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", "3", "--n-log-steps", "2",
         "--num-eval-batches", "1", "--seed", "0"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
-
-
-def run(argv, capsys):
-    """(exit status, stdout, stderr) of main_mlp.main(argv), a refusal's SystemExit included."""
-    with restore_signal_handlers():
-        try:
-            code = main_mlp.main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(directory):
@@ -61,7 +44,7 @@ def finished_run(tmp_path, capsys):
     d.mkdir()
     argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
                    "--metrics-file", str(d / "metrics.jsonl")]
-    code, _, err = run(argv, capsys)
+    code, _, err = run_main(argv, capsys)
     assert code == 0, err
     return d, argv
 
@@ -69,10 +52,10 @@ def finished_run(tmp_path, capsys):
 def test_fresh_run_does_not_overwrite_a_checkpoint(finished_run, capsys):
     d, argv = finished_run
     before = snapshot(d)
-    code, _, err = run(argv, capsys)
+    code, _, err = run_main(argv, capsys)
     assert_refused(code, err, "--save-dir", "at step 3 of the unsupervised run", "--resume-training", "--overwrite")
     assert snapshot(d) == before
-    code, _, err = run(argv + ["--overwrite"], capsys)  # starting over is explicit
+    code, _, err = run_main(argv + ["--overwrite"], capsys)  # starting over is explicit
     assert code == 0, err
 
 
@@ -82,12 +65,12 @@ def test_a_second_run_in_the_same_save_dir_is_refused(finished_run, capsys):
     before = snapshot(d)
     lock = run_support.SaveDirLock(str(d / "ckpt"))  # the other run holds the directory
     try:
-        code, _, err = run(argv + ["--resume-training"], capsys)
+        code, _, err = run_main(argv + ["--resume-training"], capsys)
     finally:
         lock.release()
     assert_refused(code, err, "--save-dir", f"pid {os.getpid()}")
     assert snapshot(d) == before  # its temporary file included
-    code, _, err = run(argv + ["--resume-training"], capsys)  # once it is gone, the run resumes
+    code, _, err = run_main(argv + ["--resume-training"], capsys)  # once it is gone, the run resumes
     assert code == 0, err
     assert not (d / "ckpt" / (main_mlp.CHECKPOINT_NAME + ".tmp999")).exists()
 
@@ -98,7 +81,7 @@ def test_resume_into_another_log_file_is_refused(finished_run, capsys):
     other.write_text("a log of another run\n" * 50)
     before = snapshot(d)
     i = argv.index("--log-file")
-    code, _, err = run(argv[:i + 1] + [str(other)] + argv[i + 2:] + ["--resume-training"], capsys)
+    code, _, err = run_main(argv[:i + 1] + [str(other)] + argv[i + 2:] + ["--resume-training"], capsys)
     assert_refused(code, err, "--log-file", str(other))
     assert snapshot(d) == before
 
@@ -115,7 +98,7 @@ def test_resume_with_a_damaged_log_is_refused(finished_run, damage, capsys):
     else:
         log.write_text(text.replace("Step: 1 ", "Step: 7 "))
     before = snapshot(d)
-    code, _, err = run(argv + ["--resume-training"], capsys)
+    code, _, err = run_main(argv + ["--resume-training"], capsys)
     assert_refused(code, err, "--log-file")
     assert snapshot(d) == before
 
@@ -126,13 +109,13 @@ def test_resume_in_a_copied_directory_continues(finished_run, tmp_path, capsys):
     moved = tmp_path / "moved"
     os.rename(d, moved)
     argv = [a.replace(str(d), str(moved)) for a in argv]
-    code, _, err = run(argv + ["--resume-training", "--n-steps", "5"], capsys)
+    code, _, err = run_main(argv + ["--resume-training", "--n-steps", "5"], capsys)
     assert code == 0, err
 
 
 def test_log_and_metrics_in_one_file_are_refused(tmp_path, capsys):
     path = tmp_path / "run.txt"
-    code, _, err = run(BASE + ["--log-file", str(path), "--metrics-file", str(tmp_path / "." / "run.txt")], capsys)
+    code, _, err = run_main(BASE + ["--log-file", str(path), "--metrics-file", str(tmp_path / "." / "run.txt")], capsys)
     assert_refused(code, err, "--log-file", "--metrics-file")
     assert not path.exists()
 
@@ -141,7 +124,7 @@ def test_a_refusal_after_parsing_leaves_the_log_alone(tmp_path, capsys):
     """The sampler's acceptance check refuses before any output file is opened."""
     log = tmp_path / "run.log"
     log.write_text("an earlier run's log\n")
-    code, _, err = run(BASE + ["--threshold", "1e-6", "--log-file", str(log)], capsys)
+    code, _, err = run_main(BASE + ["--threshold", "1e-6", "--log-file", str(log)], capsys)
     assert_refused(code, err, "--threshold")
     assert log.read_text() == "an earlier run's log\n"
 
@@ -206,7 +189,7 @@ def test_a_damaged_checkpoint_is_refused(finished_run, capsys):
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the payload
     path.write_bytes(bytes(data))
     before = snapshot(d)
-    code, _, err = run(argv + ["--resume-training"], capsys)
+    code, _, err = run_main(argv + ["--resume-training"], capsys)
     assert_refused(code, err, "--resume-training", str(path))
     assert snapshot(d) == before
 
@@ -221,7 +204,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     (tmp_path / "ckpt").mkdir()
     with open(tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME, "wb") as handle:
         pickle.dump({"config": Payload()}, handle)
-    code, _, err = run(BASE + ["--save-dir", str(tmp_path / "ckpt"), "--resume-training"], capsys)
+    code, _, err = run_main(BASE + ["--save-dir", str(tmp_path / "ckpt"), "--resume-training"], capsys)
     assert_refused(code, err, "--resume-training")
     assert not (tmp_path / "ran").exists()
 
@@ -230,7 +213,7 @@ def test_not_a_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "ckpt").mkdir()
     import torch
     torch.save({"weights": torch.zeros(3)}, tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME)
-    code, _, err = run(BASE + ["--save-dir", str(tmp_path / "ckpt"), "--resume-training"], capsys)
+    code, _, err = run_main(BASE + ["--save-dir", str(tmp_path / "ckpt"), "--resume-training"], capsys)
     assert_refused(code, err, "not a checkpoint")
 
 
@@ -243,30 +226,30 @@ def test_not_a_checkpoint_is_refused(tmp_path, capsys):
     (["--space-type", "sphere", "--c-p", "0", "--c-param", "1e20"], ["--c-param", "von Mises"]),
 ])
 def test_extreme_values_are_refused_on_one_line(flags, words, capsys):
-    code, out, err = run(BASE + flags, capsys)
+    code, out, err = run_main(BASE + flags, capsys)
     assert_refused(code, err, *words)
     assert out == ""
 
 
 def test_messages_say_what_is_wrong(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    code, _, err = run(BASE + ["--save-dir", str(tmp_path / "file")], capsys)
+    code, _, err = run_main(BASE + ["--save-dir", str(tmp_path / "file")], capsys)
     assert_refused(code, err, "is a file, not a directory")
-    code, _, err = run(BASE + ["--log-file", str(tmp_path)], capsys)
+    code, _, err = run_main(BASE + ["--log-file", str(tmp_path)], capsys)
     assert_refused(code, err, "is a directory")
-    code, _, err = run(BASE + ["--save-dir", str(tmp_path / "new"), "--resume-training"], capsys)
+    code, _, err = run_main(BASE + ["--save-dir", str(tmp_path / "new"), "--resume-training"], capsys)
     assert_refused(code, err, "no directory")
     assert not (tmp_path / "new").exists()
-    code, _, err = run(BASE + ["--threshold", "1e-6"], capsys)
+    code, _, err = run_main(BASE + ["--threshold", "1e-6"], capsys)
     assert_refused(code, err, "raise --threshold or the λ values")
 
 
 def test_resume_messages_name_both_seeds_and_accept_auto_for_cpu(finished_run, capsys):
     d, argv = finished_run
-    code, _, err = run(argv + ["--resume-training", "--seed", "1"], capsys)
+    code, _, err = run_main(argv + ["--resume-training", "--seed", "1"], capsys)
     assert_refused(code, err, "seed (0 there, 1 here)")
     i = argv.index("--device")
-    code, _, err = run(argv[:i + 1] + ["auto"] + argv[i + 2:] + ["--resume-training", "--n-steps", "5"], capsys)
+    code, _, err = run_main(argv[:i + 1] + ["auto"] + argv[i + 2:] + ["--resume-training", "--n-steps", "5"], capsys)
     assert code == 0, err  # auto is the CPU here: the same device
 
 
@@ -287,21 +270,21 @@ def test_a_signal_during_start_up_ends_the_run_at_once(signum, code, tmp_path):
 
 def test_resume_with_the_log_on_dev_null(tmp_path, capsys):
     argv = BASE + ["--log-file", os.devnull, "--save-dir", str(tmp_path / "ckpt")]
-    code, _, err = run(argv, capsys)
+    code, _, err = run_main(argv, capsys)
     assert code == 0, err
-    code, _, err = run(argv + ["--resume-training", "--n-steps", "5"], capsys)
+    code, _, err = run_main(argv + ["--resume-training", "--n-steps", "5"], capsys)
     assert code == 0, err
 
 
 @pytest.mark.parametrize("flags", [["--batch-size", "100000"], ["--n", "100000"]])
 def test_a_run_that_cannot_fit_in_memory_is_refused(flags, capsys):
-    code, out, err = run(BASE + flags, capsys)
+    code, out, err = run_main(BASE + flags, capsys)
     assert_refused(code, err, "GiB", "available")
     assert out == ""
 
 
 def test_a_huge_log_interval_allocates_no_huge_ring(capsys):
-    code, out, err = run(BASE + ["--n-log-steps", "10000000000"], capsys)
+    code, out, err = run_main(BASE + ["--n-log-steps", "10000000000"], capsys)
     assert code == 0, err
     assert [line.split()[1] for line in out.splitlines() if line.startswith("Step:")] == ["1", "3"]
 

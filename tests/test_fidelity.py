@@ -8,11 +8,10 @@ Runs are in-process (``main_mlp.main``), tiny and seeded.
 import os
 import signal
 
-import pytest
 import torch
 
 import main_mlp
-from cli_util import one_torch_thread, parse_log, restore_signal_handlers
+from cli_util import parse_log, run_main
 
 TINY = ["--device", "cpu", "--n", "4", "--batch-size", "32", "--n-steps", "3", "--n-log-steps", "2",
         "--num-eval-batches", "1", "--seed", "0"]
@@ -30,19 +29,6 @@ AUTHORS_DEFAULTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
-
-
-def run(argv, capsys):
-    with restore_signal_handlers():
-        rc = main_mlp.main(argv)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def test_defaults_are_the_authors():
     _, args, _ = main_mlp.parse_args([])
     ours = vars(args)
@@ -53,15 +39,15 @@ def test_defaults_are_the_authors():
 
 def test_gt_lambda_printed_as_the_authors(capsys):
     """Omitted: the int defaults print as 5 and 25; passed: argparse's float, 5.0."""
-    rc, out, _ = run(TINY + EXTENDED, capsys)
+    rc, out, _ = run_main(TINY + EXTENDED, capsys)
     assert rc == 0 and "\tgt_lambda_1: 5\n" in out and "\tgt_lambda_2: 25\n" in out
-    rc, out, _ = run(TINY + EXTENDED + ["--gt-lambda-1", "5", "--gt-lambda-2", "25"], capsys)
+    rc, out, _ = run_main(TINY + EXTENDED + ["--gt-lambda-1", "5", "--gt-lambda-2", "25"], capsys)
     assert rc == 0 and "\tgt_lambda_1: 5.0\n" in out and "\tgt_lambda_2: 25.0\n" in out
 
 
 def test_extended_sphere_with_the_lp_loss_runs(capsys):
     """The rejected anisotropic positives with the Lp loss: Λ of the data, no Λ̂."""
-    rc, out, err = run(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "2"], capsys)
+    rc, out, err = run_main(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "2"], capsys)
     assert rc == 0, err
     log = parse_log(out)
     assert log["gt_lambda"] == [25.0, 25.0, 5.0, 5.0] and log["lambda_init"] is None
@@ -70,7 +56,7 @@ def test_extended_sphere_with_the_lp_loss_runs(capsys):
 
 
 def test_supervised_phase_prints_the_untrained_lambda(capsys):
-    rc, out, _ = run(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0"], capsys)
+    rc, out, _ = run_main(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0"], capsys)
     assert rc == 0
     log = parse_log(out)
     supervised, unsupervised = log["phases"]
@@ -83,7 +69,7 @@ def test_supervised_phase_prints_the_untrained_lambda(capsys):
 
 def test_learnable_radius_printed_and_untouched_by_aninfonce(capsys):
     """--sphere-norm: the radius after every Step line; AnInfoNCE normalises, so r gets no gradient."""
-    rc, out, _ = run(TINY + EXTENDED + ["--sphere-norm"], capsys)
+    rc, out, _ = run_main(TINY + EXTENDED + ["--sphere-norm"], capsys)
     assert rc == 0
     lines = out.splitlines()
     steps = [i for i, line in enumerate(lines) if line.startswith("Step: ")]
@@ -95,21 +81,21 @@ def test_learnable_radius_printed_and_untouched_by_aninfonce(capsys):
 
 
 def test_identity_mixing(capsys):
-    rc, out, _ = run(TINY + ["--n-mixing-layer", "0", "--only-unsupervised"], capsys)
+    rc, out, _ = run_main(TINY + ["--n-mixing-layer", "0", "--only-unsupervised"], capsys)
     assert rc == 0
     log = parse_log(out)
     assert log["layer_conds"] == [] and log["id_lin"] == 1.0 and log["id_perm"] == 1.0
 
 
 def test_threshold_above_one(capsys):
-    rc, out, err = run(TINY + EXTENDED + ["--threshold", "1.5"], capsys)
+    rc, out, err = run_main(TINY + EXTENDED + ["--threshold", "1.5"], capsys)
     assert rc == 0, err
     assert "\tthreshold: 1.5\n" in out
 
 
 def test_no_contrastive_steps(capsys):
     """--more-unsupervised 0: the contrastive phase prints its header and encoder, trains nothing."""
-    rc, out, _ = run(TINY + ["--more-unsupervised", "0"], capsys)
+    rc, out, _ = run_main(TINY + ["--more-unsupervised", "0"], capsys)
     assert rc == 0
     log = parse_log(out)
     assert [len(ph["steps"]) for ph in log["phases"]] == [2, 0]
@@ -122,7 +108,7 @@ def test_mixing_saved_before_training(tmp_path, capsys, monkeypatch):
         raise main_mlp.Stop(signal.SIGTERM)
 
     monkeypatch.setattr(main_mlp.Trainer, "run_phase", stop_at_once)
-    rc, _, _ = run(TINY + EXTENDED + ["--save-dir", str(tmp_path)], capsys)
+    rc, _, _ = run_main(TINY + EXTENDED + ["--save-dir", str(tmp_path)], capsys)
     assert rc == main_mlp.EXIT_SIGNAL[signal.SIGTERM]
     g = torch.load(os.path.join(tmp_path, "g.pth"), weights_only=True)
     assert list(g) == ["0.weight", "2.weight", "4.weight"]  # the reference's keys
@@ -130,7 +116,7 @@ def test_mixing_saved_before_training(tmp_path, capsys, monkeypatch):
 
 
 def test_saved_encoders_have_the_authors_keys(tmp_path, capsys):
-    rc, _, _ = run(TINY + EXTENDED + ["--save-dir", str(tmp_path), "--box-norm"], capsys)
+    rc, _, _ = run_main(TINY + EXTENDED + ["--save-dir", str(tmp_path), "--box-norm"], capsys)
     assert rc == 0
     f = torch.load(os.path.join(tmp_path, "unsup_f.pth"), weights_only=True)
     assert list(f)[-1] == "13.max_abs_bound" and len(f) == 15

@@ -15,7 +15,7 @@ import pytest
 
 import logparse
 import main_mlp
-from cli_util import ROOT, one_torch_thread, restore_signal_handlers, run_cli
+from cli_util import ROOT, restore_signal_handlers, run_cli
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 
@@ -50,12 +50,6 @@ def assert_same_shapes(ours, theirs, partial):
         assert ours[-1].startswith("perm mean: "), "ours must run to the end where theirs crashed"
     else:
         assert ours == theirs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.mark.parametrize("name,argv", COMMANDS, ids=[c[0] for c in COMMANDS])

@@ -13,18 +13,11 @@ import torch
 
 import encoders
 import main_mlp
-from cli_util import one_torch_thread
 from test_combinations import COMBINATIONS, TINY
 
 STEPS = 25
 BATCH = 64
 LR = 1e-3  # larger than the default 1e-4, so 25 steps show a clear trend
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 def _optimise(args, derived, supervised):

@@ -15,13 +15,7 @@ import torch
 
 import main_mlp
 import run_support
-from cli_util import STEP_RE, env_for_cli, one_torch_thread, restore_signal_handlers, run_many
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_torch_thread():
-        yield
+from cli_util import STEP_RE, env_for_cli, restore_signal_handlers, run_many
 
 
 # (flags, text the one-line error must contain)
