@@ -181,7 +181,7 @@ def compare(log_a, log_b, args, out):
 
     # -- the step table ----------------------------------------------------
     by_a, by_b = phase_a.by_step(), phase_b.by_step()
-    common = sorted(set(by_a) & set(by_b))
+    common = logparse.common_steps(phase_a, phase_b)
     if not common:
         out.write("\nno common logged steps: nothing to align\n")
         problems.append("the logs have no logged step in common")

@@ -398,6 +398,14 @@ def parse_log(path):
     return parser.finish()
 
 
+def common_steps(*phases):
+    """The steps logged by every one of ``phases``, sorted: where logs can be set side by side."""
+    steps = set(phases[0].by_step())
+    for phase in phases[1:]:
+        steps &= set(phase.by_step())
+    return sorted(steps)
+
+
 def require_steps(log, phase_name):
     """The phase ``phase_name`` of ``log``, with at least one Step line.
 

@@ -574,10 +574,10 @@ def compare_with_reference(name, rows, ref_path):
     logs = [r["log"] for r in rows]
     ref_steps = ref_phase.by_step()
     run_steps = [log.main_phase().by_step() for log in logs]
-    common = set(ref_steps).intersection(*run_steps)
+    common = logparse.common_steps(ref_phase, *(log.main_phase() for log in logs))
     if not common:
         raise logparse.LogParseError(ref_path, None, f"no step logged by the reference and every {name} run")
-    step = max(common)
+    step = common[-1]
     ours = [step_values(steps[step], log.gt_lambda) for steps, log in zip(run_steps, logs)]
     theirs = step_values(ref_steps[step], ref.gt_lambda)
     result = {"name": name, "reference": ref_path, "step": step, "seeds": len(rows)}
