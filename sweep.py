@@ -73,9 +73,9 @@ import os
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 
@@ -92,7 +92,6 @@ OWN_FLAGS = ("--seed", "--log-file", "--metrics-file")
 # Shortest prefix argparse could expand to one of OWN_FLAGS ("--se" is already
 # only --seed); shorter strings are not treated as those flags.
 MIN_PREFIX = 4
-POLL_SECONDS = 0.2
 EXECUTORS = ("local", "submitit-local", "slurm", "print")
 DEFAULT_CHECKPOINT_MINUTES = 10.0
 # SLURM sends SIGUSR2 this long before the time limit (at most a quarter of the limit):
@@ -337,14 +336,17 @@ def finished(path):
 
 
 class Signals:
-    """Remembers SIGINT/SIGTERM so the scheduler can pass it on and wait for the runs."""
+    """Remembers SIGINT/SIGTERM and passes it on (``forward(signum)``) so the runs checkpoint and stop."""
 
-    def __init__(self):
+    def __init__(self, forward):
         self.signum = None
+        self.forward = forward
         self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
+            self.forward(signum)
 
     def restore(self):
         for sig, handler in self.previous.items():
@@ -372,59 +374,49 @@ def pending_runs(args):
     return pending
 
 
+def _run_here(task, label, threads, log):
+    """Run one task in a worker thread of ``run_all``; returns its minutes."""
+    t0 = time.perf_counter()
+    if task.stopped is None:
+        print(f"{label}: started ({threads} threads), log {log}", flush=True)
+    task()
+    return (time.perf_counter() - t0) / 60
+
+
 def run_all(args, pending):
-    """Run ``pending`` here, at most ``args.jobs`` at a time. Returns ``(failed runs, signal or None)``."""
-    env = dict(os.environ, **{var: str(args.threads) for var in THREAD_VARIABLES})
-    running = {}  # (name, seed) -> (Popen, start time, open files)
+    """Run ``pending`` on this machine, ``--jobs`` at a time: a thread pool of the same tasks a cluster runs.
+
+    SIGINT/SIGTERM are passed on to the running runs (which checkpoint and stop);
+    the ones not started yet do not start. Returns ``(failed runs, signal or None)``.
+    """
+    from sweep_task import RunTask
+
+    tasks = {}
+    for name, extra, seed in pending:
+        paths = run_paths(args.out_dir, name, seed)
+        tasks[(name, seed)] = RunTask(command(args, name, extra, seed), paths["out"], paths["err"], args.threads)
+    signals = Signals(lambda signum: [task.stop(signum) for task in tasks.values()])
     failed = []
-    signals = Signals()
-    forwarded = False
     try:
-        while pending or running:
-            while pending and len(running) < args.jobs and signals.signum is None:
-                name, extra, seed = pending.pop(0)
-                paths = run_paths(args.out_dir, name, seed)
-                out = open(paths["out"], "a", encoding="utf-8")
-                err = open(paths["err"], "a", encoding="utf-8")
-                try:
-                    proc = subprocess.Popen(command(args, name, extra, seed), stdout=out, stderr=err, env=env)
-                except OSError as exc:  # e.g. --python is not an executable
-                    out.close()
-                    err.close()
-                    failed.append((name, seed))
-                    print(f"{name} seed {seed}: FAILED to start: {exc}", flush=True)
-                    continue
-                running[(name, seed)] = (proc, time.perf_counter(), (out, err))
-                print(f"{name} seed {seed}: started ({args.threads} threads), log {paths['log']}", flush=True)
-            if signals.signum is not None and not forwarded:
-                # The runs checkpoint and stop on the same signal; the ones
-                # not started yet are dropped.
-                for proc, _, _ in running.values():
-                    proc.send_signal(signals.signum)
-                forwarded = True
-                pending.clear()
-            time.sleep(POLL_SECONDS)
-            for key in list(running):
-                proc, t0, files = running[key]
-                rc = proc.poll()
-                if rc is None:
-                    continue
-                for handle in files:
-                    handle.close()
-                del running[key]
-                name, seed = key
-                minutes = (time.perf_counter() - t0) / 60
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(_run_here, task, f"{name} seed {seed}", args.threads,
+                                   run_paths(args.out_dir, name, seed)["log"]): (name, seed)
+                       for (name, seed), task in tasks.items()}
+            for future in as_completed(futures):
+                name, seed = futures[future]
                 err = run_paths(args.out_dir, name, seed)["err"]
-                if rc == 0:
+                try:
+                    minutes = future.result()
                     print(f"{name} seed {seed}: done in {minutes:.1f} min", flush=True)
-                elif forwarded:
-                    print(f"{name} seed {seed}: stopped (exit {rc}) after {minutes:.1f} min (see {err})",
-                          flush=True)
-                else:
-                    failed.append(key)
-                    message = last_line(err)
-                    print(f"{name} seed {seed}: FAILED (exit {rc}) after {minutes:.1f} min"
-                          f"{': ' + message if message else ''} (see {err})", flush=True)
+                except Exception as exc:  # the run failed, did not start, or was stopped
+                    rc = tasks[(name, seed)].returncode
+                    if signals.signum is not None:
+                        print(f"{name} seed {seed}: stopped (exit {rc})", flush=True)
+                        continue
+                    failed.append((name, seed))
+                    message = last_line(err) if rc is not None else str(exc)
+                    print(f"{name} seed {seed}: FAILED (exit {rc}){': ' + message if message else ''} "
+                          f"(see {err})", flush=True)
     finally:
         signals.restore()
     return failed, signals.signum

@@ -17,7 +17,10 @@ import subprocess
 import sys
 import time
 
-import submitit
+try:  # needed by the cluster executors only; the local one runs the same task without it
+    from submitit.helpers import Checkpointable, DelayedSubmission
+except ImportError:
+    Checkpointable, DelayedSubmission = object, None
 
 # How long the child may take to finish its step and write its checkpoint.
 CHECKPOINT_WAIT_S = 120
@@ -41,7 +44,7 @@ def _reap(pid, timeout):
     return False
 
 
-class RunTask(submitit.helpers.Checkpointable):
+class RunTask(Checkpointable):
     """Run ``argv`` (main_mlp.py's command line) with stdout/stderr appended to two files.
 
     Args:
@@ -55,18 +58,29 @@ class RunTask(submitit.helpers.Checkpointable):
     def __init__(self, argv, out_path, err_path, threads=None):
         self.argv, self.out_path, self.err_path, self.threads = list(argv), out_path, err_path, threads
         self.child = None
+        self.returncode = None
+        self.stopped = None  # the signal of stop(), if any
 
     def __call__(self):
         env = dict(os.environ)
         if self.threads:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-        with open(self.out_path, "a", encoding="utf-8") as out, open(self.err_path, "a", encoding="utf-8") as err:
-            self.child = subprocess.Popen(self.argv, stdout=out, stderr=err, env=env)
-            rc = self.child.wait()
-        self.child = None
-        if rc != 0:
-            raise RuntimeError(f"{' '.join(self.argv[:2])} exited with status {rc} (see {self.err_path})")
-        return rc
+        if self.stopped is None:  # a task stopped before it started does not start
+            with open(self.out_path, "a", encoding="utf-8") as out, \
+                    open(self.err_path, "a", encoding="utf-8") as err:
+                self.child = subprocess.Popen(self.argv, stdout=out, stderr=err, env=env)
+                self.returncode = self.child.wait()
+        if self.returncode != 0:
+            raise RuntimeError(f"{' '.join(self.argv[:2])} exited with status {self.returncode} "
+                               f"(see {self.err_path})")
+        return self.returncode
+
+    def stop(self, signum):
+        """Pass ``signum`` to the run (it checkpoints and exits); a task not started yet will not start."""
+        self.stopped = signum
+        child = self.child
+        if child is not None and child.returncode is None:
+            child.send_signal(signum)
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit before a preemption or the time limit: stop the child cleanly, requeue."""
@@ -76,7 +90,7 @@ class RunTask(submitit.helpers.Checkpointable):
             if not _reap(child.pid, CHECKPOINT_WAIT_S):
                 print(f"sweep_task: the run did not stop within {CHECKPOINT_WAIT_S} s; requeued from its "
                       f"previous checkpoint", file=sys.stderr)
-        return submitit.helpers.DelayedSubmission(RunTask(self.argv, self.out_path, self.err_path, self.threads))
+        return DelayedSubmission(RunTask(self.argv, self.out_path, self.err_path, self.threads))
 
     def __getstate__(self):
         state = dict(self.__dict__)

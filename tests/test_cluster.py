@@ -113,3 +113,23 @@ def test_the_slurm_array_script(tmp_path, capsys, monkeypatch):
     for line in ("#SBATCH --array=0-19%5", "#SBATCH --signal=USR2@", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --time=90", "#SBATCH --partition=gpu", "module load cuda"):
         assert line in text, line
+
+
+def test_a_local_sweep_passes_sigint_on_and_starts_nothing_more(tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, SWEEP, "--seeds", "0", "1", "2", "--jobs", "1", "--threads", "1",
+                             "--out-dir", "out", "--name", "s", "--", *TINY, "--n-steps", "3000",
+                             "--n-log-steps", "250"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = tmp_path / "out" / "s_seed0.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "Step: 251 " in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach step 251"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, out + err
+    assert "stopped by SIGINT" in (tmp_path / "out" / "s_seed0.err").read_text()
+    assert not (tmp_path / "out" / "s_seed1.log").exists()  # never started
+    assert (tmp_path / "out" / "checkpoints" / "s_seed0" / "checkpoint.pth").exists()
