@@ -69,6 +69,7 @@ def number(text):
 
 
 def build_parser():
+    """The command line: one add_argument per flag, the reference's first in its order (so this is long)."""
     parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     # The reference's flags, in the reference's order (the log's Arguments block).
     parser.add_argument("--sphere-r", type=float, default=1.0, help="radius of the sphere space")
@@ -182,9 +183,8 @@ def _check_writable_dir(parser, flag, path, create):
         parser.error(f"argument {flag}: {path} is not writable")
 
 
-def validate_args(parser, args, derived):
-    """Refuse what cannot run, with a one-line error naming the flag (exit 2)."""
-    err = parser.error
+def validate_numbers(err, args):
+    """Refuse numbers out of range (``err``: the parser's one-line error, exit 2)."""
     for flag, value, low in (("--n", args.n, 2), ("--batch-size", args.batch_size, 2),
                              ("--n-steps", args.n_steps, 1), ("--n-log-steps", args.n_log_steps, 1),
                              ("--num-eval-batches", args.num_eval_batches, 1),
@@ -220,6 +220,14 @@ def validate_args(parser, args, derived):
             err(f"argument {flag}: must be a finite number >= 0, got {value}")
     if not (math.isfinite(args.box_min) and math.isfinite(args.box_max)) or args.box_min >= args.box_max:
         err(f"arguments --box-min/--box-max: need box_min < box_max, got {args.box_min} >= {args.box_max}")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
+        err(f"argument --seed: must be in [0, 2^63), got {args.seed}")
+
+
+def validate_args(parser, args, derived):
+    """Refuse what cannot run, with a one-line error naming the flag (exit 2)."""
+    err = parser.error
+    validate_numbers(err, args)
     if args.only_supervised and args.only_unsupervised:
         err("arguments --only-supervised and --only-unsupervised: choose at most one")
     if args.sphere_norm and args.box_norm:
@@ -233,8 +241,6 @@ def validate_args(parser, args, derived):
         err("argument --loss: infonce applies to --space-type extended_sphere with --p 0 only")
     if not derived.learns_lambda and args.negatives != "reference":
         err("argument --negatives: applies to --space-type extended_sphere with --p 0 only")
-    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
-        err(f"argument --seed: must be in [0, 2^63), got {args.seed}")
     if args.device == "cuda" and not torch.cuda.is_available():
         err("argument --device: cuda requested but CUDA is not available")
     if args.compile and args.precision == "bf16":
@@ -468,33 +474,17 @@ class Trainer:
         """Train a fresh encoder for one phase; returns it."""
         args, device = self.args, self.device
         supervised = phase == "supervised"
-        total = args.n_steps if supervised else args.n_steps * args.more_unsupervised
+        total = phase_steps(args, phase)
         f = encoders.build_encoder(args.n, self.derived.normalization).to(device)
         optimizer = build_optimizer(args, f, None if supervised else self.loss_fn)
         self.f, self.optimizer = f, optimizer
         self.log.line(f"supervised test: {supervised}")
         self.log.line(f"f:  {f!r}")
-
         # The last n_log losses, as a ring; never longer than the phase (--n-log-steps may be huge).
         n_log = args.n_log_steps
         loss_buffer = torch.zeros(max(1, min(n_log, total)), device=device)
         ring = loss_buffer.numel()
-        start = 1
-        resume = self.resume
-        if resume is not None and resume["phase"] == phase:
-            f.load_state_dict(resume["encoder"])
-            optimizer.load_state_dict(resume["optimizer"])
-            if self.loss_fn is not None and resume["loss_fn"] is not None:
-                self.loss_fn.load_state_dict(resume["loss_fn"])
-            saved = resume["loss_buffer"]  # a shorter ring when the run is being extended
-            loss_buffer[:saved.numel()].copy_(saved[:loss_buffer.numel()])
-            torch.set_rng_state(resume["rng_cpu"])
-            self.generator.set_state(resume["rng_data"])
-            self.last_logged = resume["last_logged"]
-            start = resume["step"] + 1
-            self.resume = None
-            self.log.to_file = True
-            self.log.info(f"resumed the {phase} run after step {start - 1}")
+        start = self.resume_phase(phase, loss_buffer) if self.resume is not None else 1
 
         f_step = torch.compile(f) if args.compile else f
         loss_step = torch.compile(self.loss_fn) if args.compile and self.loss_fn is not None else self.loss_fn
@@ -512,20 +502,44 @@ class Trainer:
             if self.flag.signum is not None:
                 self.save_checkpoint(phase, step, loss_buffer)
                 raise Stop(self.flag.signum, f"step {step} of the {phase} run")
-            # A checkpoint (and the finite check before it) at every log step
-            # (or every --checkpoint-minutes instead), at the end, and every
-            # --checkpoint-every steps when given.
-            every = args.checkpoint_every
-            if args.checkpoint_minutes is None:
-                due = is_log
-            else:
-                due = time.monotonic() - self.last_checkpoint >= 60 * args.checkpoint_minutes
-            if due or step == total or (every is not None and step % every == 0):
+            if self.checkpoint_due(step, total, is_log):
                 if not is_log:  # log_step has just checked
                     self.check_finite(phase, step, loss_buffer, f)
                 self.save_checkpoint(phase, step, loss_buffer)
         self.save_models(phase)
         return f
+
+    def resume_phase(self, phase, loss_buffer):
+        """Restore the checkpoint's state into this phase's encoder, optimiser, Λ̂, ring and generators.
+
+        Returns the first step to run (1 when the checkpoint is of another phase).
+        """
+        resume = self.resume
+        if resume["phase"] != phase:
+            return 1
+        self.f.load_state_dict(resume["encoder"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        if self.loss_fn is not None and resume["loss_fn"] is not None:
+            self.loss_fn.load_state_dict(resume["loss_fn"])
+        saved = resume["loss_buffer"]  # a shorter ring when the run is being extended
+        loss_buffer[:saved.numel()].copy_(saved[:loss_buffer.numel()])
+        torch.set_rng_state(resume["rng_cpu"])
+        self.generator.set_state(resume["rng_data"])
+        self.last_logged = resume["last_logged"]
+        self.resume = None
+        self.log.to_file = True
+        self.log.info(f"resumed the {phase} run after step {resume['step']}")
+        return resume["step"] + 1
+
+    def checkpoint_due(self, step, total, is_log):
+        """A checkpoint at every log step (or every --checkpoint-minutes instead), at the end of the
+        phase, and every --checkpoint-every steps when given."""
+        args = self.args
+        if args.checkpoint_minutes is None:
+            due = is_log
+        else:
+            due = time.monotonic() - self.last_checkpoint >= 60 * args.checkpoint_minutes
+        return due or step == total or (args.checkpoint_every is not None and step % args.checkpoint_every == 0)
 
     def check_finite(self, phase, step, loss_buffer, f):
         """Stop with the step of divergence when a loss or a parameter is not finite."""
