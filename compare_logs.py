@@ -179,9 +179,17 @@ def compare(log_a, log_b, args, out):
         out.write("arguments that differ (A | B): "
                   + "; ".join(f"{k}: {a!r} | {b!r}" for k, a, b in diffs) + "\n")
 
-    # -- the step table ----------------------------------------------------
-    by_a, by_b = phase_a.by_step(), phase_b.by_step()
     common = logparse.common_steps(phase_a, phase_b)
+    problems += compare_steps(phase_a, phase_b, common, args, out)
+    problems += compare_finals(phase_a, phase_b, args, out)
+    problems += compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out)
+    return problems
+
+
+def compare_steps(phase_a, phase_b, common, args, out):
+    """The step table and the tolerance checks at the common steps; returns the disagreements."""
+    problems = []
+    by_a, by_b = phase_a.by_step(), phase_b.by_step()
     if not common:
         out.write("\nno common logged steps: nothing to align\n")
         problems.append("the logs have no logged step in common")
@@ -224,8 +232,12 @@ def compare(log_a, log_b, args, out):
                       f"(tolerance {tol:g}): {'ok' if ok else 'OUTSIDE'}\n")
             if not ok:
                 problems.append(f"|Δ{names[key]}| = {fmt(abs(delta))} > {tol:g} at step {step}")
+    return problems
 
-    # -- final scores --------------------------------------------------------
+
+def compare_finals(phase_a, phase_b, args, out):
+    """The final scores side by side; returns the disagreements."""
+    problems = []
     if phase_a.has_final() or phase_b.has_final():
         out.write("\nfinal scores (mean ± std over the final evaluation batches)\n")
         for key, label in (("lin", "linear"), ("perm", "perm")):
@@ -241,9 +253,6 @@ def compare(log_a, log_b, args, out):
                     problems.append(f"final {label} mean differs by {fmt(abs(delta))} > {tol:g}")
         else:
             out.write("  (only one log has final scores: not compared)\n")
-
-    # -- Λ̂ against the ground truth -----------------------------------------
-    problems += compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out)
     return problems
 
 
