@@ -20,6 +20,7 @@ if __name__ == "__main__":
     for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(_signum, _exit_quietly)
 
+import collections
 import contextlib
 import dataclasses
 import ctypes
@@ -368,20 +369,25 @@ def build_optimizer(args, f, loss_fn=None):
 # Training and evaluation
 
 
+class Scores(collections.namedtuple("Scores", "lin perm lin_dims perm_dims")):
+    """Lin. and Perm., and per dimension of z: its R² and its matched |corr| (their means are Lin. and Perm.)."""
+
+
 @torch.no_grad()
 def evaluate(latent, h, num_samples, generator, device):
-    """Lin. and Perm. scores of h on ``num_samples`` fresh marginal samples.
+    """The scores of h on ``num_samples`` fresh marginal samples.
 
     Returns:
-        (linear R², permutation score) as floats, or None when h(z) is not finite.
+        Scores, or None when h(z) is not finite.
     """
     z = latent.sample_marginal(num_samples, generator, device)
     hz = h(z).float()
     if not bool(torch.isfinite(hz).all()):
         return None
     z, hz = z.cpu().numpy(), hz.cpu().numpy()
-    return (disentanglement_utils.linear_disentanglement(z, hz),
-            disentanglement_utils.permutation_disentanglement(z, hz))
+    lin_dims = disentanglement_utils.linear_r2_per_dimension(z, hz)
+    perm_dims = disentanglement_utils.matched_correlations(z, hz)
+    return Scores(float(np.mean(lin_dims)), float(np.mean(perm_dims)), lin_dims.tolist(), perm_dims.tolist())
 
 
 def sample_views(latent, g, batch_size, generator, device, supervised):
@@ -583,11 +589,11 @@ class Trainer:
         if scores is None:
             raise Diverged(f"the {phase} run diverged at step {step}: the encoder's output is not finite "
                            f"(last loss {loss:.4f}); try a smaller --lr / --lr-lambda")
-        lin, perm = scores
+        lin, perm = scores.lin, scores.perm
         self.log.line(f"Step: {step} \t Loss: {loss:.4f} \t <Loss>: {mean_loss:.4f} \t "
                       f"Lin. Disentanglement: {lin:.4f} \t Perm. Disentanglement: {perm:.4f}")
         record = {"type": "step", "phase": phase, "step": step, "loss": loss, "mean_loss": mean_loss,
-                  "lin": lin, "perm": perm}
+                  "lin": lin, "perm": perm, "lin_dims": scores.lin_dims, "perm_dims": scores.perm_dims}
         if self.derived.normalization == "learnable_sphere":
             # The reference prints the radius parameter itself (two lines).
             self.log.line(f"r: {f[-1].r}")
@@ -605,19 +611,22 @@ class Trainer:
         self.log.info(f"[{phase}] step {step}/{total}  {rate:.1f} steps/s  ETA {eta / 60:.1f} min")
 
     def final_evaluation(self, h):
-        lin, perm = [], []
+        batches = []
         for _ in range(self.args.num_eval_batches):
             if self.flag.signum is not None:  # the checkpoint of the last step is on disk
                 raise Stop(self.flag.signum, "the last step, in the final evaluation")
             scores = evaluate(self.latent, h, self.args.batch_size, self.generator, self.device)
             if scores is None:
                 raise Diverged("the encoder's output is not finite in the final evaluation")
-            lin.append(scores[0])
-            perm.append(scores[1])
+            batches.append(scores)
+        lin = [s.lin for s in batches]
+        perm = [s.perm for s in batches]
         self.log.line(f"linear mean: {float(np.mean(lin))} std: {float(np.std(lin))}")
         self.log.line(f"perm mean: {float(np.mean(perm))} std: {float(np.std(perm))}")
         self.log.record(type="final", lin_mean=float(np.mean(lin)), lin_std=float(np.std(lin)),
-                        perm_mean=float(np.mean(perm)), perm_std=float(np.std(perm)))
+                        perm_mean=float(np.mean(perm)), perm_std=float(np.std(perm)),
+                        lin_dims=np.mean([s.lin_dims for s in batches], axis=0).tolist(),
+                        perm_dims=np.mean([s.perm_dims for s in batches], axis=0).tolist())
 
 
 # --------------------------------------------------------------------------
@@ -649,8 +658,8 @@ def print_header(args, device, seed, exp, id_scores, log):
     log.line(f"condition number threshold: {exp.threshold:.6f}")
     for i, c in enumerate(exp.conds):
         log.line(f"layer {i + 1}/{len(exp.conds)},  condition number: {c!r}")
-    log.line(f"Id. Lin. Disentanglement: {id_scores[0]:.4f}")
-    log.line(f"Id. Perm. Disentanglement: {id_scores[1]:.4f}")
+    log.line(f"Id. Lin. Disentanglement: {id_scores.lin:.4f}")
+    log.line(f"Id. Perm. Disentanglement: {id_scores.perm:.4f}")
 
 
 def run(args, derived, device, seed, exp, id_scores, data_gen, log, flag, resume):

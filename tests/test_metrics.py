@@ -8,6 +8,7 @@ import torch
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 
+import disentanglement_utils
 from disentanglement_utils import (correlation_matrix, linear_disentanglement,
                                    permutation_disentanglement)
 
@@ -128,3 +129,49 @@ def test_permutation_hand_constructed_best_matching():
     assert permutation_disentanglement(z, hz) == pytest.approx(1.75 / 3, abs=1e-10)
     # Rescaling and flipping hz's dimensions does not change it.
     assert permutation_disentanglement(z, hz * [-3.0, 0.5, 7.0]) == pytest.approx(1.75 / 3, abs=1e-10)
+
+
+def test_per_dimension_scores_see_a_dropped_dimension():
+    """A representation that drops z_2 scores about 0 on it and about 1 on the rest."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4096, 5))
+    hz = z.copy()
+    hz[:, 2] = rng.normal(size=4096)  # z_2 lost, replaced by noise
+    hz = hz @ np.diag([2.0, -1.0, 1.0, 0.5, 3.0])  # rescaled and flipped: still identifiable
+    r2 = disentanglement_utils.linear_r2_per_dimension(z, hz)
+    corr = disentanglement_utils.matched_correlations(z, hz)
+    assert r2[2] < 0.01 and corr[2] < 0.05
+    assert np.all(np.delete(r2, 2) > 0.999) and np.all(np.delete(corr, 2) > 0.999)
+    # Their means are the two scores.
+    assert np.mean(r2) == pytest.approx(disentanglement_utils.linear_disentanglement(z, hz), abs=1e-12)
+    assert np.mean(corr) == pytest.approx(disentanglement_utils.permutation_disentanglement(z, hz), abs=1e-12)
+
+
+def test_matched_correlations_follow_the_latents_order_under_a_permutation():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(2048, 4))
+    hz = z[:, [3, 0, 1, 2]].copy()
+    hz[:, 0] = 0.5 * hz[:, 0] + rng.normal(size=2048)  # z_3, the one behind hz_0, half lost
+    corr = disentanglement_utils.matched_correlations(z, hz)
+    assert corr[3] < 0.6 and np.all(corr[:3] > 0.999)
+
+
+def test_the_metrics_file_holds_per_dimension_scores(tmp_path, capsys):
+    import json
+
+    from cli_util import run_main
+
+    metrics = tmp_path / "m.jsonl"
+    code, _, err = run_main(["--device", "cpu", "--n", "4", "--batch-size", "32", "--space-type", "extended_sphere",
+                             "--c-p", "0", "--p", "0", "--only-unsupervised", "--more-unsupervised", "1",
+                             "--n-steps", "3", "--n-log-steps", "2", "--num-eval-batches", "2", "--seed", "0",
+                             "--metrics-file", str(metrics)], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "step"]
+    assert steps
+    for r in steps:
+        assert len(r["lin_dims"]) == 4 and len(r["perm_dims"]) == 4
+        assert abs(np.mean(r["lin_dims"]) - r["lin"]) < 1e-6 and abs(np.mean(r["perm_dims"]) - r["perm"]) < 1e-6
+    final = records[-1]
+    assert final["type"] == "final" and len(final["lin_dims"]) == 4
