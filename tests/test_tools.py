@@ -540,3 +540,32 @@ def test_sweep_runs_jobs_in_parallel_and_summarizes(tmp_path):
         assert (out_dir / f"fake_seed{seed}.log").read_text() == template.read_text()
     rows = list(csv.DictReader(open(out_dir / "fake_summary.csv")))
     assert rows[0]["seeds"] == "2" and float(rows[0]["lin_mean"]) == pytest.approx(0.97)
+
+
+# --------------------------------------------------------------------------
+# learning_check.py
+
+
+def _early_runs(out_dir, lins):
+    """Logs of runs whose Lin. at steps 1,001..4,001 is the authors' mean plus ``offset``, one per offset."""
+    import learning_check
+
+    out_dir.mkdir()
+    for seed, offset in enumerate(lins):
+        steps = [{"step": s, "loss": 5.0, "mean_loss": learning_check.AUTHORS[s]["mean_loss"][0],
+                  "lin": learning_check.AUTHORS[s]["lin"][0] + offset,
+                  "perm": learning_check.AUTHORS[s]["perm"][0], "lambda": [1.0] * 10}
+                 for s in learning_check.STEPS]
+        write(out_dir / f"{learning_check.NAME}_seed{seed}.log", render_log(steps, seed=seed))
+
+
+def test_learning_check_against_the_authors_figures(tmp_path):
+    _early_runs(tmp_path / "same", [-0.01, 0.0, 0.01])
+    result = run_tool("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "same")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 of our runs" in result.stdout and "| 3,001 |" in result.stdout and "within" in result.stdout
+    _early_runs(tmp_path / "slow", [-0.10, -0.09, -0.11])  # three sds below the authors' code
+    result = run_tool("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "slow")
+    assert result.returncode == 1 and "NOT within" in result.stdout
+    result = run_tool("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "missing")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
