@@ -1,0 +1,122 @@
+"""Does our code learn as fast as the authors' early on? A regression check, not a timed test.
+
+    python learning_check.py --seeds 1 2 3 4 5 6 7 8 9 10 --jobs 2 --out-dir runs/learning_check
+    python learning_check.py --summarize-only --out-dir training_logs/learning_check_b256
+
+Runs the bimodal README setting at ``--batch-size 256 --n-steps 1334``
+(4,002 contrastive steps, logged every 250) over the seeds through sweep.py
+(one thread per run by default), then prints, at steps 1,001 to 4,001, the
+mean ± sd over the seeds of ``<Loss>``, Lin. and Perm. beside the same
+figures of the authors' code (AUTHORS below), with Welch's t-test p-value
+for each pair. The authors' figures were measured on this project's 2-core
+CPU with their main_mlp.py (its loss's device pin lifted, nothing else
+changed), unseeded, one thread per process, the same arguments.
+
+Exit status: 0 when our mean Lin. is within one of the authors' run-to-run
+standard deviations of theirs at every step 2,001-4,001, 1 when not, 2 on
+bad arguments or unreadable logs.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+
+import scipy.stats
+
+import logparse
+import sweep
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser
+
+PROG = "learning_check.py"
+NAME = "bimodal_b256"
+TRAIN_ARGS = ["--n", "10", "--batch-size", "256", "--space", "extended_sphere", "--c-p", "0", "--p", "0",
+              "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25", "--n-steps", "1334",
+              "--num-eval-batches", "1"]
+STEPS = (1001, 2001, 3001, 4001)
+CHECKED_STEPS = (2001, 3001, 4001)
+METRICS = (("mean_loss", "<Loss>"), ("lin", "Lin."), ("perm", "Perm."))
+# The authors' code at TRAIN_ARGS: {step: {metric: (mean, sd, runs)}}, from
+# 15 unseeded runs of their main_mlp.py (see training_logs/README.md).
+AUTHORS = {
+    1001: {"mean_loss": (5.4632, 0.0232, 15), "lin": (0.5004, 0.0293, 15), "perm": (0.4494, 0.0245, 15)},
+    2001: {"mean_loss": (5.0723, 0.0311, 15), "lin": (0.5478, 0.0280, 15), "perm": (0.4622, 0.0306, 15)},
+    3001: {"mean_loss": (4.7660, 0.0428, 15), "lin": (0.5945, 0.0274, 15), "perm": (0.4928, 0.0224, 15)},
+    4001: {"mean_loss": (4.5101, 0.0448, 15), "lin": (0.6484, 0.0431, 15), "perm": (0.5237, 0.0394, 15)},
+}
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)), metavar="S",
+                        help="our seeds (default: 1..10)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default: %(default)s)")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="where the runs' logs go")
+    parser.add_argument("--summarize-only", action="store_true", help="run nothing; read the logs in --out-dir")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"argument --jobs: must be at least 1, got {args.jobs}")
+    return args
+
+
+def our_values(out_dir):
+    """{step: {metric: [values over seeds]}} of the runs in ``out_dir``, and how many runs."""
+    runs = sweep.find_runs(out_dir, [NAME])[NAME]
+    values = {step: {key: [] for key, _ in METRICS} for step in STEPS}
+    for _, path in runs:
+        phase = logparse.require_steps(logparse.parse_log(path), "unsupervised")
+        by_step = phase.by_step()
+        for step in STEPS:
+            if step in by_step:
+                for key, _ in METRICS:
+                    values[step][key].append(by_step[step][key])
+    return values, len(runs)
+
+
+def table(values):
+    """The comparison as Markdown lines, and whether Lin. is within the authors' sd at CHECKED_STEPS."""
+    head = "| step | " + " | ".join(f"{label} authors | {label} ours | p" for _, label in METRICS) + " |"
+    lines = [head, "|" + "---|" * (1 + 3 * len(METRICS))]
+    within = True
+    for step in STEPS:
+        cells = [f"{step:,}"]
+        for key, _ in METRICS:
+            mean_a, sd_a, n_a = AUTHORS[step][key]
+            ours = values[step][key]
+            if len(ours) < 2:
+                cells += [f"{mean_a:.3f} ± {sd_a:.3f}", "-", "-"]
+                within = False
+                continue
+            mean_o, sd_o = statistics.mean(ours), statistics.stdev(ours)
+            p = scipy.stats.ttest_ind_from_stats(mean_a, sd_a, n_a, mean_o, sd_o, len(ours), equal_var=False).pvalue
+            cells += [f"{mean_a:.3f} ± {sd_a:.3f}", f"{mean_o:.3f} ± {sd_o:.3f} ({len(ours)})", f"{p:.2f}"]
+            if key == "lin" and step in CHECKED_STEPS and abs(mean_o - mean_a) > sd_a:
+                within = False
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, within
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not args.summarize_only:
+        os.makedirs(args.out_dir, exist_ok=True)
+        rc = sweep.main(["--seeds", *map(str, args.seeds), "--jobs", str(args.jobs), "--out-dir", args.out_dir,
+                         "--name", NAME, "--skip-done", "--", *TRAIN_ARGS])
+        if rc != 0:
+            return rc
+    try:
+        values, count = our_values(args.out_dir)
+    except logparse.LogParseError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    lines, within = table(values)
+    print(f"bimodal README setting, batch 256, {count} of our runs in {args.out_dir} against the authors' code "
+          f"(mean ± sd over runs; p: Welch's t-test)")
+    print("\n".join(lines))
+    print("Lin. at 2,001-4,001 " + ("within" if within else "NOT within")
+          + " one of the authors' run-to-run standard deviations")
+    return 0 if within else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
