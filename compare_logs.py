@@ -91,6 +91,10 @@ def parse_args(argv=None):
                         help="rows of the step table, spread evenly over the common steps (plus the last; "
                              "default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="print every common step in the table")
+    parser.add_argument("--per-dimension", action="store_true",
+                        help="LOG_A and LOG_B are --metrics-file JSON lines: print the R² of each group of "
+                             "equal ground-truth λ (content / style, or each dimension by λ) side by side, "
+                             "no verdict")
     return parser.parse_args(argv)
 
 
@@ -317,9 +321,34 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     return problems
 
 
+def compare_per_dimension(run_a, run_b, args, out):
+    """The R² of each λ group of the latents, A beside B, at their common steps."""
+    groups = logparse.lambda_groups(run_a[0])
+    by_a = {r["step"]: r for r in run_a[1]}
+    by_b = {r["step"]: r for r in run_b[1]}
+    common = sorted(set(by_a) & set(by_b))
+    out.write(f"A: {args.log_a}\nB: {args.log_b}\nR² of the latents, mean over each group of equal "
+              f"ground-truth λ ({len(common)} common steps)\n")
+    out.write(f"{'step':>8}  " + "  ".join(f"{name + ' A':>16} {name + ' B':>16}" for name, _ in groups) + "\n")
+    for step in (common if args.all else thin(common, args.rows)):
+        cells = []
+        for _, dims in groups:
+            for record in (by_a[step], by_b[step]):
+                cells.append(f"{sum(record['lin_dims'][d] for d in dims) / len(dims):>16.4f}")
+        out.write(f"{step:>8}  " + "  ".join(f"{cells[k]} {cells[k + 1]}" for k in range(0, len(cells), 2)) + "\n")
+
+
 def main(argv=None):
     """Compare the two logs; returns the exit status (0 agree, 1 disagree, 2 unreadable)."""
     args = parse_args(argv)
+    if args.per_dimension:
+        try:
+            runs = [logparse.read_metrics(path, args.phase) for path in (args.log_a, args.log_b)]
+        except logparse.LogParseError as exc:
+            sys.stderr.write(f"{PROG}: error: {exc}\n")
+            return EXIT_UNREADABLE
+        compare_per_dimension(runs[0], runs[1], args, sys.stdout)
+        return EXIT_AGREE
     try:
         log_a = logparse.parse_log(args.log_a)
         log_b = logparse.parse_log(args.log_b)

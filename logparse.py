@@ -27,6 +27,7 @@ or None when no ``learned lambda values`` line followed the step).
 """
 
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -404,6 +405,63 @@ def common_steps(*phases):
     for phase in phases[1:]:
         steps &= set(phase.by_step())
     return sorted(steps)
+
+
+def read_metrics(path, phase="unsupervised"):
+    """A --metrics-file: ``(args dict, step records of ``phase`` with per-dimension scores, final or None)``.
+
+    Raises:
+        LogParseError: the file cannot be read, is not JSON lines, has no
+            config record, or no step record with per-dimension scores.
+    """
+    args, steps, final = None, [], None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if len(line) > MAX_LINE_BYTES:
+                    raise LogParseError(path, line_no, "a line too long for a metrics file")
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    raise LogParseError(path, line_no, "not a JSON record") from None
+                kind = record.get("type") if isinstance(record, dict) else None
+                if kind == "config":
+                    args = record.get("args", {})
+                elif kind == "step" and record.get("phase") == phase and "lin_dims" in record:
+                    steps.append(record)
+                elif kind == "final":
+                    final = record
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LogParseError(path, None, f"cannot read the file ({getattr(exc, 'strerror', None) or exc})") from None
+    if args is None:
+        raise LogParseError(path, None, "no config record: not a metrics file of main_mlp.py")
+    if not steps:
+        raise LogParseError(path, None, f"no {phase} step with per-dimension scores")
+    return args, steps, final
+
+
+def lambda_groups(args):
+    """The latent dimensions grouped by their ground-truth λ: ``[(label, [dims])]``.
+
+    Bimodal: the high-λ "content" dimensions (they change little across a
+    positive pair) and the low-λ "style" ones; linearly spaced: one group
+    per dimension, by increasing λ; no ground-truth Λ: one group of all.
+    """
+    n = int(args["n"])
+    if args.get("space_type") != "extended_sphere" or float(args.get("c_p", 2)) != 0:
+        return [("all dimensions", list(range(n)))]
+    low, high = float(args["gt_lambda_1"]), float(args["gt_lambda_2"])
+    if args.get("linearly_spaced_lambda") in (True, "True"):
+        values = np.linspace(low, high, n)
+        return [(f"λ = {values[i]:.1f}", [i]) for i in np.argsort(values, kind="stable")]
+    # Bimodal: the first floor(n/2) dimensions have --gt-lambda-2, the rest --gt-lambda-1.
+    first, rest = (high, list(range(n // 2))), (low, list(range(n // 2, n)))
+    if first[0] == rest[0]:
+        return [("all dimensions", list(range(n)))]
+    (lam_c, content), (lam_s, style) = sorted([first, rest], key=lambda group: -group[0])
+    return [(f"content (λ = {lam_c:g})", content), (f"style (λ = {lam_s:g})", style)]
 
 
 def require_steps(log, phase_name):

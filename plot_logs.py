@@ -9,6 +9,15 @@ cropping so that its pixel size is exactly size x dpi.
 
     python plot_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log -o bimodal.png
 
+With ``--per-dimension`` the inputs are ``--metrics-file`` JSON lines and the
+panels are the R² of the latent dimensions against step, one panel per group
+of equal ground-truth λ (bimodal: the high-λ "content" dimensions and the
+low-λ "style" ones, each the mean over its dimensions; linearly spaced: one
+panel per dimension, by increasing λ), every file overlaid: which latents
+each loss recovers, and which it loses (e.g. AnInfoNCE against InfoNCE).
+
+    python plot_logs.py --per-dimension an.jsonl info.jsonl -o collapse.png
+
 Exit status: 0 written, 2 an input cannot be read (one line on stderr naming
 the file and the line) or the image cannot be written.
 
@@ -52,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--dpi", type=_positive, default=DEFAULT_DPI,
                         help="dots per inch (default: %(default)s, so 1200 x 900 pixels at the default size)")
     parser.add_argument("--title", default=None, help="title over the panels (default: the phase plotted)")
+    parser.add_argument("--per-dimension", action="store_true",
+                        help="the inputs are --metrics-file JSON lines: R² per group of equal ground-truth λ")
     args = parser.parse_args(argv)
     for side in args.size:
         if side * args.dpi > MAX_PIXELS:
@@ -120,18 +131,49 @@ def plot(logs, labels, phase_name, size, dpi, title):
     return fig
 
 
+def plot_per_dimension(runs, labels, size, dpi, title):
+    """One panel per λ group of the first run: each run's mean R² over the group against step."""
+    groups = logparse.lambda_groups(runs[0][0])
+    cols = min(len(groups), 5)
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=size, dpi=dpi, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (name, dims) in zip(axes.ravel(), groups):
+        for i, ((_, steps, _), label) in enumerate(zip(runs, labels)):
+            x = [r["step"] for r in steps]
+            y = [sum(r["lin_dims"][d] for d in dims) / len(dims) for r in steps]
+            ax.plot(x, y, color=colours[i % len(colours)], label=label)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("R² of the group's latents")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.ravel()[len(groups):]:
+        ax.set_visible(False)
+    axes.ravel()[0].legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None):
     """Write the PNG; returns the exit status (0 written, 2 bad input)."""
     args = parse_args(argv)
     try:
-        logs = [logparse.parse_log(path) for path in args.logs]
-        for log in logs:
-            logparse.require_steps(log, args.phase)
+        if args.per_dimension:
+            inputs = [logparse.read_metrics(path, args.phase) for path in args.logs]
+        else:
+            inputs = [logparse.parse_log(path) for path in args.logs]
+            for log in inputs:
+                logparse.require_steps(log, args.phase)
     except logparse.LogParseError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_BAD_INPUT
     title = args.title if args.title is not None else f"{args.phase} phase"
-    fig = plot(logs, labels_for(args.logs), args.phase, tuple(args.size), args.dpi, title)
+    if args.per_dimension:
+        fig = plot_per_dimension(inputs, labels_for(args.logs), tuple(args.size), args.dpi, title)
+    else:
+        fig = plot(inputs, labels_for(args.logs), args.phase, tuple(args.size), args.dpi, title)
     try:
         # No bbox_inches="tight": the pixel size stays exactly size x dpi.
         # format="png": the file is written under exactly the name given (matplotlib

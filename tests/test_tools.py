@@ -569,3 +569,50 @@ def test_learning_check_against_the_authors_figures(tmp_path):
     assert result.returncode == 1 and "NOT within" in result.stdout
     result = run_tool("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "missing")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------------------
+# Per-dimension scores from metrics files
+
+
+def test_lambda_groups():
+    bimodal = {"n": 10, "space_type": "extended_sphere", "c_p": 0, "gt_lambda_1": 5, "gt_lambda_2": 25,
+               "linearly_spaced_lambda": False}
+    assert logparse.lambda_groups(bimodal) == [("content (λ = 25)", [0, 1, 2, 3, 4]),
+                                               ("style (λ = 5)", [5, 6, 7, 8, 9])]
+    swapped = dict(bimodal, gt_lambda_1=50)  # the rest now has the larger λ: it is the content
+    assert logparse.lambda_groups(swapped)[0] == ("content (λ = 50)", [5, 6, 7, 8, 9])
+    linear = dict(bimodal, n=3, linearly_spaced_lambda=True, gt_lambda_1=25, gt_lambda_2=5)
+    assert logparse.lambda_groups(linear) == [("λ = 5.0", [2]), ("λ = 15.0", [1]), ("λ = 25.0", [0])]
+    assert logparse.lambda_groups(dict(bimodal, space_type="box"))[0][0] == "all dimensions"
+
+
+def _metrics_file(path, content, style):
+    """A metrics file of a bimodal n = 4 run whose content / style dimensions have these R² at every step."""
+    import json
+
+    args = {"n": 4, "space_type": "extended_sphere", "c_p": 0, "gt_lambda_1": 5, "gt_lambda_2": 25,
+            "linearly_spaced_lambda": False}
+    lines = [json.dumps({"type": "config", "args": args})]
+    for step in (1, 251, 501):
+        dims = [content, content, style, style]
+        lines.append(json.dumps({"type": "step", "phase": "unsupervised", "step": step, "lin": sum(dims) / 4,
+                                 "lin_dims": dims, "perm_dims": dims}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_compare_and_plot_per_dimension(tmp_path):
+    a = _metrics_file(tmp_path / "an.jsonl", 0.95, 0.90)
+    b = _metrics_file(tmp_path / "info.jsonl", 0.96, 0.05)  # InfoNCE's collapse of the style latents
+    result = run_tool("compare_logs.py", "--per-dimension", a, b)
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1].split()
+    assert last == ["501", "0.9500", "0.9600", "0.9000", "0.0500"]
+    assert "content (λ = 25) A" in result.stdout and "style (λ = 5) B" in result.stdout
+    result = run_tool("compare_logs.py", "--per-dimension", a, tmp_path / "missing.jsonl")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    out = tmp_path / "collapse.png"
+    result = run_tool("plot_logs.py", "--per-dimension", a, b, "-o", out, "--size", "6", "3", "--dpi", "50")
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"
