@@ -505,7 +505,21 @@ def summarize_run(name, seed, path):
     return {"name": name, "seed": seed, "path": path, "log": log, "loss": loss_label(log.args),
             "lambda": lambda_label(log), "steps": phase.steps[-1]["step"],
             "planned": planned_steps(log, phase), "finished": phase.has_final(),
-            "lin": lin, "perm": perm, "source": source, "lambda_error": error}
+            "lin": lin, "perm": perm, "source": source, "lambda_error": error,
+            "groups": group_scores(path[:-len(".log")] + ".jsonl")}
+
+
+def group_scores(metrics_path):
+    """{λ group: mean R² of its latents} from a run's metrics file (the final record, else the last
+    step), or None when the file is missing or has no per-dimension scores."""
+    if not os.path.exists(metrics_path):
+        return None
+    try:
+        args, steps, final = logparse.read_metrics(metrics_path)
+    except logparse.LogParseError:
+        return None
+    dims = final["lin_dims"] if final is not None and "lin_dims" in final else steps[-1]["lin_dims"]
+    return {label: float(np.mean([dims[d] for d in group])) for label, group in logparse.lambda_groups(args)}
 
 
 def mean_std(values):
@@ -526,6 +540,10 @@ def aggregate(name, rows):
     used = [r for r in rows if r["finished"]] or rows
     for key in ("lin", "perm", "lambda_error"):
         result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in used])
+    labels = {tuple(r["groups"]) if r["groups"] else None for r in used}
+    result["groups"] = None
+    if len(labels) == 1 and None not in labels:
+        result["groups"] = {label: mean_std([r["groups"][label] for r in used]) for label in next(iter(labels))}
     return result
 
 
@@ -638,6 +656,15 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
         source = r["source"] if r["finished"] else f"unfinished: {r['source']}"
         lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | {r['lin']:.4f} | "
                      f"{r['perm']:.4f} | {error} | {os.path.basename(r['path'])} |")
+    grouped = [c for c in configs if c["groups"] and len(c["groups"]) <= 4]
+    if grouped:
+        lines += ["", "## R² by ground-truth λ", "",
+                  "From the metrics files: the R² of each latent (final evaluation, else the last logged step), "
+                  "averaged over each group of equal ground-truth λ (content: the high λ, which changes little "
+                  "across a positive pair; style: the low λ), then mean ± std over seeds.", ""]
+        for c in grouped:
+            lines.append(f"- {c['name']} ({c['loss']}): "
+                         + "; ".join(f"{label} {pm(*ms, 4)}" for label, ms in c["groups"].items()))
     if comparisons:
         lines += reference_lines(comparisons)
     md_path = os.path.join(out_dir, base + ".md")
