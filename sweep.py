@@ -377,8 +377,9 @@ def pending_runs(args):
 def _run_here(task, label, threads, log):
     """Run one task in a worker thread of ``run_all``; returns its minutes."""
     t0 = time.perf_counter()
-    if task.stopped is None:
-        print(f"{label}: started ({threads} threads), log {log}", flush=True)
+    if task.stopped is None:  # one write per line: the workers' lines must not interleave
+        sys.stdout.write(f"{label}: started ({threads} threads), log {log}\n")
+        sys.stdout.flush()
     task()
     return (time.perf_counter() - t0) / 60
 
