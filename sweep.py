@@ -158,6 +158,8 @@ def build_parser():
     parser.add_argument("--names", nargs="+", default=None, metavar="PATTERN",
                         help="with --summarize-only: the configuration names (or shell globs) to put in one "
                              "table (default: --name)")
+    parser.add_argument("--group-steps", type=positive_int, nargs="+", default=[], metavar="STEP",
+                        help="with --summarize-only: also give the R² by ground-truth λ group at these logged steps")
     parser.add_argument("--summary-name", default=None,
                         help="base name of the summary files in --out-dir (default: NAME_summary, or "
                              "sweep_summary for several names)")
@@ -493,7 +495,7 @@ def lambda_error_or_none(learned, truth):
     return logparse.lambda_error(learned, truth)
 
 
-def summarize_run(name, seed, path):
+def summarize_run(name, seed, path, group_steps=()):
     """One run's row; None (with a warning on stderr) when its log has no logged step."""
     log = logparse.parse_log(path)
     phase = log.main_phase()
@@ -507,20 +509,33 @@ def summarize_run(name, seed, path):
             "lambda": lambda_label(log), "steps": phase.steps[-1]["step"],
             "planned": planned_steps(log, phase), "finished": phase.has_final(),
             "lin": lin, "perm": perm, "source": source, "lambda_error": error,
-            "groups": group_scores(path[:-len(".log")] + ".jsonl")}
+            "groups": group_scores(path[:-len(".log")] + ".jsonl", group_steps)}
 
 
-def group_scores(metrics_path):
-    """{λ group: mean R² of its latents} from a run's metrics file (the final record, else the last
-    step), or None when the file is missing or has no per-dimension scores."""
+def group_scores(metrics_path, steps=()):
+    """From a run's metrics file: ``{where: {λ group: mean R² of its latents, ..., "Perm.": perm}}``,
+    where is "end" (the final record, else the last step) and each of ``steps`` the run logged;
+    None when the file is missing or has no per-dimension scores."""
     if not os.path.exists(metrics_path):
         return None
     try:
-        args, steps, final = logparse.read_metrics(metrics_path)
+        args, records, final = logparse.read_metrics(metrics_path)
     except logparse.LogParseError:
         return None
-    dims = final["lin_dims"] if final is not None and "lin_dims" in final else steps[-1]["lin_dims"]
-    return {label: float(np.mean([dims[d] for d in group])) for label, group in logparse.lambda_groups(args)}
+    groups = logparse.lambda_groups(args)
+
+    def scores(record, perm_key):
+        out = {label: float(np.mean([record["lin_dims"][d] for d in group])) for label, group in groups}
+        out["Perm."] = record.get(perm_key, float("nan"))
+        return out
+
+    by_step = {r["step"]: r for r in records}
+    result = {"end": scores(final, "perm_mean") if final is not None and "lin_dims" in final
+              else scores(records[-1], "perm")}
+    for step in steps:
+        if step in by_step:
+            result[f"step {step:,}"] = scores(by_step[step], "perm")
+    return result
 
 
 def mean_std(values):
@@ -541,10 +556,12 @@ def aggregate(name, rows):
     used = [r for r in rows if r["finished"]] or rows
     for key in ("lin", "perm", "lambda_error"):
         result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in used])
-    labels = {tuple(r["groups"]) if r["groups"] else None for r in used}
     result["groups"] = None
-    if len(labels) == 1 and None not in labels:
-        result["groups"] = {label: mean_std([r["groups"][label] for r in used]) for label in next(iter(labels))}
+    if all(r["groups"] for r in used):
+        # At each place every run has (the end, and the --group-steps all of them logged).
+        wheres = [w for w in used[0]["groups"] if all(w in r["groups"] for r in used)]
+        result["groups"] = {w: {label: mean_std([r["groups"][w][label] for r in used])
+                                for label in used[0]["groups"][w]} for w in wheres}
     return result
 
 
@@ -657,15 +674,17 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
         source = r["source"] if r["finished"] else f"unfinished: {r['source']}"
         lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | {r['lin']:.4f} | "
                      f"{r['perm']:.4f} | {error} | {os.path.basename(r['path'])} |")
-    grouped = [c for c in configs if c["groups"] and len(c["groups"]) <= 4]
+    grouped = [c for c in configs if c["groups"] and len(c["groups"]["end"]) <= 5]
     if grouped:
         lines += ["", "## R² by ground-truth λ", "",
-                  "From the metrics files: the R² of each latent (final evaluation, else the last logged step), "
-                  "averaged over each group of equal ground-truth λ (content: the high λ, which changes little "
-                  "across a positive pair; style: the low λ), then mean ± std over seeds.", ""]
+                  "From the metrics files: the R² of each latent, averaged over each group of equal "
+                  "ground-truth λ (content: the high λ, which changes little across a positive pair; style: "
+                  "the low λ), and Perm.; mean ± std over seeds, at the end (final evaluation, else the last "
+                  "logged step) and at the --group-steps.", ""]
         for c in grouped:
-            lines.append(f"- {c['name']} ({c['loss']}): "
-                         + "; ".join(f"{label} {pm(*ms, 4)}" for label, ms in c["groups"].items()))
+            for where, values in c["groups"].items():
+                lines.append(f"- {c['name']} ({c['loss']}), {where}: "
+                             + "; ".join(f"{label} {pm(*ms, 4)}" for label, ms in values.items()))
     if comparisons:
         lines += reference_lines(comparisons)
     md_path = os.path.join(out_dir, base + ".md")
@@ -694,7 +713,7 @@ def summarize(args):
     for name, seeds in found.items():
         for seed, path in seeds:
             try:
-                row = summarize_run(name, seed, path)
+                row = summarize_run(name, seed, path, args.group_steps)
             except logparse.LogParseError as exc:  # one bad log does not sink the others
                 sys.stderr.write(f"{PROG}: warning: {exc}: left out of the summary\n")
                 continue

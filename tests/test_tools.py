@@ -623,8 +623,9 @@ def test_sweep_summary_groups_r2_by_lambda(tmp_path):
     _write_runs(out_dir, "info", [(0.7, 0.01, 0.6, 0.01)] * 2, [0.7, 0.7], [1.0, 1.0])
     _metrics_file(out_dir / "info_seed0.jsonl", 0.96, 0.05)
     _metrics_file(out_dir / "info_seed1.jsonl", 0.94, 0.15)
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "info")
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "info", "--group-steps", "251")
     assert result.returncode == 0, result.stderr
     md = (out_dir / "info_summary.md").read_text()
     assert "## R² by ground-truth λ" in md
-    assert "content (λ = 25) 0.9500 ± 0.0141; style (λ = 5) 0.1000 ± 0.0707" in md
+    assert "info (aninfonce), end: content (λ = 25) 0.9500 ± 0.0141; style (λ = 5) 0.1000 ± 0.0707" in md
+    assert "info (aninfonce), step 251: content (λ = 25) 0.9500 ± 0.0141" in md
