@@ -132,17 +132,32 @@ def plot(logs, labels, phase_name, size, dpi, title):
 
 
 def plot_per_dimension(runs, labels, size, dpi, title):
-    """One panel per λ group of the first run: each run's mean R² over the group against step."""
+    """One panel per λ group of the first run: each run's mean R² over the group against step.
+
+    Runs of the same loss share a colour (AnInfoNCE against InfoNCE at a glance), each seed its own
+    line style; the legend names the file.
+    """
     groups = logparse.lambda_groups(runs[0][0])
     cols = min(len(groups), 5)
     rows = -(-len(groups) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=size, dpi=dpi, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ("-", "--", ":", "-.")
+    losses = []
+    for args, _, _ in runs:
+        if args.get("loss") not in losses:
+            losses.append(args.get("loss"))
+    seen = {}
+    looks = []
+    for args, _, _ in runs:
+        k = seen.get(args.get("loss"), 0)
+        seen[args.get("loss")] = k + 1
+        looks.append((colours[losses.index(args.get("loss")) % len(colours)], styles[k % len(styles)]))
     for ax, (name, dims) in zip(axes.ravel(), groups):
-        for i, ((_, steps, _), label) in enumerate(zip(runs, labels)):
+        for (_, steps, _), label, (colour, style) in zip(runs, labels, looks):
             x = [r["step"] for r in steps]
             y = [sum(r["lin_dims"][d] for d in dims) / len(dims) for r in steps]
-            ax.plot(x, y, color=colours[i % len(colours)], label=label)
+            ax.plot(x, y, color=colour, linestyle=style, label=label)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel("R² of the group's latents")
