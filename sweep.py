@@ -514,12 +514,13 @@ def summarize_run(name, seed, path, group_steps=()):
 
 def group_scores(metrics_path, steps=()):
     """From a run's metrics file: ``{where: {λ group: mean R² of its latents, ..., "Perm.": perm}}``,
-    where is "end" (the final record, else the last step) and each of ``steps`` the run logged;
-    None when the file is missing or has no per-dimension scores."""
+    where is "end" (the last logged step: 4,096 samples, not the final evaluation's smaller
+    batches) and each of ``steps`` the run logged; None when the file is missing or has no
+    per-dimension scores."""
     if not os.path.exists(metrics_path):
         return None
     try:
-        args, records, final = logparse.read_metrics(metrics_path)
+        args, records, _ = logparse.read_metrics(metrics_path)
     except logparse.LogParseError:
         return None
     groups = logparse.lambda_groups(args)
@@ -530,8 +531,7 @@ def group_scores(metrics_path, steps=()):
         return out
 
     by_step = {r["step"]: r for r in records}
-    result = {"end": scores(final, "perm_mean") if final is not None and "lin_dims" in final
-              else scores(records[-1], "perm")}
+    result = {"end": scores(records[-1], "perm")}
     for step in steps:
         if step in by_step:
             result[f"step {step:,}"] = scores(by_step[step], "perm")
@@ -679,8 +679,8 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
         lines += ["", "## R² by ground-truth λ", "",
                   "From the metrics files: the R² of each latent, averaged over each group of equal "
                   "ground-truth λ (content: the high λ, which changes little across a positive pair; style: "
-                  "the low λ), and Perm.; mean ± std over seeds, at the end (final evaluation, else the last "
-                  "logged step) and at the --group-steps.", ""]
+                  "the low λ), and Perm.; mean ± std over seeds, at the end (the last logged step, 4,096 "
+                  "samples) and at the --group-steps.", ""]
         for c in grouped:
             for where, values in c["groups"].items():
                 lines.append(f"- {c['name']} ({c['loss']}), {where}: "
