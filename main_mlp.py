@@ -316,14 +316,30 @@ def peak_memory(args, derived):
     return max(mixing, acceptance, step, evaluation) + ring
 
 
-def build_loss(args, derived, init_gen):
-    """The contrastive loss the flags pick (settings.LOSSES), θ of Λ̂ drawn from ``init_gen``."""
-    if derived.loss in ("aninfonce", "infonce"):
-        return losses.AnInfoNCELoss(args.n, isotropic=derived.loss == "infonce",
-                                    symmetric=args.negatives == "symmetric", generator=init_gen)
-    if derived.loss == "dot":
-        return losses.DotSimCLRLoss(args.tau)
+def _aninfonce(args, init_gen, isotropic=False):
+    return losses.AnInfoNCELoss(args.n, isotropic=isotropic, symmetric=args.negatives == "symmetric",
+                                generator=init_gen)
+
+
+def _infonce(args, init_gen):
+    return _aninfonce(args, init_gen, isotropic=True)
+
+
+def _dot(args, init_gen):
+    return losses.DotSimCLRLoss(args.tau)
+
+
+def _lp(args, init_gen):
     return losses.LpSimCLRLoss(args.p, args.tau)
+
+
+# settings.LOSSES -> the loss module it builds (θ of Λ̂ drawn from init_gen).
+LOSS_BUILDERS = {"aninfonce": _aninfonce, "infonce": _infonce, "dot": _dot, "lp": _lp}
+
+
+def build_loss(args, derived, init_gen):
+    """The contrastive loss the flags pick (one of settings.LOSSES)."""
+    return LOSS_BUILDERS[derived.loss](args, init_gen)
 
 
 def build_experiment(args, derived, device, init_gen, data_gen):

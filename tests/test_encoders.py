@@ -115,3 +115,12 @@ def test_state_dict_keys_are_the_references(normalization, extra):
 def test_output_normalization_from_flags(box_norm, sphere_norm, p, expected):
     derived = settings.derive("box", p, 2, box_norm=box_norm, sphere_norm=sphere_norm)
     assert derived.normalization == expected
+
+
+def test_every_normalisation_and_loss_name_builds():
+    """The names settings.derive returns are the keys of the tables that build them."""
+    import main_mlp
+
+    for name in settings.NORMALIZATIONS:
+        encoders.build_encoder(3, name)
+    assert set(main_mlp.LOSS_BUILDERS) == set(settings.LOSSES)
