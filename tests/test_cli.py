@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import main_mlp
+from test_encoders import REFERENCE_REPR
 from cli_util import (REFERENCE_KEYS, env_for_cli, parse_log, restore_signal_handlers,
                       run_cli)
 
@@ -34,23 +35,8 @@ TINY = ["--device", "cpu", "--n", "4", "--batch-size", "32", "--space", "extende
         "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", "3",
         "--num-eval-batches", "1"]
 
-# The encoder's repr for n = 10, exactly as in the reference logs.
-REFERENCE_F = [
-    "  (0): Linear(in_features=10, out_features=100, bias=True)",
-    "  (1): LeakyReLU(negative_slope=0.01)",
-    "  (2): Linear(in_features=100, out_features=500, bias=True)",
-    "  (3): LeakyReLU(negative_slope=0.01)",
-    "  (4): Linear(in_features=500, out_features=500, bias=True)",
-    "  (5): LeakyReLU(negative_slope=0.01)",
-    "  (6): Linear(in_features=500, out_features=500, bias=True)",
-    "  (7): LeakyReLU(negative_slope=0.01)",
-    "  (8): Linear(in_features=500, out_features=500, bias=True)",
-    "  (9): LeakyReLU(negative_slope=0.01)",
-    "  (10): Linear(in_features=500, out_features=100, bias=True)",
-    "  (11): LeakyReLU(negative_slope=0.01)",
-    "  (12): Linear(in_features=100, out_features=10, bias=True)",
-    "  (13): RescaleLayer()",
-]
+# The encoder's repr for n = 10, exactly as in the reference logs: its module lines.
+REFERENCE_F = REFERENCE_REPR.splitlines()[1:-1]
 
 
 @pytest.fixture(scope="module")
