@@ -111,6 +111,7 @@ def _seed(text):
 
 
 def build_parser():
+    """The command line: one add_argument per flag (so this is long)."""
     parser = ArgumentParser(prog=PROG, usage=f"{PROG} [options] -- MAIN_MLP_ARGS ...",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=_seed, nargs="+", default=None, metavar="S",
@@ -674,17 +675,7 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
         source = r["source"] if r["finished"] else f"unfinished: {r['source']}"
         lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | {r['lin']:.4f} | "
                      f"{r['perm']:.4f} | {error} | {os.path.basename(r['path'])} |")
-    grouped = [c for c in configs if c["groups"] and len(c["groups"]["end"]) <= 5]
-    if grouped:
-        lines += ["", "## R² by ground-truth λ", "",
-                  "From the metrics files: the R² of each latent, averaged over each group of equal "
-                  "ground-truth λ (content: the high λ, which changes little across a positive pair; style: "
-                  "the low λ), and Perm.; mean ± std over seeds, at the end (the last logged step, 4,096 "
-                  "samples) and at the --group-steps.", ""]
-        for c in grouped:
-            for where, values in c["groups"].items():
-                lines.append(f"- {c['name']} ({c['loss']}), {where}: "
-                             + "; ".join(f"{label} {pm(*ms, 4)}" for label, ms in values.items()))
+    lines += group_lines(configs)
     if comparisons:
         lines += reference_lines(comparisons)
     md_path = os.path.join(out_dir, base + ".md")
@@ -699,6 +690,23 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
         for c in configs:
             writer.writerow({k: c[k] for k in fields})
     return md_path, csv_path
+
+
+def group_lines(configs):
+    """The summary's Markdown section on the R² of each ground-truth λ group (when the metrics have it)."""
+    lines = []
+    grouped = [c for c in configs if c["groups"] and len(c["groups"]["end"]) <= 5]
+    if grouped:
+        lines += ["", "## R² by ground-truth λ", "",
+                  "From the metrics files: the R² of each latent, averaged over each group of equal "
+                  "ground-truth λ (content: the high λ, which changes little across a positive pair; style: "
+                  "the low λ), and Perm.; mean ± std over seeds, at the end (the last logged step, 4,096 "
+                  "samples) and at the --group-steps.", ""]
+        for c in grouped:
+            for where, values in c["groups"].items():
+                lines.append(f"- {c['name']} ({c['loss']}), {where}: "
+                             + "; ".join(f"{label} {pm(*ms, 4)}" for label, ms in values.items()))
+    return lines
 
 
 def summarize(args):
