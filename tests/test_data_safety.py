@@ -129,6 +129,7 @@ def test_a_refusal_after_parsing_leaves_the_log_alone(tmp_path, capsys):
     assert log.read_text() == "an earlier run's log\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--save", "--sa", "--save-d=runs"])
 def test_sweep_refuses_an_abbreviated_save_dir(flag, tmp_path):
     args = [flag] if "=" in flag else [flag, str(tmp_path / "ckpt")]

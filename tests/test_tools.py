@@ -559,6 +559,7 @@ def _early_runs(out_dir, lins):
         write(out_dir / f"{learning_check.NAME}_seed{seed}.log", render_log(steps, seed=seed))
 
 
+@pytest.mark.slow
 def test_learning_check_against_the_authors_figures(tmp_path):
     _early_runs(tmp_path / "same", [-0.01, 0.0, 0.01])
     result = run_tool("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "same")
@@ -602,6 +603,7 @@ def _metrics_file(path, content, style):
     return path
 
 
+@pytest.mark.slow
 def test_compare_and_plot_per_dimension(tmp_path):
     a = _metrics_file(tmp_path / "an.jsonl", 0.95, 0.90)
     b = _metrics_file(tmp_path / "info.jsonl", 0.96, 0.05)  # InfoNCE's collapse of the style latents
