@@ -334,7 +334,7 @@ def compare_per_dimension(run_a, run_b, args, out):
         cells = []
         for _, dims in groups:
             for record in (by_a[step], by_b[step]):
-                cells.append(f"{sum(record['lin_dims'][d] for d in dims) / len(dims):>16.4f}")
+                cells.append(f"{logparse.group_r2(record, dims):>16.4f}")
         out.write(f"{step:>8}  " + "  ".join(f"{cells[k]} {cells[k + 1]}" for k in range(0, len(cells), 2)) + "\n")
 
 

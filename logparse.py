@@ -464,6 +464,11 @@ def lambda_groups(args):
     return [(f"content (λ = {lam_c:g})", content), (f"style (λ = {lam_s:g})", style)]
 
 
+def group_r2(record, dims):
+    """The mean R² of the latents ``dims`` in a metrics record (one group of ``lambda_groups``)."""
+    return float(np.mean([record["lin_dims"][d] for d in dims]))
+
+
 def require_steps(log, phase_name):
     """The phase ``phase_name`` of ``log``, with at least one Step line.
 

@@ -156,7 +156,7 @@ def plot_per_dimension(runs, labels, size, dpi, title):
     for ax, (name, dims) in zip(axes.ravel(), groups):
         for (_, steps, _), label, (colour, style) in zip(runs, labels, looks):
             x = [r["step"] for r in steps]
-            y = [sum(r["lin_dims"][d] for d in dims) / len(dims) for r in steps]
+            y = [logparse.group_r2(r, dims) for r in steps]
             ax.plot(x, y, color=colour, linestyle=style, label=label)
         ax.set_title(name)
         ax.set_xlabel("step")

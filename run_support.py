@@ -12,6 +12,7 @@
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -160,15 +161,7 @@ def restate_arguments(path, offset, args, metrics=False):
     if changed == lines:
         return offset
     data = "".join(changed).encode("utf-8")
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_atomically(path, functools.partial(_write_bytes, data))
     return len(data)
 
 
@@ -298,20 +291,28 @@ def remove_stale_temporaries(save_dir):
             os.remove(os.path.join(save_dir, name))
 
 
-def save_atomically(obj, path):
-    """torch.save to a temporary file renamed into place: ``path`` is the old file or the new, never a cut one.
-
-    Raises WriteError (the temporary file removed) when it cannot be written.
-    """
+def write_atomically(path, write):
+    """``write(tmp)`` to a temporary file renamed into place: ``path`` is the old file or the new, never
+    a cut one. Raises WriteError (the temporary file removed) when it cannot be written."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
         with contextlib.suppress(OSError):
             os.remove(tmp)
         cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
         raise WriteError(f"cannot write {path}: {cause}") from None
+
+
+def _write_bytes(data, path):
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def save_atomically(obj, path):
+    """torch.save ``obj`` to ``path`` through ``write_atomically``."""
+    write_atomically(path, functools.partial(torch.save, obj))
 
 
 def save_checkpoint_file(state, path):

@@ -527,7 +527,7 @@ def group_scores(metrics_path, steps=()):
     groups = logparse.lambda_groups(args)
 
     def scores(record, perm_key):
-        out = {label: float(np.mean([record["lin_dims"][d] for d in group])) for label, group in groups}
+        out = {label: logparse.group_r2(record, group) for label, group in groups}
         out["Perm."] = record.get(perm_key, float("nan"))
         return out
 
