@@ -4,8 +4,6 @@ All of them end in the same cross-entropy of the positive against its
 candidates, ``contrastive_cross_entropy``.
 """
 
-import math
-
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -87,23 +85,35 @@ class AnInfoNCELoss(nn.Module):
             cross block untransposed: for anchor b_i the cross-view
             candidates are s(a_i, b_k) instead of s(b_i, a_k).
         generator: draws θ ~ N(0, 0.1²).
+        fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (the textbook
+            InfoNCE with temperature τ = 1 / fixed_lambda): no parameters.
     """
 
-    def __init__(self, n, isotropic=False, symmetric=False, generator=None):
+    def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None):
         super().__init__()
-        size = 1 if isotropic else n
-        self.n, self.isotropic, self.symmetric = n, isotropic, symmetric
-        self.theta = nn.Parameter(torch.randn(size, generator=generator) * THETA_INIT_STD)
+        self.n, self.symmetric = n, symmetric
+        self.isotropic = isotropic or fixed_lambda is not None
+        self.fixed_lambda = fixed_lambda
+        if fixed_lambda is None:
+            size = 1 if isotropic else n
+            self.theta = nn.Parameter(torch.randn(size, generator=generator) * THETA_INIT_STD)
+
+    def _lam(self, like):
+        """(n,) or (1,) Λ̂'s diagonal, on ``like``'s device and dtype."""
+        if self.fixed_lambda is None:
+            return F.softplus(self.theta)
+        return torch.full((1,), self.fixed_lambda, device=like.device, dtype=like.dtype)
 
     def lambdas(self):
         """Λ̂ as an (n,) tensor (the shared λ repeated for InfoNCE)."""
-        return F.softplus(self.theta).expand(self.n)
+        like = self.theta if self.fixed_lambda is None else torch.empty(0)
+        return self._lam(like).expand(self.n)
 
     def forward(self, a, b):
         """Args: a, b: (B, n) the two views' representations. Returns the scalar loss."""
         a = a / a.norm(dim=1, keepdim=True)
         b = b / b.norm(dim=1, keepdim=True)
-        lam = F.softplus(self.theta)  # (n,) or (1,)
+        lam = self._lam(a)  # (n,) or (1,)
         ones = torch.ones_like(a[:, :1])
         qa = (a * a * lam).sum(1, keepdim=True)  # (B, 1)  aᵀΛa
         qb = (b * b * lam).sum(1, keepdim=True)
@@ -168,7 +178,3 @@ class DotSimCLRLoss(nn.Module):
         neg = a @ neg_views.T / self.tau  # (B, B)
         return contrastive_cross_entropy(positive, [torch.logsumexp(neg, dim=1), positive])
 
-
-def initial_loss(batch_size):
-    """ln(2B - 1): AnInfoNCE when all similarities are equal."""
-    return math.log(2 * batch_size - 1)

@@ -57,6 +57,8 @@ ACCEPTANCE_PROPOSALS = 20_000
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # A vMF with κ = 1e8 spreads its samples 1e-4 rad around the mean.
 MAX_VMF_KAPPA = 1e8
+# The largest fixed Λ̂ = 1/τ the loss is tested finite for.
+MAX_FIXED_LAMBDA = 1e4
 
 
 # --------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def build_parser():
     parser.add_argument("--c-param", type=float, default=0.05,
                         help="scale of the conditional (vMF concentration for --c-p 0 on sphere)")
     parser.add_argument("--m-param", type=float, default=1.0, help="scale of the marginal (when --m-p is not 0)")
-    parser.add_argument("--tau", type=float, default=1.0, help="temperature of the Lp and dot-product losses")
+    parser.add_argument("--tau", type=float, default=1.0, help="temperature of the Lp, dot-product and infonce-fixed losses")
     parser.add_argument("--n-mixing-layer", type=int, default=3,
                         help="linear layers in the mixing g (0: the identity)")
     parser.add_argument("--n", type=int, default=10, help="latent dimension")
@@ -130,8 +132,8 @@ def build_parser():
     # Our flags.
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CUDA when available")
-    parser.add_argument("--loss", type=str, default="aninfonce", choices=("aninfonce", "infonce"),
-                        help="aninfonce: learnable diagonal Λ̂; infonce: one shared learnable λ")
+    parser.add_argument("--loss", type=str, default=settings.loss_choices()[0], choices=settings.loss_choices(),
+                        help=settings.loss_help())
     parser.add_argument("--negatives", type=str, default="reference", choices=("reference", "symmetric"),
                         help="reference: the authors' negatives for the second view; symmetric: NT-Xent")
     parser.add_argument("--log-file", type=str, default=None,
@@ -238,10 +240,14 @@ def validate_args(parser, args, derived):
     if args.c_p == 0 and args.space_type in ("box", "unbounded"):
         err(f"argument --c-p: 0 (von Mises-Fisher) needs --space-type sphere or extended_sphere, "
             f"not {args.space_type}")
-    if not derived.learns_lambda and args.loss != "aninfonce":
-        err("argument --loss: infonce applies to --space-type extended_sphere with --p 0 only")
-    if not derived.learns_lambda and args.negatives != "reference":
+    contrastive_choice = derived.loss in settings.loss_choices()
+    if not contrastive_choice and args.loss != settings.loss_choices()[0]:
+        err(f"argument --loss: {args.loss} applies to --space-type extended_sphere with --p 0 only")
+    if not contrastive_choice and args.negatives != "reference":
         err("argument --negatives: applies to --space-type extended_sphere with --p 0 only")
+    if derived.loss == "infonce-fixed" and 1 / args.tau > MAX_FIXED_LAMBDA:
+        err(f"argument --tau: infonce-fixed needs --tau >= {1 / MAX_FIXED_LAMBDA:g} (Λ̂ = 1/τ at most "
+            f"{MAX_FIXED_LAMBDA:g}), got {args.tau}")
     if args.device == "cuda" and not torch.cuda.is_available():
         err("argument --device: cuda requested but CUDA is not available")
     if args.compile and args.precision == "bf16":
@@ -307,7 +313,7 @@ def peak_memory(args, derived):
     width = sum(dims)
     mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
     acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if derived.anisotropic else 0
-    blocks = {"aninfonce": 4, "infonce": 4, "lp": 3, "dot": 2}[derived.loss]
+    blocks = settings.LOSSES[derived.loss].blocks
     proposals = 3 * min(latent_spaces.MAX_CANDIDATES * bsz * n, spaces.MAX_PROPOSAL_ELEMENTS) * 4 \
         if derived.anisotropic else 0
     step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals
@@ -316,30 +322,9 @@ def peak_memory(args, derived):
     return max(mixing, acceptance, step, evaluation) + ring
 
 
-def _aninfonce(args, init_gen, isotropic=False):
-    return losses.AnInfoNCELoss(args.n, isotropic=isotropic, symmetric=args.negatives == "symmetric",
-                                generator=init_gen)
-
-
-def _infonce(args, init_gen):
-    return _aninfonce(args, init_gen, isotropic=True)
-
-
-def _dot(args, init_gen):
-    return losses.DotSimCLRLoss(args.tau)
-
-
-def _lp(args, init_gen):
-    return losses.LpSimCLRLoss(args.p, args.tau)
-
-
-# settings.LOSSES -> the loss module it builds (θ of Λ̂ drawn from init_gen).
-LOSS_BUILDERS = {"aninfonce": _aninfonce, "infonce": _infonce, "dot": _dot, "lp": _lp}
-
-
 def build_loss(args, derived, init_gen):
-    """The contrastive loss the flags pick (one of settings.LOSSES)."""
-    return LOSS_BUILDERS[derived.loss](args, init_gen)
+    """The contrastive loss the flags pick (an entry of settings.LOSSES; θ of Λ̂ drawn from init_gen)."""
+    return settings.LOSSES[derived.loss].build(args, init_gen)
 
 
 def build_experiment(args, derived, device, init_gen, data_gen):

@@ -464,9 +464,7 @@ def loss_label(log_args):
                                   log_args.get("c_p", "2"), log_args.get("loss", "aninfonce"))
     except ValueError:
         return "?"
-    if derived.loss == "lp":
-        return f"Lp (p={log_args.get('p', '?')})"
-    return "dot product" if derived.loss == "dot" else derived.loss
+    return settings.loss_label(derived.loss, log_args.get("p", "?"))
 
 
 def lambda_label(log):

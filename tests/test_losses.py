@@ -223,7 +223,6 @@ def test_loss_at_init_is_log_2b_minus_1(symmetric):
     # All views equal: every similarity is 0 and the loss is exactly ln(2B - 1).
     same = F.normalize(torch.randn(1, n, generator=g), dim=1).expand(bsz, n)
     assert loss(same, same).item() == pytest.approx(math.log(2 * bsz - 1), abs=1e-5)
-    assert losses.initial_loss(bsz) == pytest.approx(7.6004, abs=1e-4)
     # Views equal up to a small perturbation: still ln(2B - 1) to within 1e-3.
     a = F.normalize(same + 1e-2 * torch.randn(bsz, n, generator=g), dim=1)
     b = F.normalize(same + 1e-2 * torch.randn(bsz, n, generator=g), dim=1)
@@ -348,3 +347,29 @@ def test_lp_loss_float32_gradients_finite_p_half():
     b = a.detach().clone().requires_grad_(True)
     losses.LpSimCLRLoss(0.5, 1.0)(a, b).backward()
     assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("tau", [1.0, 0.2])
+def test_fixed_temperature_infonce_is_aninfonce_with_lambda_one_over_tau(symmetric, tau):
+    """infonce-fixed equals AnInfoNCE with Λ̂ = I / τ, value and gradient; it has no parameters."""
+    a, b = _unit(9, 5, 3), _unit(9, 5, 4)
+    fixed = losses.AnInfoNCELoss(5, symmetric=symmetric, fixed_lambda=1 / tau)
+    assert list(fixed.parameters()) == [] and fixed.state_dict() == {}
+    # θ with softplus(θ) = 1/τ exactly: θ = log(exp(1/τ) - 1).
+    theta = math.log(math.expm1(1 / tau))
+    learnable = _aninfonce(5, [theta] * 5, symmetric)
+    a1, a2 = a.clone().requires_grad_(), a.clone().requires_grad_()
+    v_fixed, v_learn = fixed(a1, b), learnable(a2, b)
+    assert v_fixed.item() == pytest.approx(v_learn.item(), rel=1e-12)
+    assert v_fixed.item() == pytest.approx(hand_aninfonce(a, b, [1 / tau] * 5, symmetric), rel=1e-12)
+    v_fixed.backward()
+    v_learn.backward()
+    assert torch.allclose(a1.grad, a2.grad, rtol=1e-10, atol=1e-12)
+    assert torch.equal(fixed.lambdas(), torch.full((5,), 1 / tau))
+
+
+def test_fixed_temperature_infonce_float32():
+    a, b = _unit(16, 4, 5, torch.float32), _unit(16, 4, 6, torch.float32)
+    value = losses.AnInfoNCELoss(4, fixed_lambda=5.0)(a, b).item()
+    assert value == pytest.approx(hand_aninfonce(a.double(), b.double(), [5.0] * 4, False), rel=1e-5)
