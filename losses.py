@@ -139,7 +139,10 @@ class AnInfoNCELoss(nn.Module):
 def lp_distance_pow(x, y, p):
     """‖x_i - y_j‖_p^p for all pairs: (B, n), (M, n) -> (B, M)."""
     if p >= 1:
-        return torch.cdist(x, y, p=p) ** p
+        # Direct differences: cdist's default for p = 2 above 25 rows is ‖x‖² + ‖y‖² - 2x·y, which
+        # cancels catastrophically for close points in float32 and gives a shift of all points
+        # (e.g. the encoder's output bias) a spurious gradient that Adam turns into full steps.
+        return torch.cdist(x, y, p=p, compute_mode="donot_use_mm_for_euclid_dist") ** p
     diff = (x[:, None, :] - y[None, :, :]).abs().clamp_min(LP_EPS)
     return (diff ** p).sum(-1)
 
