@@ -507,6 +507,8 @@ class Trainer:
             if is_log:
                 self.log_step(phase, step, loss_buffer, h, total, t0, step0)
             if self.flag.signum is not None:
+                if not is_log:  # a diverged run keeps its last finite checkpoint
+                    self.check_finite(phase, step, loss_buffer, f)
                 self.save_checkpoint(phase, step, loss_buffer)
                 raise Stop(self.flag.signum, f"step {step} of the {phase} run")
             if self.checkpoint_due(step, total, is_log):

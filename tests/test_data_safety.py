@@ -294,3 +294,32 @@ def test_the_readme_run_fits_a_laptop():
     _, args, derived = main_mlp.parse_args(["--n", "10", "--batch-size", "1000", "--space", "extended_sphere",
                                             "--c-p", "0", "--p", "0", "--only-unsupervised"])
     assert 50e6 < main_mlp.peak_memory(args, derived) < 1e9
+
+
+def test_a_signal_after_divergence_keeps_the_last_finite_checkpoint(tmp_path, capsys, monkeypatch):
+    """SIGTERM between two log steps after the run has diverged: the divergence is reported (exit 3)
+    and the checkpoint on disk stays the last finite one, not a NaN one written for the signal."""
+    import signal
+
+    import torch
+
+    real_optimise = main_mlp.optimise
+    steps = []
+
+    def optimise_then_signal(*args):
+        loss = real_optimise(*args)
+        steps.append(1)
+        if len(steps) == 40:  # diverged by then (--lr 300: a NaN loss a few steps in), not a log step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(main_mlp, "optimise", optimise_then_signal)
+    save_dir = tmp_path / "ckpt"
+    argv = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--only-supervised", "--lr", "300",
+            "--n-steps", "200", "--n-log-steps", "100", "--cond-thresh-ratio", "0.01", "--seed", "0", "--save-dir", str(save_dir)]
+    code, _, err = run_main(argv, capsys)
+    assert code == run_support.EXIT_DIVERGED, err
+    assert "diverged" in err and "Resume with" not in err
+    state = run_support.read_checkpoint(str(save_dir / main_mlp.CHECKPOINT_NAME), "cpu")
+    assert state["step"] == 1  # the log step's checkpoint, from before the divergence
+    assert all(bool(torch.isfinite(t).all()) for t in state["encoder"].values())
