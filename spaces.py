@@ -27,6 +27,29 @@ class SamplerError(RuntimeError):
     """A sampler could not produce a batch in reasonable time."""
 
 
+def settle_round(out, rows, done, values):
+    """One round of a rejection loop: keep the accepted values, return the rows still open.
+
+    The host must learn which rows are still open (their number fixes the
+    next round's draw), and that is this round's one host sync, a
+    ``nonzero``; the store needs none, since it writes every open row by
+    index (the rejected ones get their own value back, overwritten in a
+    later round) rather than through a boolean mask, which would sync
+    again. Writes the same values as ``out[rows[done]] = values[done]``.
+
+    Args:
+        out: (N, ...) the samples, updated in place.
+        rows: (m,) indices into ``out`` of the rows open in this round.
+        done: (m,) bool, the rows whose proposal was accepted.
+        values: (m, ...) this round's proposal of each open row.
+    Returns:
+        (m',) indices into ``out`` of the rows still open.
+    """
+    accepted = done.reshape(-1, *[1] * (values.dim() - 1))  # (m, 1, ...) broadcasts over a row
+    out[rows] = torch.where(accepted, values, out[rows])
+    return rows[(~done).nonzero(as_tuple=True)[0]]
+
+
 def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
     """Gamma(shape_param, 1) samples (Marsaglia & Tsang 2000), vectorised.
 
@@ -57,8 +80,7 @@ def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
         any_ok = ok.any(dim=1)
         first = ok.to(torch.int8).argmax(dim=1)
         val = d * v.gather(1, first[:, None]).squeeze(1)
-        out[todo[any_ok]] = val[any_ok]
-        todo = todo[~any_ok]
+        todo = settle_round(out, todo, any_ok, val)
         if todo.numel() == 0:
             break
     else:
@@ -127,8 +149,7 @@ def von_mises_fisher(mean, kappa, generator):
         cand = (1.0 - (1.0 + b) * beta) / (1.0 - (1.0 - b) * beta)
         u = torch.rand(m, generator=generator, device=device, dtype=torch.float64)
         ok = kappa * cand + m1 * torch.log1p(-x0 * cand) - c >= torch.log(u)
-        w[todo[ok]] = cand[ok]
-        todo = todo[~ok]
+        todo = settle_round(w, todo, ok, cand)
         if todo.numel() == 0:
             break
     else:
@@ -252,17 +273,15 @@ class ExtendedSphereSpace(NSphereSpace):
             first = ok.to(torch.int8).argmax(dim=1)  # first accepted, 0 if none
             pick = y.gather(1, first[:, None, None].expand(m, 1, self.n)).squeeze(1)
             pick = pick / norm.gather(1, first[:, None])
-            done = ok.any(dim=1)
+            done = ok.any(dim=1)  # (m,)
             if rows is None:
                 out = pick
-                if bool(done.all()):
-                    return out
+                # The round's one host sync: which rows are still open.
                 rows = (~done).nonzero(as_tuple=True)[0]
             else:
-                out[rows[done]] = pick[done]
-                rows = rows[~done]
-                if rows.numel() == 0:
-                    return out
+                rows = settle_round(out, rows, done, pick)
+            if rows.numel() == 0:
+                return out
             z = mean[rows]
             # The rows left are few: more proposals each cost little and
             # save rounds (each round is a dozen small kernel launches).
