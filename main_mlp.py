@@ -39,13 +39,14 @@ import encoders
 import invertible_network_utils
 import latent_spaces
 import losses
+import run_support
 import settings
 import spaces
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser
 from run_support import (CHECKPOINT_NAME, EXIT_DIVERGED, EXIT_SIGNAL, EXIT_WRITE_FAILED, Diverged, InputError,
                          RunLog, SaveDirLock, SignalFlag, Stop, WriteError, available_memory, config_fingerprint,
                          exit_on_signals, load_resume_state, refuse_existing_checkpoint, remove_stale_temporaries,
-                         restate_arguments, save_atomically, save_checkpoint_file)
+                         save_atomically, save_checkpoint_file)
 
 PROG = "main_mlp.py"
 # Fresh marginal samples behind every logged Lin./Perm. score.
@@ -164,6 +165,8 @@ def _positive_finite(value):
 
 
 def _check_writable_file(parser, flag, path):
+    if not path:
+        parser.error(f"argument {flag}: an empty file name; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         parser.error(f"argument {flag}: directory {parent} does not exist")
@@ -259,6 +262,12 @@ def validate_args(parser, args, derived):
     for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
         if path is not None:
             _check_writable_file(parser, flag, path)
+    if args.save_dir:
+        for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+            if path and os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(args.save_dir) \
+                    and run_support.is_save_dir_file(os.path.basename(path)):
+                err(f"argument {flag}: {path} is a file the run keeps in --save-dir {args.save_dir}; "
+                    f"give another name")
     if args.log_file is not None and args.metrics_file is not None \
             and os.path.realpath(args.log_file) == os.path.realpath(args.metrics_file):
         err(f"arguments --log-file and --metrics-file: both name {args.log_file}; give two files")
@@ -451,6 +460,7 @@ class Trainer:
         if not self.args.save_dir:
             return
         state = {
+            "format": run_support.CHECKPOINT_FORMAT,
             "config": config_fingerprint(self.args, self.device),
             "seed": self.seed,
             "phase": phase,
@@ -764,25 +774,30 @@ def prepare(args, derived, device):
     return resume, seed, exp, id_scores, data_gen
 
 
-def open_outputs(args, seed, device, resume):
+def open_outputs(args, resume, locks):
     """The RunLog; on resume the files are cut back to the checkpoint and say the run's arguments now."""
-    offsets = None
-    if resume is not None:
-        offsets = (restate_arguments(args.log_file, resume["offsets"][0], args),
-                   restate_arguments(args.metrics_file, resume["offsets"][1], args, metrics=True))
-    return RunLog(args.log_file, args.metrics_file, offsets)
+    if resume is None:
+        return RunLog(args.log_file, args.metrics_file)
+    return run_support.continue_files(args, resume, os.path.join(args.save_dir, CHECKPOINT_NAME), locks)
 
 
 def main(argv=None):
     exit_on_signals()
+    for stream in (sys.stdout, sys.stderr):
+        # A terminal that cannot show λ or a path's characters gets escapes, not a traceback.
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     parser, args, derived = parse_args(argv)
     device = resolve_device(args.device)
     keep_freed_memory()
     lock = log = None
+    locks = []
     try:
         lock = SaveDirLock(args.save_dir) if args.save_dir else None
+        for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+            locks.append(run_support.OutputLock(flag, path, create=not args.resume_training))
         resume, seed, exp, id_scores, data_gen = prepare(args, derived, device)
-        log = open_outputs(args, seed, device, resume)
+        log = open_outputs(args, resume, locks)
         return run(args, derived, device, seed, exp, id_scores, data_gen, log, SignalFlag(), resume)
     except (InputError, spaces.SamplerError) as exc:
         parser.error(str(exc))
@@ -792,6 +807,8 @@ def main(argv=None):
     finally:
         if log is not None:
             log.close()
+        for output_lock in locks:
+            output_lock.release()
         if lock is not None:
             lock.release()
 

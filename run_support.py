@@ -24,6 +24,8 @@ import torch
 
 CHECKPOINT_NAME = "checkpoint.pth"
 LOCK_NAME = ".lock"
+# The files a run keeps in --save-dir (besides the checkpoint and the lock).
+MODEL_NAMES = ("g.pth", "sup_f.pth", "unsup_f.pth")
 # Arguments that may differ between a run and its resumption.
 RESUMABLE_DIFFERENCES = (
     "n_steps", "more_unsupervised", "save_dir", "resume_training", "log_file",
@@ -31,8 +33,13 @@ RESUMABLE_DIFFERENCES = (
     "device",  # auto and cpu are the same device: device_type is compared instead
     "resume_if_exists", "checkpoint_minutes",
 )
-# Bytes of a log file before a checkpoint's offset whose hash the checkpoint keeps.
+# Checkpoints carry their format. 2: the log and metrics files are checked by the hash of everything
+# before the checkpoint's offset; 1 (no "format" key): by the hash of the TAIL_BYTES before it.
+CHECKPOINT_FORMAT = 2
 TAIL_BYTES = 4096
+# What a checkpoint holds (besides "format"); one that lacks any is of an older layout, refused whole.
+CHECKPOINT_KEYS = ("config", "seed", "phase", "step", "g", "encoder", "loss_fn", "optimizer", "loss_buffer",
+                   "rng_cpu", "rng_data", "offsets", "file_checks", "last_logged")
 EXIT_DIVERGED = 3
 EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: a file could not be written (full disk, quota, size limit)
 # SIGHUP (a closed terminal or ssh session) and SIGUSR2 (what SLURM sends before a
@@ -85,46 +92,77 @@ def exit_on_signals():
 # Output files
 
 
-def file_check(path, offset):
-    """What a checkpoint remembers of a log file: its path, the offset, a hash of the bytes before it."""
+def prefix_sha256(path, offset):
+    """SHA-256 of the first ``offset`` bytes of ``path`` (None when it is shorter)."""
+    digest = hashlib.sha256()
+    left = offset
+    with open(path, "rb") as handle:
+        while left > 0:
+            chunk = handle.read(min(left, 1 << 20))
+            if not chunk:
+                return None
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def file_check(path, offset, sha256=None):
+    """What a checkpoint remembers of a log file: its path, the offset, the SHA-256 of every byte before it
+    (``sha256`` when the caller has it already, else read from the file)."""
     if path is None:
         return None
     if not os.path.isfile(path):  # /dev/null, a terminal, a pipe: nothing to cut back or to verify
         return {"path": os.path.abspath(path), "offset": offset, "stream": True}
+    return {"path": os.path.abspath(path), "offset": offset,
+            "sha256": sha256 if sha256 is not None else prefix_sha256(path, offset)}
+
+
+def _holds(path, check):
+    """Whether the regular file ``path`` begins with what ``check`` describes."""
+    if os.path.getsize(path) < check["offset"]:
+        return False
+    if "sha256" in check:
+        return prefix_sha256(path, check["offset"]) == check["sha256"]
+    # Checkpoints of format 1 kept the hash of the last TAIL_BYTES before the offset only.
+    start = max(0, check["offset"] - TAIL_BYTES)
     with open(path, "rb") as handle:
-        start = max(0, offset - TAIL_BYTES)
         handle.seek(start)
-        tail = handle.read(offset - start)
-    return {"path": os.path.abspath(path), "offset": offset, "tail_sha256": hashlib.sha256(tail).hexdigest()}
+        tail = handle.read(check["offset"] - start)
+    return hashlib.sha256(tail).hexdigest() == check.get("tail_sha256")
 
 
 def verify_file(flag, path, check):
-    """Raise InputError unless ``path`` holds what ``check`` says the checkpoint's run had written.
+    """The check (``check``, or one of its alternatives when it is a list) that ``path`` holds now.
 
-    The content decides, not the name: a run directory copied or moved
-    elsewhere resumes, another file (or a cut one) is refused untouched.
+    Raises InputError unless ``path`` holds what the checkpoint's run had written. The content
+    decides, not the name: a run directory copied or moved elsewhere resumes; another file, a cut
+    one, or one edited anywhere before the checkpoint's offset is refused untouched. A list of
+    alternatives is what an extended run's checkpoint holds while its files are being restated.
     """
-    if check is None:
+    alternatives = check if isinstance(check, list) else [check]
+    first = alternatives[0]
+    if first is None:
         if path is not None:
             raise InputError(f"argument {flag}: the checkpoint's run wrote no {flag}, so {path} would "
                              f"start mid-run; resume without {flag}")
-        return
+        return None
     if path is None:
-        raise InputError(f"argument {flag}: the checkpoint's run wrote {check['path']}; pass {flag} "
+        raise InputError(f"argument {flag}: the checkpoint's run wrote {first['path']}; pass {flag} "
                          f"again to continue it")
-    if check.get("stream") or not os.path.isfile(path):
-        if check.get("stream") and os.path.exists(path) and not os.path.isfile(path):
-            return  # a stream again (e.g. /dev/null): written to, never cut
-        if check.get("stream"):
-            raise InputError(f"argument {flag}: the checkpoint's run wrote to the stream {check['path']}, "
+    if first.get("stream") or not os.path.isfile(path):
+        if first.get("stream") and os.path.exists(path) and not os.path.isfile(path):
+            return first  # a stream again (e.g. /dev/null): written to, never cut
+        if first.get("stream"):
+            raise InputError(f"argument {flag}: the checkpoint's run wrote to the stream {first['path']}, "
                              f"not a file; give a stream again")
         raise InputError(f"argument {flag}: {path} is missing; the checkpoint continues it after byte "
-                         f"{check['offset']}")
-    size = os.path.getsize(path)
-    if size < check["offset"] or file_check(path, check["offset"])["tail_sha256"] != check["tail_sha256"]:
-        raise InputError(f"argument {flag}: {path} does not hold what the checkpoint's run wrote "
-                         f"({size} bytes; the checkpoint continues {check['path']} after byte "
-                         f"{check['offset']}); give that file, or start over with --overwrite")
+                         f"{first['offset']}")
+    for candidate in alternatives:
+        if _holds(path, candidate):
+            return candidate
+    raise InputError(f"argument {flag}: {path} does not hold what the checkpoint's run wrote "
+                     f"({os.path.getsize(path)} bytes; the checkpoint continues {first['path']} after byte "
+                     f"{first['offset']}); give that file, or start over with --overwrite")
 
 
 # Resumable arguments that change what the run is (its length, its final evaluation): a resumed
@@ -132,15 +170,15 @@ def verify_file(flag, path, check):
 RESTATED_ON_RESUME = ("n_steps", "more_unsupervised", "num_eval_batches", "checkpoint_every")
 
 
-def restate_arguments(path, offset, args, metrics=False):
-    """In the part of a log (or metrics file) that a checkpoint continues (up to ``offset``), give the
-    RESTATED_ON_RESUME arguments their values in ``args``; returns the new offset.
+def restated_prefix(path, offset, args, metrics=False):
+    """The part of a log (or metrics file) that a checkpoint continues (up to ``offset``), with the
+    RESTATED_ON_RESUME arguments given their values in ``args``; None when nothing changes.
 
     A finished run extended by ``--n-steps`` then says its new length, as an
-    uninterrupted run of that length would. A file that needs no change is not touched.
+    uninterrupted run of that length would.
     """
     if path is None or not os.path.isfile(path):
-        return offset
+        return None
     with open(path, "rb") as handle:
         lines = handle.read(offset).decode("utf-8").splitlines(keepends=True)
     values = {key: getattr(args, key) for key in RESTATED_ON_RESUME}
@@ -159,14 +197,41 @@ def restate_arguments(path, offset, args, metrics=False):
                 value = values[key]
                 changed[k] = f"\t{key}: {value if value is not None else 'None'}\n"
     if changed == lines:
-        return offset
-    data = "".join(changed).encode("utf-8")
-    write_atomically(path, functools.partial(_write_bytes, data))
-    return len(data)
+        return None
+    return "".join(changed).encode("utf-8")
+
+
+def continue_files(args, state, checkpoint_path, locks):
+    """Open the log and metrics files of a resumed run: cut back to the checkpoint, their arguments restated.
+
+    ``state["file_checks"]`` holds the checks the files matched (``load_resume_state``). The order
+    keeps every moment resumable: first the checkpoint is rewritten to accept the restated files
+    as well as the present ones, then each file is replaced atomically (a kill between the two
+    leaves files the checkpoint accepts). Returns the RunLog.
+    """
+    paths = (args.log_file, args.metrics_file)
+    checks = list(state["file_checks"])
+    new = [restated_prefix(path, check["offset"], args, metrics=k == 1) if check else None
+           for k, (path, check) in enumerate(zip(paths, checks))]
+    offsets = tuple(0 if check is None else check["offset"] if data is None else len(data)
+                    for check, data in zip(checks, new))
+    if any(data is not None for data in new):
+        state["file_checks"] = tuple(
+            check if data is None else [check, file_check(path, len(data), hashlib.sha256(data).hexdigest())]
+            for path, check, data in zip(paths, checks, new))
+        state["offsets"] = offsets
+        save_checkpoint_file(state, checkpoint_path)
+        for path, data, lock in zip(paths, new, locks):
+            if data is not None:
+                write_atomically(path, functools.partial(_write_bytes, data), lock)
+    return RunLog(args.log_file, args.metrics_file, offsets)
 
 
 class RunLog:
     """stdout (and --log-file), stderr, and the --metrics-file JSON lines of one run.
+
+    Each file keeps a running SHA-256 of everything in it, so that a checkpoint records the whole
+    file it continues at no cost of reading it back.
 
     Args:
         truncate_at: (log offset, metrics offset) to continue the files from (resume).
@@ -176,21 +241,28 @@ class RunLog:
         self.to_file = truncate_at is None  # on resume, the header goes to stdout only
         self.paths = (log_file, metrics_file)
         self.stdout_gone = False
-        self.log = self._open(log_file, truncate_at[0] if truncate_at else None)
-        self.metrics = self._open(metrics_file, truncate_at[1] if truncate_at else None)
+        self.log, self.log_hash = self._open(log_file, truncate_at[0] if truncate_at else None)
+        self.metrics, self.metrics_hash = self._open(metrics_file, truncate_at[1] if truncate_at else None)
 
     @staticmethod
     def _open(path, offset):
+        """(binary handle, running hash of its content), or (None, None)."""
         if path is None:
-            return None
+            return None, None
+        digest = hashlib.sha256()
         if offset is None:
-            return open(path, "w", encoding="utf-8")
+            return open(path, "wb"), digest
         if not os.path.isfile(path):  # a stream (e.g. /dev/null): nothing to cut back
-            return open(path, "a", encoding="utf-8")
-        handle = open(path, "r+", encoding="utf-8")
+            return open(path, "ab"), digest
+        handle = open(path, "r+b")
+        left = offset
+        while left > 0:
+            chunk = handle.read(min(left, 1 << 20))
+            digest.update(chunk)
+            left -= len(chunk)
         handle.truncate(offset)
         handle.seek(offset)
-        return handle
+        return handle, digest
 
     def line(self, text):
         if not self.stdout_gone:
@@ -203,7 +275,7 @@ class RunLog:
                 os.close(devnull)
                 self.info("main_mlp.py: stdout was closed; the run goes on and writes only its files")
         if self.log is not None and self.to_file:
-            self._write(self.log, self.paths[0], text + "\n")
+            self._write(self.log, self.log_hash, self.paths[0], text + "\n")
 
     @staticmethod
     def info(text):
@@ -212,15 +284,17 @@ class RunLog:
 
     def record(self, **fields):
         if self.metrics is not None and self.to_file:
-            self._write(self.metrics, self.paths[1], json.dumps(fields) + "\n")
+            self._write(self.metrics, self.metrics_hash, self.paths[1], json.dumps(fields) + "\n")
 
     @staticmethod
-    def _write(handle, path, text):
+    def _write(handle, digest, path, text):
+        data = text.encode("utf-8")
         try:
-            handle.write(text)
+            handle.write(data)
             handle.flush()
         except OSError as exc:
             raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+        digest.update(data)
 
     def offsets(self):
         return (self.log.tell() if self.log else 0, self.metrics.tell() if self.metrics else 0)
@@ -228,8 +302,8 @@ class RunLog:
     def checks(self):
         """(log check, metrics check) for a checkpoint: see ``file_check``."""
         log_offset, metrics_offset = self.offsets()
-        return (file_check(self.paths[0], log_offset) if self.log else None,
-                file_check(self.paths[1], metrics_offset) if self.metrics else None)
+        return (file_check(self.paths[0], log_offset, self.log_hash.hexdigest()) if self.log else None,
+                file_check(self.paths[1], metrics_offset, self.metrics_hash.hexdigest()) if self.metrics else None)
 
     def close(self):
         for handle in (self.log, self.metrics):
@@ -259,12 +333,21 @@ def available_memory(device):
 # The save directory and its checkpoint
 
 
+def is_save_dir_file(name):
+    """Whether ``name`` is (or is a temporary of) a file a run keeps in its --save-dir."""
+    return any(name == own or name.startswith(own + ".tmp") for own in (CHECKPOINT_NAME, LOCK_NAME) + MODEL_NAMES)
+
+
 class SaveDirLock:
     """An exclusive flock on ``DIR/.lock`` for the run's lifetime; the file holds the holder's pid."""
 
     def __init__(self, save_dir):
         self.path = os.path.join(save_dir, LOCK_NAME)
-        self.handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            self.handle = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"argument --save-dir: cannot open its lock file {self.path} "
+                             f"({exc.strerror or type(exc).__name__})") from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -284,19 +367,78 @@ class SaveDirLock:
             self.handle = None
 
 
+def _stale_temporaries(directory, name):
+    """The temporary files ``write_atomically`` leaves for ``directory/name`` when killed."""
+    prefix = name + ".tmp"
+    return [os.path.join(directory, other) for other in os.listdir(directory)
+            if other.startswith(prefix) and other[len(prefix):].isdigit()]
+
+
 def remove_stale_temporaries(save_dir):
-    """A run killed while writing a checkpoint leaves its temporary file behind (call under the lock)."""
-    for name in os.listdir(save_dir):
-        if name.startswith(CHECKPOINT_NAME + ".tmp"):
-            os.remove(os.path.join(save_dir, name))
+    """A run killed while writing a checkpoint or a model leaves its temporary file behind (call under the
+    directory's lock)."""
+    for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
+        for path in _stale_temporaries(save_dir, name):
+            os.remove(path)
 
 
-def write_atomically(path, write):
+class OutputLock:
+    """An exclusive flock on an output file (--log-file, --metrics-file) for the run's lifetime, as the
+    save-dir's: a second run writing the same file is refused before it touches it.
+
+    Streams (/dev/null, a pipe) are not locked: any number of runs may write to them.
+    """
+
+    def __init__(self, flag, path, create):
+        self.flag, self.path, self.fd = flag, path, None
+        if path is None or (os.path.exists(path) and not os.path.isfile(path)) or \
+                (not create and not os.path.exists(path)):
+            return
+        for _ in range(3):  # the file may be replaced (restated by its holder) while we lock it
+            try:
+                fd = os.open(path, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
+            except OSError as exc:
+                raise InputError(f"argument {flag}: cannot open {path} ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise InputError(f"argument {flag}: {path} is being written by another run; wait for it "
+                                 f"or give another file") from None
+            if os.path.exists(path) and os.fstat(fd).st_ino == os.stat(path).st_ino:
+                self.fd = fd
+                break
+            os.close(fd)
+        real = os.path.realpath(path)
+        for stale in _stale_temporaries(os.path.dirname(real), os.path.basename(real)):
+            os.remove(stale)
+
+    def adopt(self, path):
+        """Hold the lock on ``path`` (the file about to replace ours) instead."""
+        if self.fd is None:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh temporary: nobody else holds it
+        os.close(self.fd)
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def write_atomically(path, write, lock=None):
     """``write(tmp)`` to a temporary file renamed into place: ``path`` is the old file or the new, never
-    a cut one. Raises WriteError (the temporary file removed) when it cannot be written."""
+    a cut one. A symbolic link is kept: its target is replaced. ``lock`` (an OutputLock) moves to the
+    new file before it takes the name. Raises WriteError (the temporary file removed) when it cannot
+    be written."""
+    path = os.path.realpath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         write(tmp)
+        if lock is not None:
+            lock.adopt(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
         with contextlib.suppress(OSError):
@@ -337,6 +479,9 @@ def read_checkpoint(path, device, flag="--resume-training"):
     """
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(outer, dict) and {"config", "phase", "step"} <= set(outer):
+            raise InputError(f"argument {flag}: {path} was written by an older version of main_mlp.py "
+                             f"(without a checksum) that this one cannot resume; start over with --overwrite")
         if not (isinstance(outer, dict) and isinstance(outer.get("payload"), bytes) and "sha256" in outer):
             raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
         if hashlib.sha256(outer["payload"]).hexdigest() != outer["sha256"]:
@@ -348,6 +493,14 @@ def read_checkpoint(path, device, flag="--resume-training"):
         raise InputError(f"argument {flag}: cannot read {path} ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not {"config", "seed", "phase", "step"} <= set(state):
         raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
+    version = state.get("format", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
+        raise InputError(f"argument {flag}: {path} is of checkpoint format {version!r}, written by a newer "
+                         f"version of main_mlp.py; this one reads formats 1 to {CHECKPOINT_FORMAT}")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise InputError(f"argument {flag}: {path} was written by an older version of main_mlp.py (it has no "
+                         f"{', '.join(missing[:3])}) that this one cannot resume; start over with --overwrite")
     return state
 
 
@@ -393,7 +546,8 @@ def load_resume_state(args, device, paths_total):
     if state["step"] > total:
         raise InputError(f"argument --n-steps: the checkpoint is at step {state['step']} of the "
                          f"{state['phase']} run, beyond this run's {total} steps")
-    checks = state.get("file_checks", (None, None))
-    verify_file("--log-file", args.log_file, checks[0])
-    verify_file("--metrics-file", args.metrics_file, checks[1])
+    checks = state["file_checks"]
+    # The checks the files hold now (of the alternatives an interrupted restatement leaves).
+    state["file_checks"] = (verify_file("--log-file", args.log_file, checks[0]),
+                            verify_file("--metrics-file", args.metrics_file, checks[1]))
     return state

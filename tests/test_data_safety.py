@@ -323,3 +323,48 @@ def test_a_signal_after_divergence_keeps_the_last_finite_checkpoint(tmp_path, ca
     state = run_support.read_checkpoint(str(save_dir / main_mlp.CHECKPOINT_NAME), "cpu")
     assert state["step"] == 1  # the log step's checkpoint, from before the divergence
     assert all(bool(torch.isfinite(t).all()) for t in state["encoder"].values())
+
+
+@pytest.mark.parametrize("flag", ["--log-file", "--metrics-file"])
+def test_an_empty_output_file_name_is_refused(flag, tmp_path, capsys):
+    code, _, err = run_main(BASE + [flag, ""], capsys)
+    assert_refused(code, err, flag)
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling link", "unreadable"])
+def test_a_save_dir_lock_that_cannot_be_opened_is_refused(kind, tmp_path, capsys):
+    save_dir = tmp_path / "sd"
+    save_dir.mkdir()
+    lock = save_dir / run_support.LOCK_NAME
+    if kind == "directory":
+        lock.mkdir()
+    elif kind == "dangling link":
+        lock.symlink_to(tmp_path / "missing" / "target")
+    else:
+        lock.write_text("123\n")
+        lock.chmod(0)
+        if os.access(lock, os.R_OK):  # root reads anything: nothing to test
+            pytest.skip("running as root")
+    code, _, err = run_main(BASE + ["--save-dir", str(save_dir)], capsys)
+    assert_refused(code, err, "--save-dir", run_support.LOCK_NAME)
+
+
+@pytest.mark.parametrize("name", [main_mlp.CHECKPOINT_NAME, "g.pth", "unsup_f.pth", run_support.LOCK_NAME])
+@pytest.mark.parametrize("flag", ["--log-file", "--metrics-file"])
+def test_an_output_file_inside_the_save_dirs_own_files_is_refused(name, flag, tmp_path, capsys):
+    save_dir = tmp_path / "sd"
+    code, _, err = run_main(BASE + ["--save-dir", str(save_dir), flag, str(save_dir / name)], capsys)
+    assert_refused(code, err, flag, "--save-dir")
+
+
+@pytest.mark.slow
+def test_non_ascii_paths_with_an_ascii_terminal(tmp_path):
+    """PYTHONIOENCODING=ascii: a save-dir named with λ still runs (the terminal gets an escape)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="ascii")
+    log = tmp_path / "run λ.log"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "main_mlp.py"), *BASE, "--save-dir",
+                           str(tmp_path / "sd λ"), "--log-file", str(log)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "\tsave_dir: " + str(tmp_path / "sd λ") in log.read_text(encoding="utf-8")

@@ -1,0 +1,214 @@
+"""Resuming never loses a run: an extension killed at any moment, old checkpoints, shared or linked
+output files, temporaries left by a kill. In-process runs, tiny and seeded."""
+
+import io
+import hashlib
+import os
+
+import pytest
+import torch
+
+import main_mlp
+import run_support
+from cli_util import run_main
+from test_data_safety import BASE, assert_refused, snapshot
+
+pytestmark = pytest.mark.slow  # each test trains two or three tiny runs
+
+
+class Killed(BaseException):
+    """Stands for a kill -9 at a chosen point: nothing after it runs (BaseException: no handler
+    of ours catches it)."""
+
+
+@pytest.fixture
+def short_run(tmp_path, capsys):
+    """A finished 3-step run with a checkpoint, a log and a metrics file in tmp_path/run."""
+    d = tmp_path / "run"
+    d.mkdir()
+    argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
+                   "--metrics-file", str(d / "run.jsonl")]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    return d, argv
+
+
+def _straight_run(tmp_path, capsys, steps):
+    """The log and metrics of an uninterrupted run of ``steps`` steps, its paths named as tmp_path/run's."""
+    d = tmp_path / "straight"
+    d.mkdir()
+    argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
+                   "--metrics-file", str(d / "run.jsonl"), "--n-steps", str(steps)]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    here, there = str(d).encode(), str(tmp_path / "run").encode()
+    return (d / "run.log").read_bytes().replace(here, there), (d / "run.jsonl").read_bytes().replace(here, there)
+
+
+def _extend(argv, steps):
+    return argv + ["--resume-training", "--n-steps", str(steps)]
+
+
+@pytest.mark.parametrize("when", ["writing the log", "writing the metrics", "before the first checkpoint"])
+def test_an_extension_killed_before_its_first_checkpoint_resumes(short_run, tmp_path, capsys, monkeypatch, when):
+    """Extend a finished run (--n-steps 3 -> 9) and kill it while its files are being restated or
+    just after: the same command then resumes it, and its files are those of a straight 9-step run."""
+    d, argv = short_run
+    real_write, real_run = run_support.write_atomically, main_mlp.run
+
+    def write_then_die(path, write, lock=None):
+        if path.endswith("run.log" if when == "writing the log" else "run.jsonl"):
+            raise Killed
+        return real_write(path, write, lock)
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    if when == "before the first checkpoint":
+        monkeypatch.setattr(main_mlp, "run", die)
+    else:
+        monkeypatch.setattr(run_support, "write_atomically", write_then_die)
+    with pytest.raises(Killed):
+        run_main(_extend(argv, 9), capsys)
+    monkeypatch.setattr(run_support, "write_atomically", real_write)
+    monkeypatch.setattr(main_mlp, "run", real_run)
+    capsys.readouterr()
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert code == 0, err
+    log, metrics = _straight_run(tmp_path, capsys, 9)
+    assert (d / "run.log").read_bytes() == log
+    assert (d / "run.jsonl").read_bytes() == metrics
+
+
+@pytest.mark.parametrize("edit", ["header", "invalid utf-8"])
+def test_an_edit_anywhere_before_the_checkpoint_is_found(tmp_path, capsys, edit):
+    """A log longer than 4 KB edited in its header (or made invalid UTF-8 there) is refused, untouched."""
+    d = tmp_path / "run"
+    argv = BASE + ["--n-log-steps", "1", "--n-steps", "60", "--save-dir", str(d / "ckpt"),
+                   "--log-file", str(d / "run.log")]
+    d.mkdir()
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    log = d / "run.log"
+    assert log.stat().st_size > 2 * run_support.TAIL_BYTES
+    data = log.read_bytes()
+    if edit == "header":
+        log.write_bytes(data.replace(b"\tlr: 0.0001\n", b"\tlr: 0.0002\n"))
+    else:
+        log.write_bytes(b"\xff" + data[1:])
+    before = snapshot(d)
+    code, _, err = run_main(_extend(argv, 70), capsys)
+    assert_refused(code, err, "--log-file")
+    assert snapshot(d) == before
+
+
+def _rewrite_checkpoint(path, change):
+    """Load a checkpoint, let ``change`` edit its state, save it again with a valid checksum."""
+    state = run_support.read_checkpoint(str(path), "cpu")
+    change(state)
+    run_support.save_checkpoint_file(state, str(path))
+
+
+def test_a_checkpoint_of_an_older_layout_is_refused_before_anything_is_cut(short_run, capsys):
+    """A checkpoint of the earlier layout with one encoder and optimiser per phase ('encoders',
+    'optimizers'): refused by name, the log and metrics files untouched."""
+    d, argv = short_run
+
+    def older(state):
+        state["encoders"] = {"unsupervised": state.pop("encoder")}
+        state["optimizers"] = {"unsupervised": state.pop("optimizer")}
+        state.pop("format")
+
+    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, older)
+    before = snapshot(d)
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert_refused(code, err, "older version", "encoder", "--overwrite")
+    assert snapshot(d) == before
+
+
+def test_a_checkpoint_without_a_checksum_is_called_older(short_run, capsys):
+    d, argv = short_run
+    path = d / "ckpt" / main_mlp.CHECKPOINT_NAME
+    state = run_support.read_checkpoint(str(path), "cpu")
+    torch.save(state, str(path))  # the earliest layout: the state itself, no checksum around it
+    before = snapshot(d)
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert_refused(code, err, "older version", "checksum")
+    assert snapshot(d) == before
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused(short_run, capsys):
+    d, argv = short_run
+    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda s: s.update(format=99))
+    before = snapshot(d)
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert_refused(code, err, "newer version")
+    assert snapshot(d) == before
+
+
+def test_a_format_1_checkpoint_still_resumes(short_run, tmp_path, capsys):
+    """Format 1 (no 'format' key; files checked by the hash of their last 4 KB) is read, not refused."""
+    d, argv = short_run
+
+    def format_1(state):
+        state.pop("format")
+        checks = []
+        for check in state["file_checks"]:
+            with open(check["path"], "rb") as handle:
+                data = handle.read(check["offset"])
+            tail = data[-run_support.TAIL_BYTES:]
+            checks.append({"path": check["path"], "offset": check["offset"],
+                           "tail_sha256": hashlib.sha256(tail).hexdigest()})
+        state["file_checks"] = tuple(checks)
+
+    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, format_1)
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert code == 0, err
+    log, _ = _straight_run(tmp_path, capsys, 9)
+    assert (d / "run.log").read_bytes() == log
+
+
+@pytest.mark.parametrize("flag, name", [("--log-file", "run.log"), ("--metrics-file", "run.jsonl")])
+def test_an_output_file_of_a_live_run_is_refused(short_run, capsys, flag, name):
+    """Another run (its own save-dir) writing the same log: refused, the file untouched."""
+    d, argv = short_run
+    before = snapshot(d)
+    holder = run_support.OutputLock(flag, str(d / name), create=False)
+    try:
+        code, _, err = run_main(BASE + ["--save-dir", str(d / "other"), flag, str(d / name)], capsys)
+    finally:
+        holder.release()
+    assert_refused(code, err, flag, "another run")
+    assert {k: v for k, v in snapshot(d).items() if not k.startswith("other")} == before
+
+
+def test_a_symlinked_log_stays_a_link_when_the_run_is_extended(tmp_path, capsys):
+    d = tmp_path / "run"
+    (d / "real").mkdir(parents=True)
+    for name in ("run.log", "run.jsonl"):
+        (d / name).symlink_to(d / "real" / name)
+    argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
+                   "--metrics-file", str(d / "run.jsonl")]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert code == 0, err
+    for name in ("run.log", "run.jsonl"):
+        assert (d / name).is_symlink()
+    log, metrics = _straight_run(tmp_path, capsys, 9)
+    assert (d / "real" / "run.log").read_bytes() == log
+    assert (d / "real" / "run.jsonl").read_bytes() == metrics
+
+
+def test_temporaries_left_by_a_kill_are_removed(short_run, capsys):
+    d, argv = short_run
+    left = [d / "ckpt" / "g.pth.tmp4242", d / "ckpt" / "unsup_f.pth.tmp4243", d / "run.jsonl.tmp4244",
+            d / "run.log.tmp4245"]
+    for path in left:
+        path.write_bytes(b"half written")
+    keep = d / "run.log.tmp-notes"  # not one of ours
+    keep.write_bytes(b"mine")
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert code == 0, err
+    assert not any(path.exists() for path in left)
+    assert keep.read_bytes() == b"mine"
