@@ -6,12 +6,15 @@ the authors' main_mlp.py. Reads as: parse and validate arguments -> build the
 latent space, g, f and the loss -> train -> final evaluation.
 """
 
+import os
 import signal
 import sys
 
 
 def _exit_quietly(signum, frame):
-    sys.exit(128 + signum)
+    # os._exit, not sys.exit: a SystemExit raised inside torch's import can be swallowed there, or
+    # abort the process from a C++ callback; nothing is written yet, so nothing needs flushing.
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":
@@ -26,7 +29,6 @@ import dataclasses
 import ctypes
 import functools
 import math
-import os
 import platform
 import time
 

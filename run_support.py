@@ -79,7 +79,10 @@ class SignalFlag:
 
 def _exit_at_once(signum, frame):
     RunLog.info(f"main_mlp.py: stopped by {signal.Signals(signum).name} during start-up; nothing written")
-    sys.exit(EXIT_SIGNAL[signum])
+    # At once, raising nothing into the interrupted code (see main_mlp._exit_quietly); what start-up
+    # writes (a restated log, a checkpoint accepting it) is written atomically, and the locks are
+    # the OS's to release.
+    os._exit(EXIT_SIGNAL[signum])
 
 
 def exit_on_signals():

@@ -368,3 +368,41 @@ def test_non_ascii_paths_with_an_ascii_terminal(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "\tsave_dir: " + str(tmp_path / "sd λ") in log.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("handler", ["_exit_quietly", "_exit_at_once"])
+def test_a_start_up_signal_exits_without_raising(handler, monkeypatch, capsys):
+    """Before the run has anything to save, a signal ends the process at once with its status, and
+    raises nothing into the code it interrupts (a SystemExit raised inside torch's import or a C++
+    callback can be swallowed, or abort the process)."""
+    import signal
+
+    exits = []
+
+    def record_exit(status):
+        exits.append(status)
+
+    monkeypatch.setattr(os, "_exit", record_exit)
+    function = getattr(main_mlp, handler, None) or getattr(run_support, handler)
+    function(signal.SIGTERM, None)  # must not raise
+    assert exits == [143]
+
+
+@pytest.mark.slow
+def test_signals_at_random_moments_of_start_up_always_end_the_run(tmp_path):
+    """SIGTERM at spread-out moments of the first second (importing torch, building the experiment):
+    every run ends with 143, no traceback, no abort."""
+    import signal
+    import time
+    procs = []
+    for k in range(8):
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main_mlp.py"), *BASE, "--n-steps", "100000"],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        time.sleep(0.05 + 0.15 * k)
+        proc.send_signal(signal.SIGTERM)
+        procs.append(proc)
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert "Traceback" not in err and "terminate called" not in err
