@@ -8,6 +8,9 @@ CUDA path to:
   CPU's are (float32 on both sides, TF32 off);
 - the sampler draws the same distribution on CUDA, repeatably from a seed;
   the metrics of the same h(z) agree on both devices;
+- a step that does not log synchronises with the host once per round of the
+  positive sampler, as the CUDA runtime counts it (and as tests/test_sync.py
+  counts it on the CPU); benchmark.py's CUDA-event timer reads the wall time;
 - a seeded CUDA run repeats itself byte for byte (same GPU, same torch);
   g and θ are drawn on the CPU, so its mixing is the CPU run's;
 - killed (SIGTERM, SIGKILL) and resumed, a CUDA run's log and metrics files
@@ -31,19 +34,22 @@ import functools
 import json
 import shutil
 import signal
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import benchmark
 import encoders
+import host_sync
 import invertible_network_utils
+import latent_spaces
 import main_mlp
 import run_support
-import settings
 import spaces
 from cli_util import finish, parse_log, restore_signal_handlers, signal_after_steps, start_cli
-from test_spaces import README_LAMBDA
+from test_spaces import README_LAMBDA, RandnRecorder
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -214,6 +220,58 @@ def test_metrics_of_the_same_latents_agree_on_both_devices(experiment):
     assert on_cuda.lin == pytest.approx(on_cpu.lin, abs=1e-5)
     assert on_cuda.perm == pytest.approx(on_cpu.perm, abs=1e-5)
     assert on_cuda.lin_dims == pytest.approx(on_cpu.lin_dims, abs=1e-5)
+
+
+# ------------------------------------------------------------ host synchronisations and the timer
+
+
+def test_a_cuda_step_syncs_once_per_sampler_round(experiment, monkeypatch):
+    args, derived, exp = experiment
+    # The README's latent space with its sampler's (n,) spreads on CUDA, as a CUDA run builds it.
+    latent = latent_spaces.build_latent_space(args, latent_spaces.build_space(args), derived.anisotropic,
+                                              exp.latent.conditional.std.to(CUDA), exp.acceptance)
+    g, loss_fn = copy.deepcopy(exp.g).to(CUDA), copy.deepcopy(exp.loss_fn).to(CUDA)
+    f = encoders.build_encoder(args.n, derived.normalization).to(CUDA)
+    optimizer = main_mlp.build_optimizer(args, f, loss_fn)
+    gen = torch.Generator(device=CUDA).manual_seed(8)
+
+    def step():
+        x, _ = main_mlp.sample_views(latent, g, args.batch_size, gen, CUDA, False)  # (2B, n)
+        main_mlp.optimise(f, loss_fn, optimizer, x, None, contextlib.nullcontext)
+
+    step()  # Adam's state exists, as in every later step
+    torch.cuda.synchronize()
+    for _ in range(3):
+        recorder = RandnRecorder(monkeypatch)  # one (m, K, n) proposal draw per sampler round
+        with host_sync.count_cuda_syncs() as found:
+            step()
+        monkeypatch.undo()
+        rounds = len(recorder.batches)
+        assert rounds >= 1 and len(found) == rounds
+        # What the CPU-side counter sees on CUDA is what the runtime reports.
+        recorder = RandnRecorder(monkeypatch)
+        with host_sync.count_host_syncs() as syncs:
+            step()
+        monkeypatch.undo()
+        assert syncs.calls == {"aten.nonzero.default": len(recorder.batches)}
+
+
+def test_the_benchmark_times_cuda_with_events():
+    a = torch.randn(4096, 4096, device=CUDA)
+
+    def work():
+        for _ in range(10):
+            a @ a
+
+    work()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    work()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    seconds = benchmark.time_call(work, CUDA)
+    # The events measure the device's time: about the wall time of the same call, never above it by much.
+    assert 0.3 * wall < seconds < 1.5 * wall + 1e-3
 
 
 # ------------------------------------------------------------ memory
