@@ -23,22 +23,27 @@ common step is checked instead, and the output says so.
 
 Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read
 (missing file, not a log, a malformed line: one line on stderr naming the
-file and the line).
+file and the line). The report is made whole before it is written, so a
+reader that stops early (``| head``) does not change the status. With
+``--per-dimension`` (no verdict): 0, or 2 for a file that is not a metrics
+file of main_mlp.py or whose latents (n, ground-truth λ) are not LOG_A's.
 
     python compare_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
 """
 
 import argparse
+import io
+import json
 import math
-import os
 import sys
+import traceback
 import unicodedata
 import warnings
 
 import numpy as np
 
 import logparse
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int, write_stdout
 
 PROG = "compare_logs.py"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT
@@ -278,7 +283,8 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     (step_a, values_a), (step_b, values_b) = lam_a, lam_b
     truth = log_a.gt_lambda if log_a.gt_lambda is not None else log_b.gt_lambda
     if log_a.gt_lambda is not None and log_b.gt_lambda is not None and \
-            not np.allclose(log_a.gt_lambda, log_b.gt_lambda, rtol=1e-4):
+            (len(log_a.gt_lambda) != len(log_b.gt_lambda)
+             or not np.allclose(log_a.gt_lambda, log_b.gt_lambda, rtol=1e-4)):
         problems.append("the logs have different ground-truth Λ")
         out.write(f"\nground truth differs: A {log_a.gt_lambda}, B {log_b.gt_lambda}; A's is shown\n")
     if len(values_a) != len(values_b):
@@ -321,9 +327,67 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     return problems
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def per_dimension_groups(path, args, steps):
+    """The λ groups of a metrics file (``logparse.lambda_groups``), once its records are checked to be
+    main_mlp.py's: ``logparse.read_metrics`` takes any JSON record of the right "type", and the
+    per-dimension views index ``lin_dims`` by these groups.
+
+    Raises:
+        LogParseError: the config lacks main_mlp.py's arguments, or a step record lacks an integer
+            step, ``lin_dims`` of n numbers, or a numeric ``perm``.
+    """
+    try:
+        groups = logparse.lambda_groups(args)
+    except (AttributeError, KeyError, TypeError, ValueError):  # args not a dict, a key missing, a value not a number
+        raise logparse.LogParseError(path, None, "its config record lacks main_mlp.py's arguments (n, space_type, "
+                                                 "c_p, gt_lambda_1, gt_lambda_2): not a metrics file of main_mlp.py")
+    n = sum(len(dims) for _, dims in groups)
+    if n < 1:
+        raise logparse.LogParseError(path, None, f"its config record says n {args.get('n')!r}: no latents")
+    for record in steps:
+        dims = record.get("lin_dims")
+        if not (isinstance(record.get("step"), int) and not isinstance(record.get("step"), bool)
+                and isinstance(dims, list) and len(dims) == n and all(_is_number(v) for v in dims)
+                and _is_number(record.get("perm", 0.0))):
+            shown = json.dumps(record)
+            raise logparse.LogParseError(path, None, f"a step record that is not main_mlp.py's (an integer step, "
+                                                     f"lin_dims of n = {n} numbers): "
+                                                     f"{shown[:80] + '...' if len(shown) > 80 else shown}")
+    return groups
+
+
+def _latents_text(groups):
+    """``n 10 (content (λ = 25), style (λ = 5))``: the latents of a run, as its λ groups say."""
+    return f"n {sum(len(dims) for _, dims in groups)} ({', '.join(label for label, _ in groups)})"
+
+
+def read_per_dimension(paths, phase):
+    """The metrics files at ``paths``, checked to be main_mlp.py's and of the same latents as the first.
+
+    Returns:
+        ``[(args, step records with per-dimension scores, λ groups)]``, one per path.
+    Raises:
+        LogParseError: a file cannot be read, is not main_mlp.py's, or groups its latents otherwise
+            than the first (another n or other ground-truth λ).
+    """
+    runs = []
+    for path in paths:
+        args, steps, _ = logparse.read_metrics(path, phase)
+        groups = per_dimension_groups(path, args, steps)
+        if runs and groups != runs[0][2]:
+            raise logparse.LogParseError(path, None, f"its latents are not those of {paths[0]}: "
+                                                     f"{_latents_text(groups)} against {_latents_text(runs[0][2])}")
+        runs.append((args, steps, groups))
+    return runs
+
+
 def compare_per_dimension(run_a, run_b, args, out):
     """The R² of each λ group of the latents, A beside B, at their common steps."""
-    groups = logparse.lambda_groups(run_a[0])
+    groups = run_a[2]
     by_a = {r["step"]: r for r in run_a[1]}
     by_b = {r["step"]: r for r in run_b[1]}
     common = sorted(set(by_a) & set(by_b))
@@ -339,17 +403,19 @@ def compare_per_dimension(run_a, run_b, args, out):
 
 
 def main(argv=None):
-    """Compare the two logs; returns the exit status (0 agree, 1 disagree, 2 unreadable)."""
+    """Compare the two logs; returns the exit status (0 agree, 1 disagree, 2 unreadable).
+
+    The whole report is made before any of it is written, so the status is the verdict whatever
+    becomes of stdout (a reader that stops early, ``| head``, does not turn "disagree" into 0).
+    """
     args = parse_args(argv)
-    if args.per_dimension:
-        try:
-            runs = [logparse.read_metrics(path, args.phase) for path in (args.log_a, args.log_b)]
-        except logparse.LogParseError as exc:
-            sys.stderr.write(f"{PROG}: error: {exc}\n")
-            return EXIT_UNREADABLE
-        compare_per_dimension(runs[0], runs[1], args, sys.stdout)
-        return EXIT_AGREE
+    out = io.StringIO()
     try:
+        if args.per_dimension:
+            runs = read_per_dimension((args.log_a, args.log_b), args.phase)
+            compare_per_dimension(runs[0], runs[1], args, out)
+            write_stdout(out.getvalue())
+            return EXIT_AGREE
         log_a = logparse.parse_log(args.log_a)
         log_b = logparse.parse_log(args.log_b)
         # Check both phases before printing anything, so that an unusable
@@ -359,21 +425,21 @@ def main(argv=None):
     except logparse.LogParseError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_UNREADABLE
-    problems = compare(log_a, log_b, args, sys.stdout)
+    problems = compare(log_a, log_b, args, out)
     if problems:
-        print(f"\nverdict: DISAGREE ({'; '.join(problems)})")
-        return EXIT_DISAGREE
-    print(f"\nverdict: AGREE (|Δ<Loss>| <= {args.loss_tol:g}, |ΔLin.| <= {args.lin_tol:g}, "
-          f"|ΔPerm.| <= {args.perm_tol:g}, sorted Λ̂ within {args.lambda_rtol:g})")
-    return EXIT_AGREE
+        out.write(f"\nverdict: DISAGREE ({'; '.join(problems)})\n")
+    else:
+        out.write(f"\nverdict: AGREE (|Δ<Loss>| <= {args.loss_tol:g}, |ΔLin.| <= {args.lin_tol:g}, "
+                  f"|ΔPerm.| <= {args.perm_tol:g}, sorted Λ̂ within {args.lambda_rtol:g})\n")
+    write_stdout(out.getvalue())
+    return EXIT_DISAGREE if problems else EXIT_AGREE
 
 
 if __name__ == "__main__":
     try:
         status = main()
-    except BrokenPipeError:
-        # The reader of stdout went away (``| head``): not an error of the
-        # comparison. Point stdout at /dev/null so the exit flush stays quiet.
-        sys.stdout = open(os.devnull, "w")
-        status = EXIT_AGREE
+    except Exception:  # a bug, not a verdict: Python's own exit status 1 would read as "the logs disagree"
+        traceback.print_exc()
+        sys.stderr.write(f"{PROG}: error: the comparison failed (above): no verdict\n")
+        status = EXIT_UNREADABLE
     sys.exit(status)

@@ -19,7 +19,9 @@ each loss recovers, and which it loses (e.g. AnInfoNCE against InfoNCE).
     python plot_logs.py --per-dimension an.jsonl info.jsonl -o collapse.png
 
 Exit status: 0 written, 2 an input cannot be read (one line on stderr naming
-the file and the line) or the image cannot be written.
+the file and the line; with ``--per-dimension`` also a file that is not a
+metrics file of main_mlp.py, or whose latents are not the first file's), the
+image cannot be written, or ``-o`` names one of the inputs (never written over).
 
 matplotlib is imported here only, so that the other tools run without it.
 """
@@ -34,7 +36,8 @@ matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 import logparse  # noqa: E402
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, same_file, write_stdout  # noqa: E402
+from compare_logs import read_per_dimension  # noqa: E402
 
 PROG = "plot_logs.py"
 DEFAULT_SIZE = (12.0, 9.0)  # inches
@@ -71,6 +74,9 @@ def parse_args(argv=None):
         if side * args.dpi < 10:
             parser.error(f"arguments --size/--dpi: {args.size[0]:g} x {args.size[1]:g} in at {args.dpi:g} dpi "
                          f"is less than 10 pixels a side")
+    for path in args.logs:
+        if same_file(args.output, path):
+            parser.error(f"argument -o/--output: {args.output} is an input ({path}); give the image another name")
     return args
 
 
@@ -137,7 +143,7 @@ def plot_per_dimension(runs, labels, size, dpi, title):
     Runs of the same loss share a colour (AnInfoNCE against InfoNCE at a glance), each seed its own
     line style; the legend names the file.
     """
-    groups = logparse.lambda_groups(runs[0][0])
+    groups = runs[0][2]  # read_per_dimension: every run has the first one's
     cols = min(len(groups), 5)
     rows = -(-len(groups) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=size, dpi=dpi, squeeze=False)
@@ -176,7 +182,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.per_dimension:
-            inputs = [logparse.read_metrics(path, args.phase) for path in args.logs]
+            inputs = read_per_dimension(args.logs, args.phase)
         else:
             inputs = [logparse.parse_log(path) for path in args.logs]
             for log in inputs:
@@ -199,7 +205,7 @@ def main(argv=None):
         return EXIT_BAD_INPUT
     finally:
         plt.close(fig)
-    print(f"wrote {args.output}")
+    write_stdout(f"wrote {args.output}\n")
     return 0
 
 

@@ -81,6 +81,7 @@ import numpy as np
 
 import logparse
 import settings
+from compare_logs import read_per_dimension
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int
 
 PROG = "sweep.py"
@@ -514,15 +515,14 @@ def summarize_run(name, seed, path, group_steps=()):
 def group_scores(metrics_path, steps=()):
     """From a run's metrics file: ``{where: {λ group: mean R² of its latents, ..., "Perm.": perm}}``,
     where is "end" (the last logged step: 4,096 samples, not the final evaluation's smaller
-    batches) and each of ``steps`` the run logged; None when the file is missing or has no
-    per-dimension scores."""
+    batches) and each of ``steps`` the run logged; None when the file is missing, has no
+    per-dimension scores (an older run) or is not main_mlp.py's."""
     if not os.path.exists(metrics_path):
         return None
     try:
-        args, records, _ = logparse.read_metrics(metrics_path)
+        (_, records, groups), = read_per_dimension([metrics_path], "unsupervised")
     except logparse.LogParseError:
         return None
-    groups = logparse.lambda_groups(args)
 
     def scores(record, perm_key):
         out = {label: logparse.group_r2(record, group) for label, group in groups}
@@ -556,7 +556,8 @@ def aggregate(name, rows):
     for key in ("lin", "perm", "lambda_error"):
         result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in used])
     result["groups"] = None
-    if all(r["groups"] for r in used):
+    # Only runs of the same latents (the same λ groups) are averaged group by group.
+    if all(r["groups"] for r in used) and len({tuple(r["groups"]["end"]) for r in used}) == 1:
         # At each place every run has (the end, and the --group-steps all of them logged).
         wheres = [w for w in used[0]["groups"] if all(w in r["groups"] for r in used)]
         result["groups"] = {w: {label: mean_std([r["groups"][w][label] for r in used])

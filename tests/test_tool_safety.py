@@ -1,0 +1,217 @@
+"""The log tools on bad input and in bad conditions: exit statuses that keep their meaning, one line
+on stderr instead of a traceback, and nothing already written lost or overwritten.
+
+compare_logs.py: 0 agree, 1 disagree, 2 bad input, on every path (a closed stdout included).
+sweep.py, plot_logs.py, learning_check.py: 2 and one line naming the flag for bad arguments; no
+tool writes over a file it reads; sweep.py never overwrites a finished run's log, and skips a
+finished run only when its log's arguments are those it would run now.
+
+The logs are written by test_tools' helpers (synthetic) or by tiny real sweeps; the tools run
+through subprocess, as a user runs them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from test_tools import (BIMODAL, FAKE_TRAINER, PY, ROOT, _metrics_file, make_steps, pair, render_log,
+                        run_tool, write)
+
+pytestmark = pytest.mark.slow  # every test here runs a tool through subprocess
+
+
+def one_line_error(result, *needles):
+    """A refusal: exit 2, exactly one line on stderr that names ``needles``, no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+def run_closed_stdout(*argv):
+    """Run a tool whose stdout is a pipe nobody reads (``tool | true``); returns the exit status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the tool starts: its first write gets EPIPE
+    try:
+        proc = subprocess.run([PY, *map(str, argv)], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    return proc
+
+
+# --------------------------------------------------------------------------
+# compare_logs.py: the exit status is the verdict
+
+
+def test_compare_logs_of_different_n_disagree_without_a_traceback(tmp_path):
+    four = [25.0, 25.0, 5.0, 5.0]
+    a = write(tmp_path / "a.log", render_log(make_steps(n_logged=5)))
+    b = write(tmp_path / "b.log", render_log(make_steps(n_logged=5, lam_end=four), gt=four))
+    result = run_tool("compare_logs.py", a, b)
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+    assert "verdict: DISAGREE" in result.stdout and "Λ̂ has a different number of entries" in result.stdout
+    assert "ground truth differs" in result.stdout
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_compare_logs_keeps_its_verdict_when_stdout_is_closed(tmp_path, agree):
+    alter = None if agree else (lambda b: [r.update(lin=r["lin"] + 0.3) for r in b])
+    proc = run_closed_stdout("compare_logs.py", *pair(tmp_path, alter=alter))
+    assert proc.returncode == (0 if agree else 1), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_compare_logs_under_an_ascii_stdout(tmp_path):
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    for argv, status in ((["compare_logs.py", *pair(tmp_path)], 0), (["sweep.py", "--help"], 0),
+                         (["compare_logs.py", "--help"], 0), (["plot_logs.py", "--help"], 0),
+                         (["learning_check.py", "--help"], 0)):
+        result = subprocess.run([PY, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == status and "Traceback" not in result.stderr, (argv, result.stderr)
+    result = subprocess.run([PY, "compare_logs.py", *pair(tmp_path)], cwd=ROOT, capture_output=True, timeout=60,
+                            env=env)
+    assert b"\\u0394<Loss>" in result.stdout and b"verdict: AGREE" in result.stdout  # Δ escaped, not lost
+
+
+# --------------------------------------------------------------------------
+# --per-dimension: metrics files that are not ours, or not of the same latents
+
+
+def _foreign_metrics(tmp_path):
+    """Metrics-like files that are not main_mlp.py's: each must be refused in one line."""
+    config = {"type": "config", "args": {"n": 4, "space_type": "extended_sphere", "c_p": 0, "gt_lambda_1": 5,
+                                         "gt_lambda_2": 25, "linearly_spaced_lambda": False}}
+    cases = {
+        "no_args.jsonl": [{"type": "config", "args": {"foo": 1}},
+                          {"type": "step", "phase": "unsupervised", "step": 1, "lin_dims": [0.5] * 4}],
+        "dims_text.jsonl": [config, {"type": "step", "phase": "unsupervised", "step": 1, "lin_dims": "abcd"}],
+        "no_step.jsonl": [config, {"type": "step", "phase": "unsupervised", "lin_dims": [0.5] * 4}],
+        "short_dims.jsonl": [config, {"type": "step", "phase": "unsupervised", "step": 1, "lin_dims": [0.5]}],
+        "args_list.jsonl": [{"type": "config", "args": [1, 2]},
+                            {"type": "step", "phase": "unsupervised", "step": 1, "lin_dims": [0.5] * 4}],
+    }
+    paths = []
+    for name, records in cases.items():
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        paths.append(path)
+    return paths
+
+
+def _metrics_of_n(path, n):
+    args = {"n": n, "space_type": "extended_sphere", "c_p": 0, "gt_lambda_1": 5, "gt_lambda_2": 25,
+            "linearly_spaced_lambda": False}
+    records = [{"type": "config", "args": args}] + [
+        {"type": "step", "phase": "unsupervised", "step": s, "lin": 0.5, "lin_dims": [0.5] * n} for s in (1, 251)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_per_dimension_refuses_foreign_records_in_one_line(tmp_path):
+    good = _metrics_file(tmp_path / "good.jsonl", 0.9, 0.5)
+    for bad in _foreign_metrics(tmp_path):
+        one_line_error(run_tool("compare_logs.py", "--per-dimension", good, bad), str(bad))
+        one_line_error(run_tool("plot_logs.py", "--per-dimension", good, bad, "-o", tmp_path / "x.png"), str(bad))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_per_dimension_refuses_files_of_different_latents(tmp_path):
+    four, six = _metrics_of_n(tmp_path / "four.jsonl", 4), _metrics_of_n(tmp_path / "six.jsonl", 6)
+    for a, b in ((four, six), (six, four)):
+        one_line_error(run_tool("compare_logs.py", "--per-dimension", a, b), str(b), "n 4", "n 6")
+        one_line_error(run_tool("plot_logs.py", "--per-dimension", a, b, "-o", tmp_path / "x.png"),
+                       str(b), "n 4", "n 6")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_summary_leaves_foreign_metrics_out(tmp_path):
+    """sweep.py's λ-group R² reads the same files: a foreign one is left out, not a traceback."""
+    out_dir = tmp_path / "sw"
+    out_dir.mkdir()
+    write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
+    (out_dir / "a_seed0.jsonl").write_text(_foreign_metrics(tmp_path)[1].read_text())
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "R² by ground-truth λ" not in (out_dir / "a_summary.md").read_text()
+
+
+# --------------------------------------------------------------------------
+# No tool writes over a file it reads
+
+
+def test_plot_logs_does_not_write_over_its_input(tmp_path):
+    log = write(tmp_path / "run.log", render_log(make_steps(n_logged=4)))
+    before = log.read_bytes()
+    os.symlink(log, tmp_path / "link.log")
+    for output in (log, tmp_path / "link.log", f"{tmp_path}/./run.log"):
+        one_line_error(run_tool("plot_logs.py", log, "-o", output), "-o", "run.log")
+    metrics = _metrics_file(tmp_path / "m.jsonl", 0.9, 0.5)
+    one_line_error(run_tool("plot_logs.py", "--per-dimension", metrics, "-o", metrics), "-o")
+    assert log.read_bytes() == before and metrics.read_text().startswith('{"type": "config"')
+
+
+def test_sweep_summary_does_not_write_over_a_reference(tmp_path):
+    out_dir = tmp_path / "sw"
+    out_dir.mkdir()
+    write(out_dir / "an_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
+    reference = write(out_dir / "an_summary.md", render_log(make_steps(n_logged=3, seed=5)))
+    before = reference.read_text()
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+                      "--reference", f"an={reference}")
+    one_line_error(result, "an_summary.md")
+    assert reference.read_text() == before and not (out_dir / "an_summary.csv").exists()
+
+
+# --------------------------------------------------------------------------
+# sweep.py / learning_check.py: bad names and output directories
+
+
+def _fake_sweep(tmp_path, *sweep_args):
+    script = write(tmp_path / "fake_trainer.py", textwrap.dedent(FAKE_TRAINER))
+    template = write(tmp_path / "template.log", render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
+    return run_tool("sweep.py", "--seeds", "0", "--threads", "1", "--script", script, *sweep_args,
+                    "--", "--template", template)
+
+
+@pytest.mark.parametrize("name", ["exp[1]", "", "a*", "b?"])
+def test_sweep_refuses_a_name_it_could_not_find_again(tmp_path, name):
+    result = _fake_sweep(tmp_path, "--out-dir", tmp_path / "sw", "--name", name)
+    one_line_error(result, "--name")
+    assert not (tmp_path / "sw").exists()
+
+
+@pytest.mark.parametrize("summary_name", ["", "a/b"])
+def test_sweep_refuses_a_summary_name_that_is_not_a_file_name(tmp_path, summary_name):
+    out_dir = tmp_path / "sw"
+    out_dir.mkdir()
+    write(out_dir / "an_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+                      "--summary-name", summary_name)
+    one_line_error(result, "--summary-name")
+    assert os.listdir(out_dir) == ["an_seed0.log"]
+
+
+def test_out_dir_that_is_a_file_or_cannot_be_made(tmp_path):
+    a_file = write(tmp_path / "a_file", "not a directory\n")
+    for out_dir in (a_file, a_file / "sub"):
+        one_line_error(_fake_sweep(tmp_path, "--out-dir", out_dir), "--out-dir")
+        one_line_error(run_tool("learning_check.py", "--seeds", "1", "2", "--out-dir", out_dir), "--out-dir")
+    assert a_file.read_text() == "not a directory\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_out_dir_that_is_not_writable(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for out_dir in (locked, locked / "sub"):
+            one_line_error(_fake_sweep(tmp_path, "--out-dir", out_dir), "--out-dir")
+            one_line_error(run_tool("learning_check.py", "--out-dir", out_dir), "--out-dir")
+    finally:
+        locked.chmod(0o700)
