@@ -75,9 +75,14 @@ def output_layer(normalization, n):
     return layers[normalization]() if layers[normalization] is not None else None
 
 
+def layer_widths(n):
+    """The encoder's widths, input to output: n, 10n, 50n, 50n, 50n, 50n, 10n, n."""
+    return [n] + [k * n for k in HIDDEN_FACTORS] + [n]
+
+
 def build_encoder(n, normalization="fixed_sphere"):
     """The encoder as an ``nn.Sequential`` (its repr matches the reference log)."""
-    dims = [n] + [k * n for k in HIDDEN_FACTORS] + [n]
+    dims = layer_widths(n)
     layers = []
     for i in range(len(dims) - 1):
         layers.append(nn.Linear(dims[i], dims[i + 1]))

@@ -11,6 +11,7 @@
 """
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import hashlib
@@ -19,8 +20,11 @@ import json
 import os
 import signal
 import sys
+import time
 
 import torch
+
+from argparse_utils import EXIT_BAD_INPUT
 
 CHECKPOINT_NAME = "checkpoint.pth"
 LOCK_NAME = ".lock"
@@ -79,7 +83,7 @@ class SignalFlag:
 
 def _exit_at_once(signum, frame):
     RunLog.info(f"main_mlp.py: stopped by {signal.Signals(signum).name} during start-up; nothing written")
-    # At once, raising nothing into the interrupted code (see main_mlp._exit_quietly); what start-up
+    # At once, raising nothing into the interrupted code (see startup_signals); what start-up
     # writes (a restated log, a checkpoint accepting it) is written atomically, and the locks are
     # the OS's to release.
     os._exit(EXIT_SIGNAL[signum])
@@ -554,3 +558,221 @@ def load_resume_state(args, device, paths_total):
     state["file_checks"] = (verify_file("--log-file", args.log_file, checks[0]),
                             verify_file("--metrics-file", args.metrics_file, checks[1]))
     return state
+
+
+# --------------------------------------------------------------------------
+# Survival: checkpoints, their resumption, divergence, signals, how a run ends
+
+
+class Survival:
+    """What keeps a run's work through kills, signals and divergence; the training loop calls
+    ``resume(phase)`` once, ``after_step(phase, step, is_log)`` after every step and ``check_finite``
+    before it logs.
+
+    A phase (main_mlp.Phase) has ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring
+    of its last losses). A checkpoint is written at every log step (or every --checkpoint-minutes
+    instead), every --checkpoint-every steps, at the end of a phase and on a signal; never of a
+    diverged run.
+
+    Args:
+        resume: the checkpoint's state to continue (``load_resume_state``), or None.
+    """
+
+    def __init__(self, args, device, seed, g, loss_fn, log, generator, flag, resume=None):
+        self.args, self.device, self.seed = args, device, seed
+        self.g, self.loss_fn, self.log, self.generator, self.flag = g, loss_fn, log, generator, flag
+        self.pending = resume
+        self.last_logged = None
+        self.last_checkpoint = time.monotonic()
+
+    def resume(self, phase):
+        """Restore the checkpoint into this phase (encoder, optimiser, Λ̂, loss ring, generators).
+
+        Returns the first step to run: 1 unless the checkpoint is of this phase.
+        """
+        state = self.pending
+        if state is None or state["phase"] != phase.name:
+            return 1
+        phase.f.load_state_dict(state["encoder"])
+        phase.optimizer.load_state_dict(state["optimizer"])
+        if self.loss_fn is not None and state["loss_fn"] is not None:
+            self.loss_fn.load_state_dict(state["loss_fn"])
+        saved = state["loss_buffer"]  # a shorter ring when the run is being extended
+        phase.losses[:saved.numel()].copy_(saved[:phase.losses.numel()])
+        torch.set_rng_state(state["rng_cpu"])
+        self.generator.set_state(state["rng_data"])
+        self.last_logged = state["last_logged"]
+        self.pending = None
+        self.log.to_file = True  # the header was printed again to stdout only
+        self.log.info(f"resumed the {phase.name} run after step {state['step']}")
+        return state["step"] + 1
+
+    def after_step(self, phase, step, is_log):
+        """Checkpoint when due; on a signal, checkpoint and raise Stop. ``is_log``: the step was just
+        logged (and so checked finite)."""
+        if self.flag.signum is not None:
+            if not is_log:  # a diverged run keeps its last finite checkpoint
+                self.check_finite(phase, step)
+            self.save(phase, step)
+            raise Stop(self.flag.signum, f"step {step} of the {phase.name} run")
+        if self._due(phase, step, is_log):
+            if not is_log:
+                self.check_finite(phase, step)
+            self.save(phase, step)
+
+    def stop_if_signalled(self, where):
+        """Raise Stop when a signal has come (outside the loop: its last checkpoint is on disk)."""
+        if self.flag.signum is not None:
+            raise Stop(self.flag.signum, where)
+
+    def _due(self, phase, step, is_log):
+        args = self.args
+        if args.checkpoint_minutes is None:
+            due = is_log
+        else:
+            due = time.monotonic() - self.last_checkpoint >= 60 * args.checkpoint_minutes
+        return due or step == phase.total or (args.checkpoint_every is not None and step % args.checkpoint_every == 0)
+
+    def check_finite(self, phase, step):
+        """Raise Diverged, naming the step of divergence, when a loss or a parameter is not finite."""
+        ring = phase.losses.numel()
+        window = min(step, ring)
+        steps = torch.arange(step - window + 1, step + 1)
+        recent = phase.losses.cpu()[(steps - 1) % ring]
+        bad = (~torch.isfinite(recent)).nonzero()
+        params = list(phase.f.parameters()) + (list(self.loss_fn.parameters()) if self.loss_fn else [])
+        if len(bad) == 0 and all(bool(torch.isfinite(p).all()) for p in params):
+            return
+        first_index = int(bad[0, 0]) if len(bad) else window - 1
+        first = int(steps[first_index]) if len(bad) else step
+        raise Diverged(f"the {phase.name} run diverged at step {first}: non-finite "
+                       f"{'loss' if len(bad) else 'parameters'} ({self._last_finite(recent[:first_index], first)}"
+                       f"{self._last_logged_words()}); try a smaller --lr / --lr-lambda")
+
+    def _last_finite(self, before, first):
+        """The last finite loss: in the window before the first bad one, else the last logged step's."""
+        if len(before):
+            return f"last finite loss {before[-1].item():.4f} at step {first - 1}"
+        if self.last_logged is not None:
+            return f"last finite loss {self.last_logged['loss']:.4f} at step {self.last_logged['step']}"
+        return "no finite loss before it"
+
+    def _last_logged_words(self):
+        rec = self.last_logged
+        if rec is None:
+            return ""
+        return (f"; last logged step {rec['step']}: Loss {rec['loss']:.4f}, <Loss> {rec['mean_loss']:.4f}, "
+                f"Lin. {rec['lin']:.4f}, Perm. {rec['perm']:.4f}")
+
+    def save(self, phase, step):
+        """The checkpoint of ``phase`` after ``step`` (nothing without --save-dir)."""
+        if not self.args.save_dir:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": config_fingerprint(self.args, self.device),
+            "seed": self.seed,
+            "phase": phase.name,
+            "step": step,
+            "g": self.g.state_dict(),
+            "encoder": phase.f.state_dict(),
+            "loss_fn": self.loss_fn.state_dict() if self.loss_fn is not None else None,
+            "optimizer": phase.optimizer.state_dict(),
+            "loss_buffer": phase.losses.cpu(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_data": self.generator.get_state(),
+            "offsets": self.log.offsets(),
+            "file_checks": self.log.checks(),
+            "last_logged": self.last_logged,
+        }
+        save_checkpoint_file(state, os.path.join(self.args.save_dir, CHECKPOINT_NAME))
+        self.last_checkpoint = time.monotonic()
+
+    def save_models(self, phase):
+        """The trained encoder of a finished phase, as the reference names it."""
+        if self.args.save_dir:
+            name = "sup_f.pth" if phase.name == "supervised" else "unsup_f.pth"
+            save_atomically(phase.f.state_dict(), os.path.join(self.args.save_dir, name))
+
+
+def exit_status(body, prog, save_dir, extra_errors=()):
+    """Call ``body()`` and say how the run ended: 0; 128 + the signal (checkpointed, how to resume);
+    EXIT_DIVERGED; EXIT_WRITE_FAILED; EXIT_BAD_INPUT for ``extra_errors`` (e.g. a sampler that gives up)."""
+    try:
+        body()
+    except Stop as stop:
+        name = signal.Signals(stop.signum).name
+        where = f"checkpoint in {save_dir}" if save_dir else "no checkpoint (no --save-dir)"
+        RunLog.info(f"{prog}: stopped by {name} after {stop.where}; {where}. "
+                    + ("Resume with the same command plus --resume-training." if save_dir else ""))
+        return EXIT_SIGNAL[stop.signum]
+    except Diverged as exc:
+        RunLog.info(f"{prog}: error: {exc}")
+        return EXIT_DIVERGED
+    except WriteError as exc:
+        RunLog.info(f"{prog}: error: {exc}; the last checkpoint written is intact")
+        return EXIT_WRITE_FAILED
+    except extra_errors as exc:
+        RunLog.info(f"{prog}: error: {exc}")
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def refuse_if_too_big(need, device):
+    """InputError when a run's estimated peak memory exceeds what ``device`` has available."""
+    have = available_memory(device)
+    if have is not None and need > have:
+        raise InputError(f"arguments --n/--batch-size: this run needs about {need / 2**30:.1f} GiB at its "
+                         f"peak, the {device.type} has {have / 2**30:.1f} GiB available; lower --batch-size "
+                         f"or --n")
+
+
+class RunLocks:
+    """The locks of a run's --save-dir and output files, held from start-up to exit (a context manager)."""
+
+    def __init__(self, args):
+        self.save_dir = SaveDirLock(args.save_dir) if args.save_dir else None
+        self.outputs = []
+        try:
+            for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+                self.outputs.append(OutputLock(flag, path, create=not args.resume_training))
+        except InputError:
+            self.release()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def release(self):
+        for lock in self.outputs:
+            lock.release()
+        if self.save_dir is not None:
+            self.save_dir.release()
+            self.save_dir = None
+
+
+def keep_freed_memory():
+    """Let glibc keep freed buffers instead of returning them to the OS.
+
+    A CPU step allocates and frees the same activations every time; with
+    glibc's defaults those come back from the OS as fresh pages, one page
+    fault per 4 KB (what that cost: training_logs/speed.md). No effect
+    elsewhere (another libc, macOS, Windows).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def escape_unprintable_output():
+    """A terminal that cannot show λ or a path's characters gets escapes, not a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")

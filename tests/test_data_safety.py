@@ -383,7 +383,9 @@ def test_a_start_up_signal_exits_without_raising(handler, monkeypatch, capsys):
         exits.append(status)
 
     monkeypatch.setattr(os, "_exit", record_exit)
-    function = getattr(main_mlp, handler, None) or getattr(run_support, handler)
+    import startup_signals
+
+    function = getattr(startup_signals, handler, None) or getattr(run_support, handler)
     function(signal.SIGTERM, None)  # must not raise
     assert exits == [143]
 

@@ -11,6 +11,7 @@ import signal
 import torch
 
 import main_mlp
+import run_support
 from cli_util import parse_log, run_main
 
 TINY = ["--device", "cpu", "--n", "4", "--batch-size", "32", "--n-steps", "3", "--n-log-steps", "2",
@@ -104,12 +105,12 @@ def test_no_contrastive_steps(capsys):
 
 def test_mixing_saved_before_training(tmp_path, capsys, monkeypatch):
     """g.pth is on disk before the first step, as the reference writes it."""
-    def stop_at_once(self, phase):
-        raise main_mlp.Stop(signal.SIGTERM)
+    def stop_at_once(run, name):
+        raise run_support.Stop(signal.SIGTERM)
 
-    monkeypatch.setattr(main_mlp.Trainer, "run_phase", stop_at_once)
+    monkeypatch.setattr(main_mlp, "train_phase", stop_at_once)
     rc, _, _ = run_main(TINY + EXTENDED + ["--save-dir", str(tmp_path)], capsys)
-    assert rc == main_mlp.EXIT_SIGNAL[signal.SIGTERM]
+    assert rc == run_support.EXIT_SIGNAL[signal.SIGTERM]
     g = torch.load(os.path.join(tmp_path, "g.pth"), weights_only=True)
     assert list(g) == ["0.weight", "2.weight", "4.weight"]  # the reference's keys
     assert all(w.shape == (4, 4) for w in g.values())

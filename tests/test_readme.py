@@ -3,7 +3,7 @@
 import os
 import re
 
-import main_mlp
+import command_line
 from cli_util import ROOT
 
 
@@ -29,4 +29,4 @@ def test_the_flags_table_is_the_parser():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
         readme = handle.read().splitlines()
     table = [line for line in readme if re.match(r"^\| `--", line)]
-    assert table == flag_rows(main_mlp.build_parser())
+    assert table == flag_rows(command_line.build_parser())

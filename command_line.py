@@ -1,0 +1,255 @@
+"""The command line of main_mlp.py: its parser, the checks of what it was given, ``parse_args``.
+
+The reference's flags come first, in the reference's order (a log's ``Arguments:``
+block prints them in this order), then ours. Every refusal is one line naming the
+flag, exit status 2, before anything runs. Imports the tables it offers as choices
+(settings, latent_spaces, invertible_network_utils) and nothing of the training.
+"""
+
+import math
+import os
+
+import torch
+
+import invertible_network_utils
+import latent_spaces
+import run_support
+import settings
+from argparse_utils import ArgumentParser
+
+PROG = "main_mlp.py"
+DESCRIPTION = "Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss."
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# A vMF with κ = 1e8 spreads its samples 1e-4 rad around the mean.
+MAX_VMF_KAPPA = 1e8
+# The largest fixed Λ̂ = 1/τ the loss is tested finite for.
+MAX_FIXED_LAMBDA = 1e4
+
+
+def number(text):
+    """An int when the value is integral (so the log prints ``p: 0``), else a float."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def build_parser():
+    """The command line: the reference's flags first, in its order, then ours."""
+    parser = ArgumentParser(prog=PROG, description=DESCRIPTION)
+    _add_reference_flags(parser)
+    _add_our_flags(parser)
+    return parser
+
+
+def _add_reference_flags(parser):
+    """The reference's flags, in the reference's order (the log's Arguments block)."""
+    parser.add_argument("--sphere-r", type=float, default=1.0, help="radius of the sphere space")
+    parser.add_argument("--box-min", type=float, default=0.0, help="lower bound of the box space")
+    parser.add_argument("--box-max", type=float, default=1.0, help="upper bound of the box space")
+    parser.add_argument("--sphere-norm", action="store_true",
+                        help="encoder output on a sphere of learnable radius")
+    parser.add_argument("--box-norm", action="store_true",
+                        help="encoder output: sigmoid scaled by learnable per-dimension bounds")
+    parser.add_argument("--only-supervised", action="store_true", help="run only the supervised (MSE) training")
+    parser.add_argument("--only-unsupervised", action="store_true", help="run only the contrastive training")
+    parser.add_argument("--more-unsupervised", type=int, default=3,
+                        help="the contrastive run has n_steps * this many steps")
+    parser.add_argument("--save-dir", type=str, default="",
+                        help="directory for g, the encoders and the resumable checkpoint")
+    parser.add_argument("--num-eval-batches", type=int, default=10,
+                        help="batches of the final evaluation (mean and std reported)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of every random draw; drawn and reported on stderr when omitted")
+    parser.add_argument("--act-fct", type=str, default="leaky_relu",
+                        choices=invertible_network_utils.ACTIVATIONS, help="activation inside the mixing g")
+    parser.add_argument("--c-param", type=float, default=0.05,
+                        help="scale of the conditional (vMF concentration for --c-p 0 on sphere)")
+    parser.add_argument("--m-param", type=float, default=1.0, help="scale of the marginal (when --m-p is not 0)")
+    parser.add_argument("--tau", type=float, default=1.0, help="temperature of the Lp, dot-product and infonce-fixed losses")
+    parser.add_argument("--n-mixing-layer", type=int, default=3,
+                        help="linear layers in the mixing g (0: the identity)")
+    parser.add_argument("--n", type=int, default=10, help="latent dimension")
+    parser.add_argument("--space-type", type=str, default="box",
+                        choices=tuple(latent_spaces.SPACES), help="latent space")
+    parser.add_argument("--m-p", type=number, default=0,
+                        help="marginal: 0 uniform, 1 Laplace, 2 normal, other p generalised normal")
+    parser.add_argument("--c-p", type=number, default=2,
+                        help="conditional: 1 Laplace, 2 normal, other p generalised normal; 0 vMF on sphere, "
+                             "the rejected anisotropic normal on extended_sphere")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the encoder")
+    parser.add_argument("--p", type=number, default=2,
+                        help="loss: p > 0 the Lp form; 0 the dot-product form (AnInfoNCE on extended_sphere)")
+    parser.add_argument("--batch-size", type=int, default=6144, help="pairs per step")
+    parser.add_argument("--n-log-steps", type=int, default=250, help="log every this many steps")
+    parser.add_argument("--n-steps", type=int, default=100001,
+                        help="supervised steps (the contrastive run does n_steps * more_unsupervised)")
+    parser.add_argument("--resume-training", action="store_true",
+                        help="continue from the checkpoint in --save-dir")
+    # Integer defaults under type=float, as the reference: printed "5" when omitted, "5.0" when passed.
+    parser.add_argument("--gt-lambda-1", type=float, default=5,
+                        help="ground-truth λ of the last n - floor(n/2) dimensions (bimodal), or the start of "
+                             "the linear spacing")
+    parser.add_argument("--gt-lambda-2", type=float, default=25,
+                        help="ground-truth λ of the first floor(n/2) dimensions (bimodal), or the end of "
+                             "the linear spacing")
+    parser.add_argument("--linearly-spaced-lambda", action="store_true",
+                        help="ground-truth Λ = linspace(gt_lambda_1, gt_lambda_2, n)")
+    parser.add_argument("--lr-lambda", type=float, default=1e-3, help="Adam learning rate of the learned Λ̂")
+    parser.add_argument("--threshold", type=float, default=0.1,
+                        help="acceptance band | ‖z+δ‖ - 1 | < threshold of the positive sampler")
+
+
+def _add_our_flags(parser):
+    parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when available")
+    parser.add_argument("--loss", type=str, default=settings.loss_choices()[0], choices=settings.loss_choices(),
+                        help=settings.loss_help())
+    parser.add_argument("--negatives", type=str, default="reference", choices=("reference", "symmetric"),
+                        help="reference: the authors' negatives for the second view; symmetric: NT-Xent")
+    parser.add_argument("--log-file", type=str, default=None,
+                        help="also write the log here, flushed at every line")
+    parser.add_argument("--metrics-file", type=str, default=None,
+                        help="JSON lines: the configuration, then one record per logged step")
+    parser.add_argument("--precision", type=str, default="float32", choices=("float32", "bf16"),
+                        help="bf16: autocast the encoder to bfloat16 (AMX CPUs, GPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and the loss")
+    parser.add_argument("--allow-tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="also checkpoint every this many steps (one is always written in --save-dir "
+                             "at every log step and at the end)")
+    parser.add_argument("--resume-if-exists", action="store_true",
+                        help="resume when --save-dir holds a checkpoint, start fresh when not (for requeued jobs)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=None,
+                        help="checkpoint every this many minutes instead of at every log step (and on a "
+                             "signal, and at the end)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a fresh run in a --save-dir that holds a checkpoint (which it replaces)")
+    parser.add_argument("--cond-thresh-ratio", type=float, default=0.0,
+                        help="quantile of 25,000 random condition numbers that g's layers must not exceed")
+
+
+def _positive_finite(value):
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _check_writable_file(parser, flag, path):
+    if not path:
+        parser.error(f"argument {flag}: an empty file name; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        parser.error(f"argument {flag}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        parser.error(f"argument {flag}: {path} is a directory; give a file name")
+    if (os.path.exists(path) and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK):
+        parser.error(f"argument {flag}: {path} is not writable")
+
+
+def _check_writable_dir(parser, flag, path, create):
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"argument {flag}: {path} is a file, not a directory")
+    if not os.path.exists(path) and not create:
+        parser.error(f"argument {flag}: no directory {path} to resume from")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"argument {flag}: cannot create {path} ({exc.strerror})")
+    if not os.access(path, os.W_OK):
+        parser.error(f"argument {flag}: {path} is not writable")
+
+
+def validate_numbers(err, args):
+    """Refuse numbers out of range (``err``: the parser's one-line error, exit 2)."""
+    for flag, value, low in (("--n", args.n, 2), ("--batch-size", args.batch_size, 2),
+                             ("--n-steps", args.n_steps, 1), ("--n-log-steps", args.n_log_steps, 1),
+                             ("--num-eval-batches", args.num_eval_batches, 1),
+                             ("--more-unsupervised", args.more_unsupervised, 0),
+                             ("--n-mixing-layer", args.n_mixing_layer, 0)):
+        if value < low:
+            err(f"argument {flag}: must be an integer >= {low}, got {value}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        err(f"argument --checkpoint-every: must be an integer >= 1, got {args.checkpoint_every}")
+    if args.checkpoint_minutes is not None and not _positive_finite(args.checkpoint_minutes):
+        err(f"argument --checkpoint-minutes: must be a positive number, got {args.checkpoint_minutes}")
+    for flag, value in (("--lr", args.lr), ("--lr-lambda", args.lr_lambda), ("--tau", args.tau),
+                        ("--c-param", args.c_param), ("--m-param", args.m_param),
+                        ("--sphere-r", args.sphere_r), ("--gt-lambda-1", args.gt_lambda_1),
+                        ("--gt-lambda-2", args.gt_lambda_2)):
+        if not _positive_finite(value):
+            err(f"argument {flag}: must be a positive finite number, got {value}")
+    if not _positive_finite(args.threshold):
+        err(f"argument --threshold: must be a positive finite number, got {args.threshold}")
+    # Values that become float32 tensors must fit one.
+    for flag, value in (("--sphere-r", args.sphere_r), ("--box-min", args.box_min), ("--box-max", args.box_max),
+                        ("--c-param", args.c_param), ("--m-param", args.m_param), ("--tau", args.tau),
+                        ("--gt-lambda-1", args.gt_lambda_1), ("--gt-lambda-2", args.gt_lambda_2)):
+        if math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            err(f"argument {flag}: must be at most {FLOAT32_MAX:.3g} in magnitude (float32), got {value}")
+    if args.space_type == "sphere" and args.c_p == 0 and args.c_param > MAX_VMF_KAPPA:
+        err(f"argument --c-param: the von Mises-Fisher concentration must be at most {MAX_VMF_KAPPA:g} "
+            f"(beyond, float32 cannot tell the samples from their mean), got {args.c_param}")
+    if not (math.isfinite(args.cond_thresh_ratio) and 0 <= args.cond_thresh_ratio <= 1):
+        err(f"argument --cond-thresh-ratio: must be in [0, 1], got {args.cond_thresh_ratio}")
+    for flag, value in (("--p", args.p), ("--m-p", args.m_p), ("--c-p", args.c_p)):
+        if not (math.isfinite(value) and value >= 0):
+            err(f"argument {flag}: must be a finite number >= 0, got {value}")
+    if not (math.isfinite(args.box_min) and math.isfinite(args.box_max)) or args.box_min >= args.box_max:
+        err(f"arguments --box-min/--box-max: need box_min < box_max, got {args.box_min} >= {args.box_max}")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
+        err(f"argument --seed: must be in [0, 2^63), got {args.seed}")
+
+
+def validate_args(parser, args, derived):
+    """Refuse what cannot run, with a one-line error naming the flag (exit 2)."""
+    err = parser.error
+    validate_numbers(err, args)
+    if args.only_supervised and args.only_unsupervised:
+        err("arguments --only-supervised and --only-unsupervised: choose at most one")
+    if args.sphere_norm and args.box_norm:
+        err("arguments --sphere-norm and --box-norm: choose at most one")
+    if args.space_type == "unbounded" and args.m_p == 0:
+        err("argument --m-p: the unbounded space has no uniform marginal; use --m-p 1, 2 or another p > 0")
+    if args.c_p == 0 and args.space_type in ("box", "unbounded"):
+        err(f"argument --c-p: 0 (von Mises-Fisher) needs --space-type sphere or extended_sphere, "
+            f"not {args.space_type}")
+    contrastive_choice = derived.loss in settings.loss_choices()
+    if not contrastive_choice and args.loss != settings.loss_choices()[0]:
+        err(f"argument --loss: {args.loss} applies to --space-type extended_sphere with --p 0 only")
+    if not contrastive_choice and args.negatives != "reference":
+        err("argument --negatives: applies to --space-type extended_sphere with --p 0 only")
+    if derived.loss == "infonce-fixed" and 1 / args.tau > MAX_FIXED_LAMBDA:
+        err(f"argument --tau: infonce-fixed needs --tau >= {1 / MAX_FIXED_LAMBDA:g} (Λ̂ = 1/τ at most "
+            f"{MAX_FIXED_LAMBDA:g}), got {args.tau}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        err("argument --device: cuda requested but CUDA is not available")
+    if args.compile and args.precision == "bf16":
+        err("arguments --compile and --precision bf16: choose at most one")
+    if args.resume_training and not args.save_dir:
+        err("argument --resume-training: needs --save-dir with a checkpoint")
+    if args.save_dir:
+        _check_writable_dir(parser, "--save-dir", args.save_dir, create=not args.resume_training)
+    for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+        if path is not None:
+            _check_writable_file(parser, flag, path)
+    if args.save_dir:
+        for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+            if path and os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(args.save_dir) \
+                    and run_support.is_save_dir_file(os.path.basename(path)):
+                err(f"argument {flag}: {path} is a file the run keeps in --save-dir {args.save_dir}; "
+                    f"give another name")
+    if args.log_file is not None and args.metrics_file is not None \
+            and os.path.realpath(args.log_file) == os.path.realpath(args.metrics_file):
+        err(f"arguments --log-file and --metrics-file: both name {args.log_file}; give two files")
+    if args.overwrite and args.resume_training:
+        err("arguments --overwrite and --resume-training: choose at most one")
+
+
+def parse_args(argv=None):
+    """Returns (parser, args, derived): ``derived`` holds what the flags imply (settings.Derived)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume_if_exists:
+        if not args.save_dir:
+            parser.error("argument --resume-if-exists: needs --save-dir")
+        args.resume_training = os.path.exists(os.path.join(args.save_dir, run_support.CHECKPOINT_NAME))
+    derived = settings.derive_from_args(args)
+    validate_args(parser, args, derived)
+    return parser, args, derived
