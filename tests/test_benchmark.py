@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import benchmark
-from cli_util import ROOT, env_for_cli
+from cli_util import ROOT, env_for_cli, parse_log
 
 
 def run_benchmark(*args):
@@ -107,3 +107,63 @@ def test_the_floor_counts_the_encoders_matmul_flops():
 def test_the_wall_clock_times_a_call():
     seconds = benchmark.time_call(lambda: torch.ones(8).sum(), torch.device("cpu"))
     assert 0 < seconds < 1
+
+
+# ------------------------------------------------------------ gpu_check.sh
+
+STAGES = ["environment", "CUDA tests", "README run", "benchmark", "benchmark --compile"]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_every_stage_and_its_summary(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.run(["bash", os.path.join(ROOT, "gpu_check.sh"), str(out), "--device", "cpu", "--dry"],
+                          cwd=tmp_path, env=env_for_cli(PYTHON=sys.executable, CUDA_VISIBLE_DEVICES=""),
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("env.txt", "cuda_tests.txt", "readme_run.log", "readme_run.jsonl", "readme_run.err",
+                 "benchmark.txt", "benchmark_compile.txt", "summary.md"):
+        assert (out / name).is_file(), name
+    summary = (out / "summary.md").read_text()
+    assert proc.stdout == summary  # printed at the end
+    lines = summary.splitlines()
+    assert "mode dry, device cpu" in lines[2]
+    _, rows = table(lines, "| stage | status |")
+    assert [r[0].strip("| ") for r in rows] == STAGES
+    assert all(r[1] == "ok" for r in rows), rows
+    assert "gpu: none (CUDA not available)" in (out / "env.txt").read_text()
+    # The CUDA tests are collected and, without CUDA, all skipped.
+    assert re.search(r"^pytest: \d+ skipped in ", summary, re.M) and "failed" not in summary
+    # The README run: its log in the reference format, its last Step line and final scores in the summary.
+    log = parse_log((out / "readme_run.log").read_text())
+    last = log["phases"][0]["steps"][-1]["step"]
+    assert [s["step"] for s in log["phases"][0]["steps"]] == [1, 4, 6, 11]  # 12 steps, logged every 5
+    assert re.search(rf"^Step: {last} \t Loss: ", summary, re.M)
+    assert re.search(r"^linear mean: ", summary, re.M) and re.search(r"^perm mean: ", summary, re.M)
+    # The speed tables: each precision at batch 16, eager and compiled, and their host syncs.
+    _, rows = table(lines, "precision | batch | GEMM")
+    assert [(r[0], r[1]) for r in rows] == [("float32", "16"), ("bf16", "16"), ("float32 compiled", "16")]
+    _, rows = table(lines, "precision | batch | syncs/step")
+    assert [(r[0], r[1]) for r in rows] == [("float32", "16"), ("bf16", "16"), ("float32 compiled", "16")]
+    assert all(int(r[3]) >= 1 for r in rows)  # at least the sampler's one
+    assert re.search(r"^projected 300,003-step README run, from the benchmark \(float32, batch 16\): "
+                     r"\d+\.\d\d h$", summary, re.M)
+    assert re.search(r"^projected 300,003-step README run, from the README run's rate \([\d.]+ steps/s over "
+                     r"its 12 steps, logging included\): \d+\.\d\d h$", summary, re.M)
+
+
+@pytest.mark.parametrize("args, flag", [
+    ([], "OUTDIR"),
+    (["out", "--device", "tpu"], "--device"),
+    (["out", "--budget", "30"], "--budget"),
+    (["out", "--budget", "ten"], "--budget"),
+    (["out", "--repeat"], "--repeat"),
+    (["out", "other"], "other"),
+])
+def test_gpu_check_refuses_bad_arguments_in_one_line(args, flag, tmp_path):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "gpu_check.sh"), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check.sh: error:") and flag in lines[0]
+    assert not (tmp_path / "out").exists()  # refused before anything is written
