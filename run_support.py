@@ -24,19 +24,16 @@ import time
 
 import torch
 
+import settings
 from argparse_utils import EXIT_BAD_INPUT
 
 CHECKPOINT_NAME = "checkpoint.pth"
 LOCK_NAME = ".lock"
 # The files a run keeps in --save-dir (besides the checkpoint and the lock).
 MODEL_NAMES = ("g.pth", "sup_f.pth", "unsup_f.pth")
-# Arguments that may differ between a run and its resumption.
-RESUMABLE_DIFFERENCES = (
-    "n_steps", "more_unsupervised", "save_dir", "resume_training", "log_file",
-    "metrics_file", "num_eval_batches", "checkpoint_every", "compile", "seed", "overwrite",
-    "device",  # auto and cpu are the same device: device_type is compared instead
-    "resume_if_exists", "checkpoint_minutes",
-)
+# Arguments that may differ between a run and its resumption: the incidental ones, and the length
+# (an extension). The device is compared as its type instead (auto and cpu are the same device).
+RESUMABLE_DIFFERENCES = settings.INCIDENTAL_FLAGS + ("n_steps", "more_unsupervised")
 # Checkpoints carry their format. 2: the log and metrics files are checked by the hash of everything
 # before the checkpoint's offset; 1 (no "format" key): by the hash of the TAIL_BYTES before it.
 CHECKPOINT_FORMAT = 2

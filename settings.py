@@ -86,6 +86,12 @@ def loss_label(name, p="?"):
     return name if label is None else label.format(p=p)
 
 
+# Flags that say where or how a run ran, not what it computed: they may differ between a run and
+# its resumption (run_support), and are not differences between two logs (compare_logs.py).
+INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrite", "log_file", "metrics_file",
+                    "device", "compile", "checkpoint_every", "checkpoint_minutes", "num_eval_batches", "seed")
+
+
 # The encoder's output normalisations by name (see encoders.NORMALIZATION_LAYERS).
 NORMALIZATIONS = ("fixed_sphere", "learnable_sphere", "learnable_box", "none")
 
