@@ -21,17 +21,18 @@ import host_sync
 import invertible_network_utils
 import main_mlp
 import spaces
+from cli_util import restore_signal_handlers
 from test_spaces import README_LAMBDA, RandnRecorder
 
 README = ["--n", "10", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0", "--only-unsupervised",
-          "--gt-lambda-1", "5", "--gt-lambda-2", "25", "--batch-size", "1000", "--device", "cpu"]
+          "--gt-lambda-1", "5", "--gt-lambda-2", "25", "--device", "cpu"]
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def experiment():
     """(args, experiment, encoder, optimiser) of the README configuration, on the CPU."""
-    _, args, derived = main_mlp.parse_args(README)
+    _, args, derived = main_mlp.parse_args(README + ["--batch-size", "1000"])
     torch.manual_seed(0)
     with pytest.MonkeyPatch.context() as patch:
         # g's threshold from 1,000 random condition numbers instead of 25,000: the
@@ -119,3 +120,34 @@ def test_settle_round_writes_what_the_masked_write_writes(shape):
     left = spaces.settle_round(out, rows, done, values)
     assert torch.equal(out, expected)
     assert torch.equal(left, rows[~done])
+
+
+@pytest.mark.slow
+def test_the_training_loop_adds_no_sync_to_a_step_that_does_not_log(monkeypatch, capsys):
+    # The whole run, main_mlp.main: 20 steps, logged at steps 1 and 10 (--n-steps) only.
+    argv = README + ["--batch-size", "256", "--n-steps", "10", "--more-unsupervised", "2", "--n-log-steps", "100",
+                     "--num-eval-batches", "1", "--seed", "0"]
+    starts, draws = [], []  # the sync count as each step starts; the step of each proposal draw
+    real_views, real_randn = main_mlp.sample_views, torch.randn
+
+    def views(*args, **kwargs):
+        starts.append(syncs.total)
+        return real_views(*args, **kwargs)
+
+    def randn(*size, **kwargs):
+        out = real_randn(*size, **kwargs)
+        if out.dim() == 3:  # the positive sampler's (m, K, n) proposals: one draw per round
+            draws.append(len(starts))
+        return out
+
+    monkeypatch.setattr(main_mlp, "sample_views", views)
+    with restore_signal_handlers(), host_sync.count_host_syncs() as syncs:
+        monkeypatch.setattr(torch, "randn", randn)
+        code = main_mlp.main(argv)
+        monkeypatch.setattr(torch, "randn", real_randn)
+    capsys.readouterr()
+    assert code == 0 and len(starts) == 20
+    for step in [*range(2, 10), *range(11, 20)]:  # from its start to the next step's
+        rounds = draws.count(step)
+        assert rounds >= 1 and starts[step] - starts[step - 1] == rounds, step
+    assert starts[1] - starts[0] > draws.count(1)  # a logged step reads its loss and scores back
