@@ -17,6 +17,14 @@ given. Its stdout and stderr are appended to ``DIR/NAME_seedS.out`` and ``.err``
 
 ``--grid KEY=V1,V2`` (repeatable) makes one configuration per combination of
 values, named ``NAME_KEY-V1...``; ``on``/``off`` are a switch given or not.
+KEY is a flag of main_mlp.py by its full name (``batch-size``) or its dest
+name (``batch_size``), not an abbreviation, and not one given after ``--``
+too. The flags are read from main_mlp.py's own parser, in a child process
+with ``--python`` (it imports torch: a few seconds, only with a grid or with
+logs already in DIR).
+
+A configuration name (``--name``) is a file name without ``*?[]``: the
+runs' files are found again by it, as a shell glob.
 
 Executors (``--executor``):
 
@@ -37,7 +45,13 @@ Executors (``--executor``):
   and nothing run: for an array script of your own.
 
 ``--skip-done`` leaves out the runs whose log has its final scores, so
-submitting a sweep again runs only what is unfinished.
+submitting a sweep again runs only what is unfinished; only when the log's
+Arguments are those the run would be given now (apart from its own files),
+else the sweep refuses (exit 2) and names the run and the argument. A run
+whose log is already there is started again only to continue from its
+checkpoint: a log of other arguments, or a finished one, with no checkpoint
+to continue is refused rather than overwritten. Nothing starts when one run
+is refused.
 
 ``--summarize-only`` makes the summary of the logs already in DIR, for
 ``--name`` or every name matching the ``--names`` patterns (shell globs such
@@ -58,21 +72,27 @@ configuration NAME's runs beside that log at the last step all of them
 logged: <Loss>, Lin., Perm. and Λ̂ error, ours as mean ± std [min, max] over
 seeds, the reference's value beside it.
 
+No file the summary reads (a log, a metrics file, a ``--reference``) is
+written over by it.
+
 Exit status: 0 done (or submitted); 1 a run failed; 2 bad arguments, or logs
-that cannot be read or found; 128 + the signal number when stopped by
-SIGINT/SIGTERM.
+that cannot be read or found, or runs refused (above); 128 + the signal
+number when stopped by SIGINT/SIGTERM.
 """
 
 
 import argparse
 import csv
+import dataclasses
 import fnmatch
 import importlib.util
+import json
 import math
 import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -82,7 +102,7 @@ import numpy as np
 import logparse
 import settings
 from compare_logs import read_per_dimension
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int, same_file, write_stdout
 
 PROG = "sweep.py"
 EXIT_OK, EXIT_RUN_FAILED = 0, 1
@@ -101,7 +121,15 @@ SIGNAL_DELAY_S = 120
 # Requeues after a time limit before a task gives up (preemptions do not count).
 MAX_TIMEOUTS = 50
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
+GLOB_CHARACTERS = "*?[]"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# main_mlp.py's checkpoint in a --save-dir (run_support.CHECKPOINT_NAME; that module imports torch).
+CHECKPOINT_FILE = "checkpoint.pth"
+# The Arguments of a run's log that are its own, not its configuration's: the files each run gets,
+# and resume_training, which main_mlp.py sets from whether a checkpoint was there.
+PER_RUN_ARGS = ("log_file", "metrics_file", "save_dir", "resume_training")
+# Reading the training script's command line imports what it imports (torch): seconds, not minutes.
+PROBE_TIMEOUT_S = 300
 
 
 def _seed(text):
@@ -122,7 +150,8 @@ def build_parser():
     parser.add_argument("--out-dir", required=True, metavar="DIR",
                         help="where the logs, metrics files, stdout/stderr files and the summary go")
     parser.add_argument("--name", default="run",
-                        help="configuration name: runs write DIR/NAME_seedS.log (no '/' in it; default: %(default)s)")
+                        help="configuration name: runs write DIR/NAME_seedS.log (no '/' and none of *?[] in it; "
+                             "default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads per run (default: CPU count // --jobs, at least 1)")
     parser.add_argument("--python", default=sys.executable,
@@ -130,14 +159,16 @@ def build_parser():
     parser.add_argument("--script", default=DEFAULT_SCRIPT,
                         help="the training script (default: main_mlp.py beside this file)")
     parser.add_argument("--skip-done", action="store_true",
-                        help="do not rerun a seed whose log already has its final scores")
+                        help="do not rerun a seed whose log already has its final scores (a log of other arguments "
+                             "is refused)")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="local: subprocesses here, --jobs at a time; submitit-local: the same tasks as on a "
                              "cluster, through submitit on this machine; slurm: one SLURM job array through "
                              "submitit, then return; print: the command lines, run nothing (default: local)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                        help="a main_mlp.py flag (without --) and its values, one configuration each; "
-                             "on/off for switches; repeatable: every combination runs, each over --seeds")
+                        help="a main_mlp.py flag by its full name (without --) or dest name, and its values, one "
+                             "configuration each; on/off for switches; repeatable: every combination runs, each "
+                             "over --seeds")
     parser.add_argument("--checkpoint-minutes", type=float, default=DEFAULT_CHECKPOINT_MINUTES,
                         help="checkpoint cadence of the runs (main_mlp.py --checkpoint-minutes; default "
                              "%(default)s), unless the main_mlp.py arguments set one")
@@ -205,11 +236,20 @@ def parse_args(argv=None):
         if not sep or not name or not path:
             parser.error(f"argument --reference: expected NAME=LOG, got {item!r}")
         args.references[name] = path
-    if "/" in args.name or os.sep in args.name:
-        parser.error(f"argument --name: no path separator allowed, got {args.name!r}")
+    problem = name_problem(args.name)
+    if problem:
+        parser.error(f"argument --name: {problem}, got {args.name!r}")
+    if args.summary_name is not None and (not args.summary_name or "/" in args.summary_name
+                                          or os.sep in args.summary_name):
+        parser.error(f"argument --summary-name: a file name without a path separator, got {args.summary_name!r}")
     args.print_jobs = args.executor == "print"
+    if not args.print_jobs:  # the summary is written there, and with a run the logs
+        problem = out_dir_problem(args.out_dir, create=not args.summarize_only)
+        if problem:
+            parser.error(f"argument --out-dir: {problem}")
     try:
-        args.configs = configurations(args.name, args.grid)
+        args.grid_items = parse_grid(args.grid)
+        args.configs = configurations(args.name, args.grid_items)
     except ValueError as exc:
         parser.error(f"argument --grid: {exc}")
     if args.summarize_only:
@@ -246,28 +286,81 @@ def parse_args(argv=None):
     return args
 
 
-def configurations(base, grid):
-    """``[(name, extra main_mlp.py arguments)]``: every combination of the ``--grid`` values.
+def name_problem(name):
+    """What makes ``name`` unusable as a configuration name, or None.
 
-    ``KEY=V1,V2`` gives ``--KEY V1`` and ``--KEY V2``; the values ``on`` and
-    ``off`` give the switch ``--KEY`` and nothing. Each name is ``base``
-    followed by ``_KEY-VALUE`` per grid key.
+    A run's files are NAME_seedS.log and so on, found again by NAME as a shell glob
+    (``--names``): a name with a path separator, a glob character or nothing in it
+    would name files elsewhere or not be found again.
     """
-    configs = [(base, [])]
+    if not name:
+        return "must not be empty"
+    if "/" in name or os.sep in name:
+        return "no path separator allowed"
+    if any(ch in name for ch in GLOB_CHARACTERS):
+        return f"none of {' '.join(GLOB_CHARACTERS)} allowed (--names reads them as a shell glob)"
+    return None
+
+
+def out_dir_problem(path, create=True):
+    """Why ``path`` cannot hold a sweep's files (an existing file, an unwritable directory, or with
+    ``create`` a directory that cannot be made), or None."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            return f"{path} is a file, not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{path} is not writable"
+        return None
+    if not create:
+        return None  # reading it says it is missing
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot make {path}: {parent} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot make {path}: {parent} is not writable"
+    return None
+
+
+def parse_grid(grid):
+    """``[(key, [values])]`` of the ``--grid KEY=V1,V2`` items (KEY without its dashes).
+
+    Raises:
+        ValueError: an item that is not KEY=V1,V2,..., a key given twice, or a value repeated.
+    """
+    items = []
     for item in grid:
         key, sep, values = item.partition("=")
         key = key.strip().lstrip("-")
         values = [v.strip() for v in values.split(",")]
         if not sep or not key or not all(values):
             raise ValueError(f"expected KEY=V1,V2,..., got {item!r}")
-        if f"--{key}" in OWN_FLAGS:
-            raise ValueError(f"--{key} is set for each run by {PROG}")
+        if key in (k for k, _ in items):
+            raise ValueError(f"{key} is given twice; give its values in one --grid {key}=V1,V2")
+        if len(set(values)) != len(values):
+            raise ValueError(f"a value of {key} is repeated: {item!r}")
+        items.append((key, values))
+    return items
+
+
+def configurations(base, items, flags=None):
+    """``[(name, extra main_mlp.py arguments)]``: every combination of the ``--grid`` values.
+
+    ``KEY=V1,V2`` gives ``FLAG V1`` and ``FLAG V2``; the values ``on`` and ``off``
+    give the switch ``FLAG`` and nothing. FLAG is ``flags[KEY]`` (from
+    :func:`grid_flags`), else ``--KEY``. Each name is ``base`` followed by
+    ``_KEY-VALUE`` per grid key.
+    """
+    configs = [(base, [])]
+    for key, values in items:
+        flag = (flags or {}).get(key, f"--{key}")
         expanded = []
         for name, extra in configs:
             for value in values:
-                flag = [f"--{key}"] if value == "on" else [] if value == "off" else [f"--{key}", value]
+                given = [flag] if value == "on" else [] if value == "off" else [flag, value]
                 label = re.sub(r"[^A-Za-z0-9.+-]", "-", value)
-                expanded.append((f"{name}_{key}-{label}", extra + flag))
+                expanded.append((f"{name}_{key}-{label}", extra + given))
         configs = expanded
     names = [name for name, _ in configs]
     if len(set(names)) != len(names):
@@ -275,8 +368,151 @@ def configurations(base, grid):
     return configs
 
 
+def expanded_flag(token, flags):
+    """The flag of ``flags`` that argparse would read ``token`` as (its full name, or a prefix of
+    exactly one flag), or None."""
+    if not token.startswith("--"):
+        return None
+    name = token.split("=", 1)[0]
+    if name in flags:
+        return name
+    candidates = [flag for flag in flags if flag.startswith(name)]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def grid_flags(items, command_line, train_args):
+    """``{key: flag}``: the training script's flag of each grid key.
+
+    A key is a flag's full name without its dashes (``batch-size``) or its dest
+    name (``batch_size``); an abbreviation is not taken, since argparse would
+    expand it behind our back (``see`` would be ``--seed``: runs alike under
+    different names).
+
+    Raises:
+        ValueError: a key that is no flag, a flag sweep.py sets itself, on/off for a flag that
+            takes a value (or a value for a switch), or a flag also given after ``--``.
+    """
+    flags = {}
+    for key, values in items:
+        flag = next((f for f in (f"--{key}", f"--{key.replace('_', '-')}") if f in command_line.flags), None)
+        if flag is None:
+            close = [f for f in command_line.flags if f.startswith(f"--{key}")]
+            hint = f" (did you mean {' or '.join(close)}? give the full name)" if close else ""
+            raise ValueError(f"{key} is not a flag of {command_line.script}{hint}")
+        if flag in OWN_FLAGS:
+            raise ValueError(f"{flag} is set for each run by {PROG}")
+        switch = not command_line.flags[flag][1]
+        if switch and not set(values) <= {"on", "off"}:
+            raise ValueError(f"{flag} is a switch: its values are on and off, got {','.join(values)}")
+        if not switch and set(values) & {"on", "off"}:
+            raise ValueError(f"{flag} takes a value; on and off are for switches")
+        for token in train_args:
+            if expanded_flag(token, command_line.flags) == flag:
+                raise ValueError(f"{flag} is also given after '--' ({token}); give it in one place")
+        flags[key] = flag
+    return flags
+
+
+# --------------------------------------------------------------------------
+# The training script's command line, read by its own parser
+
+
+@dataclasses.dataclass
+class ScriptCommandLine:
+    """What the training script's parser says (``sweep_task.probe_command_line``).
+
+    script: the script's file name, for messages.
+    flags: ``{flag: (dest, takes a value)}``, every flag of the script.
+    parsed: per argument list asked about, ``{dest: value}`` as the log's Arguments block
+        prints it, or ``{"error": the script's one-line refusal}``.
+    """
+
+    script: str
+    flags: dict
+    parsed: list
+
+
+class ScriptError(Exception):
+    """The training script's command line cannot be read (the message says why)."""
+
+
+def read_command_line(python, script, argvs):
+    """Ask the training script's own parser for its flags and for what it makes of ``argvs``.
+
+    In a child process with the runs' interpreter (``python``), so that torch is imported there,
+    not here: the script runs up to its first parse of a command line (its imports: seconds).
+    Returns a :class:`ScriptCommandLine`.
+    Raises:
+        ScriptError: the child cannot run, or the script does not get as far as parsing.
+    """
+    code = f"import sys; sys.path[0] = {HERE!r}; import sweep_task; sweep_task.probe_command_line()"
+    try:
+        proc = subprocess.run([python, "-c", code], input=json.dumps({"script": script, "argvs": argvs}),
+                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ScriptError(f"{script} with {python}: cannot run it ({exc})") from None
+    lines = proc.stderr.strip().splitlines()
+    if proc.returncode != 0:
+        raise ScriptError(f"{script} with {python}: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+    try:
+        answer = json.loads(proc.stdout)
+    except ValueError:
+        raise ScriptError(f"{script} with {python}: no answer from its parser") from None
+    return ScriptCommandLine(os.path.basename(script), {flag: tuple(v) for flag, v in answer["flags"].items()},
+                             answer["parsed"])
+
+
+def check_with_script(args):
+    """What only the training script knows: its flags for ``--grid`` (sets ``args.configs``) and the
+    Arguments block of each run whose log is already there.
+
+    Asks the script (``read_command_line``) only when there is a grid or such a log: once, and a
+    second time only when a grid key was a dest name (``batch_size``) and a log is there.
+    Returns ``{(name, seed): Arguments it would be given}`` for the runs with a log.
+    Raises:
+        ScriptError: see ``read_command_line``; ValueError: a bad grid key (``grid_flags``).
+    """
+    runs = runs_with_logs(args)
+    if not args.grid_items and not runs:
+        return {}
+    command_line = ask_script(args, runs)
+    if args.grid_items:
+        configs = configurations(args.name, args.grid_items, grid_flags(args.grid_items, command_line,
+                                                                        args.train_args))
+        if configs != args.configs:
+            args.configs = configs
+            runs = runs_with_logs(args)
+            if runs:
+                command_line = ask_script(args, runs)
+    return {(name, seed): now for (name, _, seed), now in zip(runs, command_line.parsed)}
+
+
+def runs_with_logs(args):
+    """The runs (name, extra, seed) whose log is there already (none for --executor print: it runs nothing)."""
+    if args.print_jobs:
+        return []
+    return [(name, extra, seed) for name, extra, seed in all_runs(args) if has_log(args, name, seed)]
+
+
+def ask_script(args, runs):
+    """``read_command_line`` for the argument lists of ``runs``."""
+    argvs = [command(args, name, extra, seed)[2:] for name, extra, seed in runs]
+    return read_command_line(args.python, args.script, argvs)
+
+
 # --------------------------------------------------------------------------
 # Running
+
+
+def say(line):
+    """One line on stdout in one write (the worker threads' lines must not interleave); a closed
+    stdout (``| head``) does not stop the sweep or its runs."""
+    write_stdout(line + "\n")
+
+
+def metrics_path(log_path):
+    """A run's metrics file, beside its log."""
+    return log_path[:-len(".log")] + ".jsonl"
 
 
 def run_paths(out_dir, name, seed):
@@ -286,24 +522,26 @@ def run_paths(out_dir, name, seed):
 
 
 def with_save_dir(train_args, name, seed, out_dir):
-    """``train_args`` with a --save-dir of the run's own: the given one's subdirectory NAME_seedS, or
-    ``out_dir/checkpoints/NAME_seedS`` when none is given (every run under a sweep can be resumed)."""
-    result, i, given = [], 0, False
+    """``(train_args with a --save-dir of the run's own, that directory)``: the given one's
+    subdirectory NAME_seedS, or ``out_dir/checkpoints/NAME_seedS`` when none is given (every run
+    under a sweep can be resumed)."""
+    result, i, save_dir = [], 0, None
     while i < len(train_args):
         token = train_args[i]
         if token == "--save-dir" and i + 1 < len(train_args):
-            result += [token, os.path.join(train_args[i + 1], f"{name}_seed{seed}")]
-            given = True
+            save_dir = os.path.join(train_args[i + 1], f"{name}_seed{seed}")
+            result += [token, save_dir]
             i += 2
             continue
         if token.startswith("--save-dir="):
-            token = "--save-dir=" + os.path.join(token.split("=", 1)[1], f"{name}_seed{seed}")
-            given = True
+            save_dir = os.path.join(token.split("=", 1)[1], f"{name}_seed{seed}")
+            token = "--save-dir=" + save_dir
         result.append(token)
         i += 1
-    if not given:
-        result += ["--save-dir", os.path.join(out_dir, "checkpoints", f"{name}_seed{seed}")]
-    return result
+    if save_dir is None:
+        save_dir = os.path.join(out_dir, "checkpoints", f"{name}_seed{seed}")
+        result += ["--save-dir", save_dir]
+    return result, save_dir
 
 
 def all_runs(args):
@@ -314,7 +552,7 @@ def all_runs(args):
 def command(args, name, extra, seed):
     """The argv of one run: resumable (its own --save-dir, --resume-if-exists), its own files."""
     paths = run_paths(args.out_dir, name, seed)
-    train_args = with_save_dir(args.train_args + extra, name, seed, args.out_dir)
+    train_args, _ = with_save_dir(args.train_args + extra, name, seed, args.out_dir)
     if not any(t.startswith(("--checkpoint-minutes", "--checkpoint-every")) for t in train_args):
         train_args += ["--checkpoint-minutes", f"{args.checkpoint_minutes:g}"]
     return ([args.python, args.script] + train_args
@@ -328,15 +566,6 @@ def job_line(args, name, extra, seed):
     env = "".join(f"{var}={args.threads} " for var in THREAD_VARIABLES) if args.threads else ""
     return (f"{env}{shlex.join(command(args, name, extra, seed))} "
             f"> {shlex.quote(paths['out'])} 2> {shlex.quote(paths['err'])}")
-
-
-def finished(path):
-    """True when the log at ``path`` parses and its main phase has its final scores."""
-    try:
-        phase = logparse.parse_log(path).main_phase()
-    except logparse.LogParseError:
-        return False
-    return phase is not None and phase.has_final()
 
 
 class Signals:
@@ -367,23 +596,87 @@ def last_line(path):
     return lines[-1] if lines else ""
 
 
-def pending_runs(args):
-    """The runs to start: all of them, or with --skip-done those whose log has no final scores yet."""
-    pending = []
+class Refused(Exception):
+    """A sweep that must not start (a finished log would be lost, or skipped for another configuration)."""
+
+
+def has_log(args, name, seed):
+    """Whether the run's log exists with something in it."""
+    path = run_paths(args.out_dir, name, seed)["log"]
+    return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
+def differing_arguments(logged, now):
+    """``[(name, value in the log, value now)]``: the Arguments that differ, apart from PER_RUN_ARGS."""
+    missing = "(none)"
+    keys = [k for k in list(logged) + [k for k in now if k not in logged] if k not in PER_RUN_ARGS]
+    return [(k, logged.get(k, missing), now.get(k, missing)) for k in keys if logged.get(k) != now.get(k)]
+
+
+def plan_run(args, name, extra, seed, now):
+    """Whether to start a run whose log is already there: True to start it, False to skip it (finished,
+    with --skip-done).
+
+    ``now``: the Arguments block it would be given (``ScriptCommandLine.parsed``).
+    Raises:
+        Refused: its log would be skipped although it is of other arguments, or overwritten (no
+            checkpoint to continue from) although it is of other arguments or has finished.
+    """
+    log_path = run_paths(args.out_dir, name, seed)["log"]
+    label = f"{name} seed {seed}"
+    elsewhere = "give another --name or --out-dir"
+    if "error" in now:
+        raise Refused(f"{label}: {os.path.basename(args.script)} refuses its arguments: {now['error']}")
+    _, save_dir = with_save_dir(args.train_args + extra, name, seed, args.out_dir)
+    resumable = os.path.exists(os.path.join(save_dir, CHECKPOINT_FILE))
+    if resumable and not args.skip_done:
+        # main_mlp.py continues it (a longer --n-steps extends it), or refuses a checkpoint of other
+        # arguments or a log that is not the checkpoint's, touching nothing.
+        return True
+    try:
+        log = logparse.parse_log(log_path)
+    except logparse.LogParseError as exc:
+        raise Refused(f"{label}: {exc}: not a log to continue or keep; {elsewhere}") from None
+    phase = log.main_phase()
+    done = phase is not None and phase.has_final()
+    diffs = differing_arguments(log.args, now)
+    if diffs:
+        key, then, later = diffs[0]
+        more = f" (and {len(diffs) - 1} more argument{'s' if len(diffs) > 2 else ''})" if len(diffs) > 1 else ""
+        raise Refused(f"{label}: {log_path} is {'a finished run' if done else 'a run'} with {key} {then}, this "
+                      f"sweep gives {key} {later}{more}; {elsewhere} (nothing was run)")
+    if done and args.skip_done:
+        return False
+    if done and not resumable:
+        raise Refused(f"{label}: {log_path} has finished and {save_dir} holds no checkpoint to continue: "
+                      f"it would be run again and its log overwritten; add --skip-done to keep it, or "
+                      f"{elsewhere} (nothing was run)")
+    return True
+
+
+def pending_runs(args, logged_now):
+    """``(runs to start, (name, seed) of the finished runs skipped)``: every run without a log yet,
+    and of those with one, what ``plan_run`` says.
+
+    ``logged_now``: ``{(name, seed): Arguments it would be given}`` for each run with a log.
+    Raises:
+        Refused: see ``plan_run``; checked for every run before any starts.
+    """
+    pending, skipped = [], []
     for name, extra, seed in all_runs(args):
-        if args.skip_done and finished(run_paths(args.out_dir, name, seed)["log"]):
-            print(f"{name} seed {seed}: already finished, skipped", flush=True)
-        else:
+        now = logged_now.get((name, seed))
+        if now is None or plan_run(args, name, extra, seed, now):
             pending.append((name, extra, seed))
-    return pending
+        else:
+            skipped.append((name, seed))
+    return pending, skipped
 
 
 def _run_here(task, label, threads, log):
     """Run one task in a worker thread of ``run_all``; returns its minutes."""
     t0 = time.perf_counter()
-    if task.stopped is None:  # one write per line: the workers' lines must not interleave
-        sys.stdout.write(f"{label}: started ({threads} threads), log {log}\n")
-        sys.stdout.flush()
+    if task.stopped is None:
+        say(f"{label}: started ({threads} threads), log {log}")
     task()
     return (time.perf_counter() - t0) / 60
 
@@ -412,16 +705,15 @@ def run_all(args, pending):
                 err = run_paths(args.out_dir, name, seed)["err"]
                 try:
                     minutes = future.result()
-                    print(f"{name} seed {seed}: done in {minutes:.1f} min", flush=True)
+                    say(f"{name} seed {seed}: done in {minutes:.1f} min")
                 except Exception as exc:  # the run failed, did not start, or was stopped
                     rc = tasks[(name, seed)].returncode
                     if signals.signum is not None:
-                        print(f"{name} seed {seed}: stopped (exit {rc})", flush=True)
+                        say(f"{name} seed {seed}: stopped (exit {rc})")
                         continue
                     failed.append((name, seed))
                     message = last_line(err) if rc is not None else str(exc)
-                    print(f"{name} seed {seed}: FAILED (exit {rc}){': ' + message if message else ''} "
-                          f"(see {err})", flush=True)
+                    say(f"{name} seed {seed}: FAILED (exit {rc}){': ' + message if message else ''} (see {err})")
     finally:
         signals.restore()
     return failed, signals.signum
@@ -509,7 +801,7 @@ def summarize_run(name, seed, path, group_steps=()):
             "lambda": lambda_label(log), "steps": phase.steps[-1]["step"],
             "planned": planned_steps(log, phase), "finished": phase.has_final(),
             "lin": lin, "perm": perm, "source": source, "lambda_error": error,
-            "groups": group_scores(path[:-len(".log")] + ".jsonl", group_steps)}
+            "groups": group_scores(metrics_path(path), group_steps)}
 
 
 def group_scores(metrics_path, steps=()):
@@ -636,6 +928,11 @@ def reference_lines(comparisons):
     return lines
 
 
+def summary_paths(out_dir, base):
+    """The summary's two files: Markdown and CSV."""
+    return os.path.join(out_dir, base + ".md"), os.path.join(out_dir, base + ".csv")
+
+
 def write_summary(out_dir, base, configs, runs, note, comparisons=()):
     """Write ``base``.md and ``base``.csv in ``out_dir``; returns their paths."""
     all_steps = [r["steps"] for r in runs]
@@ -677,8 +974,7 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
     lines += group_lines(configs)
     if comparisons:
         lines += reference_lines(comparisons)
-    md_path = os.path.join(out_dir, base + ".md")
-    csv_path = os.path.join(out_dir, base + ".csv")
+    md_path, csv_path = summary_paths(out_dir, base)
     with open(md_path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     fields = ["name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished", "lin_mean", "lin_std",
@@ -742,11 +1038,30 @@ def summarize(args):
         except logparse.LogParseError as exc:
             sys.stderr.write(f"{PROG}: error: argument --reference: {exc}\n")
             return EXIT_BAD_INPUT
-    single = len(patterns) == 1 and not any(ch in patterns[0] for ch in "*?[")
+    single = len(patterns) == 1 and not any(ch in patterns[0] for ch in GLOB_CHARACTERS)
     base = args.summary_name or (f"{patterns[0]}_summary" if single else "sweep_summary")
+    inputs = [r["path"] for r in runs] + [metrics_path(r["path"]) for r in runs] + list(args.references.values())
+    for path in summary_paths(args.out_dir, base):
+        for read in inputs:
+            if same_file(path, read):
+                return refuse(f"argument --summary-name: the summary {path} would write over its input {read}; "
+                              f"give another --summary-name")
     for path in write_summary(args.out_dir, base, configs, runs, args.note, comparisons):
-        print(f"wrote {path}")
+        say(f"wrote {path}")
     return EXIT_OK
+
+
+def run_submitit_local(args, pending):
+    """Run ``pending`` through submitit on this machine, all at once; returns the failed runs."""
+    failed = []
+    for job, (name, _, seed) in zip(submit(args, pending) if pending else [], pending):
+        try:
+            job.result()
+            say(f"{name} seed {seed}: done")
+        except Exception as exc:  # the task's error, as submitit reports it
+            failed.append((name, seed))
+            say(f"{name} seed {seed}: FAILED: {str(exc).strip().splitlines()[-1]}")
+    return failed
 
 
 def submitit_executor(args):
@@ -803,46 +1118,57 @@ def summarize_configs(args):
     return summarize(args)
 
 
+def refuse(message):
+    """The sweep's one-line error; returns its exit status."""
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    return EXIT_BAD_INPUT
+
+
 def main(argv=None):
     """Run, submit, print or summarise as the flags say; returns the exit status."""
     args = parse_args(argv)
     if args.summarize_only:
         return summarize(args)
+    try:
+        logged_now = check_with_script(args)
+    except ScriptError as exc:
+        return refuse(f"argument --script: cannot read the command line of {exc}")
+    except ValueError as exc:
+        return refuse(f"argument --grid: {exc}")
     if args.print_jobs:
         for name, extra, seed in all_runs(args):
-            print(job_line(args, name, extra, seed))
+            say(job_line(args, name, extra, seed))
         return EXIT_OK
-    os.makedirs(args.out_dir, exist_ok=True)
-    pending = pending_runs(args)
+    try:
+        pending, skipped = pending_runs(args, logged_now)
+    except Refused as exc:
+        return refuse(str(exc))
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as exc:
+        return refuse(f"argument --out-dir: cannot make {args.out_dir} ({exc.strerror or exc})")
+    for name, seed in skipped:
+        say(f"{name} seed {seed}: already finished, skipped")
     if args.executor == "slurm":
         jobs = submit(args, pending) if pending else []
         if jobs:
-            print(f"submitted job array {jobs[0].job_id.split('_')[0]}: {len(jobs)} tasks; logs in {args.out_dir}, "
-                  f"submitit's files in {os.path.join(args.out_dir, 'submitit')}")
-            print(f"when they are done: python {PROG} --summarize-only --out-dir {args.out_dir} "
-                  f"--names {' '.join(shlex.quote(n) for n, _ in args.configs)}")
+            say(f"submitted job array {jobs[0].job_id.split('_')[0]}: {len(jobs)} tasks; logs in {args.out_dir}, "
+                f"submitit's files in {os.path.join(args.out_dir, 'submitit')}")
+            say(f"when they are done: python {PROG} --summarize-only --out-dir {args.out_dir} "
+                f"--names {' '.join(shlex.quote(n) for n, _ in args.configs)}")
         else:
-            print("nothing to submit: every run has finished")
+            say("nothing to submit: every run has finished")
         return EXIT_OK
     if args.executor == "submitit-local":
-        failed = []
-        for job, (name, _, seed) in zip(submit(args, pending) if pending else [], pending):
-            try:
-                job.result()
-                print(f"{name} seed {seed}: done", flush=True)
-            except Exception as exc:  # the task's error, as submitit reports it
-                failed.append((name, seed))
-                print(f"{name} seed {seed}: FAILED: {str(exc).strip().splitlines()[-1]}", flush=True)
-        signum = None
+        failed, signum = run_submitit_local(args, pending), None
     else:
         failed, signum = run_all(args, list(pending))
     if signum is not None:
-        print(f"stopped by {signal.Signals(signum).name}; summarise later with --summarize-only", flush=True)
+        say(f"stopped by {signal.Signals(signum).name}; summarise later with --summarize-only")
         return 128 + signum
     status = summarize_configs(args)
     if failed:
-        print(f"{len(failed)} of {len(pending)} runs failed: "
-              + ", ".join(f"{name} seed {seed}" for name, seed in failed))
+        say(f"{len(failed)} of {len(pending)} runs failed: " + ", ".join(f"{name} seed {seed}" for name, seed in failed))
         return EXIT_RUN_FAILED
     return status
 

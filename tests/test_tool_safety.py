@@ -215,3 +215,71 @@ def test_out_dir_that_is_not_writable(tmp_path):
             one_line_error(run_tool("learning_check.py", "--out-dir", out_dir), "--out-dir")
     finally:
         locked.chmod(0o700)
+
+
+# --------------------------------------------------------------------------
+# sweep.py with main_mlp.py: grid keys, and logs already there
+
+SWEEP = os.path.join(ROOT, "sweep.py")
+# A configuration that trains in a second (--seed is the sweep's).
+R = ["--n", "4", "--batch-size", "32", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
+     "--only-unsupervised"]
+TINY_RUN = [*R, "--n-steps", "3", "--n-log-steps", "2", "--num-eval-batches", "1", "--more-unsupervised", "1"]
+
+
+def sweep_in(cwd, *sweep_args, after=()):
+    """sweep.py in ``cwd``, out-dir ``out``, name ``a``, seed 0, the tiny run plus ``after``."""
+    return subprocess.run([PY, SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+                           *sweep_args, "--", *TINY_RUN, *after], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
+    def grid(*items, after=()):
+        return sweep_in(tmp_path, "--executor", "print", *[a for item in items for a in ("--grid", item)],
+                        after=after)
+
+    one_line_error(grid("see=1,2"), "--grid", "see", "--seed")  # an abbreviation: argparse would take it
+    one_line_error(grid("nope=1,2"), "--grid", "nope", "main_mlp.py")
+    one_line_error(grid("seed=1,2"), "--grid", "--seed")  # the sweep's own
+    one_line_error(grid("only-unsupervised=1,2"), "--grid", "switch")
+    one_line_error(grid("lr=on,off"), "--grid", "--lr")
+    one_line_error(grid("lr=0.1,0.01", after=["--lr", "0.5"]), "--grid", "--lr", "after '--'")
+    one_line_error(grid("lr=0.1", "lr=0.2"), "--grid", "twice")
+    result = grid("lr_lambda=0.1,0.01", "linearly-spaced-lambda=on,off")  # a dest name, a flag's name
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and not (tmp_path / "out").exists()
+    assert "--lr-lambda 0.1 --linearly-spaced-lambda --save-dir" in lines[0]
+    assert "--lr-lambda 0.1 --save-dir" in lines[1] and "out/a_lr_lambda-0.1_linearly-spaced-lambda-off" in lines[1]
+    assert "--lr-lambda 0.01" in lines[3]
+
+
+def test_skip_done_skips_only_a_run_of_the_same_arguments(tmp_path):
+    first = sweep_in(tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    log, summary = tmp_path / "out" / "a_seed0.log", tmp_path / "out" / "a_summary.md"
+    before, summary_before = log.read_bytes(), summary.read_bytes()
+    assert os.path.exists(tmp_path / "out" / "checkpoints" / "a_seed0" / "checkpoint.pth")
+
+    again = sweep_in(tmp_path, "--skip-done")
+    assert again.returncode == 0 and "a seed 0: already finished, skipped" in again.stdout, again.stderr
+    changed = sweep_in(tmp_path, "--skip-done", after=["--lr", "0.01"])
+    one_line_error(changed, "a seed 0", "out/a_seed0.log", "lr 0.0001", "lr 0.01", "--name", "--out-dir")
+    assert "skipped" not in changed.stdout
+    assert log.read_bytes() == before and summary.read_bytes() == summary_before
+
+    # Without its checkpoint a finished run would start over and overwrite its log: refused, whatever
+    # the arguments.
+    os.rename(tmp_path / "out" / "checkpoints", tmp_path / "elsewhere")
+    one_line_error(sweep_in(tmp_path), "a seed 0", "overwritten", "--skip-done")
+    one_line_error(sweep_in(tmp_path, after=["--lr", "0.01"]), "a seed 0", "lr 0.0001", "lr 0.01")
+    assert log.read_bytes() == before and summary.read_bytes() == summary_before
+
+
+def test_a_finished_sweep_is_still_extended_from_its_checkpoints(tmp_path):
+    assert sweep_in(tmp_path).returncode == 0
+    longer = sweep_in(tmp_path, after=["--n-steps", "5"])
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    text = (tmp_path / "out" / "a_seed0.log").read_text()
+    assert "\tn_steps: 5\n" in text and "Step: 5 " in text
