@@ -311,13 +311,6 @@ def breakdown(args, device, batch_size, repeats, warmup, precision, compile_=Fal
     return rows
 
 
-def keep_freed_memory():
-    """glibc keeps freed buffers, as in a run (without it a CPU step page-faults ~3,000 times)."""
-    # The helper is moving from main_mlp to run_support; the benchmark follows either.
-    helper = getattr(run_support, "keep_freed_memory", None) or getattr(main_mlp, "keep_freed_memory")
-    helper()
-
-
 def parse_options(argv=None):
     """The benchmark's flags, validated (one-line errors naming the flag, exit 2). Returns (options, device)."""
     parser = ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
@@ -368,7 +361,7 @@ def device_line(device, opts):
 
 def main(argv=None):
     opts, device = parse_options(argv)
-    keep_freed_memory()
+    run_support.keep_freed_memory()  # as a run does: without it a CPU step page-faults ~3,000 times
     _, args, _ = main_mlp.parse_args(README_ARGS + ["--device", device.type])
     print(device_line(device, opts))
 
