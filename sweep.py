@@ -84,6 +84,7 @@ number when stopped by SIGINT/SIGTERM.
 import argparse
 import csv
 import dataclasses
+import fcntl
 import fnmatch
 import importlib.util
 import json
@@ -123,8 +124,14 @@ MAX_TIMEOUTS = 50
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 GLOB_CHARACTERS = "*?[]"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-# main_mlp.py's checkpoint in a --save-dir (run_support.CHECKPOINT_NAME; that module imports torch).
+# main_mlp.py's checkpoint in a --save-dir, and the file it holds an flock on while it runs
+# (run_support.CHECKPOINT_NAME and LOCK_NAME; that module imports torch).
 CHECKPOINT_FILE = "checkpoint.pth"
+LOCK_FILE = ".lock"
+# How often to look whether a run that outlived its task has ended.
+RUN_POLL_S = 1.0
+# How submitit's traceback of a task names the run's own failure (sweep_task.RunFailed).
+RUN_FAILED = re.compile(r"^(?:sweep_task\.)?RunFailed: (.*)$", re.MULTILINE)
 # The Arguments of a run's log that are its own, not its configuration's: the files each run gets,
 # and resume_training, which main_mlp.py sets from whether a checkpoint was there.
 PER_RUN_ARGS = ("log_file", "metrics_file", "save_dir", "resume_training")
@@ -568,6 +575,63 @@ def job_line(args, name, extra, seed):
             f"> {shlex.quote(paths['out'])} 2> {shlex.quote(paths['err'])}")
 
 
+def log_finished(path):
+    """True when the log at ``path`` parses and its main phase has its final scores."""
+    try:
+        phase = logparse.parse_log(path).main_phase()
+    except logparse.LogParseError:
+        return False
+    return phase is not None and phase.has_final()
+
+
+def lock_holder(save_dir):
+    """The pid (as its lock file says) of the run that holds ``save_dir``, or None.
+
+    main_mlp.py holds an flock on DIR/.lock while it runs; the lock is free once the run
+    has ended, however it ended.
+    """
+    try:
+        handle = open(os.path.join(save_dir, LOCK_FILE), encoding="utf-8")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "unknown"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def settle_failure(args, name, extra, seed, how):
+    """Report a run whose task failed (``how``: in words) as its log says it ended; True when it failed.
+
+    Its log decides, as in the summary and for --skip-done: with its final scores the run
+    finished (whatever happened to its task after them). A run still going after its task
+    died (it holds its save directory) is waited for first.
+    """
+    label, paths = f"{name} seed {seed}", run_paths(args.out_dir, name, seed)
+    _, save_dir = with_save_dir(args.train_args + extra, name, seed, args.out_dir)
+    holder = lock_holder(save_dir)
+    if holder is not None:
+        say(f"{label}: its task ended ({how}) but its run goes on (pid {holder}): waiting for it")
+        while lock_holder(save_dir) is not None:
+            time.sleep(RUN_POLL_S)
+    if log_finished(paths["log"]):
+        say(f"{label}: done: its log has its final scores (after them: {how})")
+        return False
+    message = last_line(paths["err"])
+    say(f"{label}: FAILED ({how}){': ' + message if message else ''} (see {paths['err']})")
+    return True
+
+
+def task_failure(exc):
+    """How a submitit task failed, in words: its run's end (``sweep_task.RunFailed``) when the task
+    said it (submitit hands over the task's traceback as text), else that the task itself died."""
+    found = RUN_FAILED.findall(str(exc))
+    return found[-1].strip() if found else "its task died without a result"
+
+
 class Signals:
     """Remembers SIGINT/SIGTERM and passes it on (``forward(signum)``) so the runs checkpoint and stop."""
 
@@ -687,12 +751,13 @@ def run_all(args, pending):
     SIGINT/SIGTERM are passed on to the running runs (which checkpoint and stop);
     the ones not started yet do not start. Returns ``(failed runs, signal or None)``.
     """
-    from sweep_task import RunTask
+    from sweep_task import RunTask, exit_text
 
-    tasks = {}
+    tasks, extras = {}, {}
     for name, extra, seed in pending:
         paths = run_paths(args.out_dir, name, seed)
         tasks[(name, seed)] = RunTask(command(args, name, extra, seed), paths["out"], paths["err"], args.threads)
+        extras[(name, seed)] = extra
     signals = Signals(lambda signum: [task.stop(signum) for task in tasks.values()])
     failed = []
     try:
@@ -709,11 +774,13 @@ def run_all(args, pending):
                 except Exception as exc:  # the run failed, did not start, or was stopped
                     rc = tasks[(name, seed)].returncode
                     if signals.signum is not None:
-                        say(f"{name} seed {seed}: stopped (exit {rc})")
+                        say(f"{name} seed {seed}: stopped ({exit_text(rc)})")
                         continue
-                    failed.append((name, seed))
-                    message = last_line(err) if rc is not None else str(exc)
-                    say(f"{name} seed {seed}: FAILED (exit {rc}){': ' + message if message else ''} (see {err})")
+                    if rc is None:  # it did not start
+                        failed.append((name, seed))
+                        say(f"{name} seed {seed}: FAILED: {exc} (see {err})")
+                    elif settle_failure(args, name, extras[(name, seed)], seed, exit_text(rc)):
+                        failed.append((name, seed))
     finally:
         signals.restore()
     return failed, signals.signum
@@ -1053,14 +1120,24 @@ def summarize(args):
 
 def run_submitit_local(args, pending):
     """Run ``pending`` through submitit on this machine, all at once; returns the failed runs."""
+    if not pending:
+        return []
+    # submitit's processes inherit SIGUSR2 blocked: one sent while a task starts, before submitit has
+    # set up its handler, then waits for the task (sweep_task.RunTask lets it through) and requeues
+    # it, instead of ending it.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    try:
+        jobs = submit(args, pending)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     failed = []
-    for job, (name, _, seed) in zip(submit(args, pending) if pending else [], pending):
+    for job, (name, extra, seed) in zip(jobs, pending):
         try:
             job.result()
             say(f"{name} seed {seed}: done")
         except Exception as exc:  # the task's error, as submitit reports it
-            failed.append((name, seed))
-            say(f"{name} seed {seed}: FAILED: {str(exc).strip().splitlines()[-1]}")
+            if settle_failure(args, name, extra, seed, task_failure(exc)):
+                failed.append((name, seed))
     return failed
 
 

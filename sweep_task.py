@@ -34,6 +34,21 @@ except ImportError:
 CHECKPOINT_WAIT_S = 120
 
 
+def exit_text(returncode):
+    """A child's end in words: ``exit 1``, or ``killed by SIGKILL, exit -9``."""
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}, exit {returncode}"
+    return f"exit {returncode}"
+
+
+class RunFailed(RuntimeError):
+    """The run ended with an error or by a signal; the message is its ``exit_text``."""
+
+
 def _reap(pid, timeout):
     """Wait for the child ``pid`` to exit, at most ``timeout`` seconds; True when it has.
 
@@ -70,6 +85,11 @@ class RunTask(Checkpointable):
         self.stopped = None  # the signal of stop(), if any
 
     def __call__(self):
+        # sweep.py starts submitit's local tasks with SIGUSR2 blocked, so that one sent while the task
+        # starts (before submitit has set up its handler) waits instead of ending it; let through
+        # here, it checkpoints and requeues the task. Unblocked before the child starts: the run
+        # stops on it.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
         env = dict(os.environ)
         if self.threads:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
@@ -79,8 +99,7 @@ class RunTask(Checkpointable):
                 self.child = subprocess.Popen(self.argv, stdout=out, stderr=err, env=env)
                 self.returncode = self.child.wait()
         if self.returncode != 0:
-            raise RuntimeError(f"{' '.join(self.argv[:2])} exited with status {self.returncode} "
-                               f"(see {self.err_path})")
+            raise RunFailed(exit_text(self.returncode))
         return self.returncode
 
     def stop(self, signum):

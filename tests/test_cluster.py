@@ -133,3 +133,101 @@ def test_a_local_sweep_passes_sigint_on_and_starts_nothing_more(tmp_path):
     assert "stopped by SIGINT" in (tmp_path / "out" / "s_seed0.err").read_text()
     assert not (tmp_path / "out" / "s_seed1.log").exists()  # never started
     assert (tmp_path / "out" / "checkpoints" / "s_seed0" / "checkpoint.pth").exists()
+
+
+# --------------------------------------------------------------------------
+# What a sweep reports when a task or its run dies
+
+
+def _descendants(pid):
+    """The processes under ``pid``, from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(_parent(int(entry)), []).append(int(entry))
+            except (OSError, ValueError, IndexError):  # gone meanwhile
+                pass
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _start_sweep(tmp_path, executor, n_steps):
+    return subprocess.Popen([sys.executable, SWEEP, "--executor", executor, "--seeds", "0", "--out-dir", "out",
+                             "--name", "k", "--threads", "1", "--", *TINY, "--n-steps", str(n_steps),
+                             "--n-log-steps", "250"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def _run_pid_at_step_251(tmp_path, proc):
+    """The pid of the run (main_mlp.py) once its log has step 251 (it holds its save dir's lock)."""
+    log = tmp_path / "out" / "k_seed0.log"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "Step: 251 " in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not reach step 251"
+        time.sleep(0.05)
+    return int((tmp_path / "out" / "checkpoints" / "k_seed0" / ".lock").read_text())
+
+
+def _report(out):
+    """The sweep's last line about the run."""
+    return [line for line in out.splitlines() if line.startswith("k seed 0:")][-1]
+
+
+def _finished_in_summary(tmp_path):
+    import csv
+
+    with open(tmp_path / "out" / "k_summary.csv", encoding="utf-8") as handle:
+        return int(next(csv.DictReader(handle))["finished"])
+
+
+@pytest.mark.parametrize("executor", ["local", "submitit-local"])
+def test_a_run_killed_by_a_signal_is_reported_with_it(tmp_path, executor):
+    proc = _start_sweep(tmp_path, executor, 3000)
+    os.kill(_run_pid_at_step_251(tmp_path, proc), 9)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, out + err
+    report = _report(out)
+    assert "FAILED" in report and "killed by SIGKILL" in report, report
+    assert _finished_in_summary(tmp_path) == 0
+
+
+def test_a_run_that_outlives_its_killed_task_is_reported_as_the_summary_counts_it(tmp_path):
+    """kill -9 to the submitit task: its run goes on to the end. The sweep waits for it, and its report
+    and the summary agree that it finished."""
+    proc = _start_sweep(tmp_path, "submitit-local", 1500)
+    os.kill(_parent(_run_pid_at_step_251(tmp_path, proc)), 9)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    report = _report(out)
+    assert "FAILED" not in report and "final scores" in report, report
+    assert _finished_in_summary(tmp_path) == 1
+
+
+def test_sigusr2_while_a_task_starts_is_requeued(tmp_path):
+    """SIGUSR2 (a preemption) to the submitit task before it has set up its handler: held back until the
+    task can checkpoint and requeue, not the end of the task."""
+    proc = _start_sweep(tmp_path, "submitit-local", 3)
+    deadline = time.monotonic() + 120
+    worker = None
+    while worker is None:
+        assert proc.poll() is None and time.monotonic() < deadline, "no submitit task started"
+        worker = next((p for p in _descendants(proc.pid) if "submitit.core._submit" in _cmdline(p)), None)
+    os.kill(worker, 10 if sys.platform == "darwin" else 12)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    assert _report(out) == "k seed 0: done" and _finished_in_summary(tmp_path) == 1
+    logs = "".join(p.read_text() for p in (tmp_path / "out" / "submitit").rglob("*_log.*"))
+    assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
