@@ -424,7 +424,7 @@ def main(argv=None):
             log = open_outputs(args, start.resume, locks)
             try:
                 survival = run_support.Survival(args, device, start.seed, start.exp.g, start.exp.loss_fn, log,
-                                                start.generator, run_support.SignalFlag(), start.resume)
+                                                start.generator, run_support.remember_signals(), start.resume)
                 run = Run(args, derived, device, start.seed, start.exp, start.generator, log, survival)
                 return run_support.exit_status(lambda: train(run, start.id_scores, start.resume), PROG,
                                                args.save_dir, (spaces.SamplerError,))

@@ -2,7 +2,7 @@
 
 - ``RunLog``: stdout in the reference format, mirrored to ``--log-file``;
   extras on stderr; JSON lines in ``--metrics-file``.
-- ``SignalFlag``: SIGINT / SIGTERM remembered, so the loop finishes its step.
+- Signals (``startup_signals``): at once during start-up, then noted so the loop finishes its step.
 - ``SaveDirLock``: one run at a time in a ``--save-dir`` (an flock held for
   the run's lifetime, released by the OS when the process dies).
 - Checkpoints: written atomically (temporary file, then rename); on resume
@@ -25,6 +25,7 @@ import time
 import torch
 
 import settings
+import startup_signals
 from argparse_utils import EXIT_BAD_INPUT
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -66,30 +67,14 @@ class Stop(Exception):
         self.signum, self.where = signum, where
 
 
-class SignalFlag:
-    """Remembers SIGINT/SIGTERM/SIGHUP so the loop can finish the current step first."""
-
-    def __init__(self):
-        self.signum = None
-        for sig in EXIT_SIGNAL:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-
-def _exit_at_once(signum, frame):
-    RunLog.info(f"main_mlp.py: stopped by {signal.Signals(signum).name} during start-up; nothing written")
-    # At once, raising nothing into the interrupted code (see startup_signals); what start-up
-    # writes (a restated log, a checkpoint accepting it) is written atomically, and the locks are
-    # the OS's to release.
-    os._exit(EXIT_SIGNAL[signum])
-
-
 def exit_on_signals():
     """Until the run has something to save, a signal ends it at once (no traceback)."""
-    for sig in EXIT_SIGNAL:
-        signal.signal(sig, _exit_at_once)
+    startup_signals.exit_at_once("main_mlp.py: stopped by {name} during start-up; nothing of the run to save yet")
+
+
+def remember_signals():
+    """From here on a signal is noted (``.signum`` of the returned flag), so the loop finishes its step."""
+    return startup_signals.remember()
 
 
 # --------------------------------------------------------------------------
@@ -476,7 +461,7 @@ def config_fingerprint(args, device):
     return config
 
 
-def read_checkpoint(path, device, flag="--resume-training"):
+def read_checkpoint(path, flag="--resume-training"):
     """The checkpoint at ``path``; InputError when it cannot be read, is damaged or is not one of ours.
 
     Loaded with ``weights_only=True``: a file that would run code when unpickled is refused, not run.
@@ -490,7 +475,8 @@ def read_checkpoint(path, device, flag="--resume-training"):
             raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
         if hashlib.sha256(outer["payload"]).hexdigest() != outer["sha256"]:
             raise InputError(f"argument {flag}: {path} is damaged (its checksum does not match)")
-        state = torch.load(io.BytesIO(outer["payload"]), map_location=device, weights_only=True)
+        # On the CPU: the generators' states must be CPU tensors; load_state_dict moves the rest.
+        state = torch.load(io.BytesIO(outer["payload"]), map_location="cpu", weights_only=True)
     except InputError:
         raise
     except Exception as exc:  # a damaged or foreign file: say which, not a traceback
@@ -514,7 +500,7 @@ def refuse_existing_checkpoint(args):
     if args.resume_training or args.overwrite or not os.path.exists(path):
         return
     try:
-        state = read_checkpoint(path, "cpu", "--save-dir")
+        state = read_checkpoint(path, "--save-dir")
         where = f"at step {state['step']} of the {state['phase']} run"
     except InputError:  # unreadable: still not ours to overwrite silently
         where = "(unreadable)"
@@ -533,7 +519,7 @@ def load_resume_state(args, device, paths_total):
     path = os.path.join(args.save_dir, CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise InputError(f"argument --resume-training: no checkpoint {path}")
-    state = read_checkpoint(path, device)
+    state = read_checkpoint(path)
     if args.seed is None:
         args.seed = state["seed"]
     mine = config_fingerprint(args, device)

@@ -396,7 +396,7 @@ def test_g_and_theta_are_the_cpu_runs(runs):
 def test_a_killed_cuda_run_resumes_to_the_uninterrupted_files(runs, stopped, resumed, code, first):
     rc, _, stderr, stopped_dir = runs[stopped]
     assert rc == code, stderr
-    state = run_support.read_checkpoint(str(stopped_dir / "ckpt" / "checkpoint.pth"), "cpu")
+    state = run_support.read_checkpoint(str(stopped_dir / "ckpt" / "checkpoint.pth"))
     # Stopped mid-run, after the second Step line: SIGTERM checkpoints the step it stops at,
     # SIGKILL leaves the last log step's checkpoint (step 1 when it lands before step 101's).
     assert first <= state["step"] < 400
@@ -416,7 +416,7 @@ def test_a_cuda_checkpoint_is_refused_on_the_cpu_and_the_models_load_there(runs,
     assert len(lines) == 1 and lines[0].startswith("main_mlp.py: error: argument --resume-training:")
     assert "device_type ('cuda' there, 'cpu' here)" in lines[0]
     # The checkpoint itself reads on the CPU, and says where it was written.
-    state = run_support.read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"), "cpu")
+    state = run_support.read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"))
     assert state["config"]["device_type"] == "cuda" and state["step"] == 400
     # The reference's files: g and the trained encoder compute on the CPU what they did on CUDA.
     _, derived, _ = experiment

@@ -54,7 +54,7 @@ def test_an_extension_killed_before_its_first_checkpoint_resumes(short_run, tmp_
     """Extend a finished run (--n-steps 3 -> 9) and kill it while its files are being restated or
     just after: the same command then resumes it, and its files are those of a straight 9-step run."""
     d, argv = short_run
-    real_write, real_run = run_support.write_atomically, main_mlp.run
+    real_write, real_run = run_support.write_atomically, main_mlp.train
 
     def write_then_die(path, write, lock=None):
         if path.endswith("run.log" if when == "writing the log" else "run.jsonl"):
@@ -65,13 +65,13 @@ def test_an_extension_killed_before_its_first_checkpoint_resumes(short_run, tmp_
         raise Killed
 
     if when == "before the first checkpoint":
-        monkeypatch.setattr(main_mlp, "run", die)
+        monkeypatch.setattr(main_mlp, "train", die)
     else:
         monkeypatch.setattr(run_support, "write_atomically", write_then_die)
     with pytest.raises(Killed):
         run_main(_extend(argv, 9), capsys)
     monkeypatch.setattr(run_support, "write_atomically", real_write)
-    monkeypatch.setattr(main_mlp, "run", real_run)
+    monkeypatch.setattr(main_mlp, "train", real_run)
     capsys.readouterr()
     code, _, err = run_main(_extend(argv, 9), capsys)
     assert code == 0, err
@@ -104,7 +104,7 @@ def test_an_edit_anywhere_before_the_checkpoint_is_found(tmp_path, capsys, edit)
 
 def _rewrite_checkpoint(path, change):
     """Load a checkpoint, let ``change`` edit its state, save it again with a valid checksum."""
-    state = run_support.read_checkpoint(str(path), "cpu")
+    state = run_support.read_checkpoint(str(path))
     change(state)
     run_support.save_checkpoint_file(state, str(path))
 
@@ -129,7 +129,7 @@ def test_a_checkpoint_of_an_older_layout_is_refused_before_anything_is_cut(short
 def test_a_checkpoint_without_a_checksum_is_called_older(short_run, capsys):
     d, argv = short_run
     path = d / "ckpt" / main_mlp.CHECKPOINT_NAME
-    state = run_support.read_checkpoint(str(path), "cpu")
+    state = run_support.read_checkpoint(str(path))
     torch.save(state, str(path))  # the earliest layout: the state itself, no checksum around it
     before = snapshot(d)
     code, _, err = run_main(_extend(argv, 9), capsys)

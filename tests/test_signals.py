@@ -37,7 +37,7 @@ RESUMED = re.compile(r"resumed the unsupervised run after step (\d+)")
 
 
 def load_checkpoint(cwd):
-    return run_support.read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"), "cpu")
+    return run_support.read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"))
 
 
 @pytest.fixture(scope="module")

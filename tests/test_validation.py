@@ -169,7 +169,7 @@ def test_diverging_run_stops_at_the_step(lr, later, capsys, tmp_path):
     ckpt = tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME
     if later:  # the last checkpoint is from before the divergence, and finite
         assert int(m.group(1)) > 1
-        state = run_support.read_checkpoint(str(ckpt), "cpu")
+        state = run_support.read_checkpoint(str(ckpt))
         assert state["step"] < int(m.group(1))
         assert all(bool(torch.isfinite(t).all()) for t in state["encoder"].values())
 
