@@ -137,7 +137,7 @@ def interleaved_times(fns, device, repeats, warmup=2):
 
 def encoder_step_flops(n, batch_size):
     """Matmul FLOPs of one step: forward (2 per MAC) and backward (twice that) of 2B samples."""
-    dims = [n] + [k * n for k in encoders.HIDDEN_FACTORS] + [n]
+    dims = encoders.layer_widths(n)
     forward_per_sample = sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
     return 3 * forward_per_sample * 2 * batch_size
 
