@@ -18,8 +18,8 @@ import textwrap
 
 import pytest
 
-from test_tools import (BIMODAL, FAKE_TRAINER, PY, ROOT, _metrics_file, make_steps, pair, render_log,
-                        run_tool, write)
+from test_tools import (FAKE_TRAINER, PY, ROOT, _early_runs, _metrics_file, _write_runs, make_steps, pair,
+                        render_log, run_tool, write)
 
 pytestmark = pytest.mark.slow  # every test here runs a tool through subprocess
 
@@ -64,6 +64,25 @@ def test_compare_logs_keeps_its_verdict_when_stdout_is_closed(tmp_path, agree):
     proc = run_closed_stdout("compare_logs.py", *pair(tmp_path, alter=alter))
     assert proc.returncode == (0 if agree else 1), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_closed_stdout_changes_no_tools_status(tmp_path):
+    """``tool | true``: the work is done and the exit status is what it would have been."""
+    log = write(tmp_path / "run.log", render_log(make_steps(n_logged=4)))
+    proc = run_closed_stdout("plot_logs.py", log, "-o", tmp_path / "run.png", "--size", "3", "2", "--dpi", "50")
+    assert proc.returncode == 0 and (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG", proc.stderr
+    script = write(tmp_path / "fake_trainer.py", textwrap.dedent(FAKE_TRAINER))
+    template = write(tmp_path / "template.log", render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
+    proc = run_closed_stdout("sweep.py", "--seeds", "0", "1", "--threads", "1", "--out-dir", tmp_path / "sw",
+                             "--name", "fake", "--script", script, "--", "--template", template)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "sw" / "fake_seed1.log").read_text() == template.read_text()
+    assert (tmp_path / "sw" / "fake_summary.csv").exists()
+    for offset, status in ((0.0, 0), (-0.10, 1)):  # learning_check's verdict: within, NOT within
+        out_dir = tmp_path / f"early{status}"
+        _early_runs(out_dir, [offset - 0.01, offset, offset + 0.01])
+        proc = run_closed_stdout("learning_check.py", "--summarize-only", "--out-dir", out_dir)
+        assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_compare_logs_under_an_ascii_stdout(tmp_path):
@@ -127,6 +146,21 @@ def test_per_dimension_refuses_files_of_different_latents(tmp_path):
         one_line_error(run_tool("plot_logs.py", "--per-dimension", a, b, "-o", tmp_path / "x.png"),
                        str(b), "n 4", "n 6")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_summary_averages_lambda_groups_of_one_kind_only(tmp_path):
+    """Two seeds of one name whose ground-truth λ differ have different groups: no R² by group, no traceback."""
+    out_dir = tmp_path / "sw"
+    _write_runs(out_dir, "mixed", [(0.7, 0.01, 0.6, 0.01)] * 2, [0.7, 0.7], [1.0, 1.0])
+    for seed, high in ((0, 25), (1, 50)):
+        args = {"n": 4, "space_type": "extended_sphere", "c_p": 0, "gt_lambda_1": 5, "gt_lambda_2": high,
+                "linearly_spaced_lambda": False}
+        step = {"type": "step", "phase": "unsupervised", "step": 1, "lin": 0.5, "perm": 0.5, "lin_dims": [0.5] * 4}
+        (out_dir / f"mixed_seed{seed}.jsonl").write_text(json.dumps({"type": "config", "args": args}) + "\n"
+                                                         + json.dumps(step) + "\n")
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "mixed")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "R² by ground-truth λ" not in (out_dir / "mixed_summary.md").read_text()
 
 
 def test_the_summary_leaves_foreign_metrics_out(tmp_path):
@@ -246,6 +280,7 @@ def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
     one_line_error(grid("lr=on,off"), "--grid", "--lr")
     one_line_error(grid("lr=0.1,0.01", after=["--lr", "0.5"]), "--grid", "--lr", "after '--'")
     one_line_error(grid("lr=0.1", "lr=0.2"), "--grid", "twice")
+    one_line_error(grid("act-fct=a/b,a-b"), "--grid", "same name")
     result = grid("lr_lambda=0.1,0.01", "linearly-spaced-lambda=on,off")  # a dest name, a flag's name
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
