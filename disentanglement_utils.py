@@ -1,9 +1,10 @@
 """Identifiability metrics. Functions take arrays and return numbers (or one number per dimension).
 
-linear_disentanglement       R² of a least-squares map (with intercept) h(z) -> z
-linear_r2_per_dimension      the same, one R² per dimension of z (their mean is the above)
-permutation_disentanglement  mean |Pearson corr| of dimensions matched one-to-one
-matched_correlations         the same, one |corr| per dimension of z (their mean is the above)
+linear_r2_per_dimension  R² of each dimension of z under a least-squares map (with intercept) h(z) -> z;
+                         their mean is the score the logs call Lin.
+correlation_matrix       Pearson correlations between the dimensions of z and of h(z)
+matched_correlations     |corr| of each dimension of z with the one of h(z) matched to it one-to-one;
+                         their mean is the score the logs call Perm.
 """
 
 import numpy as np
@@ -32,15 +33,6 @@ def linear_r2_per_dimension(z, hz):
     return r2_score(z, pred, multioutput="raw_values")
 
 
-def linear_disentanglement(z, hz):
-    """R² (uniform average over dimensions) of the OLS fit hz -> z, scored on the fitting data.
-
-    Returns:
-        float, 1 when z is an affine function of hz.
-    """
-    return float(np.mean(linear_r2_per_dimension(z, hz)))
-
-
 def correlation_matrix(z, hz):
     """(n, m) Pearson correlations between the columns of z and of hz."""
     z, hz = _as_numpy(z), _as_numpy(hz)
@@ -66,14 +58,3 @@ def matched_correlations(z, hz):
     out = np.zeros(corr.shape[0])
     out[rows] = corr[rows, cols]
     return out
-
-
-def permutation_disentanglement(z, hz):
-    """Mean |corr| of the one-to-one matching of dimensions that maximises Σ|corr|.
-
-    Returns:
-        float in [0, 1]; invariant to permuting, rescaling and flipping hz's dimensions.
-    """
-    corr = np.abs(correlation_matrix(z, hz))
-    rows, cols = linear_sum_assignment(corr, maximize=True)
-    return float(corr[rows, cols].mean())

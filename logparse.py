@@ -27,6 +27,7 @@ or None when no ``learned lambda values`` line followed the step).
 """
 
 import dataclasses
+import io
 import json
 import re
 
@@ -49,14 +50,9 @@ _RADIUS = re.compile(rf"^tensor\(\[({_NUM})\], requires_grad=True\)$")
 # The list inside a 1-d tensor repr, then keyword arguments such as
 # device='cuda:0' or dtype=torch.float64.
 _TENSOR = re.compile(r"^tensor\(\[([^\[\]]*)\]((?:\s*,\s*\w+=[^,()]+)*)\s*\)$")
-_TENSOR_FIELDS = {"lambda init:": "lambda_init", "ground truth Lambda:": "gt_lambda"}
-
-# The prefixes that make a line "look like" a known type: such a line must
-# parse, anything else is skipped.
-_STEP_PREFIX = "Step:"
-_LAMBDA_PREFIX = "learned lambda values:"
-_FINAL_PREFIXES = ("linear mean:", "perm mean:")
-_ENCODER_PREFIX = "f:"
+# The line types whose repr may wrap over several lines: prefix -> kind (the
+# phase's encoder, or the ParsedLog field of a tensor).
+_REPR_KINDS = {"f:": "encoder", "lambda init:": "lambda_init", "ground truth Lambda:": "gt_lambda"}
 
 
 _SHAPE_NUMBER = re.compile(r"-?\d+")
@@ -165,8 +161,33 @@ def _number_list(path, line_no, inner, text):
     return [_float(item) for item in items]
 
 
+@dataclasses.dataclass
+class _Repr:
+    """A module or tensor repr, which may wrap over several lines: read until its parentheses balance."""
+
+    kind: str  # a value of _REPR_KINDS
+    start: int  # the line number of its first line
+    lines: list = dataclasses.field(default_factory=list)
+    depth: int = 0  # parentheses opened and not yet closed
+
+    def add(self, text):
+        """Add a line; returns True once the repr is closed."""
+        self.lines.append(text)
+        self.depth += text.count("(") - text.count(")")
+        return self.depth <= 0
+
+    def text(self):
+        """The repr, after its line type's prefix ("f:", "lambda init:", ...), which ends at the first ':'."""
+        return "\n".join(self.lines).partition(":")[2]
+
+
 class _Parser:
-    """A line-by-line reader; one instance per file."""
+    """A line-by-line reader; one instance per file.
+
+    Outside the ``Arguments:`` block and any open multi-line repr, a line is
+    read by the first entry of ``LINE_TYPES`` (below the handlers) whose
+    start it has; a line of no type is skipped.
+    """
 
     def __init__(self, path):
         self.log = ParsedLog(path=path)
@@ -175,45 +196,24 @@ class _Parser:
         self.current = None  # the Phase being read
         self.steps = None  # {step: record} of the current phase
         self.last_record = None  # the Step record a ``learned lambda values`` line belongs to
-        self.block = None  # an open multi-line repr: (kind, first line number, [lines], depth)
+        self.block = None  # the _Repr being read, while it is open
         self.radius_next = False  # the line after ``r: Parameter containing:``
 
     def error(self, line_no, message):
         raise LogParseError(self.path, line_no, message)
 
-    # -- multi-line reprs ---------------------------------------------------
+    def expect(self, pattern, line_no, text, what):
+        """``pattern``'s match of ``text``, a line that starts like a ``what`` line: it must parse."""
+        match = pattern.match(text)
+        if match is None:
+            self.error(line_no, f"malformed {what} line: {_quote(text)}")
+        return match
 
-    def open_block(self, kind, line_no, text):
-        depth = text.count("(") - text.count(")")
-        if depth > 0:
-            self.block = (kind, line_no, [text], depth)
-        else:
-            self.close_block(kind, line_no, [text])
-
-    def continue_block(self, line_no, text):
-        kind, start, lines, depth = self.block
-        # Continuation lines of a tensor or module repr are indented, or are
-        # the closing ')' of the module; anything else means the repr was cut.
-        if not (text[:1].isspace() or text.startswith(")")):
-            self.error(start, f"{kind} repr not closed before line {line_no}")
-        lines.append(text)
-        depth += text.count("(") - text.count(")")
-        if depth > 0:
-            self.block = (kind, start, lines, depth)
-        else:
-            self.block = None
-            self.close_block(kind, start, lines)
-
-    def close_block(self, kind, start, lines):
-        if kind == "encoder":
-            if self.current is None:
-                self.error(start, "'f:' line before any 'supervised test:' line")
-            self.current.encoder = "\n".join(lines)[len(_ENCODER_PREFIX):].strip()
-            return
-        # A wrapped tensor: the continuation lines are indentation + numbers.
-        text = " ".join(part.strip() for part in lines)
-        prefix = next(p for p, field in _TENSOR_FIELDS.items() if field == kind)
-        setattr(self.log, kind, _tensor_values(self.path, start, text[len(prefix):].strip()))
+    def phase_for(self, line_no, what):
+        """The phase a ``what`` at ``line_no`` belongs to: there must be one."""
+        if self.current is None:
+            self.error(line_no, f"{what} before any 'supervised test:' line")
+        return self.current
 
     # -- one line -------------------------------------------------------------
 
@@ -221,95 +221,80 @@ class _Parser:
         """Read line ``line_no`` (1-based), without its newline."""
         if self.block is not None:
             self.continue_block(line_no, text)
-            return
-        if self.radius_next and not text.startswith("tensor("):
-            self.error(line_no, "the radius tensor does not follow 'r: Parameter containing:'")
-        if self.in_arguments:
-            if text.startswith("\t"):
-                match = _ARGUMENT.match(text.rstrip("\r\n"))
-                if match is None:
-                    self.error(line_no, f"malformed argument line: {_quote(text)}")
-                self.log.args[match.group(1)] = match.group(2) if match.group(2) is not None else ""
-                return
-            self.in_arguments = False
-        stripped = text.rstrip()
-        if stripped == "Arguments:":
-            self.in_arguments = True
-        elif stripped.startswith(_STEP_PREFIX):
-            self.step(line_no, stripped)
-        elif stripped.startswith(_LAMBDA_PREFIX):
-            self.learned_lambda(line_no, stripped)
-        elif stripped.startswith(_FINAL_PREFIXES):
-            self.final(line_no, stripped)
-        elif stripped.startswith("supervised test:"):
-            self.phase_header(line_no, stripped)
-        elif stripped.startswith(_ENCODER_PREFIX):
-            self.open_block("encoder", line_no, stripped)
-        elif stripped.startswith(tuple(_TENSOR_FIELDS)):
-            prefix = next(p for p in _TENSOR_FIELDS if stripped.startswith(p))
-            self.open_block(_TENSOR_FIELDS[prefix], line_no, stripped)
-        elif stripped == "r: Parameter containing:":
-            self.radius_next = True  # --sphere-norm: the radius tensor follows
         elif self.radius_next:
-            self.radius(line_no, stripped)
-        elif stripped.startswith("Id. "):
-            self.id_score(line_no, stripped)
-        elif stripped.startswith("condition number threshold:"):
-            match = _THRESHOLD.match(stripped)
-            if match is None:
-                self.error(line_no, f"malformed condition number threshold line: {_quote(stripped)}")
-            self.log.cond_threshold = _float(match.group(1))
-            self.log.cond_numbers = []  # a repeated header (resumed run) restarts the list
-        elif stripped.startswith("layer ") and "condition number" in stripped:
-            match = _LAYER.match(stripped)
-            if match is None:
-                self.error(line_no, f"malformed layer condition number line: {_quote(stripped)}")
-            self.log.cond_numbers.append(_float(match.group(3)))
+            self.radius(line_no, text)
+        elif self.in_arguments and text.startswith("\t"):
+            match = self.expect(_ARGUMENT, line_no, text, "argument")
+            self.log.args[match.group(1)] = match.group(2) if match.group(2) is not None else ""
         else:
+            self.in_arguments = False
+            stripped = text.rstrip()
+            for start, pattern, what, handler in self.LINE_TYPES:
+                match = start.match(stripped)
+                if match is not None:
+                    if pattern is not None:
+                        match = self.expect(pattern, line_no, stripped, what)
+                    handler(self, line_no, stripped, match)
+                    return
             self.log.skipped.append(line_no)
 
-    def step(self, line_no, text):
-        match = _STEP.match(text)
-        if match is None:
-            self.error(line_no, f"malformed Step line: {_quote(text)}")
-        if self.current is None:
-            self.error(line_no, "Step line before any 'supervised test:' line")
+    def radius(self, line_no, text):
+        """The line after ``r: Parameter containing:`` (--sphere-norm): the radius, after a Step line."""
+        self.radius_next = False
+        if not text.startswith("tensor("):
+            self.error(line_no, "the radius tensor does not follow 'r: Parameter containing:'")
+        text = text.rstrip()
+        match = _RADIUS.match(text)
+        if match is None or self.last_record is None:
+            self.error(line_no, f"malformed radius line: {_quote(text)}")
+        self.last_record["r"] = _float(match.group(1))
+
+    # -- multi-line reprs ---------------------------------------------------
+
+    def continue_block(self, line_no, text):
+        block = self.block
+        # After the first line, the lines of a tensor or module repr are indented,
+        # or are the closing ')' of the module; anything else means the repr was cut.
+        if block.lines and not (text[:1].isspace() or text.startswith(")")):
+            self.error(block.start, f"{block.kind} repr not closed before line {line_no}")
+        if block.add(text):
+            self.block = None
+            self.close_block(block)
+
+    def close_block(self, block):
+        if block.kind == "encoder":
+            self.phase_for(block.start, "'f:' line").encoder = block.text().strip()
+        else:  # a wrapped tensor: the continuation lines are indentation + numbers
+            text = " ".join(part.strip() for part in block.text().split("\n")).strip()
+            setattr(self.log, block.kind, _tensor_values(self.path, block.start, text))
+
+    # -- the line types: handler(line_no, line, match), the match of the type's
+    # full pattern, or of its start where it has none
+
+    def arguments_header(self, line_no, text, match):
+        self.in_arguments = True
+
+    def step(self, line_no, text, match):
+        self.phase_for(line_no, "Step line")
         record = {"step": int(match.group(1)), "loss": _float(match.group(2)),
                   "mean_loss": _float(match.group(3)), "lin": _float(match.group(4)),
                   "perm": _float(match.group(5)), "lambda": None, "r": None}
         self.steps[record["step"]] = record  # a repeated step keeps its last record
         self.last_record = record
 
-    def radius(self, line_no, text):
-        self.radius_next = False
-        match = _RADIUS.match(text)
-        if match is None or self.last_record is None:
-            self.error(line_no, f"malformed radius line: {_quote(text)}")
-        self.last_record["r"] = _float(match.group(1))
-
-    def learned_lambda(self, line_no, text):
-        match = _LAMBDA.match(text)
-        if match is None:
-            self.error(line_no, f"malformed learned lambda values line: {_quote(text)}")
+    def learned_lambda(self, line_no, text, match):
         if self.last_record is None or self.last_record["lambda"] is not None:
             self.error(line_no, "learned lambda values line without a Step line before it")
         self.last_record["lambda"] = _number_list(self.path, line_no, match.group(1), text)
 
-    def final(self, line_no, text):
-        match = _FINAL.match(text)
-        if match is None:
-            self.error(line_no, f"malformed final score line: {_quote(text)}")
-        if self.current is None:
-            self.error(line_no, "final score line before any 'supervised test:' line")
+    def final(self, line_no, text, match):
+        phase = self.phase_for(line_no, "final score line")
         key = "lin" if match.group(1) == "linear" else "perm"
-        self.current.final[f"{key}_mean"] = _float(match.group(2))
-        self.current.final[f"{key}_std"] = _float(match.group(3))
+        phase.final[f"{key}_mean"] = _float(match.group(2))
+        phase.final[f"{key}_std"] = _float(match.group(3))
         self.last_record = None
 
-    def phase_header(self, line_no, text):
-        match = _SUPERVISED.match(text)
-        if match is None:
-            self.error(line_no, f"malformed supervised test line: {_quote(text)}")
+    def phase_header(self, line_no, text, match):
         self.finish_phase()
         name = "supervised" if match.group(1) == "True" else "unsupervised"
         existing = self.log.phase(name)
@@ -321,11 +306,38 @@ class _Parser:
         self.steps = {record["step"]: record for record in self.current.steps}
         self.last_record = None
 
-    def id_score(self, line_no, text):
-        match = _ID_SCORE.match(text)
-        if match is None:
-            self.error(line_no, f"malformed identity score line: {_quote(text)}")
+    def repr_start(self, line_no, text, match):
+        self.block = _Repr(_REPR_KINDS[match.group()], line_no)
+        self.continue_block(line_no, text)  # the first line, which may close it too
+
+    def radius_header(self, line_no, text, match):
+        self.radius_next = True  # --sphere-norm: the radius tensor follows
+
+    def id_score(self, line_no, text, match):
         setattr(self.log, "id_lin" if match.group(1) == "Lin" else "id_perm", _float(match.group(2)))
+
+    def threshold(self, line_no, text, match):
+        self.log.cond_threshold = _float(match.group(1))
+        self.log.cond_numbers = []  # a repeated header (resumed run) restarts the list
+
+    def layer(self, line_no, text, match):
+        self.log.cond_numbers.append(_float(match.group(3)))
+
+    # (what a line of the type starts with, its full pattern or None, its name
+    # in errors, its handler), tried in this order. A line that starts like a
+    # type must match its full pattern: see the module docstring.
+    LINE_TYPES = (
+        (re.compile(r"Arguments:\Z"), None, None, arguments_header),
+        (re.compile(r"Step:"), _STEP, "Step", step),
+        (re.compile(r"learned lambda values:"), _LAMBDA, "learned lambda values", learned_lambda),
+        (re.compile(r"linear mean:|perm mean:"), _FINAL, "final score", final),
+        (re.compile(r"supervised test:"), _SUPERVISED, "supervised test", phase_header),
+        (re.compile("|".join(map(re.escape, _REPR_KINDS))), None, None, repr_start),
+        (re.compile(r"r: Parameter containing:\Z"), None, None, radius_header),
+        (re.compile(r"Id\. "), _ID_SCORE, "identity score", id_score),
+        (re.compile(r"condition number threshold:"), _THRESHOLD, "condition number threshold", threshold),
+        (re.compile(r"layer .*condition number", re.DOTALL), _LAYER, "layer condition number", layer),
+    )
 
     def finish_phase(self):
         if self.current is not None:
@@ -340,24 +352,56 @@ class _Parser:
         return self.log
 
 
-def parse_text(text, path="<log>"):
-    """Parse the text of a log; ``path`` only names it in errors. Returns a :class:`ParsedLog`."""
-    lines = text.split("\n")
-    parser = _Parser(path)
-    # The last element is what follows the last newline: empty for a complete
-    # file, else a line whose writer was stopped mid-line; drop it.
-    if lines[-1] != "":
-        parser.log.truncated = True
-    for line_no, line in enumerate(lines[:-1], start=1):
-        parser.feed(line_no, line.rstrip("\r"))
-    parser.log.n_lines = len(lines) - 1
-    return parser.finish()
-
-
 # A log of a full-length run logged at every step is ~100 MB; anything far beyond, or a
 # "line" of megabytes (/dev/zero, a binary file), is not a log: refuse it rather than read it all.
 MAX_LOG_BYTES = 1 << 30
 MAX_LINE_BYTES = 1 << 20
+
+
+def _parse_lines(path, lines):
+    """Feed ``lines`` (str, each with its newline) to a :class:`_Parser`; returns its ParsedLog.
+
+    A line without its newline (the last one, whose writer was stopped
+    mid-line) is dropped and marks the log truncated.
+    """
+    parser = _Parser(path)
+    for line_no, line in enumerate(lines, start=1):
+        if not line.endswith("\n"):
+            parser.log.truncated = True
+            break
+        parser.feed(line_no, line[:-1].rstrip("\r"))
+        parser.log.n_lines = line_no
+    return parser.finish()
+
+
+def parse_text(text, path="<log>"):
+    """Parse the text of a log; ``path`` only names it in errors. Returns a :class:`ParsedLog`."""
+    return _parse_lines(path, io.StringIO(text, newline="\n"))  # lines end at "\n" only, as in a file
+
+
+def _log_lines(path, handle):
+    """The lines of the binary file ``handle`` as str, each checked to be a line of a log text."""
+    line_no = total = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        line_no += 1
+        total += len(raw)
+        if len(raw) > MAX_LINE_BYTES:
+            raise LogParseError(path, line_no, f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log")
+        if total > MAX_LOG_BYTES:
+            raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log")
+        if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: dropped by _parse_lines
+            yield raw.decode("utf-8", errors="replace")
+            return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LogParseError(path, line_no, "not UTF-8 text") from None
+        yield text
+
+
+def _unreadable(path, exc):
+    """The LogParseError for a file that cannot be read: ``exc`` is the OSError (or UnicodeDecodeError)."""
+    return LogParseError(path, None, f"cannot read the file ({getattr(exc, 'strerror', None) or exc})")
 
 
 def parse_log(path):
@@ -370,33 +414,11 @@ def parse_log(path):
             larger than MAX_LOG_BYTES or has a line longer than MAX_LINE_BYTES,
             or has a line that starts like a known line type but does not parse.
     """
-    parser = _Parser(path)
-    total = 0
-    line_no = 0
     try:
         with open(path, "rb") as handle:
-            while True:
-                raw = handle.readline(MAX_LINE_BYTES + 1)
-                if not raw:
-                    break
-                line_no += 1
-                total += len(raw)
-                if len(raw) > MAX_LINE_BYTES:
-                    raise LogParseError(path, line_no, f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log")
-                if total > MAX_LOG_BYTES:
-                    raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log")
-                if not raw.endswith(b"\n"):  # the writer was stopped mid-line: drop it
-                    parser.log.truncated = True
-                    break
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise LogParseError(path, line_no, "not UTF-8 text") from None
-                parser.feed(line_no, text[:-1].rstrip("\r"))
-                parser.log.n_lines = line_no
+            return _parse_lines(path, _log_lines(path, handle))
     except OSError as exc:
-        raise LogParseError(path, None, f"cannot read the file ({exc.strerror or exc})") from None
-    return parser.finish()
+        raise _unreadable(path, exc) from None
 
 
 def common_steps(*phases):
@@ -434,7 +456,7 @@ def read_metrics(path, phase="unsupervised"):
                 elif kind == "final":
                     final = record
     except (OSError, UnicodeDecodeError) as exc:
-        raise LogParseError(path, None, f"cannot read the file ({getattr(exc, 'strerror', None) or exc})") from None
+        raise _unreadable(path, exc) from None
     if args is None:
         raise LogParseError(path, None, "no config record: not a metrics file of main_mlp.py")
     if not steps:
