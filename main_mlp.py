@@ -2,8 +2,11 @@
 
 The synthetic experiments of "Contrastive Learning: Reducing the Gap Between
 Theory and Practice" (Rusak et al.), with the command line and log format of
-the authors' main_mlp.py. Reads as: parse and validate arguments -> build the
-latent space, g, f and the loss -> train -> final evaluation.
+the authors' main_mlp.py ("the reference": the authors' code,
+github.com/brendel-group/AnInfoNCE, and the logs it wrote). Reads as: parse and
+validate arguments (command_line.py) -> build the latent space, g, f and the
+loss -> train -> final evaluation; what keeps a run's work through kills and
+signals is in run_support.py.
 """
 
 import sys
@@ -408,12 +411,12 @@ def prepare(args, derived, device):
 def open_outputs(args, resume, locks):
     """The RunLog; on resume the files are cut back to the checkpoint and say the run's arguments now."""
     if resume is None:
-        return RunLog(args.log_file, args.metrics_file)
-    return run_support.continue_files(args, resume, os.path.join(args.save_dir, CHECKPOINT_NAME), locks.outputs)
+        return RunLog(PROG, args.log_file, args.metrics_file)
+    return run_support.continue_files(PROG, args, resume, os.path.join(args.save_dir, CHECKPOINT_NAME), locks.outputs)
 
 
 def main(argv=None):
-    run_support.exit_on_signals()
+    run_support.exit_on_signals(PROG)
     run_support.escape_unprintable_output()
     parser, args, derived = parse_args(argv)
     device = resolve_device(args.device)

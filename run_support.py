@@ -67,9 +67,9 @@ class Stop(Exception):
         self.signum, self.where = signum, where
 
 
-def exit_on_signals():
+def exit_on_signals(prog):
     """Until the run has something to save, a signal ends it at once (no traceback)."""
-    startup_signals.exit_at_once("main_mlp.py: stopped by {name} during start-up; nothing of the run to save yet")
+    startup_signals.exit_at_once(f"{prog}: stopped by {{name}} during start-up; nothing of the run to save yet")
 
 
 def remember_signals():
@@ -190,7 +190,7 @@ def restated_prefix(path, offset, args, metrics=False):
     return "".join(changed).encode("utf-8")
 
 
-def continue_files(args, state, checkpoint_path, locks):
+def continue_files(prog, args, state, checkpoint_path, locks):
     """Open the log and metrics files of a resumed run: cut back to the checkpoint, their arguments restated.
 
     ``state["file_checks"]`` holds the checks the files matched (``load_resume_state``). The order
@@ -213,7 +213,7 @@ def continue_files(args, state, checkpoint_path, locks):
         for path, data, lock in zip(paths, new, locks):
             if data is not None:
                 write_atomically(path, functools.partial(_write_bytes, data), lock)
-    return RunLog(args.log_file, args.metrics_file, offsets)
+    return RunLog(prog, args.log_file, args.metrics_file, offsets)
 
 
 class RunLog:
@@ -226,7 +226,8 @@ class RunLog:
         truncate_at: (log offset, metrics offset) to continue the files from (resume).
     """
 
-    def __init__(self, log_file=None, metrics_file=None, truncate_at=None):
+    def __init__(self, prog, log_file=None, metrics_file=None, truncate_at=None):
+        self.prog = prog
         self.to_file = truncate_at is None  # on resume, the header goes to stdout only
         self.paths = (log_file, metrics_file)
         self.stdout_gone = False
@@ -257,12 +258,12 @@ class RunLog:
         if not self.stdout_gone:
             try:
                 print(text, flush=True)
-            except BrokenPipeError:  # e.g. `main_mlp.py ... | head`: keep training, keep the files
+            except BrokenPipeError:  # e.g. `python main_mlp.py ... | head`: keep training, keep the files
                 self.stdout_gone = True
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush does not fail either
                 os.close(devnull)
-                self.info("main_mlp.py: stdout was closed; the run goes on and writes only its files")
+                self.info(f"{self.prog}: stdout was closed; the run goes on and writes only its files")
         if self.log is not None and self.to_file:
             self._write(self.log, self.log_hash, self.paths[0], text + "\n")
 
