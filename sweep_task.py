@@ -87,8 +87,8 @@ class RunTask(Checkpointable):
     def __call__(self):
         # sweep.py starts submitit's local tasks with SIGUSR2 blocked, so that one sent while the task
         # starts (before submitit has set up its handler) waits instead of ending it; let through
-        # here, it checkpoints and requeues the task. Unblocked before the child starts: the run
-        # stops on it.
+        # here, it checkpoints and requeues the task. And before the child starts: it inherits the
+        # mask, and must get SIGUSR2 to checkpoint.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
         env = dict(os.environ)
         if self.threads:
@@ -144,7 +144,7 @@ def _stop_at_parse(parser, args=None, namespace=None):
 def _script_parser(script):
     """Run ``script`` as ``__main__`` up to its first parse of a command line; its argparse parser."""
     sys.argv = [script]
-    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as ``python SCRIPT`` has it (the caller's dir)
+    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as ``python SCRIPT`` has it, not this module's dir
     original = argparse.ArgumentParser.parse_known_args  # parse_args goes through it
     argparse.ArgumentParser.parse_known_args = _stop_at_parse
     try:
