@@ -43,6 +43,7 @@ import warnings
 import numpy as np
 
 import logparse
+import settings
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int, write_stdout
 
 PROG = "compare_logs.py"
@@ -56,10 +57,8 @@ DEFAULT_PERM_TOL = 0.05
 DEFAULT_LAMBDA_RTOL = 0.10
 DEFAULT_LOSS_TOL = 0.15
 DEFAULT_ROWS = 20
-# Arguments that say where a run wrote or ran, not what it computed: not
-# listed as differences between the logs.
-INCIDENTAL_ARGS = {"log_file", "metrics_file", "save_dir", "device", "compile", "checkpoint_every",
-                   "resume_training", "seed", "num_eval_batches"}
+# Arguments that say where a run wrote or ran, not what it computed: not differences between the logs.
+INCIDENTAL_ARGS = frozenset(settings.INCIDENTAL_FLAGS)
 
 
 def _nonnegative(text):

@@ -25,6 +25,7 @@ import scipy.stats
 
 import logparse
 import sweep
+import sweep_summary
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, write_stdout
 
 PROG = "learning_check.py"
@@ -64,7 +65,7 @@ def parse_args(argv=None):
 
 def our_values(out_dir):
     """{step: {metric: [values over seeds]}} of the runs in ``out_dir``, and how many runs."""
-    runs = sweep.find_runs(out_dir, [NAME])[NAME]
+    runs = sweep_summary.find_runs(out_dir, [NAME])[NAME]
     values = {step: {key: [] for key, _ in METRICS} for step in STEPS}
     for _, path in runs:
         phase = logparse.require_steps(logparse.parse_log(path), "unsupervised")

@@ -10,7 +10,7 @@ import latent_spaces
 import losses
 import settings
 import spaces
-import sweep
+import sweep_summary
 from cli_util import parse_log, run_main
 
 
@@ -52,7 +52,7 @@ def test_a_new_loss_is_one_entry(monkeypatch, tmp_path, capsys):
     assert [s["step"] for s in steps] == [1, 3, 4] and steps[-1]["loss"] < steps[0]["loss"] + 1
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert records[-1]["type"] == "final" and "lambda" not in records[1]
-    assert sweep.loss_label(log["args"]) == "toy loss"
+    assert sweep_summary.loss_label(log["args"]) == "toy loss"
 
 
 def test_a_new_space_is_one_entry(monkeypatch, capsys):

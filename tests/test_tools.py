@@ -631,3 +631,20 @@ def test_sweep_summary_groups_r2_by_lambda(tmp_path):
     assert "## R² by ground-truth λ" in md
     assert "info (aninfonce), end: content (λ = 25) 0.9500 ± 0.0141; style (λ = 5) 0.1000 ± 0.0707" in md
     assert "info (aninfonce), step 251: content (λ = 25) 0.9500 ± 0.0141" in md
+
+
+def test_compare_logs_ignores_how_a_run_was_run():
+    """Arguments that say where or how a run ran (checkpoint cadence, resume switches, paths, the
+    seed) are not differences between two logs; what it computed is."""
+    import types
+
+    import compare_logs
+
+    base = {"lr": "0.0001", "n": "10", "save_dir": "a", "checkpoint_minutes": "None", "resume_if_exists": "False",
+            "overwrite": "False", "seed": "0", "log_file": "a.log"}
+    other = dict(base, save_dir="b", checkpoint_minutes="10.0", resume_if_exists="True", overwrite="True",
+                 seed="1", log_file="b.log")
+    log_a, log_b = types.SimpleNamespace(args=base), types.SimpleNamespace(args=other)
+    assert compare_logs.differing_args(log_a, log_b) == []
+    log_c = types.SimpleNamespace(args=dict(other, lr="0.001"))
+    assert compare_logs.differing_args(log_a, log_c) == [("lr", "0.0001", "0.001")]
