@@ -162,6 +162,24 @@ def finish(proc, timeout=300):
         return rc, f_out.read(), f_err.read()
 
 
+def finish_all(procs, dirs):
+    """Wait for every process of ``procs`` ({name: Popen from ``start_cli``}).
+
+    Returns {name: (returncode, stdout, stderr, its directory ``dirs[name]``)}; whatever is still
+    running when one of them fails is killed.
+    """
+    out = {}
+    try:
+        for name, proc in procs.items():
+            out[name] = (*finish(proc), dirs[name])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out
+
+
 def count_steps(log_path):
     """Complete Step lines in a log file so far (0 when it does not exist yet)."""
     if not os.path.exists(log_path):

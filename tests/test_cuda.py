@@ -48,7 +48,7 @@ import latent_spaces
 import main_mlp
 import run_support
 import spaces
-from cli_util import finish, parse_log, restore_signal_handlers, signal_after_steps, start_cli
+from cli_util import finish, finish_all, parse_log, restore_signal_handlers, signal_after_steps, start_cli
 from test_spaces import README_LAMBDA, RandnRecorder
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -347,14 +347,7 @@ def runs(tmp_path_factory):
         shutil.rmtree(dirs[name])
         shutil.copytree(dirs[source], dirs[name])  # keep the first run's files to inspect
     procs = {name: start_cli(argv, dirs[name]) for name, (_, argv) in second.items()}
-    try:
-        for name, proc in procs.items():
-            out[name] = (*finish(proc), dirs[name])
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    out.update(finish_all(procs, dirs))
     return out
 
 

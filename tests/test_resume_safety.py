@@ -1,9 +1,7 @@
 """Resuming never loses a run: an extension killed at any moment, old checkpoints, shared or linked
 output files, temporaries left by a kill. In-process runs, tiny and seeded."""
 
-import io
 import hashlib
-import os
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torch
 import main_mlp
 import run_support
 from cli_util import run_main
-from test_data_safety import BASE, assert_refused, snapshot
+from test_data_safety import BASE, assert_refused, finished_run, snapshot  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow  # each test trains two or three tiny runs
 
@@ -21,28 +19,16 @@ class Killed(BaseException):
     of ours catches it)."""
 
 
-@pytest.fixture
-def short_run(tmp_path, capsys):
-    """A finished 3-step run with a checkpoint, a log and a metrics file in tmp_path/run."""
-    d = tmp_path / "run"
-    d.mkdir()
-    argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
-                   "--metrics-file", str(d / "run.jsonl")]
-    code, _, err = run_main(argv, capsys)
-    assert code == 0, err
-    return d, argv
-
-
 def _straight_run(tmp_path, capsys, steps):
     """The log and metrics of an uninterrupted run of ``steps`` steps, its paths named as tmp_path/run's."""
     d = tmp_path / "straight"
     d.mkdir()
     argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
-                   "--metrics-file", str(d / "run.jsonl"), "--n-steps", str(steps)]
+                   "--metrics-file", str(d / "metrics.jsonl"), "--n-steps", str(steps)]
     code, _, err = run_main(argv, capsys)
     assert code == 0, err
     here, there = str(d).encode(), str(tmp_path / "run").encode()
-    return (d / "run.log").read_bytes().replace(here, there), (d / "run.jsonl").read_bytes().replace(here, there)
+    return (d / "run.log").read_bytes().replace(here, there), (d / "metrics.jsonl").read_bytes().replace(here, there)
 
 
 def _extend(argv, steps):
@@ -50,14 +36,14 @@ def _extend(argv, steps):
 
 
 @pytest.mark.parametrize("when", ["writing the log", "writing the metrics", "before the first checkpoint"])
-def test_an_extension_killed_before_its_first_checkpoint_resumes(short_run, tmp_path, capsys, monkeypatch, when):
+def test_an_extension_killed_before_its_first_checkpoint_resumes(finished_run, tmp_path, capsys, monkeypatch, when):
     """Extend a finished run (--n-steps 3 -> 9) and kill it while its files are being restated or
     just after: the same command then resumes it, and its files are those of a straight 9-step run."""
-    d, argv = short_run
+    d, argv = finished_run
     real_write, real_run = run_support.write_atomically, main_mlp.train
 
     def write_then_die(path, write, lock=None):
-        if path.endswith("run.log" if when == "writing the log" else "run.jsonl"):
+        if path.endswith("run.log" if when == "writing the log" else "metrics.jsonl"):
             raise Killed
         return real_write(path, write, lock)
 
@@ -77,7 +63,7 @@ def test_an_extension_killed_before_its_first_checkpoint_resumes(short_run, tmp_
     assert code == 0, err
     log, metrics = _straight_run(tmp_path, capsys, 9)
     assert (d / "run.log").read_bytes() == log
-    assert (d / "run.jsonl").read_bytes() == metrics
+    assert (d / "metrics.jsonl").read_bytes() == metrics
 
 
 @pytest.mark.parametrize("edit", ["header", "invalid utf-8"])
@@ -109,10 +95,10 @@ def _rewrite_checkpoint(path, change):
     run_support.save_checkpoint_file(state, str(path))
 
 
-def test_a_checkpoint_of_an_older_layout_is_refused_before_anything_is_cut(short_run, capsys):
+def test_a_checkpoint_of_an_older_layout_is_refused_before_anything_is_cut(finished_run, capsys):
     """A checkpoint of the earlier layout with one encoder and optimiser per phase ('encoders',
     'optimizers'): refused by name, the log and metrics files untouched."""
-    d, argv = short_run
+    d, argv = finished_run
 
     def older(state):
         state["encoders"] = {"unsupervised": state.pop("encoder")}
@@ -126,8 +112,8 @@ def test_a_checkpoint_of_an_older_layout_is_refused_before_anything_is_cut(short
     assert snapshot(d) == before
 
 
-def test_a_checkpoint_without_a_checksum_is_called_older(short_run, capsys):
-    d, argv = short_run
+def test_a_checkpoint_without_a_checksum_is_called_older(finished_run, capsys):
+    d, argv = finished_run
     path = d / "ckpt" / main_mlp.CHECKPOINT_NAME
     state = run_support.read_checkpoint(str(path))
     torch.save(state, str(path))  # the earliest layout: the state itself, no checksum around it
@@ -137,8 +123,8 @@ def test_a_checkpoint_without_a_checksum_is_called_older(short_run, capsys):
     assert snapshot(d) == before
 
 
-def test_a_checkpoint_of_a_newer_format_is_refused(short_run, capsys):
-    d, argv = short_run
+def test_a_checkpoint_of_a_newer_format_is_refused(finished_run, capsys):
+    d, argv = finished_run
     _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda s: s.update(format=99))
     before = snapshot(d)
     code, _, err = run_main(_extend(argv, 9), capsys)
@@ -146,9 +132,9 @@ def test_a_checkpoint_of_a_newer_format_is_refused(short_run, capsys):
     assert snapshot(d) == before
 
 
-def test_a_format_1_checkpoint_still_resumes(short_run, tmp_path, capsys):
+def test_a_format_1_checkpoint_still_resumes(finished_run, tmp_path, capsys):
     """Format 1 (no 'format' key; files checked by the hash of their last 4 KB) is read, not refused."""
-    d, argv = short_run
+    d, argv = finished_run
 
     def format_1(state):
         state.pop("format")
@@ -168,10 +154,10 @@ def test_a_format_1_checkpoint_still_resumes(short_run, tmp_path, capsys):
     assert (d / "run.log").read_bytes() == log
 
 
-@pytest.mark.parametrize("flag, name", [("--log-file", "run.log"), ("--metrics-file", "run.jsonl")])
-def test_an_output_file_of_a_live_run_is_refused(short_run, capsys, flag, name):
+@pytest.mark.parametrize("flag, name", [("--log-file", "run.log"), ("--metrics-file", "metrics.jsonl")])
+def test_an_output_file_of_a_live_run_is_refused(finished_run, capsys, flag, name):
     """Another run (its own save-dir) writing the same log: refused, the file untouched."""
-    d, argv = short_run
+    d, argv = finished_run
     before = snapshot(d)
     holder = run_support.OutputLock(flag, str(d / name), create=False)
     try:
@@ -185,24 +171,24 @@ def test_an_output_file_of_a_live_run_is_refused(short_run, capsys, flag, name):
 def test_a_symlinked_log_stays_a_link_when_the_run_is_extended(tmp_path, capsys):
     d = tmp_path / "run"
     (d / "real").mkdir(parents=True)
-    for name in ("run.log", "run.jsonl"):
+    for name in ("run.log", "metrics.jsonl"):
         (d / name).symlink_to(d / "real" / name)
     argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
-                   "--metrics-file", str(d / "run.jsonl")]
+                   "--metrics-file", str(d / "metrics.jsonl")]
     code, _, err = run_main(argv, capsys)
     assert code == 0, err
     code, _, err = run_main(_extend(argv, 9), capsys)
     assert code == 0, err
-    for name in ("run.log", "run.jsonl"):
+    for name in ("run.log", "metrics.jsonl"):
         assert (d / name).is_symlink()
     log, metrics = _straight_run(tmp_path, capsys, 9)
     assert (d / "real" / "run.log").read_bytes() == log
-    assert (d / "real" / "run.jsonl").read_bytes() == metrics
+    assert (d / "real" / "metrics.jsonl").read_bytes() == metrics
 
 
-def test_temporaries_left_by_a_kill_are_removed(short_run, capsys):
-    d, argv = short_run
-    left = [d / "ckpt" / "g.pth.tmp4242", d / "ckpt" / "unsup_f.pth.tmp4243", d / "run.jsonl.tmp4244",
+def test_temporaries_left_by_a_kill_are_removed(finished_run, capsys):
+    d, argv = finished_run
+    left = [d / "ckpt" / "g.pth.tmp4242", d / "ckpt" / "unsup_f.pth.tmp4243", d / "metrics.jsonl.tmp4244",
             d / "run.log.tmp4245"]
     for path in left:
         path.write_bytes(b"half written")

@@ -20,7 +20,7 @@ import pytest
 
 import logparse
 import run_support
-from cli_util import finish, parse_log, signal_after_steps, start_cli, step_lines
+from cli_util import finish, finish_all, parse_log, signal_after_steps, start_cli, step_lines
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -69,14 +69,7 @@ def runs(tmp_path_factory):
              "resume_sigkill": start_cli(RESUME, dirs["resume_sigkill"]),
              "extend": start_cli(CMD[:CMD.index("--n-steps") + 1] + [str(EXTENDED)]
                                  + CMD[CMD.index("--n-steps") + 2:] + ["--resume-training"], dirs["extend"])}
-    try:
-        for name, proc in procs.items():
-            out[name] = (*finish(proc), dirs[name])
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    out.update(finish_all(procs, dirs))
     return out
 
 
