@@ -162,14 +162,17 @@ def finish(proc, timeout=300):
         return rc, f_out.read(), f_err.read()
 
 
-def finish_all(procs, dirs):
-    """Wait for every process of ``procs`` ({name: Popen from ``start_cli``}).
+def finish_all(procs, dirs, signals=(), count=2):
+    """Wait for every process of ``procs`` ({name: Popen from ``start_cli``}), first sending each
+    (name, signal number) of ``signals`` once that run's log holds ``count`` Step lines.
 
     Returns {name: (returncode, stdout, stderr, its directory ``dirs[name]``)}; whatever is still
     running when one of them fails is killed.
     """
     out = {}
     try:
+        if signals:
+            signal_after_steps([(procs[name], dirs[name] / "run.log", signum) for name, signum in signals], count)
         for name, proc in procs.items():
             out[name] = (*finish(proc), dirs[name])
     finally:

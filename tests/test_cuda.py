@@ -48,7 +48,7 @@ import latent_spaces
 import main_mlp
 import run_support
 import spaces
-from cli_util import finish, finish_all, parse_log, restore_signal_handlers, signal_after_steps, start_cli
+from cli_util import finish_all, parse_log, restore_signal_handlers, start_cli
 from test_spaces import README_LAMBDA, RandnRecorder
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -329,16 +329,7 @@ def runs(tmp_path_factory):
             list(first) + ["resume_sigterm", "resume_sigkill", "on_cpu"]}
     out = {}
     procs = {name: start_cli(argv, dirs[name]) for name, argv in first.items()}
-    try:
-        signal_after_steps([(procs["sigterm"], dirs["sigterm"] / "run.log", signal.SIGTERM),
-                            (procs["sigkill"], dirs["sigkill"] / "run.log", signal.SIGKILL)], count=2)
-        for name, proc in procs.items():
-            out[name] = (*finish(proc), dirs[name])
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    out.update(finish_all(procs, dirs, [("sigterm", signal.SIGTERM), ("sigkill", signal.SIGKILL)]))
     second = {"resume_sigterm": ("sigterm", SAVED + ["--resume-training"]),
               "resume_sigkill": ("sigkill", SAVED + ["--resume-training"]),
               # The finished CUDA run's checkpoint, resumed on the CPU.

@@ -20,7 +20,7 @@ import pytest
 
 import logparse
 import run_support
-from cli_util import finish, finish_all, parse_log, signal_after_steps, start_cli, step_lines
+from cli_util import finish_all, parse_log, start_cli, step_lines
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -47,17 +47,8 @@ def runs(tmp_path_factory):
             ("full", "sigint", "sigterm", "sigkill", "resume_sigint", "resume_sigkill", "extend")}
     out = {}
     procs = {name: start_cli(CMD, dirs[name]) for name in ("full", "sigint", "sigterm", "sigkill")}
-    try:
-        signal_after_steps([(procs["sigint"], dirs["sigint"] / "run.log", signal.SIGINT),
-                            (procs["sigterm"], dirs["sigterm"] / "run.log", signal.SIGTERM),
-                            (procs["sigkill"], dirs["sigkill"] / "run.log", signal.SIGKILL)], count=2)
-        for name, proc in procs.items():
-            out[name] = (*finish(proc), dirs[name])
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    out.update(finish_all(procs, dirs, [("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM),
+                                        ("sigkill", signal.SIGKILL)]))
 
     # Second round: resume the SIGINT and SIGKILL runs, extend a copy of the finished one.
     for stopped, resumed in (("sigint", "resume_sigint"), ("sigkill", "resume_sigkill")):
