@@ -28,10 +28,7 @@ import settings
 import startup_signals
 from argparse_utils import EXIT_BAD_INPUT
 
-CHECKPOINT_NAME = "checkpoint.pth"
-LOCK_NAME = ".lock"
-# The files a run keeps in --save-dir (besides the checkpoint and the lock).
-MODEL_NAMES = ("g.pth", "sup_f.pth", "unsup_f.pth")
+CHECKPOINT_NAME, LOCK_NAME, MODEL_NAMES = settings.CHECKPOINT_NAME, settings.LOCK_NAME, settings.MODEL_NAMES
 # Arguments that may differ between a run and its resumption: the incidental ones, and the length
 # (an extension). The device is compared as its type instead (auto and cpu are the same device).
 RESUMABLE_DIFFERENCES = settings.INCIDENTAL_FLAGS + ("n_steps", "more_unsupervised")

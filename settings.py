@@ -92,6 +92,12 @@ INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrit
                     "device", "compile", "checkpoint_every", "checkpoint_minutes", "num_eval_batches", "seed")
 
 
+# The files a run keeps in its --save-dir (named here, torch-free, for the tools as well).
+CHECKPOINT_NAME = "checkpoint.pth"
+LOCK_NAME = ".lock"
+MODEL_NAMES = ("g.pth", "sup_f.pth", "unsup_f.pth")
+
+
 # The encoder's output normalisations by name (see encoders.NORMALIZATION_LAYERS).
 NORMALIZATIONS = ("fixed_sphere", "learnable_sphere", "learnable_box", "none")
 

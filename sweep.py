@@ -97,6 +97,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import logparse
+import settings
 from sweep_summary import GLOB_CHARACTERS, say, summarize
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int
 
@@ -117,10 +118,6 @@ SIGNAL_DELAY_S = 120
 # Requeues after a time limit before a task gives up (preemptions do not count).
 MAX_TIMEOUTS = 50
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
-# main_mlp.py's checkpoint in a --save-dir, and the file it holds an flock on while it runs
-# (run_support.CHECKPOINT_NAME and LOCK_NAME; that module imports torch).
-CHECKPOINT_FILE = "checkpoint.pth"
-LOCK_FILE = ".lock"
 # How often to look whether a run that outlived its task has ended.
 RUN_POLL_S = 1.0
 # How submitit's traceback of a task names the run's own failure (sweep_task.RunFailed).
@@ -573,7 +570,7 @@ def lock_holder(save_dir):
     has ended, however it ended.
     """
     try:
-        handle = open(os.path.join(save_dir, LOCK_FILE), encoding="utf-8")
+        handle = open(os.path.join(save_dir, settings.LOCK_NAME), encoding="utf-8")
     except OSError:
         return None
     with handle:
@@ -674,7 +671,7 @@ def plan_run(args, name, extra, seed, now):
     if "error" in now:
         raise Refused(f"{label}: {os.path.basename(args.script)} refuses its arguments: {now['error']}")
     _, save_dir = with_save_dir(args.train_args + extra, name, seed, args.out_dir)
-    resumable = os.path.exists(os.path.join(save_dir, CHECKPOINT_FILE))
+    resumable = os.path.exists(os.path.join(save_dir, settings.CHECKPOINT_NAME))
     if resumable and not args.skip_done:
         # main_mlp.py continues it (a longer --n-steps extends it), or refuses a checkpoint of other
         # arguments or a log that is not the checkpoint's, touching nothing.
