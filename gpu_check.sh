@@ -149,7 +149,7 @@ export -f environment
 export MODE DEVICE BUDGET PYTHON
 run_stage "environment" env.txt 30 300 bash -c environment
 run_stage "CUDA tests" cuda_tests.txt 170 180 \
-    "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m cuda tests/test_cuda.py
+    "$PYTHON" -m pytest -o addopts="" -q -rs -p no:cacheprovider -m cuda tests/test_cuda.py
 run_stage "README run" readme_run.out 75 120 \
     "$PYTHON" main_mlp.py "${README_ARGS[@]}" "${README_SIZE[@]}" \
     --log-file "$OUT/readme_run.log" --metrics-file "$OUT/readme_run.jsonl"
