@@ -65,30 +65,6 @@ class Experiment:
     acceptance: float = None  # of the rejection sampler
 
 
-def peak_memory(args, derived):
-    """A generous estimate of a run's largest memory use, in bytes, from its sizes alone.
-
-    The largest of: g's condition-number search (N_COND_SAMPLES n×n matrices
-    and their Gram matrices), the sampler's acceptance check, and a training
-    step (the encoder with its gradients and Adam's two moments, the 2B rows
-    of activations kept for the backward pass, the loss's B×B blocks, the
-    sampler's proposals), plus the loss ring.
-    """
-    n, bsz = args.n, args.batch_size
-    dims = encoders.layer_widths(n)
-    params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
-    width = sum(dims)
-    mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
-    acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if derived.anisotropic else 0
-    blocks = settings.LOSSES[derived.loss].blocks
-    proposals = 3 * min(latent_spaces.MAX_CANDIDATES * bsz * n, spaces.MAX_PROPOSAL_ELEMENTS) * 4 \
-        if derived.anisotropic else 0
-    step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals
-    evaluation = 2 * max(N_EVAL_SAMPLES, bsz) * width * 4
-    ring = min(args.n_log_steps, args.n_steps * max(1, args.more_unsupervised)) * 4
-    return max(mixing, acceptance, step, evaluation) + ring
-
-
 def build_loss(args, derived, init_gen):
     """The contrastive loss the flags pick (an entry of settings.LOSSES; θ of Λ̂ drawn from init_gen)."""
     return settings.LOSSES[derived.loss].build(args, init_gen)
@@ -394,7 +370,7 @@ def prepare(args, derived, device):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         torch.backends.cudnn.allow_tf32 = args.allow_tf32
-    run_support.refuse_if_too_big(peak_memory(args, derived), device)
+    run_support.refuse_if_too_big(run_support.peak_memory(args, derived, N_EVAL_SAMPLES, ACCEPTANCE_PROPOSALS), device)
     # All randomness: the global CPU generator (encoder initialisation), one
     # CPU generator for g and θ, one generator on the device for the data.
     torch.manual_seed(seed)

@@ -296,7 +296,7 @@ def test_the_memory_estimate_covers_a_step_at_the_reference_batch():
     main_mlp.evaluate(exp.latent, h, args.batch_size, gen, CUDA)  # the final evaluation's batch
     torch.cuda.synchronize()
     used = torch.cuda.max_memory_allocated(CUDA) - before
-    assert 0 < used <= main_mlp.peak_memory(args, derived)
+    assert 0 < used <= run_support.peak_memory(args, derived, main_mlp.N_EVAL_SAMPLES, main_mlp.ACCEPTANCE_PROPOSALS)
 
 
 def test_a_run_beyond_the_free_gpu_memory_is_refused(capsys):
