@@ -98,22 +98,21 @@ class AnInfoNCELoss(nn.Module):
             size = 1 if isotropic else n
             self.theta = nn.Parameter(torch.randn(size, generator=generator) * THETA_INIT_STD)
 
-    def _lam(self, like):
-        """(n,) or (1,) Λ̂'s diagonal, on ``like``'s device and dtype."""
-        if self.fixed_lambda is None:
-            return F.softplus(self.theta)
-        return torch.full((1,), self.fixed_lambda, device=like.device, dtype=like.dtype)
+    def _lam(self):
+        """Λ̂'s diagonal: (n,) or (1,) softplus(θ), or the fixed λ as a plain number."""
+        return F.softplus(self.theta) if self.fixed_lambda is None else self.fixed_lambda
 
     def lambdas(self):
         """Λ̂ as an (n,) tensor (the shared λ repeated for InfoNCE)."""
-        like = self.theta if self.fixed_lambda is None else torch.empty(0)
-        return self._lam(like).expand(self.n)
+        if self.fixed_lambda is None:
+            return self._lam().expand(self.n)
+        return torch.full((self.n,), float(self.fixed_lambda))
 
     def forward(self, a, b):
         """Args: a, b: (B, n) the two views' representations. Returns the scalar loss."""
         a = a / a.norm(dim=1, keepdim=True)
         b = b / b.norm(dim=1, keepdim=True)
-        lam = self._lam(a)  # (n,) or (1,)
+        lam = self._lam()  # (n,), (1,) or a number
         ones = torch.ones_like(a[:, :1])
         qa = (a * a * lam).sum(1, keepdim=True)  # (B, 1)  aᵀΛa
         qb = (b * b * lam).sum(1, keepdim=True)

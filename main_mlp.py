@@ -393,7 +393,6 @@ def open_outputs(args, resume, locks):
 
 def main(argv=None):
     run_support.exit_on_signals(PROG)
-    run_support.escape_unprintable_output()
     parser, args, derived = parse_args(argv)
     device = resolve_device(args.device)
     run_support.keep_freed_memory()

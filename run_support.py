@@ -82,18 +82,25 @@ def remember_signals():
 # Output files
 
 
-def prefix_sha256(path, offset):
-    """SHA-256 of the first ``offset`` bytes of ``path`` (None when it is shorter)."""
+def _hash_prefix(handle, offset):
+    """A running SHA-256 of the next ``offset`` bytes of ``handle``, read in 1 MiB chunks; None when the
+    file ends before them."""
     digest = hashlib.sha256()
     left = offset
+    while left > 0:
+        chunk = handle.read(min(left, 1 << 20))
+        if not chunk:
+            return None
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest
+
+
+def prefix_sha256(path, offset):
+    """SHA-256 of the first ``offset`` bytes of ``path`` (None when it is shorter)."""
     with open(path, "rb") as handle:
-        while left > 0:
-            chunk = handle.read(min(left, 1 << 20))
-            if not chunk:
-                return None
-            digest.update(chunk)
-            left -= len(chunk)
-    return digest.hexdigest()
+        digest = _hash_prefix(handle, offset)
+    return None if digest is None else digest.hexdigest()
 
 
 def file_check(path, offset, sha256=None):
@@ -246,11 +253,10 @@ class RunLog:
         if not os.path.isfile(path):  # a stream (e.g. /dev/null): nothing to cut back
             return open(path, "ab"), digest
         handle = open(path, "r+b")
-        left = offset
-        while left > 0:
-            chunk = handle.read(min(left, 1 << 20))
-            digest.update(chunk)
-            left -= len(chunk)
+        digest = _hash_prefix(handle, offset)
+        if digest is None:  # verified on resume; shorter now only if something else cut it
+            handle.close()
+            raise WriteError(f"cannot continue {path}: it is shorter than the checkpoint's {offset} bytes")
         handle.truncate(offset)
         handle.seek(offset)
         return handle, digest
@@ -779,10 +785,3 @@ def keep_freed_memory():
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
     libc.mallopt(m_trim_threshold, 1 << 30)
-
-
-def escape_unprintable_output():
-    """A terminal that cannot show λ or a path's characters gets escapes, not a traceback."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="backslashreplace")

@@ -157,22 +157,18 @@ def assert_step_agrees(args, f, loss_fn, batches, lr):
     assert (differences > 1e-6).float().mean() < 0.01
 
 
-def test_contrastive_steps_on_cuda_match_the_cpu(experiment, ieee_float32):
+@pytest.mark.parametrize("supervised", [False, True])
+def test_steps_on_cuda_match_the_cpu(experiment, ieee_float32, supervised):
+    """Contrastive (encoder and Λ̂) and supervised steps."""
     args, derived, exp = experiment
-    torch.manual_seed(0)
+    torch.manual_seed(int(supervised))
     f = encoders.build_encoder(args.n, derived.normalization)
-    gen = torch.Generator().manual_seed(1)
-    batches = [main_mlp.sample_views(exp.latent, exp.g, args.batch_size, gen, CPU, False) for _ in range(5)]
-    assert_step_agrees(args, f, exp.loss_fn, batches, max(args.lr, args.lr_lambda))
-
-
-def test_supervised_steps_on_cuda_match_the_cpu(experiment, ieee_float32):
-    args, derived, exp = experiment
-    torch.manual_seed(1)
-    f = encoders.build_encoder(args.n, derived.normalization)
-    gen = torch.Generator().manual_seed(2)
-    batches = [main_mlp.sample_views(exp.latent, exp.g, args.batch_size, gen, CPU, True) for _ in range(5)]
-    assert_step_agrees(args, f, None, batches, args.lr)
+    gen = torch.Generator().manual_seed(1 + int(supervised))
+    batches = [main_mlp.sample_views(exp.latent, exp.g, args.batch_size, gen, CPU, supervised) for _ in range(5)]
+    if supervised:
+        assert_step_agrees(args, f, None, batches, args.lr)
+    else:
+        assert_step_agrees(args, f, exp.loss_fn, batches, max(args.lr, args.lr_lambda))
 
 
 # ------------------------------------------------------------ sampler and metrics
