@@ -123,6 +123,10 @@ def _add_our_flags(parser):
                              "signal, and at the end)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a fresh run in a --save-dir that holds a checkpoint (which it replaces)")
+    parser.add_argument("--lambda-param", type=str, default=settings.LAMBDA_PARAM_CHOICES[0],
+                        choices=settings.LAMBDA_PARAM_CHOICES,
+                        help="how the learned Λ̂ is parametrised: softplus(θ) as the reference, or exp(θ) "
+                             "(log space; the same initial Λ̂)")
     parser.add_argument("--cond-thresh-ratio", type=float, default=0.0,
                         help="quantile of 25,000 random condition numbers that g's layers must not exceed")
 

@@ -5,7 +5,11 @@ linear_r2_per_dimension  R² of each dimension of z under a least-squares map (w
 correlation_matrix       Pearson correlations between the dimensions of z and of h(z)
 matched_correlations     |corr| of each dimension of z with the one of h(z) matched to it one-to-one;
                          their mean is the score the logs call Perm.
+block_identifiability    how close h is to the theorem's block-orthogonal form, the blocks being the
+                         latents of equal ground-truth λ (lambda_groups); the metrics files' "block"
 """
+
+import collections
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -58,3 +62,74 @@ def matched_correlations(z, hz):
     out = np.zeros(corr.shape[0])
     out[rows] = corr[rows, cols]
     return out
+
+
+def lambda_groups(lam):
+    """The groups of equal values of a ground-truth Λ's diagonal: a list of index arrays, in order of
+    first appearance (bimodal: two groups; linearly spaced: one per dimension)."""
+    lam = np.asarray(lam, dtype=np.float64)
+    values = list(dict.fromkeys(lam.tolist()))
+    return [np.flatnonzero(lam == value) for value in values]
+
+
+def _orthonormal_basis(x):
+    """An orthonormal basis (N, r) of the centred columns of x, r its numerical rank."""
+    x = x - x.mean(0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    keep = s > s[0] * 1e-10 if s.size and s[0] > 0 else np.zeros_like(s, dtype=bool)
+    return u[:, keep]
+
+
+def canonical_correlations(x, y):
+    """The canonical correlations of the columns of x (N, d) and y (N, e), largest first: the cosines
+    of the principal angles between their centred column spaces; min(d, e) values in [0, 1]."""
+    qx, qy = _orthonormal_basis(_as_numpy(x)), _orthonormal_basis(_as_numpy(y))
+    cc = np.zeros(min(x.shape[1], y.shape[1]))
+    if qx.shape[1] and qy.shape[1]:
+        s = np.linalg.svd(qx.T @ qy, compute_uv=False)
+        cc[:s.size] = np.clip(s, 0.0, 1.0)
+    return cc
+
+
+BlockScores = collections.namedtuple("BlockScores", "score orth groups")
+
+
+def block_identifiability(z, hz, groups):
+    """How well h maps z to hz = h(z) in the theorem's form: block-orthogonal, the blocks being the
+    groups of latents of equal ground-truth λ.
+
+    1. Outputs are assigned to groups, |G_b| outputs to group b, by the one-to-one matching that
+       maximises the sum of the multiple correlations R(hz_j | z_{G_b}) (the square root of the R²
+       of the least-squares fit of output j from group b's latents; Hungarian algorithm on the
+       group columns repeated |G_b| times).
+    2. Per group, the canonical correlations ρ_1..ρ_d between z_{G_b} and its assigned outputs
+       hz_{A_b} alone: all 1 when the block's latents are an affine function of those outputs.
+    3. Per group, the least-squares linear map W_b with hz_{A_b} ≈ W_b z_{G_b} + c; its singular
+       values over all groups together say how far h is from one orthogonal map (times a scale).
+
+    Returns:
+        BlockScores: score = the mean of all n canonical correlations (1 for any block-orthogonal h;
+        with all λ distinct every group is one latent, ρ = |corr(z_i, hz_{a(i)})| and the score is
+        the matched correlation, Perm.); orth = σ_min / σ_max of all W_b's singular values (1 for
+        an orthogonal map up to one scale); groups = the mean ρ of each group, in ``groups``' order.
+    """
+    z, hz = _as_numpy(z), _as_numpy(hz)
+    n = z.shape[1]
+    fit = np.zeros((hz.shape[1], len(groups)))  # R(hz_j | z_{G_b})
+    for b, idx in enumerate(groups):
+        fit[:, b] = np.sqrt(np.clip(linear_r2_per_dimension(hz, z[:, idx]), 0.0, 1.0))
+    slots = np.concatenate([np.full(len(idx), b) for b, idx in enumerate(groups)])  # (n,) group of each slot
+    outputs, slot = linear_sum_assignment(fit[:, slots], maximize=True)
+    cc, sigma, per_group = [], [], []
+    for b, idx in enumerate(groups):
+        assigned = outputs[slots[slot] == b]
+        rho = canonical_correlations(z[:, idx], hz[:, assigned])
+        zc = z[:, idx] - z[:, idx].mean(0)
+        hc = hz[:, assigned] - hz[:, assigned].mean(0)
+        w = np.linalg.lstsq(zc, hc, rcond=None)[0]
+        sigma.extend(np.linalg.svd(w, compute_uv=False).tolist())
+        cc.extend(rho.tolist())
+        per_group.append(float(rho.mean()))
+    sigma = np.asarray(sigma)
+    orth = float(sigma.min() / sigma.max()) if sigma.size and sigma.max() > 0 else 0.0
+    return BlockScores(float(np.sum(cc) / n), orth, per_group)

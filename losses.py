@@ -9,6 +9,19 @@ from torch import nn
 import torch.nn.functional as F
 
 THETA_INIT_STD = 0.1
+
+
+def _inverse_softplus(lam):
+    return lam + torch.log(-torch.expm1(-lam))
+
+
+# How θ becomes Λ̂ (--lambda-param): name -> (θ -> Λ̂, Λ̂ -> θ). softplus is the reference's; exp puts
+# Λ̂ in log space, where Adam's steps of roughly constant size in θ scale Λ̂ by a factor instead of
+# adding to it. θ is always drawn as the reference draws it and mapped to the same initial Λ̂.
+LAMBDA_PARAMS = {
+    "softplus": (F.softplus, _inverse_softplus),
+    "exp": (torch.exp, torch.log),
+}
 # Floor of |x| in the Lp form for p < 1, where d|x|^p/dx is infinite at 0.
 LP_EPS = 1e-6
 
@@ -68,7 +81,7 @@ class _ShiftedExpRowSums(torch.autograd.Function):
 
 
 class AnInfoNCELoss(nn.Module):
-    """AnInfoNCE with a learnable diagonal Λ̂ = softplus(θ).
+    """AnInfoNCE with a learnable diagonal Λ̂ = softplus(θ) (or exp(θ)).
 
     s(u, v) = -½ (u - v)ᵀ Λ̂ (u - v) on the unit-normalised representations
     (the loss divides each row by its norm, as the reference does: with a
@@ -87,20 +100,26 @@ class AnInfoNCELoss(nn.Module):
         generator: draws θ ~ N(0, 0.1²).
         fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (the textbook
             InfoNCE with temperature τ = 1 / fixed_lambda): no parameters.
+        param: a key of LAMBDA_PARAMS, how θ becomes Λ̂; whatever it is, the
+            initial Λ̂ is softplus of the reference's draw of θ.
     """
 
-    def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None):
+    def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None, param="softplus"):
         super().__init__()
         self.n, self.symmetric = n, symmetric
         self.isotropic = isotropic or fixed_lambda is not None
         self.fixed_lambda = fixed_lambda
+        self.to_lambda, from_lambda = LAMBDA_PARAMS[param]
         if fixed_lambda is None:
             size = 1 if isotropic else n
-            self.theta = nn.Parameter(torch.randn(size, generator=generator) * THETA_INIT_STD)
+            theta = torch.randn(size, generator=generator) * THETA_INIT_STD
+            if param != "softplus":
+                theta = from_lambda(F.softplus(theta))
+            self.theta = nn.Parameter(theta)
 
     def _lam(self):
-        """Λ̂'s diagonal: (n,) or (1,) softplus(θ), or the fixed λ as a plain number."""
-        return F.softplus(self.theta) if self.fixed_lambda is None else self.fixed_lambda
+        """Λ̂'s diagonal: (n,) or (1,) Λ̂(θ), or the fixed λ as a plain number."""
+        return self.to_lambda(self.theta) if self.fixed_lambda is None else self.fixed_lambda
 
     def lambdas(self):
         """Λ̂ as an (n,) tensor (the shared λ repeated for InfoNCE)."""

@@ -63,6 +63,7 @@ class Experiment:
     gt_lambda: torch.Tensor = None  # (n,) ground-truth Λ (AnInfoNCE experiment)
     theta_init: torch.Tensor = None  # θ of Λ̂ as drawn, before any step
     acceptance: float = None  # of the rejection sampler
+    groups: list = None  # index arrays of the latents of equal ground-truth λ (the block score's blocks)
 
 
 def build_loss(args, derived, init_gen):
@@ -97,7 +98,8 @@ def build_experiment(args, derived, device, init_gen, data_gen):
         args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
     g = g.to(device)
     latent = latent_spaces.build_latent_space(args, space, derived.anisotropic, positive_std, acceptance)
-    return Experiment(latent, g, loss_fn, threshold, conds, gt_lambda, theta_init, acceptance)
+    groups = disentanglement_utils.lambda_groups(gt_lambda.numpy()) if gt_lambda is not None else None
+    return Experiment(latent, g, loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
 
 
 def build_optimizer(args, f, loss_fn=None):
@@ -113,13 +115,15 @@ def build_optimizer(args, f, loss_fn=None):
 # Training and evaluation
 
 
-class Scores(collections.namedtuple("Scores", "lin perm lin_dims perm_dims")):
-    """Lin. and Perm., and per dimension of z: its R² and its matched |corr| (their means are Lin. and Perm.)."""
+class Scores(collections.namedtuple("Scores", "lin perm lin_dims perm_dims block", defaults=(None,))):
+    """Lin. and Perm., and per dimension of z: its R² and its matched |corr| (their means are Lin. and
+    Perm.); block: disentanglement_utils.BlockScores where the ground-truth Λ gives the blocks."""
 
 
 @torch.no_grad()
-def evaluate(latent, h, num_samples, generator, device):
-    """The scores of h on ``num_samples`` fresh marginal samples.
+def evaluate(latent, h, num_samples, generator, device, groups=None):
+    """The scores of h on ``num_samples`` fresh marginal samples (the block score for ``groups``:
+    index arrays of the latents of equal ground-truth λ).
 
     Returns:
         Scores, or None when h(z) is not finite.
@@ -131,7 +135,8 @@ def evaluate(latent, h, num_samples, generator, device):
     z, hz = z.cpu().numpy(), hz.cpu().numpy()
     lin_dims = disentanglement_utils.linear_r2_per_dimension(z, hz)
     perm_dims = disentanglement_utils.matched_correlations(z, hz)
-    return Scores(float(np.mean(lin_dims)), float(np.mean(perm_dims)), lin_dims.tolist(), perm_dims.tolist())
+    block = disentanglement_utils.block_identifiability(z, hz, groups) if groups else None
+    return Scores(float(np.mean(lin_dims)), float(np.mean(perm_dims)), lin_dims.tolist(), perm_dims.tolist(), block)
 
 
 def sample_views(latent, g, batch_size, generator, device, supervised):
@@ -243,7 +248,7 @@ def log_step(run, phase, step, h, clock):
     values = phase.losses.cpu()
     loss = values[(step - 1) % ring].item()
     mean_loss = (values.sum() / count).item() if count == ring else values[:count].mean().item()
-    scores = evaluate(run.exp.latent, h, N_EVAL_SAMPLES, run.generator, run.device)
+    scores = evaluate(run.exp.latent, h, N_EVAL_SAMPLES, run.generator, run.device, run.exp.groups)
     if scores is None:
         raise Diverged(f"the {phase.name} run diverged at step {step}: the encoder's output is not finite "
                        f"(last loss {loss:.4f}); try a smaller --lr / --lr-lambda")
@@ -251,6 +256,8 @@ def log_step(run, phase, step, h, clock):
                  f"Lin. Disentanglement: {scores.lin:.4f} \t Perm. Disentanglement: {scores.perm:.4f}")
     record = {"type": "step", "phase": phase.name, "step": step, "loss": loss, "mean_loss": mean_loss,
               "lin": scores.lin, "perm": scores.perm, "lin_dims": scores.lin_dims, "perm_dims": scores.perm_dims}
+    if scores.block is not None:
+        record.update(block=scores.block.score, block_orth=scores.block.orth, block_groups=scores.block.groups)
     if run.derived.normalization == "learnable_sphere":
         # The reference prints the radius parameter itself (two lines).
         run.log.line(f"r: {phase.f[-1].r}")
@@ -273,7 +280,7 @@ def final_evaluation(run, h):
     batches = []
     for _ in range(run.args.num_eval_batches):
         run.survival.stop_if_signalled("the last step, in the final evaluation")
-        scores = evaluate(run.exp.latent, h, run.args.batch_size, run.generator, run.device)
+        scores = evaluate(run.exp.latent, h, run.args.batch_size, run.generator, run.device, run.exp.groups)
         if scores is None:
             raise Diverged("the encoder's output is not finite in the final evaluation")
         batches.append(scores)
@@ -281,10 +288,16 @@ def final_evaluation(run, h):
     perm = [s.perm for s in batches]
     run.log.line(f"linear mean: {float(np.mean(lin))} std: {float(np.std(lin))}")
     run.log.line(f"perm mean: {float(np.mean(perm))} std: {float(np.std(perm))}")
-    run.log.record(type="final", lin_mean=float(np.mean(lin)), lin_std=float(np.std(lin)),
-                   perm_mean=float(np.mean(perm)), perm_std=float(np.std(perm)),
-                   lin_dims=np.mean([s.lin_dims for s in batches], axis=0).tolist(),
-                   perm_dims=np.mean([s.perm_dims for s in batches], axis=0).tolist())
+    record = dict(type="final", lin_mean=float(np.mean(lin)), lin_std=float(np.std(lin)),
+                  perm_mean=float(np.mean(perm)), perm_std=float(np.std(perm)),
+                  lin_dims=np.mean([s.lin_dims for s in batches], axis=0).tolist(),
+                  perm_dims=np.mean([s.perm_dims for s in batches], axis=0).tolist())
+    if batches[0].block is not None:
+        block = [s.block.score for s in batches]
+        record.update(block_mean=float(np.mean(block)), block_std=float(np.std(block)),
+                      block_orth_mean=float(np.mean([s.block.orth for s in batches])),
+                      block_groups=np.mean([s.block.groups for s in batches], axis=0).tolist())
+    run.log.record(**record)
 
 
 def train(run, id_scores, resume):

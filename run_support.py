@@ -531,7 +531,7 @@ def load_resume_state(args, device, paths_total):
     if args.seed is None:
         args.seed = state["seed"]
     mine = config_fingerprint(args, device)
-    theirs = state["config"]
+    theirs = {**settings.ADDED_FLAG_DEFAULTS, **state["config"]}
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if state["seed"] != args.seed:
         diff.insert(0, "seed")

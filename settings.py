@@ -35,7 +35,7 @@ class Loss:
 def _aninfonce(args, init_gen, isotropic=False):
     import losses  # torch: imported only by the runs that build a loss
     return losses.AnInfoNCELoss(args.n, isotropic=isotropic, symmetric=args.negatives == "symmetric",
-                                generator=init_gen)
+                                generator=init_gen, param=args.lambda_param)
 
 
 def _infonce(args, init_gen):
@@ -90,6 +90,13 @@ def loss_label(name, p="?"):
 # its resumption (run_support), and are not differences between two logs (compare_logs.py).
 INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrite", "log_file", "metrics_file",
                     "device", "compile", "checkpoint_every", "checkpoint_minutes", "num_eval_batches", "seed")
+
+
+# How θ becomes Λ̂ (--lambda-param; the functions are losses.LAMBDA_PARAMS), the reference's first.
+LAMBDA_PARAM_CHOICES = ("softplus", "exp")
+
+# Flags added after runs were checkpointed without them: a checkpoint that lacks one ran with this value.
+ADDED_FLAG_DEFAULTS = {"lambda_param": "softplus"}
 
 
 # The files a run keeps in its --save-dir (named here, torch-free, for the tools as well).

@@ -123,7 +123,7 @@ def test_every_normalisation_and_loss_name_builds():
 
     for name in settings.NORMALIZATIONS:
         encoders.build_encoder(3, name)
-    args = argparse.Namespace(n=3, negatives="reference", tau=0.5, p=2)
+    args = argparse.Namespace(n=3, negatives="reference", tau=0.5, p=2, lambda_param="softplus")
     for name, entry in settings.LOSSES.items():
         loss = entry.build(args, torch.Generator().manual_seed(0))
         assert (len(list(loss.parameters())) > 0) == entry.learns_lambda, name

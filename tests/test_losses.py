@@ -390,3 +390,39 @@ def test_lp_loss_gives_the_output_bias_no_gradient_in_float32():
     losses.LpSimCLRLoss(2, 1.0)(h[:256], h[256:]).backward()
     bias, weight = f[-1].bias.grad.abs().max().item(), f[-1].weight.grad.abs().max().item()
     assert bias < 1e-4 * weight
+
+
+# Λ̂ in log space (--lambda-param exp)
+
+
+@pytest.mark.parametrize("isotropic", [False, True])
+def test_exp_parametrisation_starts_from_the_same_lambda(isotropic):
+    soft = losses.AnInfoNCELoss(5, isotropic=isotropic, generator=torch.Generator().manual_seed(3))
+    log_space = losses.AnInfoNCELoss(5, isotropic=isotropic, generator=torch.Generator().manual_seed(3),
+                                     param="exp")
+    assert torch.allclose(log_space.lambdas(), soft.lambdas(), rtol=1e-6, atol=0)
+    assert torch.allclose(log_space.theta, soft.lambdas()[:log_space.theta.numel()].log())
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_exp_parametrisation_has_the_same_value_and_a_rescaled_gradient(symmetric):
+    """Same Λ̂, same loss; dL/dθ = dL/dΛ̂ · Λ̂ in log space, dL/dΛ̂ · sigmoid(θ_softplus) in softplus."""
+    a, b = _unit(6, 4, 70), _unit(6, 4, 71)
+    soft = _aninfonce(4, THETA, symmetric)
+    log_space = losses.AnInfoNCELoss(4, symmetric=symmetric, param="exp").double()
+    with torch.no_grad():
+        log_space.theta.copy_(soft.lambdas().log())
+    value_soft, value_exp = soft(a, b), log_space(a, b)
+    assert abs(value_soft.item() - value_exp.item()) < 1e-12
+    value_soft.backward()
+    value_exp.backward()
+    lam = soft.lambdas().detach()
+    grad_lambda = soft.theta.grad / torch.sigmoid(soft.theta.detach())
+    assert torch.allclose(log_space.theta.grad, grad_lambda * lam, atol=1e-12)
+    theta = log_space.theta.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda th: functional_call(log_space, {"theta": th}, (a, b)), (theta,))
+
+
+def test_the_lambda_param_choices_are_the_loss_table():
+    import settings
+    assert tuple(losses.LAMBDA_PARAMS) == settings.LAMBDA_PARAM_CHOICES

@@ -13,7 +13,8 @@ import torch
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 
-from disentanglement_utils import correlation_matrix, linear_r2_per_dimension, matched_correlations
+from disentanglement_utils import (block_identifiability, canonical_correlations, correlation_matrix, lambda_groups,
+                                   linear_r2_per_dimension, matched_correlations)
 
 N_SAMPLES = 4096  # the metric's sample count in the experiment
 N_DIM = 10
@@ -192,3 +193,73 @@ def test_the_metrics_file_holds_per_dimension_scores(tmp_path, capsys):
         assert abs(np.mean(r["lin_dims"]) - r["lin"]) < 1e-6 and abs(np.mean(r["perm_dims"]) - r["perm"]) < 1e-6
     final = records[-1]
     assert final["type"] == "final" and len(final["lin_dims"]) == 4
+
+
+# The block score: the theorem's form, h block-orthogonal over the groups of equal λ
+
+
+def _block_orthogonal(seed, sizes):
+    from scipy.stats import ortho_group
+    q = np.zeros((sum(sizes), sum(sizes)))
+    start = 0
+    for i, size in enumerate(sizes):
+        q[start:start + size, start:start + size] = ortho_group.rvs(size, random_state=seed + i) if size > 1 \
+            else np.array([[-1.0 if i % 2 else 1.0]])
+        start += size
+    return q
+
+
+@pytest.mark.parametrize("lam", [[25] * 5 + [5] * 5, [1, 1, 2, 2, 2, 3, 3, 3, 3, 3], [7] * 10])
+def test_any_block_orthogonal_map_scores_one(lam):
+    z, rng = _latents(11)
+    groups = lambda_groups(lam)
+    q = _block_orthogonal(5, [len(g) for g in groups])
+    perm = np.eye(N_DIM)[rng.permutation(N_DIM)]  # the outputs in any order, at any scale
+    scores = block_identifiability(z, 2.5 * z @ q @ perm + 0.3, groups)
+    assert abs(scores.score - 1) < 1e-6
+    assert abs(scores.orth - 1) < 1e-6
+    assert np.allclose(scores.groups, 1, atol=1e-6)
+
+
+def test_a_map_that_mixes_two_blocks_scores_less():
+    z, _ = _latents(12)
+    groups = lambda_groups([25] * 5 + [5] * 5)
+    mix = np.eye(N_DIM)
+    c, s = np.cos(0.6), np.sin(0.6)
+    mix[np.ix_([0, 7], [0, 7])] = [[c, -s], [s, c]]  # one content latent rotated into a style one
+    scores = block_identifiability(z, z @ _block_orthogonal(3, [5, 5]) @ mix, groups)
+    assert scores.score < 0.98
+    assert all(value < 0.98 for value in scores.groups)
+    # Within one block the same rotation is allowed.
+    inside = np.eye(N_DIM)
+    inside[np.ix_([0, 3], [0, 3])] = [[c, -s], [s, c]]
+    assert block_identifiability(z, z @ inside, groups).score > 1 - 1e-6
+
+
+def test_a_block_scaled_apart_from_the_other_is_not_orthogonal():
+    z, _ = _latents(13)
+    scale = np.diag([1.0] * 5 + [0.2] * 5)
+    scores = block_identifiability(z, z @ scale, lambda_groups([25] * 5 + [5] * 5))
+    assert abs(scores.score - 1) < 1e-6
+    assert abs(scores.orth - 0.2) < 1e-6
+
+
+def test_with_all_lambda_distinct_it_is_the_matched_correlation():
+    z, rng = _latents(14)
+    hz = np.tanh(z @ rng.standard_normal((N_DIM, N_DIM)) * 2) + 0.1 * rng.standard_normal((N_SAMPLES, N_DIM))
+    scores = block_identifiability(z, hz, lambda_groups(np.linspace(5, 25, N_DIM)))
+    assert abs(scores.score - matched_correlations(z, hz).mean()) < 1e-9
+    assert np.allclose(scores.groups, matched_correlations(z, hz), atol=1e-9)
+
+
+def test_lambda_groups_are_the_equal_values_in_order():
+    groups = lambda_groups([25.0, 25.0, 5.0, 25.0, 5.0])
+    assert [g.tolist() for g in groups] == [[0, 1, 3], [2, 4]]
+
+
+def test_canonical_correlations_of_a_random_projection():
+    z, rng = _latents(15)
+    cc = canonical_correlations(z[:, :3], z[:, :3] @ rng.standard_normal((3, 3)))
+    assert np.allclose(cc, 1, atol=1e-9)
+    independent = canonical_correlations(z[:, :2], rng.standard_normal((N_SAMPLES, 2)))
+    assert independent.max() < 0.1
