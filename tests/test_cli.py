@@ -131,7 +131,13 @@ def test_metrics_file_records_config_and_every_logged_step(runs):
         for key in ("loss", "mean_loss", "lin", "perm"):
             assert f"{rec[key]:.4f}" == f"{line[key]:.4f}"  # the printed value is the recorded one
         assert [round(v, 1) for v in rec["lambda"]] == line["lambda"]
+        # The block score of the two groups of equal λ (content 25, style 5): in [0, 1], the group means
+        # averaging to it (five latents each).
+        assert 0 <= rec["block"] <= 1 and 0 <= rec["block_orth"] <= 1
+        assert len(rec["block_groups"]) == 2 and abs(sum(rec["block_groups"]) / 2 - rec["block"]) < 1e-12
     assert records.index(steps[0]) == 1  # the config record comes first
+    final = records[-1]
+    assert final["type"] == "final" and {"block_mean", "block_std", "block_orth_mean", "block_groups"} <= set(final)
 
 
 def test_linspace_infonce_symmetric_every_step_logged(capsys):
@@ -167,3 +173,24 @@ def test_drawn_seed_is_reported_and_repeats_the_run(runs):
     again = ok(runs["seeded_again"])  # the same command with --seed <the drawn seed>
     assert "drew seed" not in again.stderr
     assert again.stdout == res.stdout.replace("\tseed: None\n", f"\tseed: {seed}\n")
+
+
+def test_all_lambda_distinct_block_score_is_perm_and_exp_lambda_starts_alike(tmp_path, capsys):
+    """--linearly-spaced-lambda: every group one latent, so the block score is Perm. at every step;
+    --lambda-param exp starts from the same Λ̂ as softplus (one Adam step later they still agree)."""
+    lam = {}
+    for param in ("softplus", "exp"):
+        metrics = tmp_path / f"{param}.jsonl"
+        argv = TINY + ["--seed", "0", "--n-log-steps", "1", "--linearly-spaced-lambda",
+                       "--lambda-param", param, "--metrics-file", str(metrics)]
+        with restore_signal_handlers():
+            assert main_mlp.main(argv) == 0
+        log = parse_log(capsys.readouterr().out)
+        assert log["args"]["lambda_param"] == param
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        steps = [r for r in records if r["type"] == "step"]
+        for rec in steps:
+            assert abs(rec["block"] - rec["perm"]) < 1e-9
+            assert rec["block_groups"] == pytest.approx(rec["perm_dims"], abs=1e-9)
+        lam[param] = steps[0]["lambda"]
+    assert lam["exp"] == pytest.approx(lam["softplus"], abs=5e-3)
