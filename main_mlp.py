@@ -291,8 +291,9 @@ def phase_steps(args, phase):
     return args.n_steps if phase == "supervised" else args.n_steps * args.more_unsupervised
 
 
-def autocast_for(args, device):
-    if args.precision == "bf16":
+def autocast_for(precision, device):
+    """The context the encoder's forward runs in for ``--precision`` (also the benchmark's)."""
+    if precision == "bf16":
         return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -311,7 +312,7 @@ def train_phase(run, survival, name):
     start = survival.resume(phase)
     f_step = torch.compile(f) if args.compile else f
     loss_step = torch.compile(exp.loss_fn) if args.compile and exp.loss_fn is not None else exp.loss_fn
-    autocast = autocast_for(args, device)
+    autocast = autocast_for(args.precision, device)
     h = torch.nn.Sequential(exp.g, f)
     clock = (time.perf_counter(), start)
     for step in range(start, total + 1):
