@@ -3,7 +3,9 @@
 The reference's flags come first, in the reference's order (a log's ``Arguments:``
 block prints them in this order), then ours. Every refusal is one line naming the
 flag, exit status 2, before anything runs. Imports the tables it offers as choices
-(settings, latent_spaces, invertible_network_utils) and nothing of the training.
+(settings, latent_spaces, invertible_network_utils) and nothing of the training; the
+table of losses (losses.LOSSES, which needs torch) is handed in by main_mlp.py, so a
+caller without torch still builds the parser (``--loss`` then takes any name).
 """
 
 import math

@@ -152,3 +152,29 @@ def test_a_new_space_is_one_entry(monkeypatch, capsys):
     log = parse_log(out)
     assert log["args"]["space_type"] == "small_box"
     assert log["final"] is not None and len(log["phases"][0]["steps"]) == 3
+
+
+def test_the_tables_name_the_same_entries():
+    assert set(settings.CONDITIONALS) == set(latent_spaces.CONDITIONALS)
+    assert {settings.LP_LOSS, settings.DOT_LOSS, settings.DEFAULT_LOSS} <= set(losses.LOSSES)
+    assert losses.LOSSES[settings.DEFAULT_LOSS].selectable
+    assert not losses.LOSSES[settings.LP_LOSS].selectable and not losses.LOSSES[settings.DOT_LOSS].selectable
+
+
+@pytest.mark.parametrize("space, c_p, name, sampler", [
+    ("box", 2, "normal", latent_spaces.Around), ("box", 1, "laplace", latent_spaces.Around),
+    ("sphere", 1.5, "generalized_normal", latent_spaces.Around), ("sphere", 0, "vmf", latent_spaces.VonMisesFisher),
+    ("extended_sphere", 0, "anisotropic", latent_spaces.AnisotropicNormal),
+    ("extended_sphere", 2, "normal", latent_spaces.Around), ("box", 0, None, None), ("unbounded", 0, None, None),
+])
+def test_the_flags_pick_the_conditional(space, c_p, name, sampler):
+    derived = settings.derive(space, 0, c_p)
+    assert derived.conditional == name and derived.anisotropic == (name == "anisotropic")
+    if name is None:
+        return
+    _, args, derived = main_mlp.parse_args(["--space-type", space, "--c-p", str(c_p), "--m-p", "2"])
+    built = latent_spaces.build_latent_space(args, latent_spaces.build_space(args), derived.conditional,
+                                             torch.ones(args.n), 0.5).conditional
+    assert type(built) is sampler
+    if sampler is latent_spaces.Around:
+        assert (built.kind, built.scale, built.p) == (latent_spaces.noise_kind(c_p), args.c_param, c_p)
