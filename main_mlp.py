@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import command_line
 import disentanglement_utils
 import encoders
 import invertible_network_utils
@@ -36,7 +37,6 @@ import losses
 import run_support
 import settings
 import spaces
-import command_line
 from command_line import PROG
 from run_support import CHECKPOINT_NAME, Diverged, InputError, RunLog, WriteError, save_atomically
 
