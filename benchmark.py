@@ -33,7 +33,6 @@ bf16); the floor stays the float32 one, so a row's ratio shows its gain.
 """
 
 import contextlib
-import functools
 import statistics
 import time
 
@@ -163,7 +162,7 @@ def build_training(args, device, precision, compile_):
     exp, gen, _ = build(args, device)
     f = encoders.build_encoder(args.n).to(device)
     optimizer = main_mlp.build_optimizer(args, f, exp.loss_fn)
-    autocast = autocast_for(device, precision)
+    autocast = main_mlp.autocast_for(precision, device)  # tf32 is float32 with TF32 matmuls: no autocast
     if compile_:
         return exp, gen, f, optimizer, autocast, torch.compile(f), torch.compile(exp.loss_fn)
     return exp, gen, f, optimizer, autocast, f, exp.loss_fn
@@ -226,12 +225,6 @@ def bench_batch(args, device, batch_size, repeats, warmup, precision, compile_=F
         "eval": median_time(log_eval, device, max(3, repeats // 4), warmup=1),
         "syncs": count_syncs(step, device, sync_steps),
     }
-
-
-def autocast_for(device, precision):
-    if precision == "bf16":
-        return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def encoder_gemms_op(f, x, grad_out, dtype):

@@ -3,7 +3,9 @@
 The reference's flags come first, in the reference's order (a log's ``Arguments:``
 block prints them in this order), then ours. Every refusal is one line naming the
 flag, exit status 2, before anything runs. Imports the tables it offers as choices
-(settings, latent_spaces, invertible_network_utils) and nothing of the training.
+(settings, latent_spaces, invertible_network_utils) and nothing of the training; the
+table of losses (losses.LOSSES, which needs torch) is handed in by main_mlp.py, so a
+caller without torch still builds the parser (``--loss`` then takes any name).
 """
 
 import math
@@ -32,12 +34,26 @@ def number(text):
     return int(value) if value.is_integer() else value
 
 
-def build_parser():
-    """The command line: the reference's flags first, in its order, then ours."""
+def build_parser(loss_table=None):
+    """The command line: the reference's flags first, in its order, then ours.
+
+    Args:
+        loss_table: losses.LOSSES, which gives ``--loss`` its choices and help (main_mlp.py passes it).
+            Without it (a caller that must not import torch) ``--loss`` takes any name, and the run's
+            own parser refuses an unknown one when it starts.
+    """
     parser = ArgumentParser(prog=PROG, description=DESCRIPTION)
     _add_reference_flags(parser)
-    _add_our_flags(parser)
+    _add_our_flags(parser, loss_table)
     return parser
+
+
+def loss_options(loss_table):
+    """``--loss``'s choices and help from the table of losses (None: any name, a generic help)."""
+    if loss_table is None:
+        return None, "the contrastive loss on extended_sphere with --p 0 (main_mlp.py --help lists them)"
+    choices = tuple(name for name, loss in loss_table.items() if loss.selectable)
+    return choices, "; ".join(f"{name}: {loss_table[name].description}" for name in choices)
 
 
 def _add_reference_flags(parser):
@@ -73,8 +89,7 @@ def _add_reference_flags(parser):
     parser.add_argument("--m-p", type=number, default=0,
                         help="marginal: 0 uniform, 1 Laplace, 2 normal, other p generalised normal")
     parser.add_argument("--c-p", type=number, default=2,
-                        help="conditional: 1 Laplace, 2 normal, other p generalised normal; 0 vMF on sphere, "
-                             "the rejected anisotropic normal on extended_sphere")
+                        help=settings.conditional_help())
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the encoder")
     parser.add_argument("--p", type=number, default=2,
                         help="loss: p > 0 the Lp form; 0 the dot-product form (AnInfoNCE on extended_sphere)")
@@ -98,11 +113,11 @@ def _add_reference_flags(parser):
                         help="acceptance band | ‖z+δ‖ - 1 | < threshold of the positive sampler")
 
 
-def _add_our_flags(parser):
+def _add_our_flags(parser, loss_table):
     parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CUDA when available")
-    parser.add_argument("--loss", type=str, default=settings.loss_choices()[0], choices=settings.loss_choices(),
-                        help=settings.loss_help())
+    loss_choices, loss_help = loss_options(loss_table)
+    parser.add_argument("--loss", type=str, default=settings.DEFAULT_LOSS, choices=loss_choices, help=loss_help)
     parser.add_argument("--negatives", type=str, default="reference", choices=("reference", "symmetric"),
                         help="reference: the authors' negatives for the second view; symmetric: NT-Xent")
     parser.add_argument("--log-file", type=str, default=None,
@@ -187,7 +202,7 @@ def validate_numbers(err, args):
                         ("--gt-lambda-1", args.gt_lambda_1), ("--gt-lambda-2", args.gt_lambda_2)):
         if math.isfinite(value) and abs(value) > FLOAT32_MAX:
             err(f"argument {flag}: must be at most {FLOAT32_MAX:.3g} in magnitude (float32), got {value}")
-    if args.space_type == "sphere" and args.c_p == 0 and args.c_param > MAX_VMF_KAPPA:
+    if settings.conditional_name(args.space_type, args.c_p) == "vmf" and args.c_param > MAX_VMF_KAPPA:
         err(f"argument --c-param: the von Mises-Fisher concentration must be at most {MAX_VMF_KAPPA:g} "
             f"(beyond, float32 cannot tell the samples from their mean), got {args.c_param}")
     if not (math.isfinite(args.cond_thresh_ratio) and 0 <= args.cond_thresh_ratio <= 1):
@@ -211,13 +226,13 @@ def validate_args(parser, args, derived):
         err("arguments --sphere-norm and --box-norm: choose at most one")
     if args.space_type == "unbounded" and args.m_p == 0:
         err("argument --m-p: the unbounded space has no uniform marginal; use --m-p 1, 2 or another p > 0")
-    if args.c_p == 0 and args.space_type in ("box", "unbounded"):
-        err(f"argument --c-p: 0 (von Mises-Fisher) needs --space-type sphere or extended_sphere, "
-            f"not {args.space_type}")
-    contrastive_choice = derived.loss in settings.loss_choices()
-    if not contrastive_choice and args.loss != settings.loss_choices()[0]:
+    if derived.conditional is None:
+        named = [settings.CONDITIONALS[name] for name in settings.conditional_candidates(args.c_p)]
+        err(f"argument --c-p: {args.c_p} needs --space-type {' or '.join(s for c in named for s in c.spaces)} "
+            f"({', '.join(c.words for c in named)}), not {args.space_type}")
+    if not derived.loss_from_flag and args.loss != settings.DEFAULT_LOSS:
         err(f"argument --loss: {args.loss} applies to --space-type extended_sphere with --p 0 only")
-    if not contrastive_choice and args.negatives != "reference":
+    if not derived.loss_from_flag and args.negatives != "reference":
         err("argument --negatives: applies to --space-type extended_sphere with --p 0 only")
     if derived.loss == "infonce-fixed" and 1 / args.tau > MAX_FIXED_LAMBDA:
         err(f"argument --tau: infonce-fixed needs --tau >= {1 / MAX_FIXED_LAMBDA:g} (Λ̂ = 1/τ at most "
@@ -246,9 +261,10 @@ def validate_args(parser, args, derived):
         err("arguments --overwrite and --resume-training: choose at most one")
 
 
-def parse_args(argv=None):
-    """Returns (parser, args, derived): ``derived`` holds what the flags imply (settings.Derived)."""
-    parser = build_parser()
+def parse_args(argv=None, loss_table=None):
+    """Returns (parser, args, derived): ``derived`` holds what the flags imply (settings.Derived).
+    ``loss_table``: see ``build_parser``."""
+    parser = build_parser(loss_table)
     args = parser.parse_args(argv)
     if args.resume_if_exists:
         if not args.save_dir:

@@ -1,9 +1,11 @@
 """A latent space: a space plus its marginal p(z) and conditional p(z~ | z).
 
-The marginal and the conditional are chosen from the flags once, in
-``build_latent_space``, and stored as small objects (no lambdas).
+The space and the conditional are tables (``SPACES``, ``CONDITIONALS``); the
+flags pick an entry of each once (the conditional's name: settings.derive), and
+``build_latent_space`` stores what they build as small objects (no lambdas).
 """
 
+import dataclasses
 import math
 
 import torch
@@ -39,19 +41,35 @@ class Marginal:
         return space.around(mean, self.scale, self.kind, generator, self.p)
 
 
-class Conditional:
-    """p(z~ | z): noise around z, vMF, or the anisotropic rejected normal."""
+class Around:
+    """p(z~ | z): noise of exponent ``p`` (its ``kind``: noise_kind) and scale ``scale`` around z."""
 
-    def __init__(self, kind, scale=1.0, p=None, std=None, threshold=None, candidates=1):
+    def __init__(self, kind, scale, p):
         self.kind, self.scale, self.p = kind, scale, p
+
+    def sample(self, space, z, generator):
+        return space.around(z, self.scale, self.kind, generator, self.p)
+
+
+class VonMisesFisher:
+    """p(z~ | z): von Mises-Fisher of concentration ``kappa`` around z (a sphere)."""
+
+    def __init__(self, kappa):
+        self.kappa = kappa
+
+    def sample(self, space, z, generator):
+        return space.von_mises_fisher(z, self.kappa, generator)
+
+
+class AnisotropicNormal:
+    """p(z~ | z): the normal of per-dimension spreads ``std`` around z, rejected outside the band
+    ``| ‖z~‖ - 1 | < threshold`` (extended_sphere), ``candidates`` proposals per row and round."""
+
+    def __init__(self, std, threshold, candidates):
         self.std, self.threshold, self.candidates = std, threshold, candidates
 
     def sample(self, space, z, generator):
-        if self.kind == "anisotropic":
-            return space.anisotropic_normal(z, self.std, self.threshold, generator, self.candidates)
-        if self.kind == "vmf":
-            return space.von_mises_fisher(z, self.scale, generator)
-        return space.around(z, self.scale, self.kind, generator, self.p)
+        return space.anisotropic_normal(z, self.std, self.threshold, generator, self.candidates)
 
 
 class LatentSpace:
@@ -109,16 +127,63 @@ def build_space(args):
     return SPACES[args.space_type](args)
 
 
-def build_latent_space(args, space, anisotropic, positive_std=None, acceptance=None):
+@dataclasses.dataclass(frozen=True)
+class ConditionalSampler:
+    """How a conditional (a key of settings.CONDITIONALS, which says what flags pick it) is built.
+
+    build: ``build(args, positive_std, acceptance) -> sampler`` with ``sample(space, z, generator)``;
+        ``positive_std`` (n,) is 1/sqrt(λ) of the ground-truth Λ on the device and ``acceptance`` the
+        measured acceptance rate of the positives' sampler (both None unless the entry in
+        settings.CONDITIONALS has ground_truth_lambda).
+    proposal_elements: ``proposal_elements(args)``, the elements of its largest proposal tensor in a
+        step (the memory estimate; 0 for samplers that draw in place).
+    """
+
+    build: object
+    proposal_elements: object = None
+
+
+def _around(args, positive_std, acceptance):
+    return Around(noise_kind(args.c_p), args.c_param, args.c_p)
+
+
+def _von_mises_fisher(args, positive_std, acceptance):
+    return VonMisesFisher(args.c_param)
+
+
+def _anisotropic(args, positive_std, acceptance):
+    return AnisotropicNormal(positive_std, args.threshold, candidates_for(acceptance))
+
+
+def _anisotropic_proposals(args):
+    return min(MAX_CANDIDATES * args.batch_size * args.n, spaces.MAX_PROPOSAL_ELEMENTS)
+
+
+# The conditionals' samplers by name (settings.CONDITIONALS: the flags that pick each).
+CONDITIONALS = {
+    "laplace": ConditionalSampler(_around),
+    "normal": ConditionalSampler(_around),
+    "generalized_normal": ConditionalSampler(_around),
+    "vmf": ConditionalSampler(_von_mises_fisher),
+    "anisotropic": ConditionalSampler(_anisotropic, _anisotropic_proposals),
+}
+
+
+def proposal_elements(args, conditional):
+    """The elements of the largest proposal tensor the conditional ``conditional`` draws in a step."""
+    count = CONDITIONALS[conditional].proposal_elements
+    return 0 if count is None else count(args)
+
+
+def build_latent_space(args, space, conditional, positive_std=None, acceptance=None):
     """The latent space the flags describe.
 
     Args:
         args: parsed arguments (m_p, m_param, c_p, c_param, threshold, ...).
         space: from ``build_space(args)``.
-        anisotropic: the conditional is the rejected anisotropic normal
-            (settings.Derived.anisotropic).
-        positive_std: (n,) its per-dimension standard deviations 1/sqrt(λ), on the device.
-        acceptance: estimated acceptance rate of the rejection sampler.
+        conditional: a key of CONDITIONALS (settings.Derived.conditional).
+        positive_std: (n,) the ground-truth Λ's per-dimension standard deviations 1/sqrt(λ), on the device.
+        acceptance: estimated acceptance rate of the positives' rejection sampler.
     """
     if args.m_p == 0:
         marginal = Marginal("uniform")
@@ -127,12 +192,5 @@ def build_latent_space(args, space, anisotropic, positive_std=None, acceptance=N
         if isinstance(space, spaces.NSphereSpace):
             center[0] = space.r  # η = e_1 on the sphere
         marginal = Marginal(noise_kind(args.m_p), args.m_param, args.m_p, center)
-
-    if anisotropic:
-        conditional = Conditional("anisotropic", std=positive_std, threshold=args.threshold,
-                                  candidates=candidates_for(acceptance))
-    elif args.c_p == 0:
-        conditional = Conditional("vmf", scale=args.c_param)
-    else:
-        conditional = Conditional(noise_kind(args.c_p), args.c_param, args.c_p)
-    return LatentSpace(space, marginal, conditional)
+    sampler = CONDITIONALS[conditional].build(args, positive_std, acceptance)
+    return LatentSpace(space, marginal, sampler)

@@ -1,8 +1,13 @@
 """Contrastive losses: AnInfoNCE / InfoNCE, the Lp form and the dot-product form.
 
 All of them end in the same cross-entropy of the positive against its
-candidates, ``contrastive_cross_entropy``.
+candidates, ``contrastive_cross_entropy``. ``LOSSES`` (at the end) declares each
+one by name: how it is built from the flags and what the rest of the project
+needs to know of it (``--loss``'s choices and help, the memory estimate, the
+λ lines of the log, the sweep summaries' labels).
 """
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -199,3 +204,71 @@ class DotSimCLRLoss(nn.Module):
         neg = a @ neg_views.T / self.tau  # (B, B)
         return contrastive_cross_entropy(positive, [torch.logsumexp(neg, dim=1), positive])
 
+
+
+# --------------------------------------------------------------------------
+# The table of losses
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """One contrastive loss: everything the rest of the project needs to know of it.
+
+    description: what it is, in words (the ``--loss`` help).
+    build: ``build(args, init_gen) -> nn.Module``; learnable parameters drawn from ``init_gen``.
+    learns_lambda: it has a learnable Λ̂ (a ``theta`` parameter and ``lambdas()``; printed as
+        ``lambda init`` and ``learned lambda values``, in both phases, as the reference does).
+    blocks: (B, B) float32 blocks its forward and backward hold at their peak (the memory estimate).
+    selectable: a ``--loss`` choice (``--space-type extended_sphere --p 0``); the others are the ones
+        settings.derive picks from ``--p`` and the space.
+    label: how the sweep summaries name it; ``{p}`` is replaced by the run's ``--p``.
+    """
+
+    description: str
+    build: object
+    learns_lambda: bool
+    blocks: int
+    selectable: bool = True
+    label: str = None
+
+
+def _aninfonce(args, init_gen, isotropic=False):
+    return AnInfoNCELoss(args.n, isotropic=isotropic, symmetric=args.negatives == "symmetric",
+                         generator=init_gen, param=args.lambda_param)
+
+
+def _infonce(args, init_gen):
+    return _aninfonce(args, init_gen, isotropic=True)
+
+
+def _infonce_fixed(args, init_gen):
+    return AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", fixed_lambda=1.0 / args.tau)
+
+
+def _dot(args, init_gen):
+    return DotSimCLRLoss(args.tau)
+
+
+def _lp(args, init_gen):
+    return LpSimCLRLoss(args.p, args.tau)
+
+
+# The losses by name (settings.derive picks one: --loss on extended_sphere with --p 0, else --p and the
+# space decide). --loss's default is settings.DEFAULT_LOSS. A new loss is its class above and one entry here.
+LOSSES = {
+    "aninfonce": Loss("AnInfoNCE: a learnable diagonal Λ̂", _aninfonce, learns_lambda=True, blocks=4),
+    "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ", _infonce,
+                    learns_lambda=True, blocks=4),
+    "infonce-fixed": Loss("the textbook InfoNCE: fixed temperature --tau (Λ̂ = I / τ, nothing learned)",
+                          _infonce_fixed, learns_lambda=False, blocks=4),
+    "lp": Loss("the Lp form (--p > 0)", _lp, learns_lambda=False, blocks=3, selectable=False,
+               label="Lp (p={p})"),
+    "dot": Loss("the dot-product form (--p 0 outside extended_sphere)", _dot, learns_lambda=False, blocks=2,
+                selectable=False, label="dot product"),
+}
+
+
+def loss_label(name, p="?"):
+    """A loss's name in the sweep summaries (the name itself for a loss of no table entry)."""
+    label = LOSSES[name].label if name in LOSSES else None
+    return name if label is None else label.format(p=p)

@@ -17,7 +17,6 @@ if __name__ == "__main__":
     import startup_signals
     startup_signals.exit_at_once()
 
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -29,14 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import command_line
 import disentanglement_utils
 import encoders
 import invertible_network_utils
 import latent_spaces
+import losses
 import run_support
 import settings
 import spaces
-from command_line import PROG, parse_args
+from command_line import PROG
 from run_support import CHECKPOINT_NAME, Diverged, InputError, RunLog, WriteError, save_atomically
 
 # Fresh marginal samples behind every logged Lin./Perm. score.
@@ -45,6 +46,11 @@ N_EVAL_SAMPLES = 4096
 # more than 10,000 proposals per row: we refuse to start.
 MIN_ACCEPTANCE = 1e-4
 ACCEPTANCE_PROPOSALS = 20_000
+
+
+def parse_args(argv=None):
+    """command_line.parse_args, with ``--loss``'s choices and help from losses.LOSSES."""
+    return command_line.parse_args(argv, losses.LOSSES)
 
 
 # --------------------------------------------------------------------------
@@ -60,6 +66,7 @@ class Experiment:
     loss_fn: torch.nn.Module
     threshold: float  # of the layers' condition numbers
     conds: list  # the layers' condition numbers
+    learns_lambda: bool  # the loss has a learnable Λ̂ (its entry in losses.LOSSES)
     gt_lambda: torch.Tensor = None  # (n,) ground-truth Λ (AnInfoNCE experiment)
     theta_init: torch.Tensor = None  # θ of Λ̂ as drawn, before any step
     acceptance: float = None  # of the rejection sampler
@@ -67,8 +74,8 @@ class Experiment:
 
 
 def build_loss(args, derived, init_gen):
-    """The contrastive loss the flags pick (an entry of settings.LOSSES; θ of Λ̂ drawn from init_gen)."""
-    return settings.LOSSES[derived.loss].build(args, init_gen)
+    """The contrastive loss the flags pick (an entry of losses.LOSSES; θ of Λ̂ drawn from init_gen)."""
+    return losses.LOSSES[derived.loss].build(args, init_gen)
 
 
 def build_experiment(args, derived, device, init_gen, data_gen):
@@ -80,7 +87,8 @@ def build_experiment(args, derived, device, init_gen, data_gen):
     """
     space = latent_spaces.build_space(args)
     loss_fn = build_loss(args, derived, init_gen)
-    theta_init = loss_fn.theta.detach().clone() if derived.learns_lambda else None
+    learns_lambda = losses.LOSSES[derived.loss].learns_lambda
+    theta_init = loss_fn.theta.detach().clone() if learns_lambda else None
     loss_fn = loss_fn.to(device)
     gt_lambda, positive_std, acceptance = None, None, None
     if derived.anisotropic:
@@ -97,9 +105,34 @@ def build_experiment(args, derived, device, init_gen, data_gen):
     g, threshold, conds = invertible_network_utils.construct_invertible_mlp(
         args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
     g = g.to(device)
-    latent = latent_spaces.build_latent_space(args, space, derived.anisotropic, positive_std, acceptance)
+    latent = latent_spaces.build_latent_space(args, space, derived.conditional, positive_std, acceptance)
     groups = disentanglement_utils.lambda_groups(gt_lambda.numpy()) if gt_lambda is not None else None
-    return Experiment(latent, g, loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
+    return Experiment(latent, g, loss_fn, threshold, conds, learns_lambda, gt_lambda, theta_init, acceptance, groups)
+
+
+def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals=ACCEPTANCE_PROPOSALS):
+    """A generous estimate of a run's largest memory use, in bytes, from its sizes and tables alone.
+
+    The largest of: g's condition-number search (N_COND_SAMPLES n×n matrices
+    and their Gram matrices), the sampler's acceptance check, and a training
+    step (the encoder with its gradients and Adam's two moments, the 2B rows
+    of activations kept for the backward pass, the loss's B×B blocks (its entry in
+    losses.LOSSES), the conditional's proposals (its entry in latent_spaces.CONDITIONALS)),
+    plus the loss ring. ``eval_samples``: the samples of a logged evaluation;
+    ``acceptance_proposals``: those of the sampler's acceptance check.
+    """
+    n, bsz = args.n, args.batch_size
+    dims = encoders.layer_widths(n)
+    params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+    width = sum(dims)
+    mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
+    acceptance = 3 * acceptance_proposals * n * 4 if derived.anisotropic else 0
+    blocks = losses.LOSSES[derived.loss].blocks
+    proposals = 3 * latent_spaces.proposal_elements(args, derived.conditional) * 4
+    step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals
+    evaluation = 2 * max(eval_samples, bsz) * width * 4
+    ring = min(args.n_log_steps, args.n_steps * max(1, args.more_unsupervised)) * 4
+    return max(mixing, acceptance, step, evaluation) + ring
 
 
 def build_optimizer(args, f, loss_fn=None):
@@ -115,28 +148,78 @@ def build_optimizer(args, f, loss_fn=None):
 # Training and evaluation
 
 
-class Scores(collections.namedtuple("Scores", "lin perm lin_dims perm_dims block", defaults=(None,))):
-    """Lin. and Perm., and per dimension of z: its R² and its matched |corr| (their means are Lin. and
-    Perm.); block: disentanglement_utils.BlockScores where the ground-truth Λ gives the blocks."""
+def identifiability_scores(z, hz, groups):
+    """Lin. and Perm. (the reference's two scores, printed on every Step line), and per dimension of z
+    its R² and its matched |corr| (their means are Lin. and Perm.)."""
+    lin_dims = disentanglement_utils.linear_r2_per_dimension(z, hz)
+    perm_dims = disentanglement_utils.matched_correlations(z, hz)
+    return {"lin": float(np.mean(lin_dims)), "perm": float(np.mean(perm_dims)),
+            "lin_dims": lin_dims.tolist(), "perm_dims": perm_dims.tolist()}
+
+
+def block_scores(z, hz, groups):
+    """disentanglement_utils.block_identifiability where the ground-truth Λ gives the blocks (``groups``)."""
+    if not groups:
+        return None
+    block = disentanglement_utils.block_identifiability(z, hz, groups)
+    return {"block": block.score, "block_orth": block.orth, "block_groups": block.groups}
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A score of h in every metrics record.
+
+    score: ``score(z, hz, groups) -> {field: number or list}`` on (N, n) arrays of latents and their
+        encodings (``groups``: index arrays of the latents of equal ground-truth λ, or None), or None
+        where it does not apply; its fields go into every step record, in this order.
+    spread: the number fields whose std over the final evaluation's batches the final record keeps,
+        as ``FIELD_mean`` and ``FIELD_std``; the other numbers get ``FIELD_mean``, a list its mean
+        per entry under its own name.
+    """
+
+    score: object
+    spread: tuple = ()
+
+
+# The scores of every logged evaluation and of the final one. A new metric is its function and one entry.
+METRICS = (
+    Metric(identifiability_scores, spread=("lin", "perm")),
+    Metric(block_scores, spread=("block",)),
+)
 
 
 @torch.no_grad()
 def evaluate(latent, h, num_samples, generator, device, groups=None):
-    """The scores of h on ``num_samples`` fresh marginal samples (the block score for ``groups``:
-    index arrays of the latents of equal ground-truth λ).
+    """The METRICS of h on ``num_samples`` fresh marginal samples (``groups``: index arrays of the
+    latents of equal ground-truth λ, for the metrics that read them).
 
     Returns:
-        Scores, or None when h(z) is not finite.
+        {field: value} of every metric that applies, in METRICS' order, or None when h(z) is not finite.
     """
     z = latent.sample_marginal(num_samples, generator, device)
     hz = h(z).float()
     if not bool(torch.isfinite(hz).all()):
         return None
     z, hz = z.cpu().numpy(), hz.cpu().numpy()
-    lin_dims = disentanglement_utils.linear_r2_per_dimension(z, hz)
-    perm_dims = disentanglement_utils.matched_correlations(z, hz)
-    block = disentanglement_utils.block_identifiability(z, hz, groups) if groups else None
-    return Scores(float(np.mean(lin_dims)), float(np.mean(perm_dims)), lin_dims.tolist(), perm_dims.tolist(), block)
+    scores = {}
+    for metric in METRICS:
+        scores.update(metric.score(z, hz, groups) or {})
+    return scores
+
+
+def over_batches(batches):
+    """The final record's fields from the scores of the final evaluation's batches (see Metric)."""
+    spread = {field for metric in METRICS for field in metric.spread}
+    fields = {}
+    for key, first in batches[0].items():
+        values = [scores[key] for scores in batches]
+        if isinstance(first, list):
+            fields[key] = np.mean(values, axis=0).tolist()
+        else:
+            fields[f"{key}_mean"] = float(np.mean(values))
+            if key in spread:
+                fields[f"{key}_std"] = float(np.std(values))
+    return fields
 
 
 def sample_views(latent, g, batch_size, generator, device, supervised):
@@ -173,9 +256,13 @@ def optimise(f, loss_fn, optimizer, x, target, autocast):
 # The training loop
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Run:
-    """One run: what the flags decided, what was drawn before training, where it writes."""
+    """One run: what the flags decided, what was drawn before training, where it writes.
+
+    Built by ``prepare`` before any output file is opened (so that a refusal cuts nothing); ``main``
+    then adds the opened ``log``. run_support.Survival reads its fields as well.
+    """
 
     args: object
     derived: settings.Derived
@@ -183,8 +270,9 @@ class Run:
     seed: int
     exp: Experiment
     generator: torch.Generator  # the data's (on the device)
-    log: RunLog
-    survival: run_support.Survival  # checkpoints, resumption, divergence, signals
+    id_scores: dict  # of the mixing alone (h = g)
+    resume: dict = None  # the checkpoint's state to continue, or None
+    log: RunLog = None
 
 
 @dataclasses.dataclass
@@ -203,13 +291,14 @@ def phase_steps(args, phase):
     return args.n_steps if phase == "supervised" else args.n_steps * args.more_unsupervised
 
 
-def autocast_for(args, device):
-    if args.precision == "bf16":
+def autocast_for(precision, device):
+    """The context the encoder's forward runs in for ``--precision`` (also the benchmark's)."""
+    if precision == "bf16":
         return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
-def train_phase(run, name):
+def train_phase(run, survival, name):
     """Train a fresh encoder for one phase (continuing the checkpoint's when it is of this phase)."""
     args, device, exp = run.args, run.device, run.exp
     supervised = name == "supervised"
@@ -220,10 +309,10 @@ def train_phase(run, name):
                   torch.zeros(max(1, min(args.n_log_steps, total)), device=device))
     run.log.line(f"supervised test: {supervised}")
     run.log.line(f"f:  {f!r}")
-    start = run.survival.resume(phase)
+    start = survival.resume(phase)
     f_step = torch.compile(f) if args.compile else f
     loss_step = torch.compile(exp.loss_fn) if args.compile and exp.loss_fn is not None else exp.loss_fn
-    autocast = autocast_for(args, device)
+    autocast = autocast_for(args.precision, device)
     h = torch.nn.Sequential(exp.g, f)
     clock = (time.perf_counter(), start)
     for step in range(start, total + 1):
@@ -234,15 +323,15 @@ def train_phase(run, name):
         # n_log == 1; there we log every step).
         is_log = args.n_log_steps == 1 or step % args.n_log_steps == 1 or step == args.n_steps
         if is_log:
-            log_step(run, phase, step, h, clock)
-        run.survival.after_step(phase, step, is_log)
-    run.survival.save_models(phase)
+            log_step(run, survival, phase, step, h, clock)
+        survival.after_step(phase, step, is_log)
+    survival.save_models(phase)
     return f
 
 
-def log_step(run, phase, step, h, clock):
+def log_step(run, survival, phase, step, h, clock):
     """The Step line (and r, Λ̂) of ``step``, its metrics record, progress on stderr."""
-    run.survival.check_finite(phase, step)
+    survival.check_finite(phase, step)
     ring = phase.losses.numel()
     count = min(step, ring)
     values = phase.losses.cpu()
@@ -253,21 +342,18 @@ def log_step(run, phase, step, h, clock):
         raise Diverged(f"the {phase.name} run diverged at step {step}: the encoder's output is not finite "
                        f"(last loss {loss:.4f}); try a smaller --lr / --lr-lambda")
     run.log.line(f"Step: {step} \t Loss: {loss:.4f} \t <Loss>: {mean_loss:.4f} \t "
-                 f"Lin. Disentanglement: {scores.lin:.4f} \t Perm. Disentanglement: {scores.perm:.4f}")
-    record = {"type": "step", "phase": phase.name, "step": step, "loss": loss, "mean_loss": mean_loss,
-              "lin": scores.lin, "perm": scores.perm, "lin_dims": scores.lin_dims, "perm_dims": scores.perm_dims}
-    if scores.block is not None:
-        record.update(block=scores.block.score, block_orth=scores.block.orth, block_groups=scores.block.groups)
+                 f"Lin. Disentanglement: {scores['lin']:.4f} \t Perm. Disentanglement: {scores['perm']:.4f}")
+    record = {"type": "step", "phase": phase.name, "step": step, "loss": loss, "mean_loss": mean_loss, **scores}
     if run.derived.normalization == "learnable_sphere":
         # The reference prints the radius parameter itself (two lines).
         run.log.line(f"r: {phase.f[-1].r}")
         record["r"] = phase.f[-1].r.item()
-    if run.derived.learns_lambda:  # in both phases (untrained in the supervised one), as the reference
+    if run.exp.learns_lambda:  # in both phases (untrained in the supervised one), as the reference
         lam = run.exp.loss_fn.lambdas().detach().cpu().tolist()
         run.log.line(f"learned lambda values: {[round(v, 1) for v in lam]} \t")
         record["lambda"] = lam
     run.log.record(**record)
-    run.survival.last_logged = record
+    survival.last_logged = record
     t0, step0 = clock
     elapsed = time.perf_counter() - t0
     rate = (step - step0 + 1) / elapsed if elapsed > 0 else float("nan")
@@ -275,35 +361,25 @@ def log_step(run, phase, step, h, clock):
     run.log.info(f"[{phase.name}] step {step}/{phase.total}  {rate:.1f} steps/s  ETA {eta / 60:.1f} min")
 
 
-def final_evaluation(run, h):
+def final_evaluation(run, survival, h):
     """``--num-eval-batches`` evaluations after the last phase: their mean and std, as the reference."""
     batches = []
     for _ in range(run.args.num_eval_batches):
-        run.survival.stop_if_signalled("the last step, in the final evaluation")
+        survival.stop_if_signalled("the last step, in the final evaluation")
         scores = evaluate(run.exp.latent, h, run.args.batch_size, run.generator, run.device, run.exp.groups)
         if scores is None:
             raise Diverged("the encoder's output is not finite in the final evaluation")
         batches.append(scores)
-    lin = [s.lin for s in batches]
-    perm = [s.perm for s in batches]
-    run.log.line(f"linear mean: {float(np.mean(lin))} std: {float(np.std(lin))}")
-    run.log.line(f"perm mean: {float(np.mean(perm))} std: {float(np.std(perm))}")
-    record = dict(type="final", lin_mean=float(np.mean(lin)), lin_std=float(np.std(lin)),
-                  perm_mean=float(np.mean(perm)), perm_std=float(np.std(perm)),
-                  lin_dims=np.mean([s.lin_dims for s in batches], axis=0).tolist(),
-                  perm_dims=np.mean([s.perm_dims for s in batches], axis=0).tolist())
-    if batches[0].block is not None:
-        block = [s.block.score for s in batches]
-        record.update(block_mean=float(np.mean(block)), block_std=float(np.std(block)),
-                      block_orth_mean=float(np.mean([s.block.orth for s in batches])),
-                      block_groups=np.mean([s.block.groups for s in batches], axis=0).tolist())
-    run.log.record(**record)
+    record = over_batches(batches)
+    run.log.line(f"linear mean: {record['lin_mean']} std: {record['lin_std']}")
+    run.log.line(f"perm mean: {record['perm_mean']} std: {record['perm_std']}")
+    run.log.record(type="final", **record)
 
 
-def train(run, id_scores, resume):
+def train(run, survival):
     """Print the header, train every phase, evaluate once."""
-    args = run.args
-    print_header(args, run.device, run.seed, run.exp, id_scores, run.log)
+    args, resume = run.args, run.resume
+    print_header(args, run.device, run.seed, run.exp, run.id_scores, run.log)
     if args.save_dir and resume is None:
         # Before training, as the reference: an interrupted run leaves the mixing on disk.
         save_atomically(run.exp.g.state_dict(), os.path.join(args.save_dir, "g.pth"))
@@ -312,8 +388,8 @@ def train(run, id_scores, resume):
     if resume is not None:
         phases = phases[phases.index(resume["phase"]):]
     for name in phases:
-        f = train_phase(run, name)
-    final_evaluation(run, torch.nn.Sequential(run.exp.g, f))  # once, after the last phase, as the reference
+        f = train_phase(run, survival, name)
+    final_evaluation(run, survival, torch.nn.Sequential(run.exp.g, f))  # once, after the last phase, as the reference
 
 
 # --------------------------------------------------------------------------
@@ -345,8 +421,8 @@ def print_header(args, device, seed, exp, id_scores, log):
     log.line(f"condition number threshold: {exp.threshold:.6f}")
     for i, c in enumerate(exp.conds):
         log.line(f"layer {i + 1}/{len(exp.conds)},  condition number: {c!r}")
-    log.line(f"Id. Lin. Disentanglement: {id_scores.lin:.4f}")
-    log.line(f"Id. Perm. Disentanglement: {id_scores.perm:.4f}")
+    log.line(f"Id. Lin. Disentanglement: {id_scores['lin']:.4f}")
+    log.line(f"Id. Perm. Disentanglement: {id_scores['perm']:.4f}")
 
 
 def resolve_device(name):
@@ -355,21 +431,11 @@ def resolve_device(name):
     return torch.device(name)
 
 
-@dataclasses.dataclass
-class Start:
-    """What a run has before its first output file is opened."""
-
-    resume: dict  # the checkpoint's state to continue, or None
-    seed: int
-    exp: Experiment
-    id_scores: Scores  # of the mixing alone (h = g)
-    generator: torch.Generator  # the data's
-
-
 def prepare(args, derived, device):
     """Everything before the first output file is opened, so that a refusal cuts nothing.
 
-    Raises InputError (or the sampler's SamplerError) for a run that cannot start.
+    Returns the Run (without its log). Raises InputError (or the sampler's SamplerError) for a run
+    that cannot start.
     """
     if args.save_dir:
         run_support.remove_stale_temporaries(args.save_dir)  # under the directory's lock
@@ -383,7 +449,7 @@ def prepare(args, derived, device):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         torch.backends.cudnn.allow_tf32 = args.allow_tf32
-    run_support.refuse_if_too_big(run_support.peak_memory(args, derived, N_EVAL_SAMPLES, ACCEPTANCE_PROPOSALS), device)
+    run_support.refuse_if_too_big(peak_memory(args, derived), device)
     # All randomness: the global CPU generator (encoder initialisation), one
     # CPU generator for g and θ, one generator on the device for the data.
     torch.manual_seed(seed)
@@ -394,7 +460,7 @@ def prepare(args, derived, device):
     if id_scores is None:
         raise InputError("arguments --sphere-r/--m-param/--c-param/--box-min/--box-max: the latents or "
                          "the mixing's output are not finite at these scales")
-    return Start(resume, seed, exp, id_scores, data_gen)
+    return Run(args, derived, device, seed, exp, data_gen, id_scores, resume)
 
 
 def open_outputs(args, resume, locks):
@@ -411,16 +477,14 @@ def main(argv=None):
     run_support.keep_freed_memory()
     try:
         with run_support.RunLocks(args) as locks:
-            start = prepare(args, derived, device)
-            log = open_outputs(args, start.resume, locks)
+            run = prepare(args, derived, device)
+            run = dataclasses.replace(run, log=open_outputs(args, run.resume, locks))
             try:
-                survival = run_support.Survival(args, device, start.seed, start.exp.g, start.exp.loss_fn, log,
-                                                start.generator, run_support.remember_signals(), start.resume)
-                run = Run(args, derived, device, start.seed, start.exp, start.generator, log, survival)
-                return run_support.exit_status(lambda: train(run, start.id_scores, start.resume), PROG,
+                survival = run_support.Survival(run, run_support.remember_signals())
+                return run_support.exit_status(lambda: train(run, survival), PROG,
                                                args.save_dir, (spaces.SamplerError,))
             finally:
-                log.close()
+                run.log.close()
     except (InputError, spaces.SamplerError) as exc:
         parser.error(str(exc))
     except WriteError as exc:

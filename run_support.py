@@ -24,11 +24,7 @@ import time
 
 import torch
 
-import encoders
-import invertible_network_utils
-import latent_spaces
 import settings
-import spaces
 import startup_signals
 from argparse_utils import EXIT_BAD_INPUT
 
@@ -566,13 +562,17 @@ class Survival:
     diverged run.
 
     Args:
-        resume: the checkpoint's state to continue (``load_resume_state``), or None.
+        run: main_mlp.Run: its ``args``, ``device``, ``seed``, ``exp`` (the mixing ``g`` and the
+            ``loss_fn``), the data's ``generator``, the opened ``log``, and ``resume``, the
+            checkpoint's state to continue (``load_resume_state``) or None.
+        flag: ``remember_signals()``'s, whose ``signum`` says a signal has come.
     """
 
-    def __init__(self, args, device, seed, g, loss_fn, log, generator, flag, resume=None):
-        self.args, self.device, self.seed = args, device, seed
-        self.g, self.loss_fn, self.log, self.generator, self.flag = g, loss_fn, log, generator, flag
-        self.pending = resume
+    def __init__(self, run, flag):
+        self.args, self.device, self.seed, self.log, self.generator = run.args, run.device, run.seed, run.log, \
+            run.generator
+        self.g, self.loss_fn, self.flag = run.exp.g, run.exp.loss_fn, flag
+        self.pending = run.resume
         self.last_logged = None
         self.last_checkpoint = time.monotonic()
 
@@ -707,31 +707,6 @@ def exit_status(body, prog, save_dir, extra_errors=()):
         RunLog.info(f"{prog}: error: {exc}")
         return EXIT_BAD_INPUT
     return 0
-
-
-def peak_memory(args, derived, eval_samples, acceptance_proposals):
-    """A generous estimate of a run's largest memory use, in bytes, from its sizes alone.
-
-    The largest of: g's condition-number search (N_COND_SAMPLES n×n matrices
-    and their Gram matrices), the sampler's acceptance check, and a training
-    step (the encoder with its gradients and Adam's two moments, the 2B rows
-    of activations kept for the backward pass, the loss's B×B blocks, the
-    sampler's proposals), plus the loss ring. ``eval_samples``: the samples of a logged
-    evaluation; ``acceptance_proposals``: those of the sampler's acceptance check.
-    """
-    n, bsz = args.n, args.batch_size
-    dims = encoders.layer_widths(n)
-    params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
-    width = sum(dims)
-    mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
-    acceptance = 3 * acceptance_proposals * n * 4 if derived.anisotropic else 0
-    blocks = settings.LOSSES[derived.loss].blocks
-    proposals = 3 * min(latent_spaces.MAX_CANDIDATES * bsz * n, spaces.MAX_PROPOSAL_ELEMENTS) * 4 \
-        if derived.anisotropic else 0
-    step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals
-    evaluation = 2 * max(eval_samples, bsz) * width * 4
-    ring = min(args.n_log_steps, args.n_steps * max(1, args.more_unsupervised)) * 4
-    return max(mixing, acceptance, step, evaluation) + ring
 
 
 def refuse_if_too_big(need, device):

@@ -1,4 +1,4 @@
-"""What the flags imply, decided once, right after parsing; and the table of losses.
+"""What the flags imply, decided once, right after parsing; the table of conditionals by their flags.
 
 Several flags combine into one decision ("is this AnInfoNCE?", "is the
 conditional the rejected anisotropic normal?"). Each is made here and read
@@ -10,80 +10,63 @@ same function.
 import dataclasses
 
 
-@dataclasses.dataclass(frozen=True)
-class Loss:
-    """One contrastive loss: everything the rest of the project needs to know of it.
+# The loss of a run whose log predates --loss, and --loss's default: the reference's AnInfoNCE. The losses
+# themselves, and which of them --loss offers, are losses.LOSSES.
+DEFAULT_LOSS = "aninfonce"
+# The losses derive picks from --p and the space instead of --loss (keys of losses.LOSSES).
+LP_LOSS, DOT_LOSS = "lp", "dot"
 
-    description: what it is, in words (the ``--loss`` help).
-    build: ``build(args, init_gen) -> nn.Module``; learnable parameters drawn from ``init_gen``.
-    learns_lambda: it has a learnable Λ̂ (a ``theta`` parameter and ``lambdas()``; printed as
-        ``lambda init`` and ``learned lambda values``, in both phases, as the reference does).
-    blocks: (B, B) float32 blocks its forward and backward hold at their peak (the memory estimate).
-    selectable: a ``--loss`` choice (``--space-type extended_sphere --p 0``); the others follow from
-        ``--p`` and the space.
-    label: how the sweep summaries name it; ``{p}`` is replaced by the run's ``--p``.
+
+@dataclasses.dataclass(frozen=True)
+class ConditionalChoice:
+    """Which flags pick a conditional p(z~ | z); its sampler is latent_spaces.CONDITIONALS[same name].
+
+    words: how ``--c-p``'s help names it.
+    c_p: the ``--c-p`` that picks it; None: any ``--c-p`` that no entry names.
+    spaces: the ``--space-type``s it is defined on (None: all); its ``--c-p`` on another space is refused.
+    ground_truth_lambda: its positives are drawn with the ground-truth Λ (``--gt-lambda-1``,
+        ``--gt-lambda-2``, ``--linearly-spaced-lambda``): the log prints ``ground truth Lambda``, and
+        the latents fall into groups of equal λ (the block score's blocks, the tools' λ groups).
     """
 
-    description: str
-    build: object
-    learns_lambda: bool
-    blocks: int
-    selectable: bool = True
-    label: str = None
+    words: str
+    c_p: float = None
+    spaces: tuple = None
+    ground_truth_lambda: bool = False
 
 
-def _aninfonce(args, init_gen, isotropic=False):
-    import losses  # torch: imported only by the runs that build a loss
-    return losses.AnInfoNCELoss(args.n, isotropic=isotropic, symmetric=args.negatives == "symmetric",
-                                generator=init_gen, param=args.lambda_param)
-
-
-def _infonce(args, init_gen):
-    return _aninfonce(args, init_gen, isotropic=True)
-
-
-def _infonce_fixed(args, init_gen):
-    import losses
-    return losses.AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", fixed_lambda=1.0 / args.tau)
-
-
-def _dot(args, init_gen):
-    import losses
-    return losses.DotSimCLRLoss(args.tau)
-
-
-def _lp(args, init_gen):
-    import losses
-    return losses.LpSimCLRLoss(args.p, args.tau)
-
-
-# The losses by name. The first entry is the default of --loss. A new loss is one entry here.
-LOSSES = {
-    "aninfonce": Loss("AnInfoNCE: a learnable diagonal Λ̂", _aninfonce, learns_lambda=True, blocks=4),
-    "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ", _infonce,
-                    learns_lambda=True, blocks=4),
-    "infonce-fixed": Loss("the textbook InfoNCE: fixed temperature --tau (Λ̂ = I / τ, nothing learned)",
-                          _infonce_fixed, learns_lambda=False, blocks=4),
-    "lp": Loss("the Lp form (--p > 0)", _lp, learns_lambda=False, blocks=3, selectable=False,
-               label="Lp (p={p})"),
-    "dot": Loss("the dot-product form (--p 0 outside extended_sphere)", _dot, learns_lambda=False, blocks=2,
-                selectable=False, label="dot product"),
+# The conditionals by name, as --c-p and --space-type pick them. A new one is an entry here, its
+# sampler's entry in latent_spaces.CONDITIONALS, and its sampling method in spaces.py.
+CONDITIONALS = {
+    "laplace": ConditionalChoice("1 Laplace", c_p=1),
+    "normal": ConditionalChoice("2 normal", c_p=2),
+    "generalized_normal": ConditionalChoice("other p generalised normal"),
+    "vmf": ConditionalChoice("0 vMF on sphere", c_p=0, spaces=("sphere",)),
+    "anisotropic": ConditionalChoice("the rejected anisotropic normal on extended_sphere", c_p=0,
+                                     spaces=("extended_sphere",), ground_truth_lambda=True),
 }
 
 
-def loss_choices():
-    """The names ``--loss`` accepts, the default first."""
-    return tuple(name for name, loss in LOSSES.items() if loss.selectable)
+def conditional_help():
+    """``--c-p``'s help: the conditionals of every space, then those of some spaces only."""
+    every = [c.words for c in CONDITIONALS.values() if c.spaces is None]
+    some = [c.words for c in CONDITIONALS.values() if c.spaces is not None]
+    return "conditional: " + ", ".join(every) + ("; " + ", ".join(some) if some else "")
 
 
-def loss_help():
-    return "; ".join(f"{name}: {LOSSES[name].description}" for name in loss_choices())
+def conditional_candidates(c_p):
+    """The names of the conditionals ``--c-p`` picks among (by the space)."""
+    named = [name for name, c in CONDITIONALS.items() if c.c_p is not None and float(c.c_p) == float(c_p)]
+    return named or [name for name, c in CONDITIONALS.items() if c.c_p is None]
 
 
-def loss_label(name, p="?"):
-    """A loss's name in the sweep summaries."""
-    label = LOSSES[name].label if name in LOSSES else None
-    return name if label is None else label.format(p=p)
+def conditional_name(space_type, c_p):
+    """The conditional ``--space-type`` and ``--c-p`` pick; None when none of the ``--c-p``'s is defined
+    on the space (command_line refuses the run)."""
+    for name in conditional_candidates(c_p):
+        if CONDITIONALS[name].spaces is None or space_type in CONDITIONALS[name].spaces:
+            return name
+    return None
 
 
 # Flags that say where or how a run ran, not what it computed: they may differ between a run and
@@ -113,33 +96,35 @@ NORMALIZATIONS = ("fixed_sphere", "learnable_sphere", "learnable_box", "none")
 class Derived:
     """The decisions the flags imply.
 
-    loss: a key of LOSSES.
-    learns_lambda: the loss has a learnable Λ̂ (LOSSES[loss].learns_lambda).
-    anisotropic: the positives come from the rejected anisotropic normal with
-        the ground-truth Λ (extended_sphere with --c-p 0): Λ exists and is
-        printed as ``ground truth Lambda``.
+    loss: a key of losses.LOSSES (what the loss learns and needs: that entry).
+    loss_from_flag: ``--loss`` picked it (extended_sphere with --p 0); elsewhere --p and the space do.
+    conditional: a key of CONDITIONALS (None: its --c-p is not defined on the space).
+    anisotropic: the conditional draws its positives with the ground-truth Λ
+        (CONDITIONALS[conditional].ground_truth_lambda; extended_sphere with --c-p 0):
+        Λ exists and is printed as ``ground truth Lambda``.
     normalization: the encoder's output normalisation, one of NORMALIZATIONS.
     """
 
     loss: str
-    learns_lambda: bool
+    loss_from_flag: bool
+    conditional: str
     anisotropic: bool
     normalization: str
 
 
-def derive(space_type, p, c_p, loss="aninfonce", box_norm=False, sphere_norm=False):
+def derive(space_type, p, c_p, loss=DEFAULT_LOSS, box_norm=False, sphere_norm=False):
     """The decisions of a run from its flags (numbers or their printed strings).
 
     ``--loss`` picks the loss on extended_sphere with --p 0 only; elsewhere ``--p`` decides.
     """
     p, c_p = float(p), float(c_p)
-    extended = space_type == "extended_sphere"
+    from_flag = space_type == "extended_sphere" and p == 0
     if p > 0:
-        kind = "lp"
-    elif extended:
+        kind = LP_LOSS
+    elif from_flag:
         kind = loss
     else:
-        kind = "dot"
+        kind = DOT_LOSS
     if box_norm:
         normalization = "learnable_box"
     elif sphere_norm:
@@ -148,8 +133,9 @@ def derive(space_type, p, c_p, loss="aninfonce", box_norm=False, sphere_norm=Fal
         normalization = "fixed_sphere"
     else:
         normalization = "none"
-    learns = LOSSES[kind].learns_lambda if kind in LOSSES else False
-    return Derived(loss=kind, learns_lambda=learns, anisotropic=extended and c_p == 0,
+    conditional = conditional_name(space_type, c_p)
+    anisotropic = conditional is not None and CONDITIONALS[conditional].ground_truth_lambda
+    return Derived(loss=kind, loss_from_flag=from_flag, conditional=conditional, anisotropic=anisotropic,
                    normalization=normalization)
 
 

@@ -67,10 +67,11 @@ def loss_label(log_args):
     try:
         # The published logs predate --loss: AnInfoNCE.
         derived = settings.derive(log_args.get("space_type", "box"), log_args.get("p", "2"),
-                                  log_args.get("c_p", "2"), log_args.get("loss", "aninfonce"))
+                                  log_args.get("c_p", "2"), log_args.get("loss", settings.DEFAULT_LOSS))
     except ValueError:
         return "?"
-    return settings.loss_label(derived.loss, log_args.get("p", "?"))
+    import losses  # the table of losses (torch): imported only when a summary names its runs' losses
+    return losses.loss_label(derived.loss, log_args.get("p", "?"))
 
 
 def lambda_label(log):

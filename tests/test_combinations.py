@@ -12,6 +12,7 @@ import math
 
 import pytest
 
+import losses
 import main_mlp
 import settings
 from cli_util import all_steps, parse_log, restore_signal_handlers
@@ -86,7 +87,8 @@ def test_combination_runs_to_the_end(flags, capsys, restore_signals):
     assert [ph["supervised"] for ph in log["phases"]] == expected
 
     derived = settings.derive(space, args["p"], args["c_p"], args["loss"])
-    assert (log["lambda_init"] is not None) == derived.learns_lambda
+    learns_lambda = losses.LOSSES[derived.loss].learns_lambda
+    assert (log["lambda_init"] is not None) == learns_lambda
     assert (log["gt_lambda"] is not None) == derived.anisotropic
     for ph in log["phases"]:
         # logged at step % 2 == 1 (and step == --n-steps): 1 and 3
@@ -95,7 +97,7 @@ def test_combination_runs_to_the_end(flags, capsys, restore_signals):
             assert all(math.isfinite(s[k]) for k in ("loss", "mean_loss", "lin", "perm"))
             assert 0.0 <= s["perm"] <= 1.0
             # learned Λ̂ is printed in both phases of AnInfoNCE / InfoNCE runs, as the reference
-            assert (s["lambda"] is not None) == derived.learns_lambda
+            assert (s["lambda"] is not None) == learns_lambda
             if s["lambda"] is not None and "infonce" in flags:
                 assert len(set(s["lambda"])) == 1  # one shared λ
             # the learnable radius is printed after every Step line

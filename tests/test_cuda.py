@@ -210,12 +210,12 @@ def test_metrics_of_the_same_latents_agree_on_both_devices(experiment):
     z = spaces.ExtendedSphereSpace(10).uniform(main_mlp.N_EVAL_SAMPLES, torch.Generator().manual_seed(6), CPU)
     latents = FixedLatents(z)
     identity = main_mlp.evaluate(latents, torch.nn.Identity(), main_mlp.N_EVAL_SAMPLES, None, CUDA)
-    assert identity.lin == pytest.approx(1.0, abs=1e-6) and identity.perm == pytest.approx(1.0, abs=1e-6)
+    assert identity["lin"] == pytest.approx(1.0, abs=1e-6) and identity["perm"] == pytest.approx(1.0, abs=1e-6)
     on_cpu = main_mlp.evaluate(latents, exp.g, main_mlp.N_EVAL_SAMPLES, None, CPU)
     on_cuda = main_mlp.evaluate(latents, copy.deepcopy(exp.g).to(CUDA), main_mlp.N_EVAL_SAMPLES, None, CUDA)
-    assert on_cuda.lin == pytest.approx(on_cpu.lin, abs=1e-5)
-    assert on_cuda.perm == pytest.approx(on_cpu.perm, abs=1e-5)
-    assert on_cuda.lin_dims == pytest.approx(on_cpu.lin_dims, abs=1e-5)
+    assert on_cuda["lin"] == pytest.approx(on_cpu["lin"], abs=1e-5)
+    assert on_cuda["perm"] == pytest.approx(on_cpu["perm"], abs=1e-5)
+    assert on_cuda["lin_dims"] == pytest.approx(on_cpu["lin_dims"], abs=1e-5)
 
 
 # ------------------------------------------------------------ host synchronisations and the timer
@@ -224,7 +224,7 @@ def test_metrics_of_the_same_latents_agree_on_both_devices(experiment):
 def test_a_cuda_step_syncs_once_per_sampler_round(experiment, monkeypatch):
     args, derived, exp = experiment
     # The README's latent space with its sampler's (n,) spreads on CUDA, as a CUDA run builds it.
-    latent = latent_spaces.build_latent_space(args, latent_spaces.build_space(args), derived.anisotropic,
+    latent = latent_spaces.build_latent_space(args, latent_spaces.build_space(args), derived.conditional,
                                               exp.latent.conditional.std.to(CUDA), exp.acceptance)
     g, loss_fn = copy.deepcopy(exp.g).to(CUDA), copy.deepcopy(exp.loss_fn).to(CUDA)
     f = encoders.build_encoder(args.n, derived.normalization).to(CUDA)
@@ -292,7 +292,7 @@ def test_the_memory_estimate_covers_a_step_at_the_reference_batch():
     main_mlp.evaluate(exp.latent, h, args.batch_size, gen, CUDA)  # the final evaluation's batch
     torch.cuda.synchronize()
     used = torch.cuda.max_memory_allocated(CUDA) - before
-    assert 0 < used <= run_support.peak_memory(args, derived, main_mlp.N_EVAL_SAMPLES, main_mlp.ACCEPTANCE_PROPOSALS)
+    assert 0 < used <= main_mlp.peak_memory(args, derived)
 
 
 def test_a_run_beyond_the_free_gpu_memory_is_refused(capsys):

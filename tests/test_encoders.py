@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import encoders
+import losses
 import settings
 
 # The encoder's repr in the published logs (n = 10), after "f:  ".
@@ -124,6 +125,6 @@ def test_every_normalisation_and_loss_name_builds():
     for name in settings.NORMALIZATIONS:
         encoders.build_encoder(3, name)
     args = argparse.Namespace(n=3, negatives="reference", tau=0.5, p=2, lambda_param="softplus")
-    for name, entry in settings.LOSSES.items():
+    for name, entry in losses.LOSSES.items():
         loss = entry.build(args, torch.Generator().manual_seed(0))
         assert (len(list(loss.parameters())) > 0) == entry.learns_lambda, name

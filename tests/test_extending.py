@@ -1,13 +1,18 @@
-"""A new loss, or a new latent space, is one table entry: a toy of each, added here and nowhere else,
-runs end to end through the command line, the run's log and metrics, and the sweep's labels."""
+"""A new loss, latent space, conditional or metric is a table entry: a toy of each, added here and
+nowhere else, runs end to end through the command line, the run's log and metrics, the memory
+estimate and the sweep's labels."""
 
 import json
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
+import command_line
 import latent_spaces
 import losses
+import main_mlp
 import settings
 import spaces
 import sweep_summary
@@ -39,9 +44,9 @@ TINY = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--only-unsupervise
 
 
 def test_a_new_loss_is_one_entry(monkeypatch, tmp_path, capsys):
-    entry = settings.Loss("a toy: alignment with a learned temperature", _toy_loss, learns_lambda=False,
-                          blocks=1, label="toy loss")
-    monkeypatch.setitem(settings.LOSSES, "toy", entry)
+    entry = losses.Loss("a toy: alignment with a learned temperature", _toy_loss, learns_lambda=False,
+                        blocks=1, label="toy loss")
+    monkeypatch.setitem(losses.LOSSES, "toy", entry)
     metrics = tmp_path / "run.jsonl"
     code, out, err = run_main(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                                       "--loss", "toy", "--metrics-file", str(metrics)], capsys)
@@ -53,6 +58,88 @@ def test_a_new_loss_is_one_entry(monkeypatch, tmp_path, capsys):
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert records[-1]["type"] == "final" and "lambda" not in records[1]
     assert sweep_summary.loss_label(log["args"]) == "toy loss"
+    assert "toy: a toy: alignment" in " ".join(main_mlp.parse_args([])[0].format_help().split())
+
+
+def test_the_memory_estimate_reads_the_loss_entry(monkeypatch):
+    argv = ["--n", "10", "--batch-size", "1000", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0"]
+    _, args, derived = main_mlp.parse_args(argv)
+    base = main_mlp.peak_memory(args, derived)
+    monkeypatch.setitem(losses.LOSSES, "aninfonce", losses.Loss("more blocks", losses.LOSSES["aninfonce"].build,
+                                                                 learns_lambda=True, blocks=104))
+    # 100 more (B, B) float32 blocks: the training step is then the peak
+    assert main_mlp.peak_memory(args, derived) >= 100 * 1000 * 1000 * 4 > base
+
+
+def test_an_unknown_loss_is_refused_by_the_run_not_by_the_torch_free_parser(capsys):
+    args = command_line.build_parser().parse_args(["--loss", "nonesuch"])  # no table: any name
+    assert args.loss == "nonesuch"
+    code, out, err = run_main(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
+                                      "--loss", "nonesuch"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1
+    assert "argument --loss: invalid choice: 'nonesuch'" in lines[0] and "aninfonce" in lines[0]
+
+
+class UniformJitter:
+    """A toy conditional: z~ = z + c_param · U(-1, 1)^n, clamped into the box."""
+
+    calls = 0
+
+    def __init__(self, scale, low, high):
+        self.scale, self.low, self.high = scale, low, high
+
+    def sample(self, space, z, generator):
+        UniformJitter.calls += 1
+        step = torch.rand(z.shape, generator=generator, device=z.device) * 2 - 1  # (B, n)
+        return (z + self.scale * step).clamp(self.low, self.high)
+
+
+def _jitter(args, positive_std, acceptance):
+    return UniformJitter(args.c_param, args.box_min, args.box_max)
+
+
+def test_a_new_conditional_is_two_entries_and_its_sampler(monkeypatch, capsys):
+    # --c-p 0 on the box picked nothing (refused); the toy's two entries make it a conditional.
+    code, _, err = run_main(TINY + ["--space-type", "box", "--c-p", "0", "--p", "1"], capsys)
+    assert code == 2 and "argument --c-p" in err
+    monkeypatch.setitem(settings.CONDITIONALS, "jitter",
+                        settings.ConditionalChoice("0 uniform jitter on box", c_p=0, spaces=("box",)))
+    monkeypatch.setitem(latent_spaces.CONDITIONALS, "jitter", latent_spaces.ConditionalSampler(_jitter))
+    assert settings.derive("box", 1, 0).conditional == "jitter"
+    assert "0 uniform jitter on box" in settings.conditional_help()
+    monkeypatch.setattr(UniformJitter, "calls", 0)
+    code, out, err = run_main(TINY + ["--space-type", "box", "--c-p", "0", "--p", "1", "--c-param", "0.05"], capsys)
+    assert code == 0, err
+    log = parse_log(out)
+    assert log["args"]["c_p"] == "0" and log["gt_lambda"] is None
+    assert [s["step"] for s in log["phases"][0]["steps"]] == [1, 3, 4] and log["final"] is not None
+    assert UniformJitter.calls == 4  # one batch of positives per step
+
+
+def hz_spread(z, hz, groups):
+    """A toy metric: the std of each output of h (a list) and their mean (a number)."""
+    dims = hz.std(axis=0)
+    return {"toy": float(dims.mean()), "toy_dims": dims.tolist()}
+
+
+def test_a_new_metric_is_its_function_and_one_entry(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(main_mlp, "METRICS", main_mlp.METRICS + (main_mlp.Metric(hz_spread, spread=("toy",)),))
+    metrics = tmp_path / "run.jsonl"
+    code, out, err = run_main(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
+                                      "--num-eval-batches", "3", "--metrics-file", str(metrics)], capsys)
+    assert code == 0, err
+    parse_log(out)  # the text log keeps the reference's format
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "step"]
+    final = records[-1]
+    assert len(steps) == 3 and all(r["toy"] == pytest.approx(np.mean(r["toy_dims"])) for r in steps)
+    assert all(len(r["toy_dims"]) == 3 and r["toy"] > 0 for r in steps)
+    # the step record: the existing scores, then the new ones; the final record: mean and std over batches
+    assert list(steps[0])[5:12] == ["lin", "perm", "lin_dims", "perm_dims", "block", "block_orth", "block_groups"]
+    assert list(steps[0])[12:14] == ["toy", "toy_dims"]
+    assert list(final)[-3:] == ["toy_mean", "toy_std", "toy_dims"]
+    assert final["toy_mean"] > 0 and final["toy_std"] >= 0 and len(final["toy_dims"]) == 3
 
 
 def test_a_new_space_is_one_entry(monkeypatch, capsys):
@@ -65,3 +152,29 @@ def test_a_new_space_is_one_entry(monkeypatch, capsys):
     log = parse_log(out)
     assert log["args"]["space_type"] == "small_box"
     assert log["final"] is not None and len(log["phases"][0]["steps"]) == 3
+
+
+def test_the_tables_name_the_same_entries():
+    assert set(settings.CONDITIONALS) == set(latent_spaces.CONDITIONALS)
+    assert {settings.LP_LOSS, settings.DOT_LOSS, settings.DEFAULT_LOSS} <= set(losses.LOSSES)
+    assert losses.LOSSES[settings.DEFAULT_LOSS].selectable
+    assert not losses.LOSSES[settings.LP_LOSS].selectable and not losses.LOSSES[settings.DOT_LOSS].selectable
+
+
+@pytest.mark.parametrize("space, c_p, name, sampler", [
+    ("box", 2, "normal", latent_spaces.Around), ("box", 1, "laplace", latent_spaces.Around),
+    ("sphere", 1.5, "generalized_normal", latent_spaces.Around), ("sphere", 0, "vmf", latent_spaces.VonMisesFisher),
+    ("extended_sphere", 0, "anisotropic", latent_spaces.AnisotropicNormal),
+    ("extended_sphere", 2, "normal", latent_spaces.Around), ("box", 0, None, None), ("unbounded", 0, None, None),
+])
+def test_the_flags_pick_the_conditional(space, c_p, name, sampler):
+    derived = settings.derive(space, 0, c_p)
+    assert derived.conditional == name and derived.anisotropic == (name == "anisotropic")
+    if name is None:
+        return
+    _, args, derived = main_mlp.parse_args(["--space-type", space, "--c-p", str(c_p), "--m-p", "2"])
+    built = latent_spaces.build_latent_space(args, latent_spaces.build_space(args), derived.conditional,
+                                             torch.ones(args.n), 0.5).conditional
+    assert type(built) is sampler
+    if sampler is latent_spaces.Around:
+        assert (built.kind, built.scale, built.p) == (latent_spaces.noise_kind(c_p), args.c_param, c_p)
