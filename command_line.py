@@ -125,7 +125,9 @@ def _add_our_flags(parser):
                         help="checkpoint every this many minutes instead of at every log step (and on a "
                              "signal, and at the end)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start a fresh run in a --save-dir that holds a checkpoint (which it replaces)")
+                        help="start a fresh run over an earlier one: in a --save-dir that holds a checkpoint "
+                             "(its checkpoint and models removed), into a --log-file / --metrics-file that holds "
+                             "another run's output (replaced)")
     parser.add_argument("--lambda-param", type=str, default=settings.LAMBDA_PARAM_CHOICES[0],
                         choices=settings.LAMBDA_PARAM_CHOICES,
                         help="how the learned Λ̂ is parametrised: softplus(θ) as the reference, or exp(θ) "

@@ -773,7 +773,7 @@ def exit_status(body, prog, save_dir, extra_errors=()):
         RunLog.info(f"{prog}: error: {exc}")
         return EXIT_DIVERGED
     except WriteError as exc:
-        RunLog.info(f"{prog}: error: {exc}; the last checkpoint written is intact")
+        RunLog.info(f"{prog}: error: {exc}" + ("; the last checkpoint written is intact" if save_dir else ""))
         return EXIT_WRITE_FAILED
     except extra_errors as exc:
         RunLog.info(f"{prog}: error: {exc}")

@@ -180,6 +180,7 @@ def test_a_full_disk_under_the_metrics_file_ends_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "/dev/full" in errors[0] and "No space left on device" in errors[0], proc.stderr
+    assert "checkpoint" not in errors[0]  # there is none: no --save-dir
 
 
 @pytest.mark.slow
