@@ -184,6 +184,29 @@ def test_a_full_disk_under_the_metrics_file_ends_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_full_disk_at_the_checkpoint_says_so(tmp_path):
+    """The save-dir on a 200 kB file system (a tmpfs mounted in a user namespace): g.pth fits, the
+    checkpoint does not. One line naming the checkpoint and ENOSPC in the system's words, exit 74."""
+    import shlex
+    import shutil
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged mount namespace here")
+    save_dir = tmp_path / "small"
+    save_dir.mkdir()
+    run = shlex.join([sys.executable, os.path.join(ROOT, "main_mlp.py"), *BASE, "--save-dir", str(save_dir),
+                      "--log-file", str(tmp_path / "run.log")])
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c",
+                           f"mount -t tmpfs -o size=200k tmpfs {shlex.quote(str(save_dir))} && {run}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and main_mlp.CHECKPOINT_NAME in errors[0], proc.stderr
+    assert "No space left on device" in errors[0] and "enforce fail" not in proc.stderr
+
+
+@pytest.mark.slow
 def test_closed_standard_streams(tmp_path):
     """`2>&-` and `>&-` (closed, not a pipe): a refusal still exits 2, a run still writes its log and exits 0."""
     script = os.path.join(ROOT, "main_mlp.py")
