@@ -222,7 +222,7 @@ def validate_numbers(err, args):
             err(f"argument {flag}: must be a finite number >= 0, got {value}")
     if args.p > MAX_P:
         err(f"argument --p: must be at most {MAX_P} (beyond, |x|^p overflows float32 for coordinate differences "
-            f"below 2), got {args.p}")
+            f"below 2), got {args.p:g}")
     if not (math.isfinite(args.box_min) and math.isfinite(args.box_max)) or args.box_min >= args.box_max:
         err(f"arguments --box-min/--box-max: need box_min < box_max, got {args.box_min} >= {args.box_max}")
     if args.seed is not None and not 0 <= args.seed < 2 ** 63:

@@ -608,7 +608,7 @@ def load_resume_state(args, device, paths_total):
         if paths_total(name) != steps:
             raise InputError(f"argument {LENGTH_FLAGS[name]}: the checkpoint's {name} run has finished with "
                              f"{steps} steps; this run's would have {paths_total(name)}, and a resume cannot "
-                             f"change a finished phase (extend the last one, or start over with --overwrite)")
+                             f"change a finished phase (extend the last phase instead, or start over with --overwrite)")
     total = paths_total(state["phase"])
     if state["step"] > total:
         raise InputError(f"argument --n-steps: the checkpoint is at step {state['step']} of the "
