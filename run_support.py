@@ -425,9 +425,12 @@ def refuse_files_of_others(args, beginnings):
                             ("--metrics-file", args.metrics_file, beginnings[1])):
         if path is None or not os.path.isfile(path):  # none yet, or a stream (/dev/null)
             continue
-        with open(path, "rb") as handle:
-            head = handle.read(len(own))
-        if not own.startswith(head):
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(len(own))
+        except OSError:  # write-only to us: whose it is cannot be told, so not ours
+            head = None
+        if head is None or not own.startswith(head):
             raise InputError(f"argument {flag}: {path} already holds {os.path.getsize(path)} bytes that this "
                              f"run did not write; give another file, or pass --overwrite to replace it")
 
