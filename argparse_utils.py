@@ -39,6 +39,27 @@ def write_stdout(text):
         os.close(devnull)
 
 
+def reopen_closed_streams():
+    """Put /dev/null where the shell closed a standard stream (``>&-``, ``2>&-``, ``<&-``); call it first.
+
+    Python leaves ``sys.stderr`` None for a closed descriptor 2 (a refusal then ends in an
+    AttributeError, exit 1), and the next file opened would take the free descriptor (a log that
+    receives whatever is written to "stderr"). /dev/null keeps both from happening.
+    """
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: fd itself
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False, errors="backslashreplace"))
+
+
 def same_file(path, other):
     """Whether two paths name one file (the same path spelled differently, a link, a hard link)."""
     if os.path.realpath(path) == os.path.realpath(other):

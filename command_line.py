@@ -17,7 +17,7 @@ import invertible_network_utils
 import latent_spaces
 import run_support
 import settings
-from argparse_utils import ArgumentParser
+from argparse_utils import ArgumentParser, same_file
 
 PROG = "main_mlp.py"
 DESCRIPTION = "Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss."
@@ -26,6 +26,9 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 MAX_VMF_KAPPA = 1e8
 # The largest fixed Λ̂ = 1/τ the loss is tested finite for.
 MAX_FIXED_LAMBDA = 1e4
+# The largest --p of the Lp form: float32 ends near 2^128, so |x|^p stays finite for every coordinate
+# difference |x| < 2 up to p = 128 (and a larger p is an overflow, not a loss, in the first step).
+MAX_P = 128
 
 
 def number(text):
@@ -137,7 +140,9 @@ def _add_our_flags(parser, loss_table):
                         help="checkpoint every this many minutes instead of at every log step (and on a "
                              "signal, and at the end)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start a fresh run in a --save-dir that holds a checkpoint (which it replaces)")
+                        help="start a fresh run over an earlier one: in a --save-dir that holds a checkpoint "
+                             "(its checkpoint and models removed), into a --log-file / --metrics-file that holds "
+                             "another run's output (replaced)")
     parser.add_argument("--lambda-param", type=str, default=settings.LAMBDA_PARAM_CHOICES[0],
                         choices=settings.LAMBDA_PARAM_CHOICES,
                         help="how the learned Λ̂ is parametrised: softplus(θ) as the reference, or exp(θ) "
@@ -163,6 +168,9 @@ def _check_writable_file(parser, flag, path):
 
 
 def _check_writable_dir(parser, flag, path, create):
+    if os.path.islink(path) and not os.path.exists(path):
+        parser.error(f"argument {flag}: {path} is a symbolic link to {os.path.realpath(path)}, which does not "
+                     f"exist; create that directory or give another")
     if os.path.exists(path) and not os.path.isdir(path):
         parser.error(f"argument {flag}: {path} is a file, not a directory")
     if not os.path.exists(path) and not create:
@@ -173,6 +181,23 @@ def _check_writable_dir(parser, flag, path, create):
         parser.error(f"argument {flag}: cannot create {path} ({exc.strerror})")
     if not os.access(path, os.W_OK):
         parser.error(f"argument {flag}: {path} is not writable")
+
+
+def _save_dir_holding(path, save_dir):
+    """The --save-dir of which ``path`` is one of the files (by its name, or where its links lead): this
+    run's, or another run's (a directory with a run's lock file); None when it is none."""
+    if not path:
+        return None
+    named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+    for candidate in (named, os.path.realpath(path)):
+        directory, name = os.path.split(candidate)
+        if not run_support.is_save_dir_file(name):
+            continue
+        if save_dir and directory == os.path.realpath(save_dir):
+            return save_dir
+        if os.path.exists(os.path.join(directory, settings.LOCK_NAME)):
+            return directory
+    return None
 
 
 def validate_numbers(err, args):
@@ -210,6 +235,9 @@ def validate_numbers(err, args):
     for flag, value in (("--p", args.p), ("--m-p", args.m_p), ("--c-p", args.c_p)):
         if not (math.isfinite(value) and value >= 0):
             err(f"argument {flag}: must be a finite number >= 0, got {value}")
+    if args.p > MAX_P:
+        err(f"argument --p: must be at most {MAX_P} (beyond, |x|^p overflows float32 for coordinate differences "
+            f"below 2), got {args.p:g}")
     if not (math.isfinite(args.box_min) and math.isfinite(args.box_max)) or args.box_min >= args.box_max:
         err(f"arguments --box-min/--box-max: need box_min < box_max, got {args.box_min} >= {args.box_max}")
     if args.seed is not None and not 0 <= args.seed < 2 ** 63:
@@ -248,14 +276,11 @@ def validate_args(parser, args, derived):
     for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
         if path is not None:
             _check_writable_file(parser, flag, path)
-    if args.save_dir:
-        for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
-            if path and os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(args.save_dir) \
-                    and run_support.is_save_dir_file(os.path.basename(path)):
-                err(f"argument {flag}: {path} is a file the run keeps in --save-dir {args.save_dir}; "
-                    f"give another name")
-    if args.log_file is not None and args.metrics_file is not None \
-            and os.path.realpath(args.log_file) == os.path.realpath(args.metrics_file):
+    for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+        where = _save_dir_holding(path, args.save_dir)
+        if where is not None:
+            err(f"argument {flag}: {path} is a file a run keeps in its --save-dir {where}; give another name")
+    if args.log_file is not None and args.metrics_file is not None and same_file(args.log_file, args.metrics_file):
         err(f"arguments --log-file and --metrics-file: both name {args.log_file}; give two files")
     if args.overwrite and args.resume_training:
         err("arguments --overwrite and --resume-training: choose at most one")
@@ -269,6 +294,8 @@ def parse_args(argv=None, loss_table=None):
     if args.resume_if_exists:
         if not args.save_dir:
             parser.error("argument --resume-if-exists: needs --save-dir")
+        if args.overwrite:
+            parser.error("arguments --overwrite and --resume-if-exists: choose at most one")
         args.resume_training = os.path.exists(os.path.join(args.save_dir, run_support.CHECKPOINT_NAME))
     derived = settings.derive_from_args(args)
     validate_args(parser, args, derived)

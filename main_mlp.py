@@ -16,10 +16,13 @@ if __name__ == "__main__":
     # the run at once, without a traceback.
     import startup_signals
     startup_signals.exit_at_once()
+    import argparse_utils
+    argparse_utils.reopen_closed_streams()  # before any file is opened: it would take a closed stream's place
 
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import platform
 import time
@@ -381,6 +384,8 @@ def train(run, survival):
     args, resume = run.args, run.resume
     print_header(args, run.device, run.seed, run.exp, run.id_scores, run.log)
     if args.save_dir and resume is None:
+        if args.overwrite:
+            run_support.remove_previous_run(args.save_dir)
         # Before training, as the reference: an interrupted run leaves the mixing on disk.
         save_atomically(run.exp.g.state_dict(), os.path.join(args.save_dir, "g.pth"))
     phases = [p for p, skip in (("supervised", args.only_unsupervised),
@@ -405,6 +410,15 @@ def config_record(args, seed, device):
     """The first record of --metrics-file."""
     return dict(type="config", args=vars(args), seed=seed, device=str(device), torch=torch.__version__,
                 numpy=np.__version__, python=platform.python_version())
+
+
+def file_beginnings(args):
+    """What a fresh run of ``args`` writes first: (its log's Arguments block, the start of its metrics
+    file's config record), as bytes. A file that begins so is this very command's own
+    (run_support.refuse_files_of_others)."""
+    log = "".join(f"{line}\n" for line in argument_lines(args))
+    metrics = json.dumps(dict(type="config", args=vars(args)))[:-1]  # config_record's first two keys
+    return log.encode("utf-8"), metrics.encode("utf-8")
 
 
 def print_header(args, device, seed, exp, id_scores, log):
@@ -440,6 +454,7 @@ def prepare(args, derived, device):
     if args.save_dir:
         run_support.remove_stale_temporaries(args.save_dir)  # under the directory's lock
         run_support.refuse_existing_checkpoint(args)
+    run_support.refuse_files_of_others(args, file_beginnings(args))
     resume = run_support.load_resume_state(args, device, lambda phase: phase_steps(args, phase)) \
         if args.resume_training else None
     seed = args.seed

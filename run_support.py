@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -235,6 +236,7 @@ class RunLog:
         self.to_file = truncate_at is None  # on resume, the header goes to stdout only
         self.paths = (log_file, metrics_file)
         self.stdout_gone = False
+        self.failed = False  # a write failed (and was reported): closing may fail the same way again
         self.log, self.log_hash = self._open(log_file, truncate_at[0] if truncate_at else None)
         self.metrics, self.metrics_hash = self._open(metrics_file, truncate_at[1] if truncate_at else None)
 
@@ -279,13 +281,13 @@ class RunLog:
         if self.metrics is not None and self.to_file:
             self._write(self.metrics, self.metrics_hash, self.paths[1], json.dumps(fields) + "\n")
 
-    @staticmethod
-    def _write(handle, digest, path, text):
+    def _write(self, handle, digest, path, text):
         data = text.encode("utf-8")
         try:
             handle.write(data)
             handle.flush()
         except OSError as exc:
+            self.failed = True
             raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
         digest.update(data)
 
@@ -299,9 +301,20 @@ class RunLog:
                 file_check(self.paths[1], metrics_offset, self.metrics_hash.hexdigest()) if self.metrics else None)
 
     def close(self):
-        for handle in (self.log, self.metrics):
-            if handle is not None:
-                handle.close()
+        """Close both files. Closing flushes again what a failed write left in the buffer: that failure
+        was reported already and is not raised twice; one no write reported (a deferred write error)
+        raises WriteError."""
+        error = None
+        for handle, path in zip((self.log, self.metrics), self.paths):
+            if handle is None:
+                continue
+            try:
+                handle.close()  # closes the descriptor even when its flush fails
+            except OSError as exc:
+                error = error or WriteError(f"cannot write {path}: {exc.strerror or exc}")
+        if error is not None and not self.failed:
+            self.failed = True
+            raise error
 
 
 def available_memory(device):
@@ -360,19 +373,62 @@ class SaveDirLock:
             self.handle = None
 
 
-def _stale_temporaries(directory, name):
-    """The temporary files ``write_atomically`` leaves for ``directory/name`` when killed."""
-    prefix = name + ".tmp"
-    return [os.path.join(directory, other) for other in os.listdir(directory)
-            if other.startswith(prefix) and other[len(prefix):].isdigit()]
+# The temporary file of ``write_atomically`` for NAME is NAME + TEMPORARY_MARK + the writer's pid: a
+# name no one else gives a file, so that the clean-up beside a log (a user's directory) removes only ours.
+TEMPORARY_MARK = ".tmp-main_mlp-"
+
+
+def temporary_name(path, pid):
+    """The temporary file ``write_atomically`` writes for ``path`` in the process ``pid``."""
+    return f"{path}{TEMPORARY_MARK}{pid}"
+
+
+def _stale_temporaries(directory, name, legacy=False):
+    """The temporary files ``write_atomically`` leaves for ``directory/name`` when killed. ``legacy``:
+    also NAME.tmp<pid>, as earlier versions named them (only in a --save-dir, where the names are ours)."""
+    marks = (TEMPORARY_MARK, ".tmp") if legacy else (TEMPORARY_MARK,)
+    pattern = re.compile(re.escape(name) + "(?:" + "|".join(map(re.escape, marks)) + r")\d+")
+    return [os.path.join(directory, other) for other in os.listdir(directory) if pattern.fullmatch(other)]
 
 
 def remove_stale_temporaries(save_dir):
     """A run killed while writing a checkpoint or a model leaves its temporary file behind (call under the
     directory's lock)."""
     for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
-        for path in _stale_temporaries(save_dir, name):
+        for path in _stale_temporaries(save_dir, name, legacy=True):
             os.remove(path)
+
+
+def remove_previous_run(save_dir):
+    """The checkpoint and models of the run a fresh --overwrite run replaces, removed before it writes
+    its own g: the directory never holds one run's encoder beside another's mixing."""
+    for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(save_dir, name))
+
+
+def refuse_files_of_others(args, beginnings):
+    """A fresh run never writes over a file it did not create, unless --overwrite says so.
+
+    An existing --log-file or --metrics-file that holds anything is refused, except when it begins
+    with what this very command writes first (``beginnings``: the (log, metrics) bytes a fresh run of
+    these arguments starts its files with), or is a beginning of that: the command's own files, left
+    by a kill before its first checkpoint, which it writes again. Call with the files' locks held.
+    """
+    if args.resume_training or args.overwrite:
+        return
+    for flag, path, own in (("--log-file", args.log_file, beginnings[0]),
+                            ("--metrics-file", args.metrics_file, beginnings[1])):
+        if path is None or not os.path.isfile(path):  # none yet, or a stream (/dev/null)
+            continue
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(len(own))
+        except OSError:  # write-only to us: whose it is cannot be told, so not ours
+            head = None
+        if head is None or not own.startswith(head):
+            raise InputError(f"argument {flag}: {path} already holds {os.path.getsize(path)} bytes that this "
+                             f"run did not write; give another file, or pass --overwrite to replace it")
 
 
 class OutputLock:
@@ -427,7 +483,7 @@ def write_atomically(path, write, lock=None):
     new file before it takes the name. Raises WriteError (the temporary file removed) when it cannot
     be written."""
     path = os.path.realpath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = temporary_name(path, os.getpid())
     try:
         write(tmp)
         if lock is not None:
@@ -446,8 +502,12 @@ def _write_bytes(data, path):
 
 
 def save_atomically(obj, path):
-    """torch.save ``obj`` to ``path`` through ``write_atomically``."""
-    write_atomically(path, functools.partial(torch.save, obj))
+    """torch.save ``obj`` to ``path`` through ``write_atomically``. Serialised in memory first, so that a
+    failed write says what the system says (``No space left on device``), not torch's serialiser
+    (``[enforce fail at inline_container.cc...] unexpected pos``)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomically(path, functools.partial(_write_bytes, buffer.getvalue()))
 
 
 def save_checkpoint_file(state, path):
@@ -488,7 +548,10 @@ def read_checkpoint(path, flag="--resume-training"):
     if not isinstance(state, dict) or not {"config", "seed", "phase", "step"} <= set(state):
         raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
     version = state.get("format", 1)
-    if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
+    if type(version) is not int or version < 1:  # type: True is an int too
+        raise InputError(f"argument {flag}: {path} is of no known checkpoint format ({version!r}); this "
+                         f"version of main_mlp.py reads formats 1 to {CHECKPOINT_FORMAT}")
+    if version > CHECKPOINT_FORMAT:
         raise InputError(f"argument {flag}: {path} is of checkpoint format {version!r}, written by a newer "
                          f"version of main_mlp.py; this one reads formats 1 to {CHECKPOINT_FORMAT}")
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
@@ -510,6 +573,10 @@ def refuse_existing_checkpoint(args):
         where = "(unreadable)"
     raise InputError(f"argument --save-dir: {args.save_dir} holds a checkpoint {where}; continue it with "
                      f"--resume-training, or start over with --overwrite")
+
+
+# The flags that decide a phase's length (main_mlp.phase_steps), named when a resume would change it.
+LENGTH_FLAGS = {"supervised": "--n-steps", "unsupervised": "--n-steps/--more-unsupervised"}
 
 
 def load_resume_state(args, device, paths_total):
@@ -536,6 +603,11 @@ def load_resume_state(args, device, paths_total):
                           f"{mine.get(k, args.seed if k == 'seed' else None)!r} here)" for k in diff[:4])
         raise InputError(f"argument --resume-training: the checkpoint in {args.save_dir} is from another "
                          f"configuration: {shown}")
+    for name, steps in state.get("finished", {}).items():
+        if paths_total(name) != steps:
+            raise InputError(f"argument {LENGTH_FLAGS[name]}: the checkpoint's {name} run has finished with "
+                             f"{steps} steps; this run's would have {paths_total(name)}, and a resume cannot "
+                             f"change a finished phase (extend the last phase instead, or start over with --overwrite)")
     total = paths_total(state["phase"])
     if state["step"] > total:
         raise InputError(f"argument --n-steps: the checkpoint is at step {state['step']} of the "
@@ -573,6 +645,7 @@ class Survival:
             run.generator
         self.g, self.loss_fn, self.flag = run.exp.g, run.exp.loss_fn, flag
         self.pending = run.resume
+        self.finished = dict(run.resume.get("finished", {})) if run.resume else {}  # {phase: its steps}, once it ended
         self.last_logged = None
         self.last_checkpoint = time.monotonic()
 
@@ -675,12 +748,14 @@ class Survival:
             "offsets": self.log.offsets(),
             "file_checks": self.log.checks(),
             "last_logged": self.last_logged,
+            "finished": dict(self.finished),
         }
         save_checkpoint_file(state, os.path.join(self.args.save_dir, CHECKPOINT_NAME))
         self.last_checkpoint = time.monotonic()
 
     def save_models(self, phase):
         """The trained encoder of a finished phase, as the reference names it."""
+        self.finished[phase.name] = phase.total
         if self.args.save_dir:
             name = "sup_f.pth" if phase.name == "supervised" else "unsup_f.pth"
             save_atomically(phase.f.state_dict(), os.path.join(self.args.save_dir, name))
@@ -701,7 +776,7 @@ def exit_status(body, prog, save_dir, extra_errors=()):
         RunLog.info(f"{prog}: error: {exc}")
         return EXIT_DIVERGED
     except WriteError as exc:
-        RunLog.info(f"{prog}: error: {exc}; the last checkpoint written is intact")
+        RunLog.info(f"{prog}: error: {exc}" + ("; the last checkpoint written is intact" if save_dir else ""))
         return EXIT_WRITE_FAILED
     except extra_errors as exc:
         RunLog.info(f"{prog}: error: {exc}")

@@ -121,10 +121,11 @@ def test_log_and_metrics_in_one_file_are_refused(tmp_path, capsys):
 
 
 def test_a_refusal_after_parsing_leaves_the_log_alone(tmp_path, capsys):
-    """The sampler's acceptance check refuses before any output file is opened."""
+    """The sampler's acceptance check refuses before any output file is opened (with --overwrite too,
+    which lets the run replace the file once it starts)."""
     log = tmp_path / "run.log"
     log.write_text("an earlier run's log\n")
-    code, _, err = run_main(BASE + ["--threshold", "1e-6", "--log-file", str(log)], capsys)
+    code, _, err = run_main(BASE + ["--threshold", "1e-6", "--log-file", str(log), "--overwrite"], capsys)
     assert_refused(code, err, "--threshold")
     assert log.read_text() == "an earlier run's log\n"
 
@@ -166,6 +167,58 @@ def test_a_full_disk_keeps_the_last_checkpoint(finished_run, capsys):
     assert len(errors) == 1 and main_mlp.CHECKPOINT_NAME in errors[0] and "Traceback" not in proc.stderr
     assert (d / "ckpt" / main_mlp.CHECKPOINT_NAME).read_bytes() == before
     assert sorted(os.listdir(d / "ckpt")) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "unsup_f.pth"]
+    # The system's words for it, not the serialiser's ("[enforce fail at inline_container.cc...]")
+    assert "File too large" in errors[0] and "enforce fail" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_metrics_file_ends_in_one_line(tmp_path):
+    """/dev/full: every write fails with ENOSPC. One line naming the file, exit 74, and closing the file
+    at exit raises nothing more."""
+    proc = cli(BASE + ["--metrics-file", "/dev/full"], cwd=tmp_path)
+    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "/dev/full" in errors[0] and "No space left on device" in errors[0], proc.stderr
+    assert "checkpoint" not in errors[0]  # there is none: no --save-dir
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_checkpoint_says_so(tmp_path):
+    """The save-dir on a 200 kB file system (a tmpfs mounted in a user namespace): g.pth fits, the
+    checkpoint does not. One line naming the checkpoint and ENOSPC in the system's words, exit 74."""
+    import shlex
+    import shutil
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no unprivileged mount namespace here")
+    save_dir = tmp_path / "small"
+    save_dir.mkdir()
+    run = shlex.join([sys.executable, os.path.join(ROOT, "main_mlp.py"), *BASE, "--save-dir", str(save_dir),
+                      "--log-file", str(tmp_path / "run.log")])
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c",
+                           f"mount -t tmpfs -o size=200k tmpfs {shlex.quote(str(save_dir))} && {run}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and main_mlp.CHECKPOINT_NAME in errors[0], proc.stderr
+    assert "No space left on device" in errors[0] and "enforce fail" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_closed_standard_streams(tmp_path):
+    """`2>&-` and `>&-` (closed, not a pipe): a refusal still exits 2, a run still writes its log and exits 0."""
+    script = os.path.join(ROOT, "main_mlp.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    bad = subprocess.run(f"{sys.executable} {script} --lr nan 2>&-", shell=True, cwd=tmp_path, env=env, timeout=120)
+    assert bad.returncode == 2
+    assert os.listdir(tmp_path) == []
+    args = " ".join(BASE + ["--log-file", "run.log"])
+    good = subprocess.run(f"{sys.executable} {script} {args} >&- 2>&-", shell=True, cwd=tmp_path, env=env,
+                          timeout=120)
+    assert good.returncode == 0
+    assert (tmp_path / "run.log").read_text().splitlines()[-1].startswith("perm mean: ")
 
 
 @pytest.mark.slow
@@ -415,3 +468,103 @@ def test_signals_at_random_moments_of_start_up_always_end_the_run(tmp_path):
         # action ends the process just the same)
         assert proc.returncode in (143, -signal.SIGTERM), err
         assert "Traceback" not in err and "terminate called" not in err
+
+
+# ---------------------------------------------------------------- files a fresh run did not create
+
+
+@pytest.mark.parametrize("flag", ["--log-file", "--metrics-file"])
+def test_an_output_file_linked_to_another_runs_checkpoint_is_refused(flag, finished_run, tmp_path, capsys):
+    """A link to another run's checkpoint: refused (with --overwrite too), the checkpoint untouched."""
+    d, _ = finished_run
+    link = tmp_path / "b.log"
+    link.symlink_to(d / "ckpt" / main_mlp.CHECKPOINT_NAME)
+    before = snapshot(d)
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_main(BASE + ["--save-dir", str(tmp_path / "runB"), flag, str(link)] + extra, capsys)
+        assert_refused(code, err, flag, "--save-dir")
+        assert snapshot(d) == before
+
+
+@pytest.mark.parametrize("flag, name", [("--log-file", "run.log"), ("--metrics-file", "metrics.jsonl")])
+def test_a_fresh_run_does_not_empty_a_stopped_runs_file(flag, name, finished_run, tmp_path, capsys):
+    """A second run (its own save-dir and other file) given the first run's file: refused, the first run
+    resumes; --overwrite says that replacing it is meant."""
+    d, argv = finished_run
+    before = snapshot(d)
+    other = {"--log-file": str(tmp_path / "b.log"), "--metrics-file": str(tmp_path / "b.jsonl")}
+    other[flag] = str(d / name)
+    second = BASE + ["--save-dir", str(tmp_path / "sd2"), "--log-file", other["--log-file"],
+                     "--metrics-file", other["--metrics-file"]]
+    code, _, err = run_main(second, capsys)
+    assert_refused(code, err, flag, str(d / name), "--overwrite")
+    assert snapshot(d) == before
+    code, _, err = run_main(argv + ["--resume-training", "--n-steps", "5"], capsys)
+    assert code == 0, err
+    code, _, err = run_main(second + ["--overwrite"], capsys)
+    assert code == 0, err
+
+
+def test_a_users_file_is_not_overwritten_without_a_save_dir(tmp_path, capsys):
+    notes = tmp_path / "results"
+    notes.write_text("my notes\n")
+    code, _, err = run_main(BASE + ["--log-file", str(notes)], capsys)
+    assert_refused(code, err, "--log-file")
+    assert notes.read_text() == "my notes\n"
+    empty = tmp_path / "empty.log"
+    empty.write_text("")  # an empty file holds nothing to lose
+    code, _, err = run_main(BASE + ["--log-file", str(empty)], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("lines", [0, 6, 40])
+def test_a_run_killed_before_its_first_checkpoint_starts_again(lines, finished_run, capsys):
+    """The same command, its log holding the start of what that command writes and no checkpoint (killed
+    in its header, or before its first checkpoint): it starts again and writes what it would have."""
+    d, argv = finished_run
+    log, metrics = (d / "run.log").read_text(), (d / "metrics.jsonl").read_text()
+    (d / "run.log").write_text("".join(log.splitlines(keepends=True)[:lines]))
+    (d / "metrics.jsonl").write_text(metrics[:len(metrics) // 2] if lines > 6 else "")
+    for name in os.listdir(d / "ckpt"):
+        os.remove(d / "ckpt" / name)
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert (d / "run.log").read_text() == log == out
+    assert (d / "metrics.jsonl").read_text() == metrics
+
+
+def test_hard_linked_log_and_metrics_files_are_one_file(tmp_path, capsys):
+    log = tmp_path / "run.log"
+    log.write_text("an earlier log\n")
+    os.link(log, tmp_path / "metrics.jsonl")
+    code, _, err = run_main(BASE + ["--log-file", str(log), "--metrics-file", str(tmp_path / "metrics.jsonl")], capsys)
+    assert_refused(code, err, "--log-file and --metrics-file")
+    assert "another run" not in err
+    assert log.read_text() == "an earlier log\n"
+
+
+def test_overwrite_and_resume_if_exists_are_refused_by_their_names(finished_run, capsys):
+    d, argv = finished_run
+    before = snapshot(d)
+    code, _, err = run_main(argv + ["--overwrite", "--resume-if-exists"], capsys)
+    assert_refused(code, err, "--overwrite", "--resume-if-exists")
+    assert "--resume-training" not in err
+    assert snapshot(d) == before
+
+
+def test_a_dangling_link_as_save_dir_is_refused(tmp_path, capsys):
+    link = tmp_path / "sd"
+    link.symlink_to(tmp_path / "gone")
+    code, _, err = run_main(BASE + ["--save-dir", str(link)], capsys)
+    assert_refused(code, err, "--save-dir", "gone")
+    assert "File exists" not in err
+    assert os.listdir(tmp_path) == ["sd"]
+
+
+def test_a_users_temporary_beside_the_log_is_kept(tmp_path, capsys):
+    """Only the temporaries the project writes are cleaned up beside the log, never a name like them."""
+    notes = tmp_path / "results.tmp2024"
+    notes.write_text("notes\n")
+    code, _, err = run_main(BASE + ["--log-file", str(tmp_path / "results")], capsys)
+    assert code == 0, err
+    assert notes.read_text() == "notes\n"

@@ -2,6 +2,7 @@
 output files, temporaries left by a kill. In-process runs, tiny and seeded."""
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -188,13 +189,65 @@ def test_a_symlinked_log_stays_a_link_when_the_run_is_extended(tmp_path, capsys)
 
 def test_temporaries_left_by_a_kill_are_removed(finished_run, capsys):
     d, argv = finished_run
-    left = [d / "ckpt" / "g.pth.tmp4242", d / "ckpt" / "unsup_f.pth.tmp4243", d / "metrics.jsonl.tmp4244",
-            d / "run.log.tmp4245"]
+    ours = run_support.temporary_name
+    left = [d / "ckpt" / "g.pth.tmp4242", d / "ckpt" / ours("unsup_f.pth", 4243), d / ours("metrics.jsonl", 4244),
+            d / ours("run.log", 4245)]
     for path in left:
         path.write_bytes(b"half written")
-    keep = d / "run.log.tmp-notes"  # not one of ours
-    keep.write_bytes(b"mine")
+    keep = [d / "run.log.tmp-notes", d / "run.log.tmp4246", d / "metrics.jsonl.tmp2024"]  # not ours
+    for path in keep:
+        path.write_bytes(b"mine")
     code, _, err = run_main(_extend(argv, 9), capsys)
     assert code == 0, err
     assert not any(path.exists() for path in left)
-    assert keep.read_bytes() == b"mine"
+    assert all(path.read_bytes() == b"mine" for path in keep)
+
+
+@pytest.mark.parametrize("value", [0, -1, "2", True, 2.0])
+def test_a_checkpoint_of_no_known_format_is_refused(finished_run, capsys, value):
+    d, argv = finished_run
+    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda s: s.update(format=value))
+    before = snapshot(d)
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert_refused(code, err, "--resume-training", "format")
+    assert snapshot(d) == before
+
+
+TWO_PHASE = [a for a in BASE if a != "--only-unsupervised"]
+
+
+@pytest.fixture
+def two_phase_run(tmp_path, capsys):
+    """A finished run of both phases (3 supervised steps, then 3 contrastive ones) in tmp_path/two."""
+    d = tmp_path / "two"
+    d.mkdir()
+    argv = TWO_PHASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
+                        "--metrics-file", str(d / "metrics.jsonl")]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(d / "ckpt")) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "sup_f.pth", "unsup_f.pth"]
+    return d, argv
+
+
+@pytest.mark.parametrize("steps", [5, 2])
+def test_a_resume_that_would_change_a_finished_phase_is_refused(two_phase_run, capsys, steps):
+    """The supervised phase is over: another --n-steps would leave it at its old length under a header
+    that says the new one. Extending the last phase (--more-unsupervised) still works."""
+    d, argv = two_phase_run
+    before = snapshot(d)
+    code, _, err = run_main(_extend(argv, steps), capsys)
+    assert_refused(code, err, "--n-steps", "supervised")
+    assert snapshot(d) == before
+    code, _, err = run_main(argv + ["--resume-training", "--more-unsupervised", "2"], capsys)
+    assert code == 0, err
+
+
+def test_overwrite_leaves_nothing_of_the_previous_run(two_phase_run, capsys):
+    """--overwrite --only-unsupervised into a two-phase run's directory: no old sup_f.pth beside the new g."""
+    d, argv = two_phase_run
+    old = snapshot(d / "ckpt")
+    code, _, err = run_main(argv + ["--overwrite", "--only-unsupervised", "--seed", "1"], capsys)
+    assert code == 0, err
+    now = snapshot(d / "ckpt")
+    assert sorted(now) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "unsup_f.pth"]
+    assert now["g.pth"] != old["g.pth"] and now["unsup_f.pth"] != old["unsup_f.pth"]

@@ -46,6 +46,7 @@ BAD_INPUTS = [
     (["--threshold", "inf"], "--threshold"),
     (["--threshold", "nan"], "--threshold"),
     (["--p", "-1"], "--p"),
+    (["--p", "1e30"], "--p"),
     (["--box-min", "1", "--box-max", "0"], "--box-min"),
     (["--box-min", "0.5", "--box-max", "0.5"], "--box-max"),
     (["--only-supervised", "--only-unsupervised"], "--only-unsupervised"),
