@@ -369,7 +369,8 @@ def text_lines(path, handle):
         line_no += 1
         total += len(raw)
         if len(raw) > MAX_LINE_BYTES:
-            raise LogParseError(path, line_no, f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log or metrics file")
+            raise LogParseError(path, line_no,
+                                f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log or metrics file")
         if total > MAX_LOG_BYTES:
             raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log or metrics file")
         if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: the reader drops it

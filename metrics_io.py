@@ -107,14 +107,14 @@ class _Reader:
 
     def step(self, line_no, record):
         step, phase = record.get("step"), record.get("phase")
-        if not (is_number(step) and step == int(step) and isinstance(phase, str)):
+        if not (isinstance(step, int) and not isinstance(step, bool) and isinstance(phase, str)):
             self.error(line_no, "a step record without an integer step and a phase")
-        key = (phase, int(step))
+        key = (phase, step)
         if key in self.seen:
             self.error(line_no, f"step {key[1]} of the {phase} phase again (first at line {self.seen[key]})")
         self.seen[key] = line_no
         self.dims(line_no, record)
-        self.records.phases.setdefault(phase, []).append(dict(record, step=int(step)))
+        self.records.phases.setdefault(phase, []).append(record)
 
     def final(self, line_no, record):
         self.dims(line_no, record)
@@ -133,7 +133,8 @@ class _Reader:
             if len(values) != self.records.n:
                 self.error(line_no, f"{key} has {len(values)} values, earlier records {self.records.n}")
             if key == "lin_dims" and not all(math.isfinite(v) for v in values):
-                self.error(line_no, f"lin_dims has a value that is not a finite number: {logparse.quote(str(values))}")
+                self.error(line_no, f"lin_dims has a value that is not a finite number: "
+                                    f"{logparse.quote(json.dumps(values))}")
 
     def finish(self):
         records = self.records
