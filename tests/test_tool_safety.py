@@ -338,6 +338,8 @@ def test_compare_logs_with_a_closed_stream_keeps_its_status(tmp_path):
     assert result.returncode == 1 and result.stderr == "", result.stderr
     result = run_closed(2, "compare_logs.py", a, tmp_path / "nope.log")
     assert result.returncode == 2 and result.stdout == ""
+    # The training script's parser is the same: a bad flag is 2 (not 1) with nowhere to say it.
+    assert run_closed(2, "main_mlp.py", "--lr", "nan").returncode == 2
 
 
 def test_plot_and_learning_check_with_a_closed_stream(tmp_path):
