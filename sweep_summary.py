@@ -127,7 +127,7 @@ def summarize_run(name, seed, path, group_steps=()):
     finished = final is not None and "lin_mean" in final and "perm_mean" in final
     lin, perm = (final["lin_mean"], final["perm_mean"]) if finished else (last.get("lin"), last.get("perm"))
     last_lambda = next((r["lambda"] for r in reversed(steps) if isinstance(r.get("lambda"), list)), None)
-    fields = {("last step", key): value for key, value in metrics_io.scalars(last).items() if key != "step"}
+    fields = {("last", key): value for key, value in metrics_io.scalars(last).items() if key != "step"}
     fields.update({("final", key): value for key, value in metrics_io.scalars(final or {}).items()})
     return {"name": name, "seed": seed, "path": path, "records": records, "loss": loss_label(records.args),
             "lambda": lambda_label(records), "steps": last["step"],
@@ -333,24 +333,14 @@ def field_lines(configs):
     if not any(c["fields"] for c in configs):
         return []
     lines = ["", "## Every recorded score", "",
-             "Each number field of the runs' last logged step record and of their final record (the metrics "
-             "files; a log without one has the fields of its text), mean ± std over the runs averaged above.", "",
+             "Each number field of the runs' last logged step record (last) and of their final record (final): "
+             "the metrics files' (a log without one: the fields of its text); mean ± std over the runs averaged "
+             "above.", "",
              "| configuration | record | field | mean ± std | runs |", "|---|---|---|---|---:|"]
     for c in configs:
         for (record, field), ((mean, std), count) in c["fields"].items():
             lines.append(f"| {c['name']} | {record} | {field} | {pm(mean, std, 4)} | {count} |")
     return lines
-
-
-def field_columns(configs):
-    """The CSV columns of the recorded fields: ``last.FIELD_mean`` and ``_std``, ``final.FIELD_...``."""
-    columns = {}
-    for c in configs:
-        for (record, field), ((mean, std), _) in c["fields"].items():
-            prefix = f"{'last' if record == 'last step' else record}.{field}"
-            columns.setdefault(prefix + "_mean", {})[c["name"]] = mean
-            columns.setdefault(prefix + "_std", {})[c["name"]] = std
-    return columns
 
 
 CSV_FIELDS = ("name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished", "lin_mean", "lin_std",
@@ -365,13 +355,14 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
     md_path, csv_path = summary_paths(out_dir, base)
     with open(md_path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
-    extra = field_columns(configs)
+    # The recorded fields' columns: last.FIELD_mean, last.FIELD_std, final.FIELD_mean, ...
+    extras = [{f"{record}.{field}_{stat}": value for (record, field), (ms, _) in c["fields"].items()
+               for stat, value in zip(("mean", "std"), ms)} for c in configs]
     with open(csv_path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS) + list(extra))
+        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS) + list(dict.fromkeys(k for e in extras for k in e)))
         writer.writeheader()
-        for c in configs:
-            writer.writerow({**{k: c[k] for k in CSV_FIELDS},
-                             **{column: values.get(c["name"], "") for column, values in extra.items()}})
+        for c, extra in zip(configs, extras):
+            writer.writerow({**{k: c[k] for k in CSV_FIELDS}, **extra})
     return md_path, csv_path
 
 

@@ -681,8 +681,8 @@ def test_a_field_added_to_the_records_reaches_the_summary(tmp_path):
     md = (out_dir / "b_summary.md").read_text()
     # The main table from the final records, not from the logs beside them.
     assert "| b | aninfonce | bimodal 25 / 5 | 2 (2) | 501 | 0.8500 ± 0.0707 |" in md
-    assert "| b | last step | new_metric | 0.3000 ± 0.0707 | 2 |" in md
-    assert "| b | last step | block | 1.0010 ± 0.0000 | 2 |" in md
+    assert "| b | last | new_metric | 0.3000 ± 0.0707 | 2 |" in md
+    assert "| b | last | block | 1.0010 ± 0.0000 | 2 |" in md
     assert "| b | final | final_metric | 1.5000 ± 0.0000 | 2 |" in md
     assert "| b | final | block_mean | 0.9900 ± 0.0000 | 2 |" in md
     # Per λ group: the R², Perm., and the block score of each group.
