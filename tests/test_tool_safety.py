@@ -440,3 +440,24 @@ def test_records_no_run_writes_are_refused_naming_the_line(tmp_path, case, line)
     result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert f"warning: {out_dir / 'a_seed0.jsonl'}:{line}:" in result.stderr
+
+
+def test_one_bounded_number_type_for_every_tool(tmp_path):
+    import argparse
+
+    from argparse_utils import bounded
+
+    seed = bounded(int, at_least=0, at_most=2 ** 63 - 1)
+    assert seed("0") == 0 and seed(str(2 ** 63 - 1)) == 2 ** 63 - 1
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer >= 0 and <= 9223372036854775807, "
+                                                         r"got 9223372036854775808"):
+        seed(str(2 ** 63))
+    size = bounded(float, above=0)
+    for text in ("0", "nan", "inf", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"must be a finite number > 0, got {text}"):
+            size(text)
+    a, b = pair(tmp_path, n_logged=3)
+    for value in ("nan", "-0.1"):
+        one_line_error(run_tool("compare_logs.py", a, b, "--lin-tol", value), "--lin-tol", "finite number >= 0")
+    one_line_error(run_tool("plot_logs.py", a, "-o", tmp_path / "x.png", "--dpi", "0"), "--dpi", "> 0")
+    one_line_error(run_tool("compare_logs.py", a, b, "--rows", "0"), "--rows", "an integer >= 1")
