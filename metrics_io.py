@@ -9,7 +9,8 @@ take every field they find, so a metric added to the records reaches the summari
 Rules, as logparse's for the text log:
 
 - A record that is not a JSON object of a known type, a step without an integer step or logged
-  twice in its phase, per-dimension scores that are not n numbers (``lin_dims``: finite ones):
+  twice in its phase, a score that is not a number, per-dimension scores that are not n numbers
+  (``lin_dims``: finite ones):
   :class:`logparse.LogParseError` names the file and the line.
 - A last line without its newline (a run killed mid-write, a partial copy) is dropped, and
   ``Records.truncated`` says so.
@@ -29,6 +30,9 @@ import settings
 RECORD_TYPES = ("config", "step", "final")
 # The per-dimension scores: one number per latent.
 DIMS_FIELDS = ("lin_dims", "perm_dims")
+# The scores the tables read by name: numbers where a record has them.
+SCORE_FIELDS = {"step": ("loss", "mean_loss", "lin", "perm"),
+                "final": ("lin_mean", "lin_std", "perm_mean", "perm_std")}
 # The arguments the λ groups are made of: a config without them is not main_mlp.py's.
 GROUP_ARGS = ("n", "space_type", "c_p", "gt_lambda_1", "gt_lambda_2")
 
@@ -121,7 +125,13 @@ class _Reader:
         self.records.final = record
 
     def dims(self, line_no, record):
-        """The per-dimension scores: n numbers in every record, finite R²."""
+        """The scores: numbers; per dimension, n in every record, finite R²."""
+        for key in SCORE_FIELDS[record["type"]]:
+            if key in record and not is_number(record[key]):
+                self.error(line_no, f"{key} is not a number: {logparse.quote(json.dumps(record[key]))}")
+        lam = record.get("lambda", [])  # the learned Λ̂: any length (the run's n, or Λ̂'s own)
+        if not (isinstance(lam, list) and all(is_number(v) for v in lam)):
+            self.error(line_no, "lambda is not a list of numbers")
         for key in DIMS_FIELDS:
             if key not in record:
                 continue

@@ -124,7 +124,7 @@ def summarize_run(name, seed, path, group_steps=()):
         warn(f"{path} has no logged step yet: left out of the summary")
         return None
     last, final = steps[-1], records.final
-    finished = final is not None and "lin_mean" in final and "perm_mean" in final
+    finished = final is not None and "lin_mean" in final and "perm_mean" in final  # numbers: metrics_io
     lin, perm = (final["lin_mean"], final["perm_mean"]) if finished else (last.get("lin"), last.get("perm"))
     last_lambda = next((r["lambda"] for r in reversed(steps) if isinstance(r.get("lambda"), list)), None)
     fields = {("last", key): value for key, value in metrics_io.scalars(last).items() if key != "step"}

@@ -414,7 +414,8 @@ def test_a_config_that_claims_a_billion_latents_allocates_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("case, line", [
-    ("not_an_object", 3), ("duplicate_step", 4), ("nan_lin_dims", 3), ("unknown_type", 2), ("no_config", 1)])
+    ("not_an_object", 3), ("duplicate_step", 4), ("nan_lin_dims", 3), ("unknown_type", 2), ("no_config", 1),
+    ("text_score", 2)])
 def test_records_no_run_writes_are_refused_naming_the_line(tmp_path, case, line):
     records = _records()
     lines = [json.dumps(r) for r in records]
@@ -424,6 +425,8 @@ def test_records_no_run_writes_are_refused_naming_the_line(tmp_path, case, line)
         lines.insert(3, lines[1])
     elif case == "nan_lin_dims":
         lines[2] = lines[2].replace('"lin_dims": [0.9', '"lin_dims": [NaN', 1)
+    elif case == "text_score":
+        lines[1] = lines[1].replace('"lin": 0.7', '"lin": "0.7"')
     elif case == "unknown_type":
         lines.insert(1, json.dumps({"type": "note", "text": "hello"}))
     else:
