@@ -1,5 +1,6 @@
 """What our scripts' command lines share: the parser (errors are one line, exit status 2), argument
-types, and output that neither an ASCII-only terminal nor a closed pipe turns into a traceback."""
+types, and output that neither an ASCII-only terminal, a closed pipe nor a closed stream (``>&-``)
+turns into a traceback."""
 
 import argparse
 import io

@@ -26,7 +26,8 @@ Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read
 file and the line). The report is made whole before it is written, so a
 reader that stops early (``| head``) does not change the status. With
 ``--per-dimension`` (no verdict): 0, or 2 for a file that is not a metrics
-file of main_mlp.py or whose latents (n, ground-truth λ) are not LOG_A's.
+file of main_mlp.py (metrics_io's rules: the file and line named) or whose latents (n,
+ground-truth λ) are not LOG_A's.
 
     python compare_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
 """
