@@ -1,30 +1,67 @@
 """What our scripts' command lines share: the parser (errors are one line, exit status 2), argument
-types, and output that neither an ASCII-only terminal nor a closed pipe turns into a traceback."""
+types, and output that neither an ASCII-only terminal, a closed pipe nor a closed stream (``>&-``)
+turns into a traceback."""
 
 import argparse
 import io
+import math
 import os
 import sys
 
 EXIT_BAD_INPUT = 2
 
 
-def positive_int(text):
-    """An argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+def bounded(kind, at_least=None, above=None, at_most=None):
+    """An argparse type: a number of ``kind`` (int, or float: then finite) within the bounds given.
+
+    ``bounded(int, at_least=1)`` is a count, ``bounded(float, above=0)`` a size; the error names the
+    bounds (``must be an integer >= 1, got 0``).
+    """
+    what = "an integer" if kind is int else "a finite number"
+    bounds = [f"{sign} {limit}" for sign, limit in ((">=", at_least), (">", above), ("<=", at_most))
+              if limit is not None]
+    wanted = what + (" " + " and ".join(bounds) if bounds else "")
+
+    def parse(text):
+        value = kind(text)  # a ValueError: argparse says "invalid <name> value"
+        if not ((kind is int or math.isfinite(value))
+                and (at_least is None or value >= at_least) and (above is None or value > above)
+                and (at_most is None or value <= at_most)):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+positive_int = bounded(int, at_least=1)
 
 
 def tolerant_output():
-    """Let stdout and stderr write any character: where their encoding lacks one (PYTHONIOENCODING=ascii,
-    an ASCII locale), λ or ± come out as ``\\u03bb`` escapes instead of a UnicodeEncodeError."""
+    """Let stdout and stderr take any write: a stream closed when the program started (``>&-``,
+    ``2>&-``; Python then has None for it) becomes /dev/null, and where a stream's encoding lacks a
+    character (PYTHONIOENCODING=ascii, an ASCII locale), λ or ± come out as ``\\u03bb`` escapes
+    instead of a UnicodeEncodeError."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, _devnull_stream(fd))
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError, io.UnsupportedOperation):  # not a text stream of ours to change
             pass
+
+
+def _devnull_stream(fd):
+    """A text stream to /dev/null for the closed standard descriptor ``fd``, which /dev/null takes too
+    where it is still free: a file the program opens later must not become its stdout or stderr (nor
+    that of a process it starts)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.fstat(fd)
+    except OSError:  # still closed (devnull took a lower number)
+        os.dup2(devnull, fd)
+    return open(devnull, "w", encoding="utf-8", errors="backslashreplace")
 
 
 def write_stdout(text):

@@ -26,14 +26,14 @@ Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read
 file and the line). The report is made whole before it is written, so a
 reader that stops early (``| head``) does not change the status. With
 ``--per-dimension`` (no verdict): 0, or 2 for a file that is not a metrics
-file of main_mlp.py or whose latents (n, ground-truth λ) are not LOG_A's.
+file of main_mlp.py (metrics_io's rules: the file and line named) or whose latents (n,
+ground-truth λ) are not LOG_A's.
 
     python compare_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
 """
 
 import argparse
 import io
-import json
 import math
 import sys
 import traceback
@@ -43,8 +43,9 @@ import warnings
 import numpy as np
 
 import logparse
+import metrics_io
 import settings
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, positive_int, write_stdout
+from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int, write_stdout
 
 PROG = "compare_logs.py"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT
@@ -59,13 +60,7 @@ DEFAULT_LOSS_TOL = 0.15
 DEFAULT_ROWS = 20
 # Arguments that say where a run wrote or ran, not what it computed: not differences between the logs.
 INCIDENTAL_ARGS = frozenset(settings.INCIDENTAL_FLAGS)
-
-
-def _nonnegative(text):
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+TOLERANCE = bounded(float, at_least=0)
 
 
 def parse_args(argv=None):
@@ -76,13 +71,13 @@ def parse_args(argv=None):
     parser.add_argument("--min-step", type=int, default=DEFAULT_MIN_STEP,
                         help="check the tolerances at the common steps >= this (early steps are "
                              "dominated by the initialisation; default: %(default)s)")
-    parser.add_argument("--lin-tol", type=_nonnegative, default=DEFAULT_LIN_TOL,
+    parser.add_argument("--lin-tol", type=TOLERANCE, default=DEFAULT_LIN_TOL,
                         help="largest allowed |ΔLin.| (default: %(default)s)")
-    parser.add_argument("--perm-tol", type=_nonnegative, default=DEFAULT_PERM_TOL,
+    parser.add_argument("--perm-tol", type=TOLERANCE, default=DEFAULT_PERM_TOL,
                         help="largest allowed |ΔPerm.| (default: %(default)s)")
-    parser.add_argument("--loss-tol", type=_nonnegative, default=DEFAULT_LOSS_TOL,
+    parser.add_argument("--loss-tol", type=TOLERANCE, default=DEFAULT_LOSS_TOL,
                         help="largest allowed |Δ<Loss>| (running mean of the loss; default: %(default)s)")
-    parser.add_argument("--lambda-rtol", type=_nonnegative, default=DEFAULT_LAMBDA_RTOL,
+    parser.add_argument("--lambda-rtol", type=TOLERANCE, default=DEFAULT_LAMBDA_RTOL,
                         help="largest allowed relative difference of sorted Λ̂ entries, |a - b| / |b| "
                              "(default: %(default)s)")
     parser.add_argument("--lambda-at", choices=("last", "common"), default="common",
@@ -104,6 +99,11 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------
 # Comparison
+
+
+def common_steps(*phases):
+    """The steps logged by every one of ``phases``, sorted: where logs can be set side by side."""
+    return sorted(set.intersection(*(set(phase.by_step()) for phase in phases)))
 
 
 def thin(steps, rows):
@@ -141,7 +141,7 @@ def rank_agreement(learned, truth):
     # tool together, and only logs with distinct λ need it.
     import scipy.stats
 
-    learned, truth, _ = logparse.match_sorted(learned, truth)
+    learned, truth, _ = metrics_io.match_sorted(learned, truth)
     if np.ptp(learned) == 0:
         return float("nan")
     with warnings.catch_warnings():
@@ -187,7 +187,7 @@ def compare(log_a, log_b, args, out):
         out.write("arguments that differ (A | B): "
                   + "; ".join(f"{k}: {a!r} | {b!r}" for k, a, b in diffs) + "\n")
 
-    common = logparse.common_steps(phase_a, phase_b)
+    common = common_steps(phase_a, phase_b)
     problems += compare_steps(phase_a, phase_b, common, args, out)
     problems += compare_finals(phase_a, phase_b, args, out)
     problems += compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out)
@@ -298,8 +298,8 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     out.write(f"\nlearned Λ̂ of A at step {step_a}, of B at step {step_b}, sorted: the encoder's outputs are the "
               f"latents up to an unrecorded permutation, so Λ̂ is matched to λ by sorting\n")
     if truth is not None:
-        _, truth_sorted, err_a = logparse.match_sorted(values_a, truth)
-        _, _, err_b = logparse.match_sorted(values_b, truth)
+        _, truth_sorted, err_a = metrics_io.match_sorted(values_a, truth)
+        _, _, err_b = metrics_io.match_sorted(values_b, truth)
         out.write(" ".join(rjust(h, w) for h, w in (("rank", 5), ("λ true", 8), ("Λ̂ A", 8), ("rel.err", 8),
                                                     ("Λ̂ B", 8), ("rel.err", 8), ("A vs B", 8))) + "\n")
         for i in range(len(sorted_a)):
@@ -326,79 +326,19 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     return problems
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def per_dimension_groups(path, args, steps):
-    """The λ groups of a metrics file (``logparse.lambda_groups``), once its records are checked to be
-    main_mlp.py's: ``logparse.read_metrics`` takes any JSON record of the right "type", and the
-    per-dimension views index ``lin_dims`` by these groups.
-
-    Raises:
-        LogParseError: the config lacks main_mlp.py's arguments, or a step record lacks an integer
-            step, ``lin_dims`` of n numbers, or a numeric ``perm``.
-    """
-    try:
-        groups = logparse.lambda_groups(args)
-    except (AttributeError, KeyError, TypeError, ValueError):  # args not a dict, a key missing, a value not a number
-        raise logparse.LogParseError(path, None, "its config record lacks main_mlp.py's arguments (n, space_type, "
-                                                 "c_p, gt_lambda_1, gt_lambda_2): not a metrics file of main_mlp.py")
-    n = sum(len(dims) for _, dims in groups)
-    if n < 1:
-        raise logparse.LogParseError(path, None, f"its config record says n {args.get('n')!r}: no latents")
-    for record in steps:
-        dims = record.get("lin_dims")
-        if not (isinstance(record.get("step"), int) and not isinstance(record.get("step"), bool)
-                and isinstance(dims, list) and len(dims) == n and all(_is_number(v) for v in dims)
-                and _is_number(record.get("perm", 0.0))):
-            shown = json.dumps(record)
-            raise logparse.LogParseError(path, None, f"a step record that is not main_mlp.py's (an integer step, "
-                                                     f"lin_dims of n = {n} numbers): "
-                                                     f"{shown[:80] + '...' if len(shown) > 80 else shown}")
-    return groups
-
-
-def _latents_text(groups):
-    """``n 10 (content (λ = 25), style (λ = 5))``: the latents of a run, as its λ groups say."""
-    return f"n {sum(len(dims) for _, dims in groups)} ({', '.join(label for label, _ in groups)})"
-
-
-def read_per_dimension(paths, phase):
-    """The metrics files at ``paths``, checked to be main_mlp.py's and of the same latents as the first.
-
-    Returns:
-        ``[(args, step records with per-dimension scores, λ groups)]``, one per path.
-    Raises:
-        LogParseError: a file cannot be read, is not main_mlp.py's, or groups its latents otherwise
-            than the first (another n or other ground-truth λ).
-    """
-    runs = []
-    for path in paths:
-        args, steps, _ = logparse.read_metrics(path, phase)
-        groups = per_dimension_groups(path, args, steps)
-        if runs and groups != runs[0][2]:
-            raise logparse.LogParseError(path, None, f"its latents are not those of {paths[0]}: "
-                                                     f"{_latents_text(groups)} against {_latents_text(runs[0][2])}")
-        runs.append((args, steps, groups))
-    return runs
-
-
 def compare_per_dimension(run_a, run_b, args, out):
     """The R² of each λ group of the latents, A beside B, at their common steps."""
-    groups = run_a[2]
-    by_a = {r["step"]: r for r in run_a[1]}
-    by_b = {r["step"]: r for r in run_b[1]}
+    groups = run_a[1]
+    by_a = {r["step"]: r for r in run_a[0].steps(args.phase) if "lin_dims" in r}
+    by_b = {r["step"]: r for r in run_b[0].steps(args.phase) if "lin_dims" in r}
     common = sorted(set(by_a) & set(by_b))
     out.write(f"A: {args.log_a}\nB: {args.log_b}\nR² of the latents, mean over each group of equal "
               f"ground-truth λ ({len(common)} common steps)\n")
     out.write(f"{'step':>8}  " + "  ".join(f"{name + ' A':>16} {name + ' B':>16}" for name, _ in groups) + "\n")
     for step in (common if args.all else thin(common, args.rows)):
-        cells = []
-        for _, dims in groups:
-            for record in (by_a[step], by_b[step]):
-                cells.append(f"{logparse.group_r2(record, dims):>16.4f}")
-        out.write(f"{step:>8}  " + "  ".join(f"{cells[k]} {cells[k + 1]}" for k in range(0, len(cells), 2)) + "\n")
+        r2_a = metrics_io.per_group(by_a[step]["lin_dims"], groups)
+        r2_b = metrics_io.per_group(by_b[step]["lin_dims"], groups)
+        out.write(f"{step:>8}  " + "  ".join(f"{a:>16.4f} {b:>16.4f}" for a, b in zip(r2_a, r2_b)) + "\n")
 
 
 def main(argv=None):
@@ -411,7 +351,7 @@ def main(argv=None):
     out = io.StringIO()
     try:
         if args.per_dimension:
-            runs = read_per_dimension((args.log_a, args.log_b), args.phase)
+            runs = metrics_io.read_per_dimension((args.log_a, args.log_b), args.phase)
             compare_per_dimension(runs[0], runs[1], args, out)
             write_stdout(out.getvalue())
             return EXIT_AGREE

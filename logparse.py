@@ -28,10 +28,7 @@ or None when no ``learned lambda values`` line followed the step).
 
 import dataclasses
 import io
-import json
 import re
-
-import numpy as np
 
 # A number as Python or torch prints it: 7.6004, 25., 1.0000e+01, nan, -inf.
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
@@ -53,21 +50,6 @@ _TENSOR = re.compile(r"^tensor\(\[([^\[\]]*)\]((?:\s*,\s*\w+=[^,()]+)*)\s*\)$")
 # The line types whose repr may wrap over several lines: prefix -> kind (the
 # phase's encoder, or the ParsedLog field of a tensor).
 _REPR_KINDS = {"f:": "encoder", "lambda init:": "lambda_init", "ground truth Lambda:": "gt_lambda"}
-
-
-_SHAPE_NUMBER = re.compile(r"-?\d+")
-_SHAPE_SPACES = re.compile(r" +")
-
-
-def line_shape(line):
-    """A log line as two runs of the same command print it alike.
-
-    Every run of digits (with its minus sign) becomes ``#``, every run of
-    spaces one space, and the sign padding torch puts after ``[`` goes: so
-    ``tensor([ 0.0340, -0.0139])`` and ``tensor([-0.0751,  0.0611])`` have
-    the same shape, ``gt_lambda_1: 5`` and ``gt_lambda_1: 5.0`` do not.
-    """
-    return _SHAPE_SPACES.sub(" ", _SHAPE_NUMBER.sub("#", line)).replace("[ ", "[")
 
 
 class LogParseError(ValueError):
@@ -138,7 +120,7 @@ class ParsedLog:
         return self.phase("unsupervised") or (self.phases[-1] if self.phases else None)
 
 
-def _quote(text, limit=80):
+def quote(text, limit=80):
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
@@ -150,14 +132,14 @@ def _tensor_values(path, line_no, text):
     """The floats of a 1-d tensor repr such as ``tensor([25., 5.], device='cuda:0')``."""
     match = _TENSOR.match(text)
     if match is None or "..." in match.group(1):
-        raise LogParseError(path, line_no, f"not a 1-d tensor repr: {_quote(text)}")
+        raise LogParseError(path, line_no, f"not a 1-d tensor repr: {quote(text)}")
     return _number_list(path, line_no, match.group(1), text)
 
 
 def _number_list(path, line_no, inner, text):
     items = [item.strip() for item in inner.split(",")]
     if not items or any(re.fullmatch(_NUM, item) is None for item in items):
-        raise LogParseError(path, line_no, f"not a list of numbers: {_quote(text)}")
+        raise LogParseError(path, line_no, f"not a list of numbers: {quote(text)}")
     return [_float(item) for item in items]
 
 
@@ -206,7 +188,7 @@ class _Parser:
         """``pattern``'s match of ``text``, a line that starts like a ``what`` line: it must parse."""
         match = pattern.match(text)
         if match is None:
-            self.error(line_no, f"malformed {what} line: {_quote(text)}")
+            self.error(line_no, f"malformed {what} line: {quote(text)}")
         return match
 
     def phase_for(self, line_no, what):
@@ -246,7 +228,7 @@ class _Parser:
         text = text.rstrip()
         match = _RADIUS.match(text)
         if match is None or self.last_record is None:
-            self.error(line_no, f"malformed radius line: {_quote(text)}")
+            self.error(line_no, f"malformed radius line: {quote(text)}")
         self.last_record["r"] = _float(match.group(1))
 
     # -- multi-line reprs ---------------------------------------------------
@@ -379,17 +361,19 @@ def parse_text(text, path="<log>"):
     return _parse_lines(path, io.StringIO(text, newline="\n"))  # lines end at "\n" only, as in a file
 
 
-def _log_lines(path, handle):
-    """The lines of the binary file ``handle`` as str, each checked to be a line of a log text."""
+def text_lines(path, handle):
+    """The lines of the binary file ``handle`` as str, each checked to be a line of a text file of a
+    run (its log or its metrics file); a last line without its newline is yielded as it is."""
     line_no = total = 0
     while raw := handle.readline(MAX_LINE_BYTES + 1):
         line_no += 1
         total += len(raw)
         if len(raw) > MAX_LINE_BYTES:
-            raise LogParseError(path, line_no, f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log")
+            raise LogParseError(path, line_no,
+                                f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log or metrics file")
         if total > MAX_LOG_BYTES:
-            raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log")
-        if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: dropped by _parse_lines
+            raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log or metrics file")
+        if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: the reader drops it
             yield raw.decode("utf-8", errors="replace")
             return
         try:
@@ -399,7 +383,7 @@ def _log_lines(path, handle):
         yield text
 
 
-def _unreadable(path, exc):
+def unreadable(path, exc):
     """The LogParseError for a file that cannot be read: ``exc`` is the OSError (or UnicodeDecodeError)."""
     return LogParseError(path, None, f"cannot read the file ({getattr(exc, 'strerror', None) or exc})")
 
@@ -416,79 +400,9 @@ def parse_log(path):
     """
     try:
         with open(path, "rb") as handle:
-            return _parse_lines(path, _log_lines(path, handle))
+            return _parse_lines(path, text_lines(path, handle))
     except OSError as exc:
-        raise _unreadable(path, exc) from None
-
-
-def common_steps(*phases):
-    """The steps logged by every one of ``phases``, sorted: where logs can be set side by side."""
-    steps = set(phases[0].by_step())
-    for phase in phases[1:]:
-        steps &= set(phase.by_step())
-    return sorted(steps)
-
-
-def read_metrics(path, phase="unsupervised"):
-    """A --metrics-file: ``(args dict, step records of ``phase`` with per-dimension scores, final or None)``.
-
-    Raises:
-        LogParseError: the file cannot be read, is not JSON lines, has no
-            config record, or no step record with per-dimension scores.
-    """
-    args, steps, final = None, [], None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if len(line) > MAX_LINE_BYTES:
-                    raise LogParseError(path, line_no, "a line too long for a metrics file")
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    raise LogParseError(path, line_no, "not a JSON record") from None
-                kind = record.get("type") if isinstance(record, dict) else None
-                if kind == "config":
-                    args = record.get("args", {})
-                elif kind == "step" and record.get("phase") == phase and "lin_dims" in record:
-                    steps.append(record)
-                elif kind == "final":
-                    final = record
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _unreadable(path, exc) from None
-    if args is None:
-        raise LogParseError(path, None, "no config record: not a metrics file of main_mlp.py")
-    if not steps:
-        raise LogParseError(path, None, f"no {phase} step with per-dimension scores")
-    return args, steps, final
-
-
-def lambda_groups(args):
-    """The latent dimensions grouped by their ground-truth λ: ``[(label, [dims])]``.
-
-    Bimodal: the high-λ "content" dimensions (they change little across a
-    positive pair) and the low-λ "style" ones; linearly spaced: one group
-    per dimension, by increasing λ; no ground-truth Λ: one group of all.
-    """
-    n = int(args["n"])
-    if args.get("space_type") != "extended_sphere" or float(args.get("c_p", 2)) != 0:
-        return [("all dimensions", list(range(n)))]
-    low, high = float(args["gt_lambda_1"]), float(args["gt_lambda_2"])
-    if args.get("linearly_spaced_lambda") in (True, "True"):
-        values = np.linspace(low, high, n)
-        return [(f"λ = {values[i]:.1f}", [i]) for i in np.argsort(values, kind="stable")]
-    # Bimodal: the first floor(n/2) dimensions have --gt-lambda-2, the rest --gt-lambda-1.
-    first, rest = (high, list(range(n // 2))), (low, list(range(n // 2, n)))
-    if first[0] == rest[0]:
-        return [("all dimensions", list(range(n)))]
-    (lam_c, content), (lam_s, style) = sorted([first, rest], key=lambda group: -group[0])
-    return [(f"content (λ = {lam_c:g})", content), (f"style (λ = {lam_s:g})", style)]
-
-
-def group_r2(record, dims):
-    """The mean R² of the latents ``dims`` in a metrics record (one group of ``lambda_groups``)."""
-    return float(np.mean([record["lin_dims"][d] for d in dims]))
+        raise unreadable(path, exc) from None
 
 
 def require_steps(log, phase_name):
@@ -508,46 +422,3 @@ def require_steps(log, phase_name):
     if not phase.steps:
         raise LogParseError(log.path, None, f"the {phase_name} phase (line {phase.line}) has no Step line")
     return phase
-
-
-# --------------------------------------------------------------------------
-# What the tools compute from a parsed log
-
-
-def match_sorted(learned, truth):
-    """Match Λ̂ to the ground truth up to a permutation of the entries.
-
-    The encoder's outputs are the latents up to a permutation that the log
-    does not record, so entry i of Λ̂ belongs to an unknown entry of λ. For a
-    one-dimensional cost |Λ̂_i - λ_j| the best matching pairs the sorted
-    values, so sorting both is the matching.
-
-    Returns:
-        (sorted Λ̂, sorted λ, relative error |Λ̂ - λ| / λ per entry), numpy arrays.
-    Raises:
-        ValueError: the two have different lengths.
-    """
-    learned = np.sort(np.asarray(learned, dtype=float))
-    truth = np.sort(np.asarray(truth, dtype=float))
-    if learned.shape != truth.shape:
-        raise ValueError(f"Λ̂ has {learned.size} entries, the ground truth {truth.size}")
-    return learned, truth, np.abs(learned - truth) / np.abs(truth)
-
-
-def lambda_error(learned, truth):
-    """Mean relative error of sorted Λ̂ against sorted λ (see :func:`match_sorted`)."""
-    return float(np.mean(match_sorted(learned, truth)[2]))
-
-
-def final_scores(phase):
-    """The phase's final (Lin., Perm.) and where they come from.
-
-    Returns:
-        (lin, perm, source): the ``linear mean`` / ``perm mean`` lines when
-        the run finished (source ``"final"``), else the last logged step's
-        Lin. and Perm. (source ``"step N"``).
-    """
-    if phase.has_final():
-        return phase.final["lin_mean"], phase.final["perm_mean"], "final"
-    last = phase.steps[-1]
-    return last["lin"], last["perm"], f"step {last['step']}"

@@ -1,9 +1,11 @@
 """The summary of a sweep: every run's final and logged scores, per configuration mean ± std over
-seeds, the R² of each ground-truth λ group, and the runs beside a reference log.
+seeds, every field the runs recorded, the R² (and every per-latent or per-group field) of each
+ground-truth λ group, and the runs beside a reference log.
 
+A run is found by its log (``NAME_seedS.log``) and read from the metrics file beside it
+(``metrics_io``), or from its log where it has none (an older run; a published reference log).
 ``sweep.py`` calls ``summarize`` after its runs (and for ``--summarize-only``);
-``learning_check.py`` uses ``find_runs``. A log's λ groups and per-dimension scores
-are read with ``compare_logs.read_per_dimension``, logs with ``logparse``.
+``learning_check.py`` uses ``find_runs``.
 """
 
 import csv
@@ -16,9 +18,9 @@ import sys
 import numpy as np
 
 import logparse
+import metrics_io
 import settings
 from argparse_utils import EXIT_BAD_INPUT, same_file, write_stdout
-from compare_logs import read_per_dimension
 
 PROG = "sweep.py"
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
@@ -62,85 +64,105 @@ def find_runs(out_dir, patterns):
     return runs
 
 
-def loss_label(log_args):
-    """What loss the run trained with, from its Arguments block."""
+def read_run(log_path):
+    """A run's records: its metrics file beside its log, else (an older run, or a metrics file that
+    cannot be read, which is said on stderr) its log, which has no per-dimension scores."""
+    path = metrics_path(log_path)
+    if os.path.exists(path):
+        try:
+            records = metrics_io.read(path)
+        except logparse.LogParseError as exc:
+            warn(f"{exc}: the run's scores come from its log {log_path} instead (no R² by ground-truth λ)")
+        else:
+            if records.truncated:
+                warn(f"{path}: its last line is cut off (a run killed while writing, or still running): "
+                     f"the summary has its records up to the line before")
+            return records
+    return metrics_io.from_log(logparse.parse_log(log_path))
+
+
+def warn(message):
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
+def loss_label(args):
+    """What loss the run trained with, from its arguments."""
     try:
         # The published logs predate --loss: AnInfoNCE.
-        derived = settings.derive(log_args.get("space_type", "box"), log_args.get("p", "2"),
-                                  log_args.get("c_p", "2"), log_args.get("loss", settings.DEFAULT_LOSS))
+        derived = settings.derive(args.get("space_type", "box"), args.get("p", "2"),
+                                  args.get("c_p", "2"), args.get("loss", settings.DEFAULT_LOSS))
     except ValueError:
         return "?"
     import losses  # the table of losses (torch): imported only when a summary names its runs' losses
-    return losses.loss_label(derived.loss, log_args.get("p", "?"))
+    return losses.loss_label(derived.loss, args.get("p", "?"))
 
 
-def lambda_label(log):
-    """The ground-truth Λ of the run in words, from its Arguments block."""
-    if log.gt_lambda is None:
+def lambda_label(records):
+    """The ground-truth Λ of the run in words, from its arguments."""
+    if records.gt_lambda is None:
         return "-"
-    low, high = log.args.get("gt_lambda_1", "?"), log.args.get("gt_lambda_2", "?")
-    if log.args.get("linearly_spaced_lambda") == "True":
+    low, high = records.args.get("gt_lambda_1", "?"), records.args.get("gt_lambda_2", "?")
+    if records.args.get("linearly_spaced_lambda") in (True, "True"):
         return f"linear {low}..{high}"
     return f"bimodal {high} / {low}"
 
 
-def planned_steps(log, phase):
-    """The steps the run was asked for, from its Arguments, or None when they are not there."""
+def planned_steps(args, phase):
+    """The steps the run was asked for, from its arguments, or None when they are not there."""
     try:
-        n_steps = int(log.args["n_steps"])
-        more = int(log.args.get("more_unsupervised", "1"))
-    except (KeyError, ValueError):
+        n_steps = int(args["n_steps"])
+        more = int(args.get("more_unsupervised", "1"))
+    except (KeyError, TypeError, ValueError):
         return None
-    return n_steps if phase.supervised else n_steps * more
-
-
-def lambda_error_or_none(learned, truth):
-    """``logparse.lambda_error``, or None when either side is missing or their lengths differ."""
-    if learned is None or truth is None or len(learned) != len(truth):
-        return None
-    return logparse.lambda_error(learned, truth)
+    return n_steps if phase == "supervised" else n_steps * more
 
 
 def summarize_run(name, seed, path, group_steps=()):
-    """One run's row; None (with a warning on stderr) when its log has no logged step."""
-    log = logparse.parse_log(path)
-    phase = log.main_phase()
-    if phase is None or not phase.steps:
-        sys.stderr.write(f"{PROG}: warning: {path} has no logged step yet: left out of the summary\n")
+    """One run's row; None (with a warning on stderr) when it has no logged step."""
+    records = read_run(path)
+    steps = records.steps()
+    if not steps:
+        warn(f"{path} has no logged step yet: left out of the summary")
         return None
-    lin, perm, source = logparse.final_scores(phase)
-    last_lambda = phase.last_lambda()
-    error = lambda_error_or_none(last_lambda[1] if last_lambda is not None else None, log.gt_lambda)
-    return {"name": name, "seed": seed, "path": path, "log": log, "loss": loss_label(log.args),
-            "lambda": lambda_label(log), "steps": phase.steps[-1]["step"],
-            "planned": planned_steps(log, phase), "finished": phase.has_final(),
-            "lin": lin, "perm": perm, "source": source, "lambda_error": error,
-            "groups": group_scores(metrics_path(path), group_steps)}
+    last, final = steps[-1], records.final
+    finished = final is not None and "lin_mean" in final and "perm_mean" in final  # numbers: metrics_io
+    lin, perm = (final["lin_mean"], final["perm_mean"]) if finished else (last.get("lin"), last.get("perm"))
+    last_lambda = next((r["lambda"] for r in reversed(steps) if isinstance(r.get("lambda"), list)), None)
+    fields = {("last", key): value for key, value in metrics_io.scalars(last).items() if key != "step"}
+    fields.update({("final", key): value for key, value in metrics_io.scalars(final or {}).items()})
+    return {"name": name, "seed": seed, "path": path, "records": records, "loss": loss_label(records.args),
+            "lambda": lambda_label(records), "steps": last["step"],
+            "planned": planned_steps(records.args, records.main_phase()), "finished": finished,
+            "lin": lin, "perm": perm, "source": "final" if finished else f"step {last['step']}",
+            "lambda_error": metrics_io.lambda_error(last_lambda, records.gt_lambda),
+            "fields": fields, "groups": group_scores(records, group_steps)}
 
 
-def group_scores(metrics_path, steps=()):
-    """From a run's metrics file: ``{where: {λ group: mean R² of its latents, ..., "Perm.": perm}}``,
-    where is "end" (the last logged step: 4,096 samples, not the final evaluation's smaller
-    batches) and each of ``steps`` the run logged; None when the file is missing, has no
-    per-dimension scores (an older run) or is not main_mlp.py's."""
-    if not os.path.exists(metrics_path):
+# A list field that is not per latent: Λ̂ is per encoder output, which no record matches to a latent.
+NOT_PER_LATENT = ("lambda",)
+
+
+def group_scores(records, steps=()):
+    """The list fields of a run's records per λ group (``lin_dims``: the R² of each group's latents),
+    and Perm.: ``{"labels": [group labels], "at": {where: {field: [value per group]}}}`` where is
+    "end" (the last logged step: 4,096 samples, not the final evaluation's smaller batches), each of
+    ``steps`` the run logged, and "final" (the final evaluation); None without per-dimension scores."""
+    with_dims = [r for r in records.steps() if "lin_dims" in r]
+    if not with_dims:
         return None
-    try:
-        (_, records, groups), = read_per_dimension([metrics_path], "unsupervised")
-    except logparse.LogParseError:
-        return None
-
-    def scores(record):
-        out = {label: logparse.group_r2(record, group) for label, group in groups}
-        out["Perm."] = record.get("perm", float("nan"))
-        return out
-
-    by_step = {r["step"]: r for r in records}
-    result = {"end": scores(records[-1])}
-    for step in steps:
-        if step in by_step:
-            result[f"step {step:,}"] = scores(by_step[step])
-    return result
+    groups = metrics_io.groups_of(records)
+    by_step = {r["step"]: r for r in with_dims}
+    places = [("end", with_dims[-1])] + [(f"step {step:,}", by_step[step]) for step in steps if step in by_step]
+    if records.final is not None and "lin_dims" in records.final:
+        places.append(("final", records.final))
+    at = {}
+    for where, record in places:
+        values = {key: metrics_io.per_group(value, groups) for key, value in metrics_io.number_lists(record).items()
+                  if key not in NOT_PER_LATENT}
+        at[where] = {key: value for key, value in values.items() if value is not None}
+        if metrics_io.is_number(record.get("perm")):
+            at[where]["Perm."] = [record["perm"]]
+    return {"labels": [label for label, _ in groups], "at": at}
 
 
 def mean_std(values):
@@ -149,6 +171,11 @@ def mean_std(values):
     if values.size == 0:
         return math.nan, math.nan
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def common_keys(dicts):
+    """The keys every one of ``dicts`` has, in the first one's order."""
+    return [key for key in dicts[0] if all(key in d for d in dicts[1:])]
 
 
 def aggregate(name, rows):
@@ -161,13 +188,18 @@ def aggregate(name, rows):
     used = [r for r in rows if r["finished"]] or rows
     for key in ("lin", "perm", "lambda_error"):
         result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in used])
+    fields = list(dict.fromkeys(key for r in used for key in r["fields"]))
+    result["fields"] = {key: (mean_std([r["fields"].get(key) for r in used]),
+                              sum(key in r["fields"] for r in used)) for key in fields}
     result["groups"] = None
-    # Only runs of the same latents (the same λ groups) are averaged group by group.
-    if all(r["groups"] for r in used) and len({tuple(r["groups"]["end"]) for r in used}) == 1:
-        # At each place every run has (the end, and the --group-steps all of them logged).
-        wheres = [w for w in used[0]["groups"] if all(w in r["groups"] for r in used)]
-        result["groups"] = {w: {label: mean_std([r["groups"][w][label] for r in used])
-                                for label in used[0]["groups"][w]} for w in wheres}
+    # Only runs of the same latents (the same λ groups) are averaged group by group, at each place
+    # every run has (the end, the --group-steps all of them logged, the final evaluation).
+    if all(r["groups"] for r in used) and len({tuple(r["groups"]["labels"]) for r in used}) == 1:
+        ats = [r["groups"]["at"] for r in used]
+        result["groups"] = {"labels": used[0]["groups"]["labels"],
+                            "at": {where: {key: [mean_std(values) for values in zip(*(at[where][key] for at in ats))]
+                                           for key in common_keys([at[where] for at in ats])}
+                                   for where in common_keys(ats)}}
     return result
 
 
@@ -189,8 +221,8 @@ REFERENCE_KEYS = (("mean_loss", "<Loss>", 4), ("lin", "Lin.", 4), ("perm", "Perm
 
 def step_values(record, gt_lambda):
     """A logged step's figures for the reference table (Λ̂ error None when it cannot be computed)."""
-    values = {key: record[key] for key in ("mean_loss", "lin", "perm")}
-    values["lambda_error"] = lambda_error_or_none(record["lambda"], gt_lambda)
+    values = {key: record.get(key) for key in ("mean_loss", "lin", "perm")}
+    values["lambda_error"] = metrics_io.lambda_error(record.get("lambda"), gt_lambda)
     return values
 
 
@@ -201,19 +233,16 @@ def compare_with_reference(name, rows, ref_path):
     Raises:
         LogParseError: the reference cannot be read, or shares no logged step with every run.
     """
-    ref = logparse.parse_log(ref_path)
-    ref_phase = ref.main_phase()
-    if ref_phase is None or not ref_phase.steps:
+    ref = metrics_io.from_log(logparse.parse_log(ref_path))
+    if not ref.steps():
         raise logparse.LogParseError(ref_path, None, "no logged step in the reference log")
-    logs = [r["log"] for r in rows]
-    ref_steps = ref_phase.by_step()
-    run_steps = [log.main_phase().by_step() for log in logs]
-    common = logparse.common_steps(ref_phase, *(log.main_phase() for log in logs))
+    by_step = [{r["step"]: r for r in records.steps()} for records in [ref] + [row["records"] for row in rows]]
+    common = sorted(set.intersection(*map(set, by_step)))
     if not common:
         raise logparse.LogParseError(ref_path, None, f"no step logged by the reference and every {name} run")
     step = common[-1]
-    ours = [step_values(steps[step], log.gt_lambda) for steps, log in zip(run_steps, logs)]
-    theirs = step_values(ref_steps[step], ref.gt_lambda)
+    theirs = step_values(by_step[0][step], ref.gt_lambda)
+    ours = [step_values(steps[step], row["records"].gt_lambda) for steps, row in zip(by_step[1:], rows)]
     result = {"name": name, "reference": ref_path, "step": step, "seeds": len(rows)}
     for key, _, _ in REFERENCE_KEYS:
         values = [v[key] for v in ours if v[key] is not None]
@@ -236,10 +265,15 @@ def reference_lines(comparisons):
             ours = pm(mean, std, digits)
             if bounds is not None:
                 ours += f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
-            cells += [ours, f"{ref:.{digits}f}" if ref is not None else "-"]
+            cells += [ours, number(ref, digits)]
         lines.append(f"| {c['name']} | {os.path.basename(c['reference'])} | {c['step']:,} | {c['seeds']} | "
                      + " | ".join(cells) + " |")
     return lines
+
+
+def number(value, digits):
+    """A number for a table cell; ``-`` for None."""
+    return f"{value:.{digits}f}" if value is not None else "-"
 
 
 def summary_paths(out_dir, base):
@@ -247,8 +281,8 @@ def summary_paths(out_dir, base):
     return os.path.join(out_dir, base + ".md"), os.path.join(out_dir, base + ".csv")
 
 
-def write_summary(out_dir, base, configs, runs, note, comparisons=()):
-    """Write ``base``.md and ``base``.csv in ``out_dir``; returns their paths."""
+def header_lines(configs, runs, note):
+    """The summary's title, what its runs are, and its main table of configurations."""
     all_steps = [r["steps"] for r in runs]
     low, high = min(all_steps), max(all_steps)
     unfinished = sum(not r["finished"] for r in runs)
@@ -278,43 +312,87 @@ def write_summary(out_dir, base, configs, runs, note, comparisons=()):
                      f"{steps_text(c['steps_min'], c['steps_max'])} | {pm(c['lin_mean'], c['lin_std'], 4)} | "
                      f"{pm(c['perm_mean'], c['perm_std'], 4)} | "
                      f"{pm(c['lambda_error_mean'], c['lambda_error_std'], 3)} |")
-    lines += ["", "## Runs", "", "| configuration | seed | steps | scores from | Lin. | Perm. | Λ̂ error | log |",
-              "|---|---:|---:|---|---:|---:|---:|---|"]
+    return lines
+
+
+def run_lines(runs):
+    """The summary's table of every run."""
+    lines = ["", "## Runs", "", "| configuration | seed | steps | scores from | Lin. | Perm. | Λ̂ error | log |",
+             "|---|---:|---:|---|---:|---:|---:|---|"]
     for r in runs:
-        error = f"{r['lambda_error']:.3f}" if r["lambda_error"] is not None else "-"
         source = r["source"] if r["finished"] else f"unfinished: {r['source']}"
-        lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | {r['lin']:.4f} | "
-                     f"{r['perm']:.4f} | {error} | {os.path.basename(r['path'])} |")
-    lines += group_lines(configs)
+        if r["records"].truncated:
+            source += " (metrics file cut off)"
+        lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | {number(r['lin'], 4)} | "
+                     f"{number(r['perm'], 4)} | {number(r['lambda_error'], 3)} | {os.path.basename(r['path'])} |")
+    return lines
+
+
+def field_lines(configs):
+    """The summary's table of every scalar a run recorded, at its last logged step and in its final
+    record: a metric added to the records is here with no change to this code."""
+    if not any(c["fields"] for c in configs):
+        return []
+    lines = ["", "## Every recorded score", "",
+             "Each number field of the runs' last logged step record (last) and of their final record (final): "
+             "the metrics files' (a log without one: the fields of its text); mean ± std over the runs averaged "
+             "above.", "",
+             "| configuration | record | field | mean ± std | runs |", "|---|---|---|---|---:|"]
+    for c in configs:
+        for (record, field), ((mean, std), count) in c["fields"].items():
+            lines.append(f"| {c['name']} | {record} | {field} | {pm(mean, std, 4)} | {count} |")
+    return lines
+
+
+CSV_FIELDS = ("name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished", "lin_mean", "lin_std",
+              "perm_mean", "perm_std", "lambda_error_mean", "lambda_error_std")
+
+
+def write_summary(out_dir, base, configs, runs, note, comparisons=()):
+    """Write ``base``.md and ``base``.csv in ``out_dir``; returns their paths."""
+    lines = header_lines(configs, runs, note) + run_lines(runs) + group_lines(configs) + field_lines(configs)
     if comparisons:
         lines += reference_lines(comparisons)
     md_path, csv_path = summary_paths(out_dir, base)
     with open(md_path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
-    fields = ["name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished", "lin_mean", "lin_std",
-              "perm_mean", "perm_std", "lambda_error_mean", "lambda_error_std"]
+    # The recorded fields' columns: last.FIELD_mean, last.FIELD_std, final.FIELD_mean, ...
+    extras = [{f"{record}.{field}_{stat}": value for (record, field), (ms, _) in c["fields"].items()
+               for stat, value in zip(("mean", "std"), ms)} for c in configs]
     with open(csv_path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS) + list(dict.fromkeys(k for e in extras for k in e)))
         writer.writeheader()
-        for c in configs:
-            writer.writerow({k: c[k] for k in fields})
+        for c, extra in zip(configs, extras):
+            writer.writerow({**{k: c[k] for k in CSV_FIELDS}, **extra})
     return md_path, csv_path
 
 
+# More λ groups than this (linearly spaced λ: one per latent) make the section unreadable: left out.
+MAX_GROUPS_SHOWN = 5
+
+
 def group_lines(configs):
-    """The summary's Markdown section on the R² of each ground-truth λ group (when the metrics have it)."""
-    lines = []
-    grouped = [c for c in configs if c["groups"] and len(c["groups"]["end"]) <= 5]
-    if grouped:
-        lines += ["", "## R² by ground-truth λ", "",
-                  "From the metrics files: the R² of each latent, averaged over each group of equal "
-                  "ground-truth λ (content: the high λ, which changes little across a positive pair; style: "
-                  "the low λ), and Perm.; mean ± std over seeds, at the end (the last logged step, 4,096 "
-                  "samples) and at the --group-steps.", ""]
-        for c in grouped:
-            for where, values in c["groups"].items():
-                lines.append(f"- {c['name']} ({c['loss']}), {where}: "
-                             + "; ".join(f"{label} {pm(*ms, 4)}" for label, ms in values.items()))
+    """The summary's Markdown section on each ground-truth λ group (when the metrics files have it)."""
+    grouped = [c for c in configs if c["groups"] and len(c["groups"]["labels"]) <= MAX_GROUPS_SHOWN]
+    if not grouped:
+        return []
+    lines = ["", "## R² by ground-truth λ", "",
+             "From the metrics files: the R² of each latent, averaged over each group of equal ground-truth λ "
+             "(content: the high λ, which changes little across a positive pair; style: the low λ), Perm., and "
+             "every other per-latent or per-group field of the records (`block_groups`: the block score of "
+             "each group); mean ± std over seeds, at the end (the last logged step, 4,096 samples), at the "
+             "--group-steps and in the final evaluation.", ""]
+    for c in grouped:
+        labels = c["groups"]["labels"]
+        for where, fields in c["groups"]["at"].items():
+            parts = []
+            if "lin_dims" in fields:
+                parts += [f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, fields["lin_dims"])]
+            if "Perm." in fields:
+                parts.append(f"Perm. {pm(*fields['Perm.'][0], 4)}")
+            parts += [f"{key}: " + ", ".join(f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, values))
+                      for key, values in fields.items() if key not in ("lin_dims", "Perm.")]
+            lines.append(f"- {c['name']} ({c['loss']}), {where}: " + "; ".join(parts))
     return lines
 
 
@@ -332,7 +410,7 @@ def summarize(args):
             try:
                 row = summarize_run(name, seed, path, args.group_steps)
             except logparse.LogParseError as exc:  # one bad log does not sink the others
-                sys.stderr.write(f"{PROG}: warning: {exc}: left out of the summary\n")
+                warn(f"{exc}: left out of the summary")
                 continue
             if row is not None:
                 runs.append(row)

@@ -19,6 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 import logparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SHAPE_NUMBER = re.compile(r"-?\d+")
+_SHAPE_SPACES = re.compile(r" +")
+
+
+def line_shape(line):
+    """A log line as two runs of the same command print it alike.
+
+    Every run of digits (with its minus sign) becomes ``#``, every run of
+    spaces one space, and the sign padding torch puts after ``[`` goes: so
+    ``tensor([ 0.0340, -0.0139])`` and ``tensor([-0.0751,  0.0611])`` have
+    the same shape, ``gt_lambda_1: 5`` and ``gt_lambda_1: 5.0`` do not.
+    """
+    return _SHAPE_SPACES.sub(" ", _SHAPE_NUMBER.sub("#", line)).replace("[ ", "[")
 SCRIPT = os.path.join(ROOT, "main_mlp.py")
 
 # The reference parser's arguments, in its order (the Arguments block of the

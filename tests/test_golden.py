@@ -13,9 +13,8 @@ import shlex
 
 import pytest
 
-import logparse
 import main_mlp
-from cli_util import ROOT, restore_signal_handlers, run_cli
+from cli_util import ROOT, line_shape, restore_signal_handlers, run_cli
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 
@@ -41,7 +40,7 @@ def our_shapes(text, reference):
     theirs_last = max(i for i, line in enumerate(reference) if line.startswith("\t"))
     ours_last = max(i for i, line in enumerate(lines) if line.startswith("\t"))
     kept = lines[:theirs_last + 1] + lines[ours_last + 1:]
-    return ["\tseed: None" if line.startswith("\tseed: ") else logparse.line_shape(line) for line in kept]
+    return ["\tseed: None" if line.startswith("\tseed: ") else line_shape(line) for line in kept]
 
 
 def assert_same_shapes(ours, theirs, partial):
@@ -75,6 +74,6 @@ def test_same_line_shapes_through_the_cli(tmp_path):
 
 
 def test_shape_keeps_what_must_match():
-    assert logparse.line_shape("\tgt_lambda_1: 5") != logparse.line_shape("\tgt_lambda_1: 5.0")
-    assert logparse.line_shape("tensor([ 0.0340, -0.0139])") == logparse.line_shape("tensor([-0.0751,  0.0611])")
-    assert logparse.line_shape("Step: 251 \t Loss: 7.5") == "Step: # \t Loss: #.#"
+    assert line_shape("\tgt_lambda_1: 5") != line_shape("\tgt_lambda_1: 5.0")
+    assert line_shape("tensor([ 0.0340, -0.0139])") == line_shape("tensor([-0.0751,  0.0611])")
+    assert line_shape("Step: 251 \t Loss: 7.5") == "Step: # \t Loss: #.#"

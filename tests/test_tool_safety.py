@@ -318,3 +318,149 @@ def test_a_finished_sweep_is_still_extended_from_its_checkpoints(tmp_path):
     assert longer.returncode == 0, longer.stdout + longer.stderr
     text = (tmp_path / "out" / "a_seed0.log").read_text()
     assert "\tn_steps: 5\n" in text and "Step: 5 " in text
+
+
+# --------------------------------------------------------------------------
+# A closed stdout or stderr (the shell's >&- and 2>&-): not a pipe, no stream at all
+
+
+def run_closed(fd, *argv):
+    """Run a tool as ``tool >&-`` (``fd`` 1) or ``tool 2>&-`` (2); the other stream is captured."""
+    return subprocess.run(["bash", "-c", f'"$@" {fd}>&-', "bash", PY, *map(str, argv)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_compare_logs_with_a_closed_stream_keeps_its_status(tmp_path):
+    a, b = pair(tmp_path)
+    result = run_closed(1, "compare_logs.py", a, a)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    result = run_closed(1, "compare_logs.py", a, b, "--lin-tol", "0")
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+    result = run_closed(2, "compare_logs.py", a, tmp_path / "nope.log")
+    assert result.returncode == 2 and result.stdout == ""
+    # The training script's parser is the same: a bad flag is 2 (not 1) with nowhere to say it.
+    assert run_closed(2, "main_mlp.py", "--lr", "nan").returncode == 2
+
+
+def test_plot_and_learning_check_with_a_closed_stream(tmp_path):
+    log = write(tmp_path / "run.log", render_log(make_steps(n_logged=4)))
+    out = tmp_path / "run.png"
+    result = run_closed(1, "plot_logs.py", log, "-o", out, "--size", "3", "2", "--dpi", "50")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    image = out.read_bytes()
+    assert image[:4] == b"\x89PNG" and b"wrote" not in image  # its stdout is not the image it opened
+    result = run_closed(2, "plot_logs.py", tmp_path / "nope.log", "-o", tmp_path / "x.png")
+    assert result.returncode == 2 and not (tmp_path / "x.png").exists()
+    for offset, status in ((0.0, 0), (-0.10, 1)):
+        out_dir = tmp_path / f"early{status}"
+        _early_runs(out_dir, [offset - 0.01, offset, offset + 0.01])
+        result = run_closed(1, "learning_check.py", "--summarize-only", "--out-dir", out_dir)
+        assert result.returncode == status and "Traceback" not in result.stderr, result.stderr
+    result = run_closed(2, "learning_check.py", "--summarize-only", "--out-dir", tmp_path / "missing")
+    assert result.returncode == 2
+
+
+# --------------------------------------------------------------------------
+# Metrics files that are cut, lie about n, or hold what no run writes
+
+
+def _records(n=4, steps=(1, 251, 501), content=0.9, style=0.5, **step_fields):
+    args = {"n": n, "space_type": "extended_sphere", "c_p": 0, "p": 0, "loss": "aninfonce", "gt_lambda_1": 5,
+            "gt_lambda_2": 25, "linearly_spaced_lambda": False, "n_steps": 501, "more_unsupervised": 1}
+    dims = [content] * (n // 2) + [style] * (n - n // 2)
+    return [{"type": "config", "args": args}] + [
+        {"type": "step", "phase": "unsupervised", "step": s, "loss": 5.0, "mean_loss": 5.0, "lin": 0.7, "perm": 0.6,
+         "lin_dims": dims, "perm_dims": dims, **step_fields} for s in steps]
+
+
+def _jsonl(path, records, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return path
+
+
+def test_a_cut_metrics_file_keeps_its_lambda_groups_in_the_summary(tmp_path):
+    out_dir = tmp_path / "sw"
+    out_dir.mkdir()
+    for seed, style in ((0, 0.5), (1, 0.7)):
+        write(out_dir / f"a_seed{seed}.log", render_log(make_steps(n_logged=3)))
+        # Killed while writing its next record: the last line has no end.
+        _jsonl(out_dir / f"a_seed{seed}.jsonl", _records(style=style), tail='{"type": "step", "phase": "unsu')
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"{out_dir / 'a_seed0.jsonl'}: its last line is cut off" in result.stderr
+    md = (out_dir / "a_summary.md").read_text()
+    assert "a (aninfonce), end: content (λ = 25) 0.9000 ± 0.0000; style (λ = 5) 0.6000 ± 0.1414" in md
+    assert "| a | 0 | 501 | unfinished: step 501 (metrics file cut off) |" in md
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "RLIMIT_AS"), reason="no address-space limit")
+def test_a_config_that_claims_a_billion_latents_allocates_nothing(tmp_path):
+    import resource
+
+    records = _records()
+    records[0]["args"]["n"] = 10 ** 9
+    huge = _jsonl(tmp_path / "huge.jsonl", records)
+    good = _jsonl(tmp_path / "good.jsonl", _records())
+
+    def limited():  # 2 GiB of address space: 10^9 latents' lists would take far more
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    for argv in (["compare_logs.py", "--per-dimension", good, huge],
+                 ["plot_logs.py", "--per-dimension", good, huge, "-o", tmp_path / "x.png"]):
+        result = subprocess.run([PY, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                                preexec_fn=limited, env=dict(os.environ, OMP_NUM_THREADS="1",
+                                                             OPENBLAS_NUM_THREADS="1"))
+        one_line_error(result, f"{huge}:1:", "n = 1000000000", "4 per-dimension scores")
+
+
+@pytest.mark.parametrize("case, line", [
+    ("not_an_object", 3), ("duplicate_step", 4), ("nan_lin_dims", 3), ("unknown_type", 2), ("no_config", 1),
+    ("text_score", 2)])
+def test_records_no_run_writes_are_refused_naming_the_line(tmp_path, case, line):
+    records = _records()
+    lines = [json.dumps(r) for r in records]
+    if case == "not_an_object":
+        lines.insert(2, "[1, 2, 3]")
+    elif case == "duplicate_step":
+        lines.insert(3, lines[1])
+    elif case == "nan_lin_dims":
+        lines[2] = lines[2].replace('"lin_dims": [0.9', '"lin_dims": [NaN', 1)
+    elif case == "text_score":
+        lines[1] = lines[1].replace('"lin": 0.7', '"lin": "0.7"')
+    elif case == "unknown_type":
+        lines.insert(1, json.dumps({"type": "note", "text": "hello"}))
+    else:
+        lines = lines[1:]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    good = _jsonl(tmp_path / "good.jsonl", _records())
+    one_line_error(run_tool("compare_logs.py", "--per-dimension", good, bad), f"{bad}:{line}:")
+    # The summary says which file and line it could not use, and reads the run's log instead.
+    out_dir = tmp_path / "sw"
+    out_dir.mkdir()
+    write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3)))
+    (out_dir / "a_seed0.jsonl").write_text(bad.read_text())
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"warning: {out_dir / 'a_seed0.jsonl'}:{line}:" in result.stderr
+
+
+def test_one_bounded_number_type_for_every_tool(tmp_path):
+    import argparse
+
+    from argparse_utils import bounded
+
+    seed = bounded(int, at_least=0, at_most=2 ** 63 - 1)
+    assert seed("0") == 0 and seed(str(2 ** 63 - 1)) == 2 ** 63 - 1
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer >= 0 and <= 9223372036854775807, "
+                                                         r"got 9223372036854775808"):
+        seed(str(2 ** 63))
+    size = bounded(float, above=0)
+    for text in ("0", "nan", "inf", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"must be a finite number > 0, got {text}"):
+            size(text)
+    a, b = pair(tmp_path, n_logged=3)
+    for value in ("nan", "-0.1"):
+        one_line_error(run_tool("compare_logs.py", a, b, "--lin-tol", value), "--lin-tol", "finite number >= 0")
+    one_line_error(run_tool("plot_logs.py", a, "-o", tmp_path / "x.png", "--dpi", "0"), "--dpi", "> 0")
+    one_line_error(run_tool("compare_logs.py", a, b, "--rows", "0"), "--rows", "an integer >= 1")

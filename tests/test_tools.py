@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import logparse  # noqa: E402
+import metrics_io  # noqa: E402
 
 PY = sys.executable
 BIMODAL = [25.0] * 5 + [5.0] * 5
@@ -248,19 +249,16 @@ def test_repeated_step_keeps_last_and_resumed_header_continues_phase(tmp_path):
     assert phase.by_step()[2001]["lin"] == 0.1234
 
 
-def test_lambda_matching_and_final_scores():
+def test_lambda_matching():
     learned = [24.0, 5.5, 26.0, 4.5]
     truth = [5.0, 25.0, 5.0, 25.0]
-    sorted_learned, sorted_truth, rel = logparse.match_sorted(learned, truth)
+    sorted_learned, sorted_truth, rel = metrics_io.match_sorted(learned, truth)
     assert list(sorted_learned) == [4.5, 5.5, 24.0, 26.0] and list(sorted_truth) == [5, 5, 25, 25]
     assert rel == pytest.approx([0.1, 0.1, 0.04, 0.04])
-    assert logparse.lambda_error(learned, truth) == pytest.approx(0.07)
+    assert metrics_io.lambda_error(learned, truth) == pytest.approx(0.07)
     with pytest.raises(ValueError):
-        logparse.match_sorted([1.0], truth)
-    phase = logparse.Phase(supervised=False, line=1, steps=[{"step": 9, "lin": 0.5, "perm": 0.4, "lambda": None}])
-    assert logparse.final_scores(phase) == (0.5, 0.4, "step 9")
-    phase.final = {"lin_mean": 0.9, "lin_std": 0.0, "perm_mean": 0.8, "perm_std": 0.0}
-    assert logparse.final_scores(phase) == (0.9, 0.8, "final")
+        metrics_io.match_sorted([1.0], truth)
+    assert metrics_io.lambda_error([1.0], truth) is None and metrics_io.lambda_error(None, truth) is None
 
 
 def test_only_plot_logs_imports_matplotlib():
@@ -447,7 +445,7 @@ def test_sweep_summarize_only(tmp_path):
     rows = list(csv.DictReader(open(out_dir / "an_summary.csv")))
     assert len(rows) == 1 and rows[0]["seeds"] == "3" and rows[0]["finished"] == "3"
     assert float(rows[0]["lin_mean"]) == pytest.approx(0.92)
-    errors = [logparse.lambda_error([round(v, 1) for v in make_steps(n_logged=6, lam_end=[1.1 * v for v in BIMODAL],
+    errors = [metrics_io.lambda_error([round(v, 1) for v in make_steps(n_logged=6, lam_end=[1.1 * v for v in BIMODAL],
                                                                      seed=s)[-1]["lambda"]], BIMODAL)
               for s in range(3)]
     assert float(rows[0]["lambda_error_mean"]) == pytest.approx(np.mean(errors))
@@ -579,21 +577,24 @@ def test_learning_check_against_the_authors_figures(tmp_path):
 def test_lambda_groups():
     bimodal = {"n": 10, "space_type": "extended_sphere", "c_p": 0, "gt_lambda_1": 5, "gt_lambda_2": 25,
                "linearly_spaced_lambda": False}
-    assert logparse.lambda_groups(bimodal) == [("content (λ = 25)", [0, 1, 2, 3, 4]),
-                                               ("style (λ = 5)", [5, 6, 7, 8, 9])]
+
+    def groups(args):
+        return metrics_io.lambda_groups(metrics_io.ground_truth_lambda(args, args["n"]), args["n"])
+
+    assert groups(bimodal) == [("content (λ = 25)", [0, 1, 2, 3, 4]), ("style (λ = 5)", [5, 6, 7, 8, 9])]
     swapped = dict(bimodal, gt_lambda_1=50)  # the rest now has the larger λ: it is the content
-    assert logparse.lambda_groups(swapped)[0] == ("content (λ = 50)", [5, 6, 7, 8, 9])
+    assert groups(swapped)[0] == ("content (λ = 50)", [5, 6, 7, 8, 9])
     linear = dict(bimodal, n=3, linearly_spaced_lambda=True, gt_lambda_1=25, gt_lambda_2=5)
-    assert logparse.lambda_groups(linear) == [("λ = 5.0", [2]), ("λ = 15.0", [1]), ("λ = 25.0", [0])]
-    assert logparse.lambda_groups(dict(bimodal, space_type="box"))[0][0] == "all dimensions"
+    assert groups(linear) == [("λ = 5.0", [2]), ("λ = 15.0", [1]), ("λ = 25.0", [0])]
+    assert groups(dict(bimodal, space_type="box"))[0][0] == "all dimensions"
 
 
 def _metrics_file(path, content, style):
     """A metrics file of a bimodal n = 4 run whose content / style dimensions have these R² at every step."""
     import json
 
-    args = {"n": 4, "space_type": "extended_sphere", "c_p": 0, "gt_lambda_1": 5, "gt_lambda_2": 25,
-            "linearly_spaced_lambda": False}
+    args = {"n": 4, "space_type": "extended_sphere", "c_p": 0, "p": 0, "loss": "aninfonce", "gt_lambda_1": 5,
+            "gt_lambda_2": 25, "linearly_spaced_lambda": False}
     lines = [json.dumps({"type": "config", "args": args})]
     for step in (1, 251, 501):
         dims = [content, content, style, style]
@@ -648,3 +649,75 @@ def test_compare_logs_ignores_how_a_run_was_run():
     assert compare_logs.differing_args(log_a, log_b) == []
     log_c = types.SimpleNamespace(args=dict(other, lr="0.001"))
     assert compare_logs.differing_args(log_a, log_c) == [("lr", "0.0001", "0.001")]
+
+
+def _run_with_block(path, seed, style, extra=0.0):
+    """A finished bimodal n = 4 run's metrics file with the block score, and a field no tool knows."""
+    import json
+
+    args = {"n": 4, "space_type": "extended_sphere", "c_p": 0, "p": 0, "loss": "aninfonce", "gt_lambda_1": 5,
+            "gt_lambda_2": 25, "linearly_spaced_lambda": False, "n_steps": 501, "more_unsupervised": 1}
+    records = [{"type": "config", "args": args}]
+    for step in (1, 251, 501):
+        records.append({"type": "step", "phase": "unsupervised", "step": step, "loss": 5.0, "mean_loss": 5.0,
+                        "lin": 0.8, "perm": 0.7, "lin_dims": [0.9, 0.9, style, style], "perm_dims": [0.8] * 4,
+                        "lambda": [25.0, 25.0, 5.0, 5.0], "block": 0.5 + step / 1000, "block_orth": 0.3,
+                        "block_groups": [0.95, style], "new_metric": 0.25 + extra})
+    records.append({"type": "final", "lin_mean": 0.8 + extra, "lin_std": 0.01, "perm_mean": 0.7, "perm_std": 0.01,
+                    "lin_dims": [0.9, 0.9, style, style], "perm_dims": [0.8] * 4, "block_mean": 0.99,
+                    "block_std": 0.01, "block_orth_mean": 0.3, "block_groups": [0.96, style], "final_metric": 1.5})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write(path.with_suffix(".log"), render_log(make_steps(n_logged=3), seed=seed))
+    return path
+
+
+def test_a_field_added_to_the_records_reaches_the_summary(tmp_path):
+    out_dir = tmp_path / "sw"
+    out_dir.mkdir()
+    for seed, (style, extra) in enumerate(((0.4, 0.0), (0.6, 0.1))):
+        _run_with_block(out_dir / f"b_seed{seed}.jsonl", seed, style, extra)
+    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "b")
+    assert result.returncode == 0, result.stderr
+    md = (out_dir / "b_summary.md").read_text()
+    # The main table from the final records, not from the logs beside them.
+    assert "| b | aninfonce | bimodal 25 / 5 | 2 (2) | 501 | 0.8500 ± 0.0707 |" in md
+    assert "| b | last | new_metric | 0.3000 ± 0.0707 | 2 |" in md
+    assert "| b | last | block | 1.0010 ± 0.0000 | 2 |" in md
+    assert "| b | final | final_metric | 1.5000 ± 0.0000 | 2 |" in md
+    assert "| b | final | block_mean | 0.9900 ± 0.0000 | 2 |" in md
+    # Per λ group: the R², Perm., and the block score of each group.
+    assert ("- b (aninfonce), end: content (λ = 25) 0.9000 ± 0.0000; style (λ = 5) 0.5000 ± 0.1414; "
+            "Perm. 0.7000 ± 0.0000;") in md
+    assert "block_groups: content (λ = 25) 0.9500 ± 0.0000, style (λ = 5) 0.5000 ± 0.1414" in md
+    assert "- b (aninfonce), final: content (λ = 25) 0.9000 ± 0.0000" in md
+    assert "block_groups: content (λ = 25) 0.9600 ± 0.0000" in md
+    [row] = csv.DictReader(open(out_dir / "b_summary.csv"))
+    assert float(row["last.new_metric_mean"]) == pytest.approx(0.3) and float(row["final.final_metric_mean"]) == 1.5
+
+
+def test_block_groups_follow_the_groups_first_latent():
+    """The run orders its λ groups by first appearance; the summary's content group may come second."""
+    gt = [5.0, 5.0, 25.0, 25.0]  # --gt-lambda-2 5 below --gt-lambda-1 25: the first latents are the style
+    groups = metrics_io.lambda_groups(gt, 4)
+    assert groups == [("content (λ = 25)", [2, 3]), ("style (λ = 5)", [0, 1])]
+    assert metrics_io.per_group([0.1, 0.9], groups) == [0.9, 0.1]
+    assert metrics_io.per_group([0.1, 0.3, 0.8, 1.0], groups) == pytest.approx([0.9, 0.2])
+    assert metrics_io.per_group([1.0, 2.0, 3.0], groups) is None
+
+
+@pytest.mark.slow
+def test_plot_draws_the_block_score_of_metrics_files(tmp_path):
+    import plot_logs
+
+    metrics = _run_with_block(tmp_path / "b_seed0.jsonl", 0, 0.5)
+    runs = [metrics_io.read_any(metrics, "unsupervised"), metrics_io.read_any(metrics.with_suffix(".log"),
+                                                                               "unsupervised")]
+    fig = plot_logs.plot(runs, ["m", "log"], "unsupervised", (6, 4), 50, "t")
+    [block] = [ax for ax in fig.axes if ax.get_title().startswith("block score")]
+    lines = {line.get_label(): line for line in block.get_lines()}
+    assert set(lines) == {"m", "m (block_orth)"}  # the log has no block score
+    assert list(lines["m"].get_ydata()) == pytest.approx([0.501, 0.751, 1.001])
+    out = tmp_path / "b.png"
+    result = run_tool("plot_logs.py", metrics, metrics.with_suffix(".log"), "-o", out, "--size", "6", "4",
+                      "--dpi", "50")
+    assert result.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG", result.stderr
