@@ -7,6 +7,7 @@ it checked.
 """
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -103,6 +104,7 @@ def script_of(command):
     return command[1], command[2:]
 
 
+@functools.lru_cache(maxsize=None)  # one --help per script and session
 def option_strings(script):
     """The options a script of ours accepts, read from what it prints: ``--help`` for a Python script,
     the usage line of its error for a shell script run with no arguments."""
