@@ -1,6 +1,6 @@
 """Read a training log in the reference format (ours or the authors' published ones).
 
-The format is the README's "The log, line by line": an ``Arguments:`` block, the
+The format is docs/log-format.md ("The log, line by line"): an ``Arguments:`` block, the
 initial θ and the ground-truth Λ as torch tensor reprs (which may wrap over
 several lines), the condition numbers of the mixing, the identity scores, then
 per phase (``supervised test: True|False``) the encoder repr, the logged steps

@@ -35,6 +35,13 @@ def line_shape(line):
     return _SHAPE_SPACES.sub(" ", _SHAPE_NUMBER.sub("#", line)).replace("[ ", "[")
 SCRIPT = os.path.join(ROOT, "main_mlp.py")
 
+# The tiny configuration the tests train: the AnInfoNCE experiment at n = 3, batch 32, one contrastive
+# run, one evaluation batch; a run's length and seed are the test's (a sweep gives its own seeds).
+TINY = ["--n", "3", "--batch-size", "32", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
+        "--only-unsupervised", "--more-unsupervised", "1", "--num-eval-batches", "1"]
+# TINY for 3 steps logged at steps 1 and 3: trains in about a second.
+TINY_RUN = [*TINY, "--n-steps", "3", "--n-log-steps", "2"]
+
 # The reference parser's arguments, in its order (the Arguments block of the
 # authors' published logs).
 REFERENCE_KEYS = [
@@ -249,6 +256,19 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def assert_refused(code, err, *words, out=None, prog="main_mlp.py"):
+    """A refusal: exit status 2, exactly one line on stderr (``PROG: error: ...`` when ``prog`` is given)
+    that names every one of ``words``, no traceback; with ``out``, nothing on stdout either."""
+    assert code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1 and "Traceback" not in err, err
+    if prog is not None:
+        assert err.startswith(f"{prog}: error: "), err
+    for word in words:
+        assert word in err, (word, err)
+    if out is not None:
+        assert out == "", out  # nothing printed, nothing trained
 
 
 def run_main(argv, capsys):

@@ -13,10 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import main_mlp
 from test_encoders import REFERENCE_REPR
-from cli_util import (REFERENCE_KEYS, env_for_cli, parse_log, restore_signal_handlers,
-                      run_cli)
+from cli_util import REFERENCE_KEYS, env_for_cli, parse_log, run_cli, run_main
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -147,9 +145,9 @@ def test_linspace_infonce_symmetric_every_step_logged(capsys):
     """
     argv = TINY + ["--seed", "0", "--n-log-steps", "1", "--linearly-spaced-lambda",
                    "--loss", "infonce", "--negatives", "symmetric"]
-    with restore_signal_handlers():
-        assert main_mlp.main(argv) == 0
-    log = parse_log(capsys.readouterr().out)
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    log = parse_log(out)
     assert log["gt_lambda"] == pytest.approx([5.0, 5.0 + 20 / 3, 5.0 + 40 / 3, 25.0], abs=1e-4)
     assert log["args"]["loss"] == "infonce" and log["args"]["negatives"] == "symmetric"
     steps = log["phases"][0]["steps"]

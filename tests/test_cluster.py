@@ -13,14 +13,12 @@ import time
 
 import pytest
 
-from cli_util import ROOT, restore_signal_handlers
+from cli_util import ROOT, TINY, restore_signal_handlers
 
 submitit = pytest.importorskip("submitit")
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
 SWEEP = os.path.join(ROOT, "sweep.py")
-TINY = ["--n", "3", "--batch-size", "32", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
-        "--only-unsupervised", "--more-unsupervised", "1", "--num-eval-batches", "1"]
 
 
 def sweep(args, cwd, **kwargs):

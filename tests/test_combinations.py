@@ -13,9 +13,8 @@ import math
 import pytest
 
 import losses
-import main_mlp
 import settings
-from cli_util import all_steps, parse_log, restore_signal_handlers
+from cli_util import all_steps, parse_log, run_main
 
 
 TINY = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--n-steps", "3", "--more-unsupervised", "1",
@@ -60,17 +59,9 @@ COMBINATIONS = [
 ]
 
 
-@pytest.fixture
-def restore_signals():
-    """main() installs SIGINT/SIGTERM handlers; give pytest its own back afterwards."""
-    with restore_signal_handlers():
-        yield
-
-
 @pytest.mark.parametrize("flags", [c[1] for c in COMBINATIONS], ids=[c[0] for c in COMBINATIONS])
-def test_combination_runs_to_the_end(flags, capsys, restore_signals):
-    rc = main_mlp.main(TINY + flags)
-    out, err = capsys.readouterr()
+def test_combination_runs_to_the_end(flags, capsys):
+    rc, out, err = run_main(TINY + flags, capsys)
     assert rc == 0, err
     assert "Traceback" not in err
     log = parse_log(out)  # every line in the reference format, numbers finite

@@ -12,11 +12,9 @@ import pytest
 
 import main_mlp
 import run_support
-from cli_util import ROOT, run_main
+from cli_util import ROOT, TINY_RUN, assert_refused, run_main
 
-BASE = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--space-type", "extended_sphere", "--c-p", "0",
-        "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", "3", "--n-log-steps", "2",
-        "--num-eval-batches", "1", "--seed", "0"]
+BASE = [*TINY_RUN, "--device", "cpu", "--seed", "0"]
 
 
 def snapshot(directory):
@@ -28,13 +26,6 @@ def snapshot(directory):
             with open(path, "rb") as handle:
                 files[os.path.relpath(path, directory)] = handle.read()
     return files
-
-
-def assert_refused(code, err, *words):
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("main_mlp.py: error: "), err
-    for word in words:
-        assert word in err, err
 
 
 @pytest.fixture
@@ -136,7 +127,7 @@ def test_sweep_refuses_an_abbreviated_save_dir(flag, tmp_path):
     args = [flag] if "=" in flag else [flag, str(tmp_path / "ckpt")]
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "--seeds", "0", "1", "--out-dir",
                            str(tmp_path), "--", *args], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--save-dir" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert_refused(proc.returncode, proc.stderr, "--save-dir", prog="sweep.py")
     assert os.listdir(tmp_path) == []
 
 

@@ -13,8 +13,7 @@ import shlex
 
 import pytest
 
-import main_mlp
-from cli_util import ROOT, line_shape, restore_signal_handlers, run_cli
+from cli_util import ROOT, line_shape, run_cli, run_main
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 
@@ -53,9 +52,7 @@ def assert_same_shapes(ours, theirs, partial):
 
 @pytest.mark.parametrize("name,argv", COMMANDS, ids=[c[0] for c in COMMANDS])
 def test_same_line_shapes_as_the_authors(name, argv, capsys):
-    with restore_signal_handlers():
-        rc = main_mlp.main(argv + ["--seed", "0", "--device", "cpu"])
-    out, err = capsys.readouterr()
+    rc, out, err = run_main(argv + ["--seed", "0", "--device", "cpu"], capsys)
     assert rc == 0, err
     theirs = reference_shapes(name)
     assert_same_shapes(our_shapes(out, theirs), theirs, name.endswith(".partial"))

@@ -9,8 +9,8 @@ import torch
 
 import main_mlp
 import run_support
-from cli_util import run_main
-from test_data_safety import BASE, assert_refused, finished_run, snapshot  # noqa: F401  (a fixture)
+from cli_util import assert_refused, run_main
+from test_data_safety import BASE, finished_run, snapshot  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow  # each test trains two or three tiny runs
 

@@ -18,6 +18,7 @@ import textwrap
 
 import pytest
 
+from cli_util import TINY_RUN, assert_refused
 from test_tools import (FAKE_TRAINER, PY, ROOT, _early_runs, _metrics_file, _write_runs, make_steps, pair,
                         render_log, run_tool, write)
 
@@ -25,11 +26,8 @@ pytestmark = pytest.mark.slow  # every test here runs a tool through subprocess
 
 
 def one_line_error(result, *needles):
-    """A refusal: exit 2, exactly one line on stderr that names ``needles``, no traceback."""
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
+    """A tool's refusal (a CompletedProcess): exit 2, one line on stderr that names ``needles``."""
+    assert_refused(result.returncode, result.stderr, *needles, prog=None)
 
 
 def run_closed_stdout(*argv):
@@ -255,10 +253,6 @@ def test_out_dir_that_is_not_writable(tmp_path):
 # sweep.py with main_mlp.py: grid keys, and logs already there
 
 SWEEP = os.path.join(ROOT, "sweep.py")
-# A configuration that trains in a second (--seed is the sweep's).
-R = ["--n", "4", "--batch-size", "32", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
-     "--only-unsupervised"]
-TINY_RUN = [*R, "--n-steps", "3", "--n-log-steps", "2", "--num-eval-batches", "1", "--more-unsupervised", "1"]
 
 
 def sweep_in(cwd, *sweep_args, after=()):

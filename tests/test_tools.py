@@ -1,7 +1,7 @@
 """Tests of the log tools: logparse.py, compare_logs.py, plot_logs.py, sweep.py.
 
 Every log here is written by ``render_log`` into tmp_path, in the format of
-main_mlp.py (README, "The log, line by line"); no test reads the published
+main_mlp.py (docs/log-format.md); no test reads the published
 reference logs or trains a model. The command-line tools run through
 subprocess, as a user runs them.
 """

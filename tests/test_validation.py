@@ -15,7 +15,7 @@ import torch
 
 import main_mlp
 import run_support
-from cli_util import STEP_RE, env_for_cli, restore_signal_handlers, run_many
+from cli_util import STEP_RE, TINY, assert_refused, env_for_cli, restore_signal_handlers, run_main, run_many
 
 
 # (flags, text the one-line error must contain)
@@ -63,34 +63,18 @@ BAD_INPUTS = [
 ]
 
 
-def run_in_process(argv, capsys):
-    with restore_signal_handlers(), pytest.raises(SystemExit) as exc:
-        main_mlp.main(argv)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
-def assert_one_line_error(code, out, err, flag):
-    assert code == 2
-    assert out == ""  # nothing printed, nothing trained
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("main_mlp.py: error: ")
-    assert flag in err
-    assert "Traceback" not in err
-
-
 @pytest.mark.parametrize("flags, flag", BAD_INPUTS, ids=[" ".join(f) for f, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_error(flags, flag, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_in_process(flags, capsys)
-    assert_one_line_error(code, out, err, flag)
+    code, out, err = run_main(flags, capsys)
+    assert_refused(code, err, flag, out=out)
     assert os.listdir(tmp_path) == []
 
 
 def test_cuda_requested_without_cuda(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, out, err = run_in_process(["--device", "cuda"], capsys)
-    assert_one_line_error(code, out, err, "--device")
+    code, out, err = run_main(["--device", "cuda"], capsys)
+    assert_refused(code, err, "--device", out=out)
     assert "CUDA" in err
 
 
@@ -106,14 +90,12 @@ def test_unwritable_outputs_are_refused_before_training(flag, where, capsys, tmp
     else:
         path = {"under_a_file": tmp_path / "file" / "run.log", "is_a_directory": tmp_path / "dir",
                 "missing_directory": tmp_path / "missing" / "run.log"}[where]
-    code, out, err = run_in_process([flag, str(path)], capsys)
-    assert_one_line_error(code, out, err, flag)
+    code, out, err = run_main([flag, str(path)], capsys)
+    assert_refused(code, err, flag, out=out)
     assert sorted(os.listdir(tmp_path)) == ["dir", "file"] and os.listdir(tmp_path / "dir") == []
 
 
-CKPT_RUN = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--space-type", "extended_sphere",
-            "--c-p", "0", "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", "2",
-            "--n-log-steps", "2", "--num-eval-batches", "1", "--seed", "0"]
+CKPT_RUN = [*TINY, "--n-steps", "2", "--n-log-steps", "2", "--device", "cpu", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +116,15 @@ def checkpoint_dir(tmp_path_factory):
 ])
 def test_resume_from_another_configuration_is_refused(change, key, checkpoint_dir, capsys):
     argv = CKPT_RUN + ["--save-dir", str(checkpoint_dir), "--resume-training"] + change
-    code, out, err = run_in_process(argv, capsys)
-    assert_one_line_error(code, out, err, "--resume-training")
+    code, out, err = run_main(argv, capsys)
+    assert_refused(code, err, "--resume-training", out=out)
     assert key in err
 
 
 def test_resume_past_the_end_is_refused(checkpoint_dir, capsys):
     argv = CKPT_RUN + ["--save-dir", str(checkpoint_dir), "--resume-training", "--n-steps", "1"]
-    code, out, err = run_in_process(argv, capsys)
-    assert_one_line_error(code, out, err, "--n-steps")
+    code, out, err = run_main(argv, capsys)
+    assert_refused(code, err, "--n-steps", out=out)
 
 
 @pytest.mark.parametrize("lr, later", [("1e6", False), ("300", True)])
@@ -155,9 +137,7 @@ def test_diverging_run_stops_at_the_step(lr, later, capsys, tmp_path):
     argv = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--only-supervised", "--lr", lr,
             "--n-steps", "200", "--n-log-steps", "10", "--seed", "0", "--cond-thresh-ratio", "0.01",
             "--log-file", str(tmp_path / "run.log"), "--save-dir", str(tmp_path / "ckpt")]
-    with restore_signal_handlers():
-        code = main_mlp.main(argv)
-    out, err = capsys.readouterr()
+    code, out, err = run_main(argv, capsys)
     assert code not in (0, 2)
     errors = [line for line in err.splitlines() if line.startswith("main_mlp.py: error: ")]
     assert len(errors) == 1, err
@@ -185,11 +165,8 @@ def test_through_the_cli(tmp_path):
         dict(args=["--n", "10", "--space", "extended_sphere", "--c-p", "0", "--p", "0", "--only-unsupervised",
                    "--threshold", "1e-6", "--seed", "0"], cwd=tmp_path, env=env, timeout=60),
     ])
-    assert_one_line_error(bad.returncode, bad.stdout, bad.stderr, "--n")
+    assert_refused(bad.returncode, bad.stderr, "--n", out=bad.stdout)
 
-    assert sampler.returncode == 2, sampler.stderr
-    assert sampler.stderr.count("\n") == 1 and "Traceback" not in sampler.stderr
-    assert sampler.stderr.startswith("main_mlp.py: error: ")
-    assert "--threshold" in sampler.stderr and "--gt-lambda" in sampler.stderr
+    assert_refused(sampler.returncode, sampler.stderr, "--threshold", "--gt-lambda")
     assert "accepts 0.00e+00 of its proposals" in sampler.stderr  # the measured rate
     assert "Step:" not in sampler.stdout and "supervised test" not in sampler.stdout  # nothing trained
