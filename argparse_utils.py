@@ -27,6 +27,24 @@ def tolerant_output():
             pass
 
 
+def reopen_closed_streams():
+    """Give a standard stream the caller closed (``>&-``, not a pipe) /dev/null in its place: the
+    program's output then goes nowhere, quietly, instead of ``None.write`` tracebacks, and no file the
+    program opens later takes descriptor 1 or 2 (where a child's output would land in it)."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False))
+
+
 def write_stdout(text):
     """Write ``text`` to stdout and flush it. A reader that went away (``| head``, ``| true``) is not an
     error of the program: stdout then goes to /dev/null, and the program goes on to its exit status."""
