@@ -385,7 +385,9 @@ def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_d
     write(tmp_path / "out" / "a_seed0.jsonl", config[:len(config) // 2])
     result = sweep_in(tmp_path, *(["--skip-done"] if skip_done else []))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "out" / "a_seed0.log").read_text() == whole
+    # The uninterrupted run's log, but for the flag that says it was started over.
+    assert (tmp_path / "out" / "a_seed0.log").read_text() == whole.replace("\toverwrite: False\n",
+                                                                           "\toverwrite: True\n")
 
     # A header of other arguments is refused as before, and kept.
     header = "".join(whole.splitlines(keepends=True)[:6]).replace("sphere_r: 1.0", "sphere_r: 2.0")
