@@ -59,15 +59,13 @@ def build_parser():
     add = parser.add_argument
     add("--seeds", type=_seed, nargs="+", default=None, metavar="S", help="the seeds to run (one run each)")
     add("--jobs", type=positive_int, default=1, help="runs at a time on this machine (default: %(default)s)")
-    add("--out-dir", required=True, metavar="DIR",
-        help="where the logs, metrics files, stdout/stderr files and the summary go")
+    add("--out-dir", required=True, metavar="DIR", help="where the runs' files and the summary go")
     add("--name", default="run", help="configuration name: runs write DIR/NAME_seedS.log (no '/' and none of "
                                       "*?[] in it; default: %(default)s)")
     add("--threads", type=positive_int, default=None, help="threads per run (default: CPU count // --jobs)")
     add("--python", default=sys.executable, help="the Python interpreter of the runs (default: this one)")
-    add("--script", default=DEFAULT_SCRIPT,
-        help="the training script (default: main_mlp.py beside this file; another is a stand-in whose "
-             "arguments are not checked)")
+    add("--script", default=DEFAULT_SCRIPT, help="the training script (default: main_mlp.py here; another is a "
+                                                 "stand-in whose arguments are not checked)")
     add("--skip-done", action="store_true",
         help="do not rerun a seed whose log has its final scores (a log of other arguments is refused)")
     add("--executor", choices=EXECUTORS, default="local",
@@ -81,8 +79,7 @@ def build_parser():
     slurm = parser.add_argument_group("SLURM (--executor slurm; passed to submitit)")
     slurm.add_argument("--partition", default=None, help="partition")
     slurm.add_argument("--time", type=float, default=60.0,
-                       help="time limit per task, minutes (default 60); a task that hits it checkpoints and "
-                            "is requeued")
+                       help="time limit per task, minutes (default 60); a task that hits it is requeued")
     slurm.add_argument("--gpus", type=int, default=0, help="GPUs per task (default 0)")
     slurm.add_argument("--cpus", type=positive_int, default=None, help="CPUs per task (default: --threads or 1)")
     slurm.add_argument("--mem-gb", type=float, default=None, help="memory per task, GB")
@@ -94,15 +91,13 @@ def build_parser():
                        help="a shell line run before each task, e.g. 'module load cuda' (repeatable)")
     add("--summarize-only", action="store_true", help="run nothing; summarise the logs already in --out-dir")
     add("--names", nargs="+", default=None, metavar="PATTERN",
-        help="with --summarize-only: the configuration names (or shell globs) to put in one table "
-             "(default: --name)")
+        help="with --summarize-only: the configuration names (or shell globs) to put in one table")
     add("--group-steps", type=positive_int, nargs="+", default=[], metavar="STEP",
         help="with --summarize-only: also give the R² by ground-truth λ group at these logged steps")
     add("--summary-name", default=None, help="base name of the summary files in --out-dir (default: "
                                              "NAME_summary, or sweep_summary for several names)")
     add("--reference", action="append", default=[], metavar="NAME=LOG",
-        help="set the runs of configuration NAME beside a reference log at the last step all of them "
-             "logged (repeatable)")
+        help="set the runs of configuration NAME beside a reference log at their last common step")
     add("--note", default=None, help="a sentence to put under the summary's title")
     return parser
 
@@ -173,13 +168,10 @@ def check_run_arguments(parser, args):
 def name_problem(name):
     """What makes ``name`` unusable as a configuration name (its runs' files are found again by it, as
     a shell glob), or None."""
-    if not name:
-        return "must not be empty"
-    if "/" in name or os.sep in name:
-        return "no path separator allowed"
-    if any(ch in name for ch in GLOB_CHARACTERS):
-        return f"none of {' '.join(GLOB_CHARACTERS)} allowed (--names reads them as a shell glob)"
-    return None
+    problems = ((not name, "must not be empty"), ("/" in name or os.sep in name, "no path separator allowed"),
+                (any(ch in name for ch in GLOB_CHARACTERS),
+                 f"none of {' '.join(GLOB_CHARACTERS)} allowed (--names reads them as a shell glob)"))
+    return next((problem for bad, problem in problems if bad), None)
 
 
 def out_dir_problem(path, create=True):
@@ -453,24 +445,6 @@ def settle_failure(run, how):
     return True
 
 
-class Signals:
-    """Remembers the first of STOP_SIGNALS and passes it on (``forward(signum)``): the runs checkpoint
-    and stop."""
-
-    def __init__(self, forward):
-        self.signum, self.forward = None, forward
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-
-    def _handle(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
-            self.forward(signum)
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 def _run_here(task, run, threads):
     """One task in a worker thread of ``run_all``; returns its minutes."""
     t0 = time.perf_counter()
@@ -486,9 +460,15 @@ def run_all(args, pending):
     A stop signal is passed on to the running runs (which checkpoint and stop); the ones not started
     do not start. Returns ``(failed runs, the signal or None)``.
     """
-    tasks = [run_task(args, run) for run in pending]
-    signals = Signals(lambda signum: [task.stop(signum) for task in tasks])
-    failed = []
+    tasks, stopped, failed = [run_task(args, run) for run in pending], [], []
+
+    def stop(signum, frame):  # the first signal is passed on; the runs checkpoint and stop
+        if not stopped:
+            stopped.append(signum)
+            for task in tasks:
+                task.stop(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = {pool.submit(_run_here, task, run, args.threads): (run, task)
@@ -498,7 +478,7 @@ def run_all(args, pending):
                 try:
                     say(f"{run.label}: done in {future.result():.1f} min")
                 except Exception as exc:  # the run failed, did not start, or was stopped
-                    if signals.signum is not None:
+                    if stopped:
                         say(f"{run.label}: stopped ({exit_text(task.returncode)})")
                     elif task.returncode is None:  # it did not start
                         say(f"{run.label}: FAILED: {exc} (see {run.files['err']})")
@@ -506,8 +486,9 @@ def run_all(args, pending):
                     elif settle_failure(run, exit_text(task.returncode)):
                         failed.append(run)
     finally:
-        signals.restore()
-    return failed, signals.signum
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return failed, (stopped or [None])[0]
 
 
 # --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ TINY = ["--n", "3", "--batch-size", "32", "--space-type", "extended_sphere", "--
 
 
 # The sweep's runs through sweep.submit to a LocalExecutor (``python -c SUBMITIT_LOCAL SWEEP_ARGS``):
-# one line per run, "LABEL: done" or "LABEL: FAILED: <the task's last error line>".
+# one line per run, "LABEL: done" or "LABEL: FAILED: <the task's error, on one line>".
 SUBMITIT_LOCAL = f"""
 import os, sys
 sys.path.insert(0, {ROOT!r})
@@ -39,7 +39,7 @@ for run, job in zip(pending, sweep.submit(args, pending, executor)):
         job.result()
         print(run.label + ": done")
     except Exception as exc:
-        print(run.label + ": FAILED: " + str(exc).strip().splitlines()[-1])
+        print(run.label + ": FAILED: " + " ".join(str(exc).split()))
 """
 
 
