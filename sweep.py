@@ -347,16 +347,17 @@ def differences_text(diffs):
     return f"{key} {then}, this sweep gives {key} {now}{more}"
 
 
-def holds_no_record(run):
-    """Whether the run's metrics file holds no step's record: at most its first line (the configuration,
-    maybe cut)."""
+def begins_as(path, start, max_lines=None):
+    """Whether the file at ``path`` is missing, or begins as ``start`` (or is cut inside it) within
+    ``max_lines`` lines: what a run killed while writing its first lines leaves, and no other file."""
     try:
-        with open(run.files["metrics"], "rb") as handle:
-            return handle.read(1 << 20).count(b"\n") <= 1
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
     except FileNotFoundError:
         return True
     except OSError:
         return False
+    return head[:len(start)] == start[:len(head)] and (max_lines is None or head.count(b"\n") <= max_lines)
 
 
 def plan_run(args, run):
@@ -374,7 +375,9 @@ def plan_run(args, run):
         raise Refused(f"{run.label}: {exc}: not a log to continue or keep; {elsewhere}") from None
     phase = log.main_phase()
     done = phase is not None and phase.has_final()
-    header_only = not resumable and not any(p.steps for p in log.phases) and holds_no_record(run)
+    header_only = (not resumable and not log.skipped and not any(p.steps for p in log.phases)
+                   and begins_as(run.files["log"], b"Arguments:\n")
+                   and begins_as(run.files["metrics"], b'{"type": "config"', max_lines=1))
     diffs = differing_arguments(log.args, run.expected, partial=header_only)
     if diffs:
         raise Refused(f"{run.label}: {run.files['log']} is {'a finished run' if done else 'a run'} with "

@@ -389,9 +389,17 @@ def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_d
     assert (tmp_path / "out" / "a_seed0.log").read_text() == whole.replace("\toverwrite: False\n",
                                                                            "\toverwrite: True\n")
 
-    # A header of other arguments is refused as before, and kept.
-    header = "".join(whole.splitlines(keepends=True)[:6]).replace("sphere_r: 1.0", "sphere_r: 2.0")
-    write(tmp_path / "out" / "a_seed0.log", header)
+    # A header of other arguments is refused as before, and kept; so are a header whose metrics file
+    # has a step's record, and a file that is no log of ours.
     os.remove(tmp_path / "out" / "checkpoints" / "a_seed0" / "checkpoint.pth")
-    one_line_error(sweep_in(tmp_path), "a seed 0", "sphere_r 2.0", "sphere_r 1.0")
-    assert (tmp_path / "out" / "a_seed0.log").read_text() == header
+    header = "".join(whole.splitlines(keepends=True)[:6])
+    metrics = (ref / "out" / "a_seed0.jsonl").read_text().splitlines(keepends=True)
+    for log, metrics_text, needles in ((header.replace("sphere_r: 1.0", "sphere_r: 2.0"), "",
+                                        ("a seed 0", "sphere_r 2.0", "sphere_r 1.0")),
+                                       (header, "".join(metrics[:2]), ("a seed 0", "(none)")),
+                                       ("my notes\n", "", ("a seed 0", "(none)"))):
+        write(tmp_path / "out" / "a_seed0.log", log)
+        write(tmp_path / "out" / "a_seed0.jsonl", metrics_text)
+        one_line_error(sweep_in(tmp_path), *needles)
+        assert (tmp_path / "out" / "a_seed0.log").read_text() == log
+        assert (tmp_path / "out" / "a_seed0.jsonl").read_text() == metrics_text
