@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-try:  # needed by the cluster executors only; the local one runs the same task without it
+try:  # needed on the cluster only; the local executor runs the same task without it
     from submitit.helpers import Checkpointable, DelayedSubmission
 except ImportError:
     Checkpointable, DelayedSubmission = object, None
@@ -79,7 +79,7 @@ class RunTask(Checkpointable):
         self.stopped = None  # the signal of stop(), if any
 
     def __call__(self):
-        # sweep.py starts submitit's local tasks with SIGUSR2 blocked, so that one sent while the task
+        # sweep.submit starts submitit's tasks with SIGUSR2 blocked, so that one sent while the task
         # starts (before submitit has set up its handler) waits instead of ending it; let through
         # here, it checkpoints and requeues the task. And before the child starts: it inherits the
         # mask, and must get SIGUSR2 to checkpoint.
