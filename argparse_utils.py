@@ -42,9 +42,7 @@ def tolerant_output():
     ``2>&-``; Python then has None for it) becomes /dev/null, and where a stream's encoding lacks a
     character (PYTHONIOENCODING=ascii, an ASCII locale), λ or ± come out as ``\\u03bb`` escapes
     instead of a UnicodeEncodeError."""
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        if getattr(sys, name) is None:
-            setattr(sys, name, _devnull_stream(fd))
+    reopen_closed_streams()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(errors="backslashreplace")
@@ -52,16 +50,6 @@ def tolerant_output():
             pass
 
 
-def _devnull_stream(fd):
-    """A text stream to /dev/null for the closed standard descriptor ``fd``, which /dev/null takes too
-    where it is still free: a file the program opens later must not become its stdout or stderr (nor
-    that of a process it starts)."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.fstat(fd)
-    except OSError:  # still closed (devnull took a lower number)
-        os.dup2(devnull, fd)
-    return open(devnull, "w", encoding="utf-8", errors="backslashreplace")
 
 
 def write_stdout(text):

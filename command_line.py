@@ -3,25 +3,20 @@
 The reference's flags come first, in the reference's order (a log's ``Arguments:``
 block prints them in this order), then ours. Every refusal is one line naming the
 flag, exit status 2, before anything runs. Imports the tables it offers as choices
-(settings, latent_spaces, invertible_network_utils) and nothing of the training; the
-table of losses (losses.LOSSES, which needs torch) is handed in by main_mlp.py, so a
-caller without torch still builds the parser (``--loss`` then takes any name).
+as names (settings) and nothing heavy: no torch, so that sweep.py checks its runs' arguments
+in-process with ``read_args``. The table of losses (losses.LOSSES, which needs torch) is handed
+in by main_mlp.py; without it ``--loss`` takes any name and the run refuses an unknown one.
 """
 
 import math
 import os
 
-import torch
-
-import invertible_network_utils
-import latent_spaces
-import run_support
 import settings
 from argparse_utils import ArgumentParser, same_file
 
 PROG = "main_mlp.py"
 DESCRIPTION = "Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss."
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_MAX = 3.4028234663852886e38  # float(torch.finfo(torch.float32).max)
 # A vMF with κ = 1e8 spreads its samples 1e-4 rad around the mean.
 MAX_VMF_KAPPA = 1e8
 # The largest fixed Λ̂ = 1/τ the loss is tested finite for.
@@ -79,7 +74,7 @@ def _add_reference_flags(parser):
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of every random draw; drawn and reported on stderr when omitted")
     parser.add_argument("--act-fct", type=str, default="leaky_relu",
-                        choices=invertible_network_utils.ACTIVATIONS, help="activation inside the mixing g")
+                        choices=settings.ACTIVATION_NAMES, help="activation inside the mixing g")
     parser.add_argument("--c-param", type=float, default=0.05,
                         help="scale of the conditional (vMF concentration for --c-p 0 on sphere)")
     parser.add_argument("--m-param", type=float, default=1.0, help="scale of the marginal (when --m-p is not 0)")
@@ -88,7 +83,7 @@ def _add_reference_flags(parser):
                         help="linear layers in the mixing g (0: the identity)")
     parser.add_argument("--n", type=int, default=10, help="latent dimension")
     parser.add_argument("--space-type", type=str, default="box",
-                        choices=tuple(latent_spaces.SPACES), help="latent space")
+                        choices=settings.SPACE_NAMES, help="latent space")
     parser.add_argument("--m-p", type=number, default=0,
                         help="marginal: 0 uniform, 1 Laplace, 2 normal, other p generalised normal")
     parser.add_argument("--c-p", type=number, default=2,
@@ -191,7 +186,7 @@ def _save_dir_holding(path, save_dir):
     named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
     for candidate in (named, os.path.realpath(path)):
         directory, name = os.path.split(candidate)
-        if not run_support.is_save_dir_file(name):
+        if not settings.is_save_dir_file(name):
             continue
         if save_dir and directory == os.path.realpath(save_dir):
             return save_dir
@@ -245,7 +240,8 @@ def validate_numbers(err, args):
 
 
 def validate_args(parser, args, derived):
-    """Refuse what cannot run, with a one-line error naming the flag (exit 2)."""
+    """Refuse what cannot run, with a one-line error naming the flag (exit 2), from the values alone
+    (no file is looked at: sweep.py checks its runs with it before it makes their directories)."""
     err = parser.error
     validate_numbers(err, args)
     if args.only_supervised and args.only_unsupervised:
@@ -265,12 +261,15 @@ def validate_args(parser, args, derived):
     if derived.loss == "infonce-fixed" and 1 / args.tau > MAX_FIXED_LAMBDA:
         err(f"argument --tau: infonce-fixed needs --tau >= {1 / MAX_FIXED_LAMBDA:g} (Λ̂ = 1/τ at most "
             f"{MAX_FIXED_LAMBDA:g}), got {args.tau}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        err("argument --device: cuda requested but CUDA is not available")
     if args.compile and args.precision == "bf16":
         err("arguments --compile and --precision bf16: choose at most one")
     if args.resume_training and not args.save_dir:
         err("argument --resume-training: needs --save-dir with a checkpoint")
+
+
+def validate_files(parser, args):
+    """Refuse a --save-dir or output files that cannot be written (making the --save-dir)."""
+    err = parser.error
     if args.save_dir:
         _check_writable_dir(parser, "--save-dir", args.save_dir, create=not args.resume_training)
     for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
@@ -286,17 +285,47 @@ def validate_args(parser, args, derived):
         err("arguments --overwrite and --resume-training: choose at most one")
 
 
-def parse_args(argv=None, loss_table=None):
-    """Returns (parser, args, derived): ``derived`` holds what the flags imply (settings.Derived).
-    ``loss_table``: see ``build_parser``."""
-    parser = build_parser(loss_table)
+def _parse(parser, argv):
+    """``(args, derived)`` of ``argv``, its values checked (``validate_args``)."""
     args = parser.parse_args(argv)
     if args.resume_if_exists:
         if not args.save_dir:
             parser.error("argument --resume-if-exists: needs --save-dir")
         if args.overwrite:
             parser.error("arguments --overwrite and --resume-if-exists: choose at most one")
-        args.resume_training = os.path.exists(os.path.join(args.save_dir, run_support.CHECKPOINT_NAME))
+        args.resume_training = os.path.exists(os.path.join(args.save_dir, settings.CHECKPOINT_NAME))
     derived = settings.derive_from_args(args)
     validate_args(parser, args, derived)
+    return args, derived
+
+
+def parse_args(argv=None, loss_table=None):
+    """Returns (parser, args, derived): ``derived`` holds what the flags imply (settings.Derived).
+    ``loss_table``: see ``build_parser``."""
+    parser = build_parser(loss_table)
+    args, derived = _parse(parser, argv)
+    validate_files(parser, args)
     return parser, args, derived
+
+
+def _raise(message):
+    raise ValueError(message)
+
+
+def read_args(argv):
+    """What main_mlp.py makes of ``argv``, its values checked as ``parse_args`` checks them, no file
+    touched: ``{dest: value}`` as the log's ``Arguments:`` block prints it.
+
+    Raises:
+        ValueError: the one-line refusal main_mlp.py would give (without ``main_mlp.py: error: ``).
+    """
+    parser = build_parser()
+    parser.error = _raise  # argparse calls self.error: a refusal becomes an exception, not an exit
+    args, _ = _parse(parser, argv)
+    return {key: "None" if value is None else str(value) for key, value in vars(args).items()}
+
+
+def flags():
+    """``{flag: (dest, takes a value)}``: every flag of main_mlp.py (``--help`` aside)."""
+    return {flag: (action.dest, action.nargs != 0) for action in build_parser()._actions
+            if action.dest != "help" for flag in action.option_strings}

@@ -488,6 +488,8 @@ def open_outputs(args, resume, locks):
 def main(argv=None):
     run_support.exit_on_signals(PROG)
     parser, args, derived = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():  # here: the command line imports no torch
+        parser.error("argument --device: cuda requested but CUDA is not available")
     device = resolve_device(args.device)
     run_support.keep_freed_memory()
     try:

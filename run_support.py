@@ -12,7 +12,6 @@
 
 import contextlib
 import ctypes
-import fcntl
 import functools
 import hashlib
 import io
@@ -28,6 +27,7 @@ import torch
 import settings
 import startup_signals
 from argparse_utils import EXIT_BAD_INPUT
+from file_lock import try_lock
 
 CHECKPOINT_NAME, LOCK_NAME, MODEL_NAMES = settings.CHECKPOINT_NAME, settings.LOCK_NAME, settings.MODEL_NAMES
 # Arguments that may differ between a run and its resumption: the incidental ones, and the length
@@ -339,11 +339,6 @@ def available_memory(device):
 # The save directory and its checkpoint
 
 
-def is_save_dir_file(name):
-    """Whether ``name`` is (or is a temporary of) a file a run keeps in its --save-dir."""
-    return any(name == own or name.startswith(own + ".tmp") for own in (CHECKPOINT_NAME, LOCK_NAME) + MODEL_NAMES)
-
-
 class SaveDirLock:
     """An exclusive flock on ``DIR/.lock`` for the run's lifetime; the file holds the holder's pid."""
 
@@ -354,9 +349,7 @@ class SaveDirLock:
         except OSError as exc:
             raise InputError(f"argument --save-dir: cannot open its lock file {self.path} "
                              f"({exc.strerror or type(exc).__name__})") from None
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not try_lock(self.handle):
             self.handle.seek(0)
             holder = self.handle.read().strip() or "unknown"
             self.handle.close()
@@ -448,9 +441,7 @@ class OutputLock:
                 fd = os.open(path, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
             except OSError as exc:
                 raise InputError(f"argument {flag}: cannot open {path} ({exc.strerror})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not try_lock(fd):
                 os.close(fd)
                 raise InputError(f"argument {flag}: {path} is being written by another run; wait for it "
                                  f"or give another file") from None
@@ -467,7 +458,7 @@ class OutputLock:
         if self.fd is None:
             return
         fd = os.open(path, os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh temporary: nobody else holds it
+        try_lock(fd)  # a fresh temporary: nobody else holds it
         os.close(self.fd)
         self.fd = fd
 

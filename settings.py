@@ -88,6 +88,17 @@ LOCK_NAME = ".lock"
 MODEL_NAMES = ("g.pth", "sup_f.pth", "unsup_f.pth")
 
 
+def is_save_dir_file(name):
+    """Whether ``name`` is (or is a temporary of) a file a run keeps in its --save-dir."""
+    return any(name == own or name.startswith(own + ".tmp") for own in (CHECKPOINT_NAME, LOCK_NAME) + MODEL_NAMES)
+
+
+# The names of the tables that need torch (latent_spaces.SPACES, invertible_network_utils.ACTIVATIONS),
+# for the command line's choices without importing torch; a test holds them equal to the tables.
+SPACE_NAMES = ("box", "sphere", "unbounded", "extended_sphere")
+ACTIVATION_NAMES = ("relu", "leaky_relu", "elu", "smooth_leaky_relu", "softplus")
+
+
 # The encoder's output normalisations by name (see encoders.NORMALIZATION_LAYERS).
 NORMALIZATIONS = ("fixed_sphere", "learnable_sphere", "learnable_box", "none")
 

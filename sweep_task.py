@@ -7,25 +7,19 @@ about to be preempted or hit its time limit, submitit calls ``checkpoint``:
 it passes the signal (SIGUSR2) to the child, which finishes its step, writes
 a checkpoint and exits, and hands submitit the same task to requeue.
 
-A module of its own (not sweep.py): submitit pickles the task by reference,
-and the job process must be able to import it by this name. It imports
-nothing of the project, which also makes it the place of
-``probe_command_line``: the training script's own parser, asked by sweep.py
-in a child process where the script then imports its own modules.
+sweep.py's local executor runs the same task in a thread (``stop`` passes a
+signal on). A module of its own (not sweep.py): submitit pickles the task by
+reference, and the job process must be able to import it by this name, so it
+imports nothing of the project.
 """
 
-import argparse
-import contextlib
-import io
-import json
 import os
-import runpy
 import signal
 import subprocess
 import sys
 import time
 
-try:  # needed by the cluster executors only; the local one runs the same task without it
+try:  # needed on the cluster only; the local executor runs the same task without it
     from submitit.helpers import Checkpointable, DelayedSubmission
 except ImportError:
     Checkpointable, DelayedSubmission = object, None
@@ -85,7 +79,7 @@ class RunTask(Checkpointable):
         self.stopped = None  # the signal of stop(), if any
 
     def __call__(self):
-        # sweep.py starts submitit's local tasks with SIGUSR2 blocked, so that one sent while the task
+        # sweep.submit starts submitit's tasks with SIGUSR2 blocked, so that one sent while the task
         # starts (before submitit has set up its handler) waits instead of ending it; let through
         # here, it checkpoints and requeues the task. And before the child starts: it inherits the
         # mask, and must get SIGUSR2 to checkpoint.
@@ -123,64 +117,3 @@ class RunTask(Checkpointable):
         state = dict(self.__dict__)
         state["child"] = None  # a process is not pickled with the task
         return state
-
-
-# --------------------------------------------------------------------------
-# The training script's command line, as its own parser reads it
-
-
-class _ParserFound(BaseException):
-    """Raised at the script's first parse (a BaseException: the script's ``except Exception`` lets it by)."""
-
-    def __init__(self, parser):
-        super().__init__()
-        self.parser = parser
-
-
-def _stop_at_parse(parser, args=None, namespace=None):
-    raise _ParserFound(parser)
-
-
-def _script_parser(script):
-    """Run ``script`` as ``__main__`` up to its first parse of a command line; its argparse parser."""
-    sys.argv = [script]
-    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as ``python SCRIPT`` has it, not this module's dir
-    original = argparse.ArgumentParser.parse_known_args  # parse_args goes through it
-    argparse.ArgumentParser.parse_known_args = _stop_at_parse
-    try:
-        runpy.run_path(script, run_name="__main__")
-    except _ParserFound as found:
-        return found.parser
-    except SystemExit:
-        pass
-    finally:
-        argparse.ArgumentParser.parse_known_args = original
-    sys.exit(f"{script} ended without parsing a command line with argparse")
-
-
-def _parsed(parser, argv):
-    """``{dest: value}`` as the log's ``Arguments:`` block prints it, or ``{"error": the refusal}``."""
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            namespace, _ = parser.parse_known_args(argv)
-    except SystemExit:
-        lines = err.getvalue().strip().splitlines()
-        return {"error": lines[-1] if lines else "refused"}
-    return {key: "None" if value is None else str(value) for key, value in vars(namespace).items()}
-
-
-def probe_command_line():
-    """In a child process of sweep.py: the training script's flags, and what it makes of argument lists.
-
-    Reads ``{"script": path, "argvs": [[arg, ...], ...]}`` (JSON) on stdin. Runs the script as
-    ``__main__`` up to its first parse of a command line (its imports, nothing trained), takes
-    that parser and stops the script there. Writes ``{"flags": {flag: [dest, takes a value]},
-    "parsed": [one ``_parsed`` per argv]}`` (JSON) on stdout.
-    """
-    request = json.load(sys.stdin)
-    answer, sys.stdout = sys.stdout, sys.stderr  # what the script prints on its way is not the answer
-    parser = _script_parser(request["script"])
-    flags = {flag: [action.dest, action.nargs != 0] for action in parser._actions
-             if action.default is not argparse.SUPPRESS for flag in action.option_strings}  # not --help
-    json.dump({"flags": flags, "parsed": [_parsed(parser, argv) for argv in request["argvs"]]}, answer)

@@ -181,9 +181,9 @@ def test_all_lambda_distinct_block_score_is_perm_and_exp_lambda_starts_alike(tmp
         metrics = tmp_path / f"{param}.jsonl"
         argv = TINY + ["--seed", "0", "--n-log-steps", "1", "--linearly-spaced-lambda",
                        "--lambda-param", param, "--metrics-file", str(metrics)]
-        with restore_signal_handlers():
-            assert main_mlp.main(argv) == 0
-        log = parse_log(capsys.readouterr().out)
+        code, out, err = run_main(argv, capsys)
+        assert code == 0, err
+        log = parse_log(out)
         assert log["args"]["lambda_param"] == param
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
         steps = [r for r in records if r["type"] == "step"]

@@ -10,11 +10,13 @@ The logs are written by test_tools' helpers (synthetic) or by tiny real sweeps; 
 through subprocess, as a user runs them.
 """
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
-import sys
 import textwrap
+import time
 
 import pytest
 
@@ -458,3 +460,85 @@ def test_one_bounded_number_type_for_every_tool(tmp_path):
         one_line_error(run_tool("compare_logs.py", a, b, "--lin-tol", value), "--lin-tol", "finite number >= 0")
     one_line_error(run_tool("plot_logs.py", a, "-o", tmp_path / "x.png", "--dpi", "0"), "--dpi", "> 0")
     one_line_error(run_tool("compare_logs.py", a, b, "--rows", "0"), "--rows", "an integer >= 1")
+
+
+def test_a_bad_grid_value_or_seed_is_refused_before_anything_runs(tmp_path):
+    one_line_error(sweep_in(tmp_path, "--grid", "lr=0.1,nan"), "--grid", "a_lr-nan", "--lr", "nan")
+    assert not (tmp_path / "out").exists()  # the valid configuration did not run either
+    one_line_error(sweep_in(tmp_path, "--seeds", "9223372036854775808", "--executor", "print"), "--seeds",
+                   "9223372036854775808")
+    one_line_error(sweep_in(tmp_path, after=["--n", "1"]), "main_mlp.py", "--n")
+
+
+def test_summarize_only_and_print_with_a_closed_stdout(tmp_path):
+    """``sweep.py ... >&-``: no stdout at all (not a pipe); the work is done, the status is kept."""
+    out_dir = tmp_path / "sw"
+    _write_runs(out_dir, "an", [(0.90, 0.01, 0.80, 0.01)] * 2, [0.9] * 2, [1.0] * 2)
+    for argv in (["--summarize-only", "--out-dir", out_dir, "--name", "an"],
+                 ["--seeds", "0", "--out-dir", tmp_path / "p", "--executor", "print", "--", "--n", "4"]):
+        proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", PY, "sweep.py", *map(str, argv)], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert (out_dir / "an_summary.csv").exists()
+
+
+def test_a_run_refused_by_its_save_dir_lock_is_not_reported_as_another_runs_result(tmp_path):
+    """Two sweeps of one --name and --out-dir, other arguments, at once: the run of one waits for the
+    other's (which holds the save-dir), whose finished log is then there. Not this sweep's result."""
+    other = tmp_path / "other"
+    other.mkdir()
+    assert sweep_in(other).returncode == 0  # what the other sweep's run leaves: a finished --n-steps 3
+    save_dir = tmp_path / "out" / "checkpoints" / "a_seed0"
+    save_dir.mkdir(parents=True)
+    with open(save_dir / ".lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other sweep's run holds it
+        lock.write("4242\n")
+        lock.flush()
+        proc = subprocess.Popen([PY, SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+                                 "--", *TINY_RUN, "--n-steps", "4"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        err = tmp_path / "out" / "a_seed0.err"
+        deadline = time.monotonic() + 120
+        while not (err.exists() and "in use by another run" in err.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run was not refused"
+            time.sleep(0.05)
+        time.sleep(1)
+        shutil.copy(other / "out" / "a_seed0.log", tmp_path / "out" / "a_seed0.log")  # the other run ends
+    out, err_text = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err_text
+    report = [line for line in out.splitlines() if line.startswith("a seed 0:")][-1]
+    assert "FAILED" in report and "n_steps" in report, report
+
+
+@pytest.mark.parametrize("skip_done", [False, True])
+def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_done):
+    """kill -9 while the log's header is written: a few lines, no step, no checkpoint. The sweep started
+    again runs it from the start, as main_mlp.py alone would (nothing of it is lost: it logged no step)."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    assert sweep_in(ref).returncode == 0
+    whole = (ref / "out" / "a_seed0.log").read_text()
+    (tmp_path / "out" / "checkpoints" / "a_seed0").mkdir(parents=True)
+    write(tmp_path / "out" / "a_seed0.log", "".join(whole.splitlines(keepends=True)[:6]) + "\tsphe")
+    config = (ref / "out" / "a_seed0.jsonl").read_text().splitlines()[0]
+    write(tmp_path / "out" / "a_seed0.jsonl", config[:len(config) // 2])
+    result = sweep_in(tmp_path, *(["--skip-done"] if skip_done else []))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The uninterrupted run's log, but for the flag that says it was started over.
+    assert (tmp_path / "out" / "a_seed0.log").read_text() == whole.replace("\toverwrite: False\n",
+                                                                           "\toverwrite: True\n")
+
+    # A header of other arguments is refused as before, and kept; so are a header whose metrics file
+    # has a step's record, and a file that is no log of ours.
+    os.remove(tmp_path / "out" / "checkpoints" / "a_seed0" / "checkpoint.pth")
+    header = "".join(whole.splitlines(keepends=True)[:6])
+    metrics = (ref / "out" / "a_seed0.jsonl").read_text().splitlines(keepends=True)
+    for log, metrics_text, needles in ((header.replace("sphere_r: 1.0", "sphere_r: 2.0"), "",
+                                        ("a seed 0", "sphere_r 2.0", "sphere_r 1.0")),
+                                       (header, "".join(metrics[:2]), ("a seed 0", "(none)")),
+                                       ("my notes\n", "", ("a seed 0", "(none)"))):
+        write(tmp_path / "out" / "a_seed0.log", log)
+        write(tmp_path / "out" / "a_seed0.jsonl", metrics_text)
+        one_line_error(sweep_in(tmp_path), *needles)
+        assert (tmp_path / "out" / "a_seed0.log").read_text() == log
+        assert (tmp_path / "out" / "a_seed0.jsonl").read_text() == metrics_text

@@ -519,6 +519,8 @@ print("threads", os.environ.get("OMP_NUM_THREADS"))
 if args.seed == 2:
     sys.exit("seed 2 fails on purpose")
 shutil.copy(args.template, args.log_file)
+if args.seed == 3:
+    sys.exit("seed 3 fails after its final scores")
 '''
 
 
@@ -538,6 +540,20 @@ def test_sweep_runs_jobs_in_parallel_and_summarizes(tmp_path):
         assert (out_dir / f"fake_seed{seed}.log").read_text() == template.read_text()
     rows = list(csv.DictReader(open(out_dir / "fake_summary.csv")))
     assert rows[0]["seeds"] == "2" and float(rows[0]["lin_mean"]) == pytest.approx(0.97)
+
+
+def test_a_run_that_fails_after_its_final_scores_is_reported_as_the_summary_counts_it(tmp_path):
+    """A run whose log has its final scores, written with its own arguments, has finished, whatever
+    its exit status says: the sweep's report and its summary agree."""
+    script = write(tmp_path / "fake_trainer.py", textwrap.dedent(FAKE_TRAINER))
+    template = write(tmp_path / "template.log", render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
+    out_dir = tmp_path / "sw"
+    result = run_tool("sweep.py", "--seeds", "0", "3", "--threads", "1", "--out-dir", out_dir, "--name", "fake",
+                      "--script", script, "--", "--template", template)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fake seed 3: done: its log has its final scores (after them: exit 1)" in result.stdout
+    rows = list(csv.DictReader(open(out_dir / "fake_summary.csv")))
+    assert rows[0]["seeds"] == "2" and rows[0]["finished"] == "2"
 
 
 # --------------------------------------------------------------------------

@@ -170,3 +170,28 @@ def test_through_the_cli(tmp_path):
     assert_refused(sampler.returncode, sampler.stderr, "--threshold", "--gt-lambda")
     assert "accepts 0.00e+00 of its proposals" in sampler.stderr  # the measured rate
     assert "Step:" not in sampler.stdout and "supervised test" not in sampler.stdout  # nothing trained
+
+
+def test_the_command_line_imports_no_torch():
+    """sweep.py checks its runs' arguments with command_line in-process: importing it must stay cheap."""
+    import subprocess
+    import sys
+
+    code = "import sys, command_line; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(main_mlp.__file__)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_the_command_lines_names_are_the_tables():
+    import command_line
+    import invertible_network_utils
+    import latent_spaces
+    import settings
+
+    assert settings.SPACE_NAMES == tuple(latent_spaces.SPACES)
+    assert settings.ACTIVATION_NAMES == tuple(invertible_network_utils.ACTIVATIONS)
+    assert command_line.FLOAT32_MAX == float(torch.finfo(torch.float32).max)
+    choices = {action.dest: tuple(action.choices) for action in command_line.build_parser()._actions if action.choices}
+    assert choices["space_type"] == tuple(latent_spaces.SPACES)
+    assert choices["act_fct"] == tuple(invertible_network_utils.ACTIVATIONS)
