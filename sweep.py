@@ -361,9 +361,9 @@ def begins_as(path, start, max_lines=None):
 
 
 def plan_run(args, run):
-    """Whether to start a run whose log is already there: ``run`` itself (``--overwrite`` added when
-    the log is only a header: killed while writing it, nothing to lose), or None to skip it (finished,
-    with --skip-done). Raises Refused for a log of other arguments, or a finished one with no
+    """Whether to start a run whose log is already there: ``run`` itself (main_mlp.py takes a log that
+    begins with the run's own header, e.g. one killed while writing it, as its own), or None to skip it
+    (finished, with --skip-done). Raises Refused for a log of other arguments, or a finished one with no
     checkpoint to continue (it would be overwritten)."""
     elsewhere = "give another --name or --out-dir"
     resumable = os.path.exists(os.path.join(run.save_dir, settings.CHECKPOINT_NAME))
@@ -388,7 +388,7 @@ def plan_run(args, run):
         raise Refused(f"{run.label}: {run.files['log']} has finished and {run.save_dir} holds no checkpoint to "
                       f"continue: it would be run again and its log overwritten; add --skip-done to keep it, "
                       f"or {elsewhere} (nothing was run)")
-    return dataclasses.replace(run, argv=run.argv + ["--overwrite"]) if header_only else run
+    return run
 
 
 def plan_runs(args, runs):

@@ -28,16 +28,21 @@ def snapshot(directory):
     return files
 
 
+def run_to_the_end(directory, args, capsys):
+    """Run ``args`` to the end with a checkpoint, a log and a metrics file in ``directory`` (created);
+    returns (directory, the whole argv)."""
+    directory.mkdir()
+    argv = args + ["--save-dir", str(directory / "ckpt"), "--log-file", str(directory / "run.log"),
+                   "--metrics-file", str(directory / "metrics.jsonl")]
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    return directory, argv
+
+
 @pytest.fixture
 def finished_run(tmp_path, capsys):
     """A finished run with a checkpoint, a log and a metrics file in tmp_path/run."""
-    d = tmp_path / "run"
-    d.mkdir()
-    argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
-                   "--metrics-file", str(d / "metrics.jsonl")]
-    code, _, err = run_main(argv, capsys)
-    assert code == 0, err
-    return d, argv
+    return run_to_the_end(tmp_path / "run", BASE, capsys)
 
 
 def test_fresh_run_does_not_overwrite_a_checkpoint(finished_run, capsys):

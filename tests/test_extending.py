@@ -142,11 +142,13 @@ def test_a_new_metric_is_its_function_and_one_entry(monkeypatch, tmp_path, capsy
     assert final["toy_mean"] > 0 and final["toy_std"] >= 0 and len(final["toy_dims"]) == 3
 
 
-def test_a_new_space_is_one_entry(monkeypatch, capsys):
+def test_a_new_space_is_one_entry_and_its_name(monkeypatch, capsys):
     def small_box(args):
         return spaces.NBoxSpace(args.n, -0.5, 0.5)
 
     monkeypatch.setitem(latent_spaces.SPACES, "small_box", small_box)
+    # and its name where the torch-free command line reads the names (held equal by test_validation)
+    monkeypatch.setattr(settings, "SPACE_NAMES", (*settings.SPACE_NAMES, "small_box"))
     code, out, err = run_main(TINY + ["--space-type", "small_box", "--p", "1"], capsys)
     assert code == 0, err
     log = parse_log(out)

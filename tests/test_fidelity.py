@@ -105,7 +105,7 @@ def test_no_contrastive_steps(capsys):
 
 def test_mixing_saved_before_training(tmp_path, capsys, monkeypatch):
     """g.pth is on disk before the first step, as the reference writes it."""
-    def stop_at_once(run, name):
+    def stop_at_once(*_):
         raise run_support.Stop(signal.SIGTERM)
 
     monkeypatch.setattr(main_mlp, "train_phase", stop_at_once)

@@ -10,7 +10,7 @@ import torch
 import main_mlp
 import run_support
 from cli_util import assert_refused, run_main
-from test_data_safety import BASE, finished_run, snapshot  # noqa: F401  (a fixture)
+from test_data_safety import BASE, finished_run, run_to_the_end, snapshot  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow  # each test trains two or three tiny runs
 
@@ -219,12 +219,7 @@ TWO_PHASE = [a for a in BASE if a != "--only-unsupervised"]
 @pytest.fixture
 def two_phase_run(tmp_path, capsys):
     """A finished run of both phases (3 supervised steps, then 3 contrastive ones) in tmp_path/two."""
-    d = tmp_path / "two"
-    d.mkdir()
-    argv = TWO_PHASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
-                        "--metrics-file", str(d / "metrics.jsonl")]
-    code, _, err = run_main(argv, capsys)
-    assert code == 0, err
+    d, argv = run_to_the_end(tmp_path / "two", TWO_PHASE, capsys)
     assert sorted(os.listdir(d / "ckpt")) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "sup_f.pth", "unsup_f.pth"]
     return d, argv
 

@@ -519,14 +519,14 @@ def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_d
     assert sweep_in(ref).returncode == 0
     whole = (ref / "out" / "a_seed0.log").read_text()
     (tmp_path / "out" / "checkpoints" / "a_seed0").mkdir(parents=True)
-    write(tmp_path / "out" / "a_seed0.log", "".join(whole.splitlines(keepends=True)[:6]) + "\tsphe")
+    six_lines = len("".join(whole.splitlines(keepends=True)[:6]))
+    write(tmp_path / "out" / "a_seed0.log", whole[:six_lines + 5])  # cut in the seventh line
     config = (ref / "out" / "a_seed0.jsonl").read_text().splitlines()[0]
     write(tmp_path / "out" / "a_seed0.jsonl", config[:len(config) // 2])
     result = sweep_in(tmp_path, *(["--skip-done"] if skip_done else []))
     assert result.returncode == 0, result.stdout + result.stderr
-    # The uninterrupted run's log, but for the flag that says it was started over.
-    assert (tmp_path / "out" / "a_seed0.log").read_text() == whole.replace("\toverwrite: False\n",
-                                                                           "\toverwrite: True\n")
+    # The uninterrupted run's log, byte for byte.
+    assert (tmp_path / "out" / "a_seed0.log").read_text() == whole
 
     # A header of other arguments is refused as before, and kept; so are a header whose metrics file
     # has a step's record, and a file that is no log of ours.
