@@ -428,6 +428,7 @@ def _write_runs(out_dir, name, finals, lins, lam_scale, n_logged=6, gt=BIMODAL):
         write(out_dir / f"{name}_seed{seed}.log", render_log(steps, gt=gt, final=final, seed=seed))
 
 
+@pytest.mark.slow  # sweep.py through subprocess
 def test_sweep_summarize_only(tmp_path):
     out_dir = tmp_path / "sw"
     # Three finished runs: final Lin. 0.90, 0.92, 0.94; Λ̂ 10 % too large everywhere.
@@ -476,6 +477,7 @@ def test_sweep_summarize_only(tmp_path):
     assert result.returncode == 2 and "no log nothing*_seed<S>.log" in result.stderr
 
 
+@pytest.mark.slow  # sweep.py through subprocess
 def test_sweep_reference_section(tmp_path):
     out_dir = tmp_path / "sw"
     _write_runs(out_dir, "an", [None, None, None], [0.90, 0.92, 0.94], [1.0] * 3)  # steps 1 .. 5,001
@@ -524,6 +526,7 @@ if args.seed == 3:
 '''
 
 
+@pytest.mark.slow  # sweep.py through subprocess
 def test_sweep_runs_jobs_in_parallel_and_summarizes(tmp_path):
     # A stand-in for main_mlp.py that copies a pre-written log: the scheduling,
     # the files and the summary are tested without training anything.
@@ -542,6 +545,7 @@ def test_sweep_runs_jobs_in_parallel_and_summarizes(tmp_path):
     assert rows[0]["seeds"] == "2" and float(rows[0]["lin_mean"]) == pytest.approx(0.97)
 
 
+@pytest.mark.slow  # sweep.py through subprocess
 def test_a_run_that_fails_after_its_final_scores_is_reported_as_the_summary_counts_it(tmp_path):
     """A run whose log has its final scores, written with its own arguments, has finished, whatever
     its exit status says: the sweep's report and its summary agree."""
@@ -637,6 +641,7 @@ def test_compare_and_plot_per_dimension(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # sweep.py through subprocess
 def test_sweep_summary_groups_r2_by_lambda(tmp_path):
     out_dir = tmp_path / "sw"
     _write_runs(out_dir, "info", [(0.7, 0.01, 0.6, 0.01)] * 2, [0.7, 0.7], [1.0, 1.0])
@@ -687,6 +692,7 @@ def _run_with_block(path, seed, style, extra=0.0):
     return path
 
 
+@pytest.mark.slow  # sweep.py through subprocess
 def test_a_field_added_to_the_records_reaches_the_summary(tmp_path):
     out_dir = tmp_path / "sw"
     out_dir.mkdir()
