@@ -1,29 +1,10 @@
 """Read a training log in the reference format (ours or the authors' published ones).
 
-The format is docs/log-format.md ("The log, line by line"): an ``Arguments:`` block, the
-initial θ and the ground-truth Λ as torch tensor reprs (which may wrap over
-several lines), the condition numbers of the mixing, the identity scores, then
-per phase (``supervised test: True|False``) the encoder repr, the logged steps
-(a ``Step:`` line, followed in the contrastive phase by a ``learned lambda
-values:`` line) and the final ``linear mean`` / ``perm mean`` lines.
-
-Rules, so that two readers of a log agree on what it says:
-
-- A line that starts like one of those line types must parse completely, or
-  :class:`LogParseError` names the file and the line.
-- A line of no known type (a progress line captured with ``2>&1``, a blank
-  line) is skipped; its number is kept in ``ParsedLog.skipped``.
-- A log cut off mid-write (a run killed, a partial copy) parses up to its last
-  complete line: a last line without its newline is dropped, as is a tensor
-  or encoder repr still open at the end of the file; ``ParsedLog.truncated``
-  says so.
-- A step logged twice in a phase keeps its last record; a phase header seen
-  twice (stdout of a run and of its ``--resume-training`` appended to one
-  file) continues the same phase.
-
-Step records are dicts with the keys of the run's metrics file: ``step``,
-``loss``, ``mean_loss``, ``lin``, ``perm`` and ``lambda`` (a list of floats,
-or None when no ``learned lambda values`` line followed the step).
+The lines, and the rules that make two readers of a log agree on what it says (a line that starts
+like a line type must parse; unknown lines are skipped; a cut log is read up to its last complete
+line; a repeated step keeps its last record), are docs/log-format.md. Step records are dicts with
+the keys of the run's metrics file: ``step``, ``loss``, ``mean_loss``, ``lin``, ``perm``, ``r`` and
+``lambda`` (a list of floats, or None when no ``learned lambda values`` line followed the step).
 """
 
 import dataclasses
@@ -32,23 +13,45 @@ import re
 
 # A number as Python or torch prints it: 7.6004, 25., 1.0000e+01, nan, -inf.
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
+# The line types, tried in this order: (kind, what its line starts with, its whole shape or None,
+# its name in errors). A line that starts like a type must have the type's whole shape. In a shape,
+# %(...)s are the separators and number formats: loose to read any log (the reference's too),
+# strict for exactly what main_mlp.py prints (what the tests hold our logs to).
+LINE_TYPES = (
+    ("arguments", r"Arguments:$", None, None),
+    ("step", "Step:", r"Step: (\d+)%(tab)sLoss: (%(n4)s)%(tab)s<Loss>: (%(n4)s)%(tab)s"
+                      r"Lin\. Disentanglement: (%(n4)s)%(tab)sPerm\. Disentanglement: (%(n4)s)", "Step"),
+    ("learned_lambda", "learned lambda values:", r"learned lambda values: \[(.*)\]%(end)s", "learned lambda values"),
+    ("final", "linear mean:|perm mean:", r"(linear|perm) mean: (%(float)s) std: (%(float)s)", "final score"),
+    ("phase_header", "supervised test:", "supervised test: (True|False)", "supervised test"),
+    ("repr_start", "f:|lambda init:|ground truth Lambda:", None, None),
+    ("radius_header", "r: Parameter containing:$", None, None),
+    ("id_score", r"Id\. ", r"Id\. (Lin|Perm)\. Disentanglement: (%(n4)s)", "identity score"),
+    ("threshold", "condition number threshold:", r"condition number threshold: (%(n6)s)",
+     "condition number threshold"),
+    ("layer", "layer .*condition number", r"layer (\d+)/(\d+),%(gap)scondition number: (%(float)s)",
+     "layer condition number"),
+)
+# A line of the encoder's repr: read inside its 'f:' block, so not a line type, but it has a shape.
+_MODULE = ("module", r"  \(\d+\): ", r"  \(\d+\): \w+\(.*\)", None)
+_LOOSE = {"tab": r"\s+", "end": "", "gap": r"\s+", "n4": _NUM, "n6": _NUM, "float": _NUM}
+_STRICT = {"tab": r" \t ", "end": r" \t", "gap": "  ", "n4": r"-?\d+\.\d{4}", "n6": r"\d+\.\d{6}",
+           "float": r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?"}
+STARTS = {kind: re.compile(start) for kind, start, _, _ in (*LINE_TYPES, _MODULE)}
 
-_STEP = re.compile(
-    rf"^Step: (\d+)\s+Loss: ({_NUM})\s+<Loss>: ({_NUM})\s+"
-    rf"Lin\. Disentanglement: ({_NUM})\s+Perm\. Disentanglement: ({_NUM})$")
-_LAMBDA = re.compile(r"^learned lambda values: \[(.*)\]$")
-_FINAL = re.compile(rf"^(linear|perm) mean: ({_NUM}) std: ({_NUM})$")
-_SUPERVISED = re.compile(r"^supervised test: (True|False)$")
-_ID_SCORE = re.compile(rf"^Id\. (Lin|Perm)\. Disentanglement: ({_NUM})$")
-_THRESHOLD = re.compile(rf"^condition number threshold: ({_NUM})$")
-_LAYER = re.compile(rf"^layer (\d+)/(\d+),\s+condition number: ({_NUM})$")
+
+def shapes(strict=False):
+    """``{kind: compiled pattern of the whole line}`` of every line type with a shape: loose or strict."""
+    numbers = _STRICT if strict else _LOOSE
+    return {kind: re.compile(f"^{shape % numbers}$") for kind, _, shape, _ in (*LINE_TYPES, _MODULE) if shape}
+
+
+_SHAPES = shapes()
 _ARGUMENT = re.compile(r"^\t([^\s:]+):(?: (.*))?$")
 _RADIUS = re.compile(rf"^tensor\(\[({_NUM})\], requires_grad=True\)$")
-# The list inside a 1-d tensor repr, then keyword arguments such as
-# device='cuda:0' or dtype=torch.float64.
+# The list inside a 1-d tensor repr, then keyword arguments such as device='cuda:0' or dtype=torch.float64.
 _TENSOR = re.compile(r"^tensor\(\[([^\[\]]*)\]((?:\s*,\s*\w+=[^,()]+)*)\s*\)$")
-# The line types whose repr may wrap over several lines: prefix -> kind (the
-# phase's encoder, or the ParsedLog field of a tensor).
+# The lines whose repr may wrap: prefix -> the phase's encoder, or the ParsedLog field of a tensor.
 _REPR_KINDS = {"f:": "encoder", "lambda init:": "lambda_init", "ground truth Lambda:": "gt_lambda"}
 
 
@@ -57,8 +60,7 @@ class LogParseError(ValueError):
 
     def __init__(self, path, line, message):
         self.path, self.line, self.message = path, line, message
-        where = f"{path}:{line}" if line is not None else f"{path}"
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{path}:{line}: {message}" if line is not None else f"{path}: {message}")
 
 
 @dataclasses.dataclass
@@ -81,10 +83,7 @@ class Phase:
 
     def last_lambda(self):
         """The last logged Λ̂ as ``(step, list)``, or None when the phase logged none."""
-        for record in reversed(self.steps):
-            if record["lambda"] is not None:
-                return record["step"], record["lambda"]
-        return None
+        return next(((r["step"], r["lambda"]) for r in reversed(self.steps) if r["lambda"] is not None), None)
 
     def by_step(self):
         """``{step: record}``."""
@@ -110,10 +109,7 @@ class ParsedLog:
 
     def phase(self, name):
         """The phase called ``name`` ('supervised' or 'unsupervised'), or None."""
-        for phase in self.phases:
-            if phase.name == name:
-                return phase
-        return None
+        return next((phase for phase in self.phases if phase.name == name), None)
 
     def main_phase(self):
         """The contrastive phase when the log has one (the paper's result), else the last phase."""
@@ -122,10 +118,6 @@ class ParsedLog:
 
 def quote(text, limit=80):
     return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _float(text):
-    return float(text)  # the regexes only let through what float() reads
 
 
 def _tensor_values(path, line_no, text):
@@ -138,9 +130,9 @@ def _tensor_values(path, line_no, text):
 
 def _number_list(path, line_no, inner, text):
     items = [item.strip() for item in inner.split(",")]
-    if not items or any(re.fullmatch(_NUM, item) is None for item in items):
+    if any(re.fullmatch(_NUM, item) is None for item in items):
         raise LogParseError(path, line_no, f"not a list of numbers: {quote(text)}")
-    return [_float(item) for item in items]
+    return [float(item) for item in items]
 
 
 @dataclasses.dataclass
@@ -152,24 +144,10 @@ class _Repr:
     lines: list = dataclasses.field(default_factory=list)
     depth: int = 0  # parentheses opened and not yet closed
 
-    def add(self, text):
-        """Add a line; returns True once the repr is closed."""
-        self.lines.append(text)
-        self.depth += text.count("(") - text.count(")")
-        return self.depth <= 0
-
-    def text(self):
-        """The repr, after its line type's prefix ("f:", "lambda init:", ...), which ends at the first ':'."""
-        return "\n".join(self.lines).partition(":")[2]
-
 
 class _Parser:
-    """A line-by-line reader; one instance per file.
-
-    Outside the ``Arguments:`` block and any open multi-line repr, a line is
-    read by the first entry of ``LINE_TYPES`` (below the handlers) whose
-    start it has; a line of no type is skipped.
-    """
+    """A line-by-line reader, one per file: outside the ``Arguments:`` block and any open repr, a line
+    is read by the handler (the method named by its kind) of the first of LINE_TYPES whose start it has."""
 
     def __init__(self, path):
         self.log = ParsedLog(path=path)
@@ -197,41 +175,39 @@ class _Parser:
             self.error(line_no, f"{what} before any 'supervised test:' line")
         return self.current
 
-    # -- one line -------------------------------------------------------------
-
     def feed(self, line_no, text):
         """Read line ``line_no`` (1-based), without its newline."""
         if self.block is not None:
             self.continue_block(line_no, text)
         elif self.radius_next:
-            self.radius(line_no, text)
+            self.radius(line_no, text.rstrip())
         elif self.in_arguments and text.startswith("\t"):
             match = self.expect(_ARGUMENT, line_no, text, "argument")
-            self.log.args[match.group(1)] = match.group(2) if match.group(2) is not None else ""
+            self.log.args[match.group(1)] = match.group(2) or ""
         else:
             self.in_arguments = False
-            stripped = text.rstrip()
-            for start, pattern, what, handler in self.LINE_TYPES:
-                match = start.match(stripped)
-                if match is not None:
-                    if pattern is not None:
-                        match = self.expect(pattern, line_no, stripped, what)
-                    handler(self, line_no, stripped, match)
-                    return
-            self.log.skipped.append(line_no)
+            self.line_type(line_no, text.rstrip())
+
+    def line_type(self, line_no, text):
+        """Read a line by the first of LINE_TYPES whose start it has; a line of none is skipped."""
+        for kind, _, _, what in LINE_TYPES:
+            match = STARTS[kind].match(text)
+            if match is not None:
+                if kind in _SHAPES:
+                    match = self.expect(_SHAPES[kind], line_no, text, what)
+                getattr(self, kind)(line_no, text, match)
+                return
+        self.log.skipped.append(line_no)
 
     def radius(self, line_no, text):
         """The line after ``r: Parameter containing:`` (--sphere-norm): the radius, after a Step line."""
         self.radius_next = False
         if not text.startswith("tensor("):
             self.error(line_no, "the radius tensor does not follow 'r: Parameter containing:'")
-        text = text.rstrip()
         match = _RADIUS.match(text)
         if match is None or self.last_record is None:
             self.error(line_no, f"malformed radius line: {quote(text)}")
-        self.last_record["r"] = _float(match.group(1))
-
-    # -- multi-line reprs ---------------------------------------------------
+        self.last_record["r"] = float(match.group(1))
 
     def continue_block(self, line_no, text):
         block = self.block
@@ -239,28 +215,27 @@ class _Parser:
         # or are the closing ')' of the module; anything else means the repr was cut.
         if block.lines and not (text[:1].isspace() or text.startswith(")")):
             self.error(block.start, f"{block.kind} repr not closed before line {line_no}")
-        if block.add(text):
-            self.block = None
-            self.close_block(block)
-
-    def close_block(self, block):
+        block.lines.append(text)
+        block.depth += text.count("(") - text.count(")")
+        if block.depth > 0:
+            return
+        self.block = None
+        body = "\n".join(block.lines).partition(":")[2]  # after the prefix ("f:", "lambda init:", ...)
         if block.kind == "encoder":
-            self.phase_for(block.start, "'f:' line").encoder = block.text().strip()
+            self.phase_for(block.start, "'f:' line").encoder = body.strip()
         else:  # a wrapped tensor: the continuation lines are indentation + numbers
-            text = " ".join(part.strip() for part in block.text().split("\n")).strip()
+            text = " ".join(part.strip() for part in body.split("\n")).strip()
             setattr(self.log, block.kind, _tensor_values(self.path, block.start, text))
 
-    # -- the line types: handler(line_no, line, match), the match of the type's
-    # full pattern, or of its start where it has none
+    # -- the handlers of LINE_TYPES: (line_no, line, the match of its shape, or of its start)
 
-    def arguments_header(self, line_no, text, match):
+    def arguments(self, line_no, text, match):
         self.in_arguments = True
 
     def step(self, line_no, text, match):
         self.phase_for(line_no, "Step line")
-        record = {"step": int(match.group(1)), "loss": _float(match.group(2)),
-                  "mean_loss": _float(match.group(3)), "lin": _float(match.group(4)),
-                  "perm": _float(match.group(5)), "lambda": None, "r": None}
+        record = {"step": int(match.group(1)), "loss": float(match.group(2)), "mean_loss": float(match.group(3)),
+                  "lin": float(match.group(4)), "perm": float(match.group(5)), "lambda": None, "r": None}
         self.steps[record["step"]] = record  # a repeated step keeps its last record
         self.last_record = record
 
@@ -272,20 +247,18 @@ class _Parser:
     def final(self, line_no, text, match):
         phase = self.phase_for(line_no, "final score line")
         key = "lin" if match.group(1) == "linear" else "perm"
-        phase.final[f"{key}_mean"] = _float(match.group(2))
-        phase.final[f"{key}_std"] = _float(match.group(3))
+        phase.final[f"{key}_mean"] = float(match.group(2))
+        phase.final[f"{key}_std"] = float(match.group(3))
         self.last_record = None
 
     def phase_header(self, line_no, text, match):
         self.finish_phase()
-        name = "supervised" if match.group(1) == "True" else "unsupervised"
-        existing = self.log.phase(name)
-        if existing is not None:  # the same run continued (resumed): one phase
-            self.current = existing
-        else:
-            self.current = Phase(supervised=name == "supervised", line=line_no)
+        supervised = match.group(1) == "True"
+        self.current = self.log.phase("supervised" if supervised else "unsupervised")
+        if self.current is None:  # else the same run continued (resumed): one phase
+            self.current = Phase(supervised=supervised, line=line_no)
             self.log.phases.append(self.current)
-        self.steps = {record["step"]: record for record in self.current.steps}
+        self.steps = self.current.by_step()
         self.last_record = None
 
     def repr_start(self, line_no, text, match):
@@ -296,42 +269,18 @@ class _Parser:
         self.radius_next = True  # --sphere-norm: the radius tensor follows
 
     def id_score(self, line_no, text, match):
-        setattr(self.log, "id_lin" if match.group(1) == "Lin" else "id_perm", _float(match.group(2)))
+        setattr(self.log, "id_lin" if match.group(1) == "Lin" else "id_perm", float(match.group(2)))
 
     def threshold(self, line_no, text, match):
-        self.log.cond_threshold = _float(match.group(1))
+        self.log.cond_threshold = float(match.group(1))
         self.log.cond_numbers = []  # a repeated header (resumed run) restarts the list
 
     def layer(self, line_no, text, match):
-        self.log.cond_numbers.append(_float(match.group(3)))
-
-    # (what a line of the type starts with, its full pattern or None, its name
-    # in errors, its handler), tried in this order. A line that starts like a
-    # type must match its full pattern: see the module docstring.
-    LINE_TYPES = (
-        (re.compile(r"Arguments:\Z"), None, None, arguments_header),
-        (re.compile(r"Step:"), _STEP, "Step", step),
-        (re.compile(r"learned lambda values:"), _LAMBDA, "learned lambda values", learned_lambda),
-        (re.compile(r"linear mean:|perm mean:"), _FINAL, "final score", final),
-        (re.compile(r"supervised test:"), _SUPERVISED, "supervised test", phase_header),
-        (re.compile("|".join(map(re.escape, _REPR_KINDS))), None, None, repr_start),
-        (re.compile(r"r: Parameter containing:\Z"), None, None, radius_header),
-        (re.compile(r"Id\. "), _ID_SCORE, "identity score", id_score),
-        (re.compile(r"condition number threshold:"), _THRESHOLD, "condition number threshold", threshold),
-        (re.compile(r"layer .*condition number", re.DOTALL), _LAYER, "layer condition number", layer),
-    )
+        self.log.cond_numbers.append(float(match.group(3)))
 
     def finish_phase(self):
         if self.current is not None:
             self.current.steps = [self.steps[k] for k in sorted(self.steps)]
-
-    def finish(self):
-        """The ParsedLog, once every line is read."""
-        if self.block is not None:  # a repr still open at the end: the log was cut there
-            self.log.truncated = True
-            self.block = None
-        self.finish_phase()
-        return self.log
 
 
 # A log of a full-length run logged at every step is ~100 MB; anything far beyond, or a
@@ -341,19 +290,18 @@ MAX_LINE_BYTES = 1 << 20
 
 
 def _parse_lines(path, lines):
-    """Feed ``lines`` (str, each with its newline) to a :class:`_Parser`; returns its ParsedLog.
-
-    A line without its newline (the last one, whose writer was stopped
-    mid-line) is dropped and marks the log truncated.
-    """
+    """The ParsedLog of ``lines`` (str, each with its newline); a last line without one is dropped."""
     parser = _Parser(path)
     for line_no, line in enumerate(lines, start=1):
-        if not line.endswith("\n"):
+        if not line.endswith("\n"):  # its writer was stopped mid-line
             parser.log.truncated = True
             break
         parser.feed(line_no, line[:-1].rstrip("\r"))
         parser.log.n_lines = line_no
-    return parser.finish()
+    if parser.block is not None:  # a repr still open at the end: the log was cut there
+        parser.log.truncated = True
+    parser.finish_phase()
+    return parser.log
 
 
 def parse_text(text, path="<log>"):
@@ -389,14 +337,10 @@ def unreadable(path, exc):
 
 
 def parse_log(path):
-    """Parse the log file at ``path``, line by line.
+    """The :class:`ParsedLog` of the log file at ``path``, read line by line.
 
-    Returns:
-        A :class:`ParsedLog`.
-    Raises:
-        LogParseError: the file is missing or unreadable, is not UTF-8 text, is
-            larger than MAX_LOG_BYTES or has a line longer than MAX_LINE_BYTES,
-            or has a line that starts like a known line type but does not parse.
+    Raises LogParseError when the file is missing or unreadable, is not UTF-8 text, is larger than
+    MAX_LOG_BYTES or has a line longer than MAX_LINE_BYTES, or has a line that does not parse.
     """
     try:
         with open(path, "rb") as handle:
@@ -406,11 +350,7 @@ def parse_log(path):
 
 
 def require_steps(log, phase_name):
-    """The phase ``phase_name`` of ``log``, with at least one Step line.
-
-    Raises:
-        LogParseError: the log has no such phase, or it logged no step.
-    """
+    """The phase ``phase_name`` of ``log``; a LogParseError when it has no such phase or no Step line."""
     phase = log.phase(phase_name)
     if phase is None and log.n_lines > 0 and len(log.skipped) == log.n_lines:
         # Not one line of the format: say where reading found none, line 1.
