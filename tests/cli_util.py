@@ -33,6 +33,8 @@ def line_shape(line):
     the same shape, ``gt_lambda_1: 5`` and ``gt_lambda_1: 5.0`` do not.
     """
     return _SHAPE_SPACES.sub(" ", _SHAPE_NUMBER.sub("#", line)).replace("[ ", "[")
+
+
 SCRIPT = os.path.join(ROOT, "main_mlp.py")
 
 # The tiny configuration the tests train: the AnInfoNCE experiment at n = 3, batch 32, one contrastive
@@ -52,28 +54,13 @@ REFERENCE_KEYS = [
     "gt_lambda_1", "gt_lambda_2", "linearly_spaced_lambda", "lr_lambda", "threshold",
 ]
 
-NUM = r"-?\d+\.\d{4}"
-STEP_RE = re.compile(
-    rf"^Step: (\d+) \t Loss: ({NUM}) \t <Loss>: ({NUM}) \t "
-    rf"Lin\. Disentanglement: ({NUM}) \t Perm\. Disentanglement: ({NUM})$")
-LAMBDA_RE = re.compile(r"^learned lambda values: \[(.*)\] \t$")
-FLOAT = r"(-?\d+(?:\.\d*)?(?:e[-+]?\d+)?)"
-COND_THRESH_RE = re.compile(r"^condition number threshold: (\d+\.\d{6})$")
-LAYER_RE = re.compile(rf"^layer (\d+)/(\d+),  condition number: {FLOAT}$")
-ID_RE = re.compile(rf"^Id\. (Lin|Perm)\. Disentanglement: ({NUM})$")
-FINAL_RE = re.compile(rf"^(linear|perm) mean: {FLOAT} std: {FLOAT}$")
-MODULE_RE = re.compile(r"^  \(\d+\): \w+\(.*\)$")
+# Our log's exact line shapes (4 decimals, tabs): logparse's, strict.
+EXACT = logparse.shapes(strict=True)
+STEP_RE = EXACT["step"]
 
 
 class LogFormatError(AssertionError):
     pass
-
-
-# The exact formats of the line types whose numbers we print ourselves (4 decimals, tabs).
-EXACT = [(re.compile(r"^Step: "), STEP_RE), (re.compile(r"^learned lambda values: "), LAMBDA_RE),
-         (re.compile(r"^condition number threshold: "), COND_THRESH_RE), (re.compile(r"^layer \d"), LAYER_RE),
-         (re.compile(r"^Id\. "), ID_RE), (re.compile(r"^(linear|perm) mean: "), FINAL_RE),
-         (re.compile(r"^  \(\d+\): "), MODULE_RE)]
 
 
 def parse_log(text):
@@ -91,8 +78,8 @@ def parse_log(text):
     if not lines or lines[0] != "Arguments:":
         raise LogFormatError("line 1: expected 'Arguments:'")
     for number, line in enumerate(lines, start=1):
-        for prefix, exact in EXACT:
-            if prefix.match(line) and not exact.match(line):
+        for kind, exact in EXACT.items():
+            if logparse.STARTS[kind].match(line) and not exact.match(line):
                 raise LogFormatError(f"line {number}: not in the reference format: {line!r}")
     try:
         log = logparse.parse_text(text)
@@ -133,7 +120,7 @@ def step_lines(text):
         m = STEP_RE.match(line)
         if m:
             step = int(m.group(1))
-        if m or LAMBDA_RE.match(line):
+        if m or EXACT["learned_lambda"].match(line):
             out.append((step, line))
     return out
 
