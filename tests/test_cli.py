@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from test_encoders import REFERENCE_REPR
-from cli_util import REFERENCE_KEYS, env_for_cli, parse_log, run_cli, run_main
+from cli_util import REFERENCE_KEYS, TINY_RUN, env_for_cli, parse_log, run_cli, run_main
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -29,9 +29,7 @@ README = ["--n", "10", "--batch-size", "64", "--space", "extended_sphere", "--c-
 README_OUT = ["--device", "cpu", "--log-file", "run.log", "--metrics-file", "metrics.jsonl"]
 NO_CUDA = {"CUDA_VISIBLE_DEVICES": ""}
 NO_SEED = ["--n-log-steps", "2", "--metrics-file", "metrics.jsonl", "--cond-thresh-ratio", "0.01"]
-TINY = ["--device", "cpu", "--n", "4", "--batch-size", "32", "--space", "extended_sphere", "--c-p", "0",
-        "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", "3",
-        "--num-eval-batches", "1"]
+TINY = [*TINY_RUN, "--device", "cpu", "--n", "4"]  # n = 4: the tests' Λ has 4 entries
 
 # The encoder's repr for n = 10, exactly as in the reference logs: its module lines.
 REFERENCE_F = REFERENCE_REPR.splitlines()[1:-1]

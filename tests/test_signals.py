@@ -20,16 +20,14 @@ import pytest
 
 import logparse
 import run_support
-from cli_util import finish_all, parse_log, start_cli, step_lines
+from cli_util import TINY, finish_all, parse_log, start_cli, step_lines
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
 N_STEPS = 36  # 36 % 5 == 1: the last step is also a regular log step
 EXTENDED = 46
-CMD = ["--device", "cpu", "--n", "4", "--batch-size", "64", "--space", "extended_sphere", "--c-p", "0",
-       "--p", "0", "--only-unsupervised", "--more-unsupervised", "1", "--n-steps", str(N_STEPS),
-       "--n-log-steps", "5", "--seed", "5", "--num-eval-batches", "1",
-       "--save-dir", "ckpt", "--log-file", "run.log", "--metrics-file", "metrics.jsonl"]
+CMD = [*TINY, "--device", "cpu", "--n", "4", "--batch-size", "64", "--n-steps", str(N_STEPS), "--n-log-steps", "5",
+       "--seed", "5", "--save-dir", "ckpt", "--log-file", "run.log", "--metrics-file", "metrics.jsonl"]
 RESUME = CMD + ["--resume-training"]
 STOPPED = re.compile(r"^main_mlp\.py: stopped by (SIG\w+) after step (\d+) of the unsupervised run; "
                      r"checkpoint in ckpt\. Resume with the same command plus --resume-training\.$", re.M)
