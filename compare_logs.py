@@ -1,32 +1,21 @@
 """Say whether two training logs agree within noise, and show where they differ.
 
-Two runs of the same configuration with different seeds (or on different
-hardware) never print the same numbers, so a plain ``diff`` of their logs is
-useless. This reads two logs in the reference format (ours or the published
-ones), aligns one phase (the contrastive one by default) by step, and prints:
+Two runs of one configuration with different seeds (or hardware) never print the same numbers, so a
+plain ``diff`` of their logs is useless. This aligns one phase of two logs in the reference format
+(ours or the published ones) by step and prints <Loss>, Lin. and Perm. side by side at the common
+steps (``--rows`` of them spread evenly, plus the last; ``--all`` for all), the final scores, and the
+learned Λ̂ of each log against the ground truth, matched by sorting (relative error of each entry and,
+when the ground-truth λ are distinct, the rank agreement).
 
-- a side-by-side table of <Loss>, Lin. and Perm. at the common steps (about
-  ``--rows`` rows spread evenly plus the last common step; ``--all`` for all);
-- the final scores (``linear mean`` / ``perm mean``) of each log, if present;
-- the learned Λ̂ of each log against the ground truth, matched up to
-  permutation: sorted values, the relative error of each entry and, when
-  the ground-truth λ are distinct, the rank agreement.
+Verdict: the logs agree when, at every common step >= ``--min-step`` (or, with none, at the last
+common step), |Δ<Loss>|, |ΔLin.| and |ΔPerm.| are within their tolerances; the sorted Λ̂ of A is
+within ``--lambda-rtol`` of B's entry by entry, both at the last common step where both logged Λ̂
+(``--lambda-at last``: each log's last); the final scores, where both logs have them, are within
+the Lin./Perm. tolerances; and both logs have the same ground-truth Λ.
 
-Verdict: the logs agree when, at every common step >= ``--min-step``,
-|Δ<Loss>| <= ``--loss-tol``, |ΔLin.| <= ``--lin-tol`` and |ΔPerm.| <=
-``--perm-tol``; when the sorted Λ̂ of A is within ``--lambda-rtol`` of the
-sorted Λ̂ of B (relative to B's) entry by entry, both taken at the last
-common step where both logged Λ̂ (``--lambda-at last``: each log's last); when both logs have final
-scores, those are within the Lin./Perm. tolerances; and when both logs have
-the same ground-truth Λ. With no common step >= ``--min-step`` the last
-common step is checked instead, and the output says so.
-
-Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read
-(missing file, not a log, a malformed line: one line on stderr naming the
-file and the line). The report is made whole before it is written, so a
-reader that stops early (``| head``) does not change the status. With
-``--per-dimension`` (no verdict): 0, or 2 for a file that is not a metrics
-file of main_mlp.py (metrics_io's rules: the file and line named) or whose latents (n,
+Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read (one line on stderr naming
+the file and the line), whatever becomes of stdout (``| head``). With ``--per-dimension`` (no
+verdict): 0, or 2 for a file that is not a metrics file of main_mlp.py or whose latents (n,
 ground-truth λ) are not LOG_A's.
 
     python compare_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
@@ -49,18 +38,12 @@ from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int
 
 PROG = "compare_logs.py"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT
-# Defaults of the tolerances: what we accept as a reproduction of a published
-# log for Lin., Perm. and Λ̂; for <Loss> (a 250-step running mean), "learns like
-# the reference" means within 0.15 of the published log at the same step.
-DEFAULT_MIN_STEP = 15000
-DEFAULT_LIN_TOL = 0.02
-DEFAULT_PERM_TOL = 0.05
-DEFAULT_LAMBDA_RTOL = 0.10
-DEFAULT_LOSS_TOL = 0.15
-DEFAULT_ROWS = 20
 # Arguments that say where a run wrote or ran, not what it computed: not differences between the logs.
 INCIDENTAL_ARGS = frozenset(settings.INCIDENTAL_FLAGS)
-TOLERANCE = bounded(float, at_least=0)
+# The step table's columns, with their tolerance flags: what we accept as a reproduction of a published
+# log; for <Loss> (a 250-step running mean), "learns like the reference" is within 0.15 at the same step.
+COLUMNS = (("mean_loss", "<Loss>", "loss_tol", 0.15), ("lin", "Lin.", "lin_tol", 0.02),
+           ("perm", "Perm.", "perm_tol", 0.05))
 
 
 def parse_args(argv=None):
@@ -68,16 +51,14 @@ def parse_args(argv=None):
     parser.add_argument("log_a", metavar="LOG_A", help="first log (e.g. ours)")
     parser.add_argument("log_b", metavar="LOG_B", help="second log (e.g. the published one); "
                                                        "Λ̂ differences are relative to this one")
-    parser.add_argument("--min-step", type=int, default=DEFAULT_MIN_STEP,
+    parser.add_argument("--min-step", type=int, default=15000,
                         help="check the tolerances at the common steps >= this (early steps are "
                              "dominated by the initialisation; default: %(default)s)")
-    parser.add_argument("--lin-tol", type=TOLERANCE, default=DEFAULT_LIN_TOL,
-                        help="largest allowed |ΔLin.| (default: %(default)s)")
-    parser.add_argument("--perm-tol", type=TOLERANCE, default=DEFAULT_PERM_TOL,
-                        help="largest allowed |ΔPerm.| (default: %(default)s)")
-    parser.add_argument("--loss-tol", type=TOLERANCE, default=DEFAULT_LOSS_TOL,
-                        help="largest allowed |Δ<Loss>| (running mean of the loss; default: %(default)s)")
-    parser.add_argument("--lambda-rtol", type=TOLERANCE, default=DEFAULT_LAMBDA_RTOL,
+    for key, name, dest, default in COLUMNS[1:] + COLUMNS[:1]:  # --lin-tol, --perm-tol, --loss-tol
+        what = "running mean of the loss; " if key == "mean_loss" else ""
+        parser.add_argument(f"--{dest.replace('_', '-')}", type=bounded(float, at_least=0), default=default,
+                            help=f"largest allowed |Δ{name}| ({what}default: %(default)s)")
+    parser.add_argument("--lambda-rtol", type=bounded(float, at_least=0), default=0.10,
                         help="largest allowed relative difference of sorted Λ̂ entries, |a - b| / |b| "
                              "(default: %(default)s)")
     parser.add_argument("--lambda-at", choices=("last", "common"), default="common",
@@ -86,7 +67,7 @@ def parse_args(argv=None):
                              "(default: %(default)s)")
     parser.add_argument("--phase", choices=("unsupervised", "supervised"), default="unsupervised",
                         help="the phase of the logs to align (default: %(default)s)")
-    parser.add_argument("--rows", type=positive_int, default=DEFAULT_ROWS,
+    parser.add_argument("--rows", type=positive_int, default=20,
                         help="rows of the step table, spread evenly over the common steps (plus the last; "
                              "default: %(default)s)")
     parser.add_argument("--all", action="store_true", help="print every common step in the table")
@@ -97,24 +78,12 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-# --------------------------------------------------------------------------
-# Comparison
-
-
-def common_steps(*phases):
-    """The steps logged by every one of ``phases``, sorted: where logs can be set side by side."""
-    return sorted(set.intersection(*(set(phase.by_step()) for phase in phases)))
-
-
 def thin(steps, rows):
     """About ``rows`` of ``steps`` spread evenly, always with the first and the last."""
     if len(steps) <= rows + 1:
         return list(steps)
-    picks = np.unique(np.round(np.linspace(0, len(steps) - 1, rows)).astype(int))
-    chosen = [steps[i] for i in picks]
-    if chosen[-1] != steps[-1]:
-        chosen.append(steps[-1])
-    return chosen
+    chosen = [steps[i] for i in np.unique(np.round(np.linspace(0, len(steps) - 1, rows)).astype(int))]
+    return chosen if chosen[-1] == steps[-1] else chosen + [steps[-1]]
 
 
 def pick_lambda(phase_a, phase_b, common, how):
@@ -129,17 +98,9 @@ def pick_lambda(phase_a, phase_b, common, how):
 
 
 def rank_agreement(learned, truth):
-    """Spearman ρ between Λ̂ and λ after matching them by sorting.
-
-    The log does not record which encoder output belongs to which latent, so
-    an entry-by-entry ρ of the raw vectors would measure that unknown
-    permutation, not Λ̂. After the matching, ρ is 1 exactly when Λ̂ separates
-    every pair of distinct λ; ties in Λ̂ (entries that merged, at the log's
-    one decimal) pull it below 1. Returns nan when Λ̂ is constant.
-    """
-    # Imported here: scipy.stats takes longer to import than the rest of the
-    # tool together, and only logs with distinct λ need it.
-    import scipy.stats
+    """Spearman ρ between Λ̂ and λ matched by sorting (the log does not record which output is which
+    latent): 1 exactly when Λ̂ separates every pair of distinct λ; nan when Λ̂ is constant."""
+    import scipy.stats  # here: it takes longer to import than the rest of the tool, and few logs need it
 
     learned, truth, _ = metrics_io.match_sorted(learned, truth)
     if np.ptp(learned) == 0:
@@ -157,8 +118,7 @@ def differing_args(log_a, log_b):
 
 def rjust(text, width):
     """``str.rjust`` by displayed width: the hat of Λ̂ is a combining character."""
-    shown = sum(1 for ch in text if not unicodedata.combining(ch))
-    return " " * max(0, width - shown) + text
+    return " " * max(0, width - sum(1 for ch in text if not unicodedata.combining(ch))) + text
 
 
 def fmt(value, digits=4, signed=False):
@@ -172,114 +132,96 @@ def fmt(value, digits=4, signed=False):
 
 def compare(log_a, log_b, args, out):
     """Print the comparison of two parsed logs to ``out``; returns the list of disagreements."""
-    phase_a = logparse.require_steps(log_a, args.phase)
-    phase_b = logparse.require_steps(log_b, args.phase)
-    problems = []
-
-    out.write(f"A: {log_a.path}\n   {args.phase} phase: {len(phase_a.steps)} logged steps, last "
-              f"{phase_a.steps[-1]['step']}{'; final scores' if phase_a.has_final() else ''}"
-              f"{'; cut off (last line incomplete)' if log_a.truncated else ''}\n")
-    out.write(f"B: {log_b.path}\n   {args.phase} phase: {len(phase_b.steps)} logged steps, last "
-              f"{phase_b.steps[-1]['step']}{'; final scores' if phase_b.has_final() else ''}"
-              f"{'; cut off (last line incomplete)' if log_b.truncated else ''}\n")
+    phases = []
+    for label, log in (("A", log_a), ("B", log_b)):
+        phase = logparse.require_steps(log, args.phase)
+        phases.append(phase)
+        out.write(f"{label}: {log.path}\n   {args.phase} phase: {len(phase.steps)} logged steps, last "
+                  f"{phase.steps[-1]['step']}{'; final scores' if phase.has_final() else ''}"
+                  f"{'; cut off (last line incomplete)' if log.truncated else ''}\n")
     diffs = differing_args(log_a, log_b)
     if diffs:
-        out.write("arguments that differ (A | B): "
-                  + "; ".join(f"{k}: {a!r} | {b!r}" for k, a, b in diffs) + "\n")
-
-    common = common_steps(phase_a, phase_b)
-    problems += compare_steps(phase_a, phase_b, common, args, out)
-    problems += compare_finals(phase_a, phase_b, args, out)
-    problems += compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out)
-    return problems
+        out.write("arguments that differ (A | B): " + "; ".join(f"{k}: {a!r} | {b!r}" for k, a, b in diffs) + "\n")
+    common = sorted(set(phases[0].by_step()) & set(phases[1].by_step()))
+    return (compare_steps(*phases, common, args, out) + compare_finals(*phases, args, out)
+            + compare_lambda(log_a, log_b, *phases, common, args, out))
 
 
 def compare_steps(phase_a, phase_b, common, args, out):
     """The step table and the tolerance checks at the common steps; returns the disagreements."""
-    problems = []
-    by_a, by_b = phase_a.by_step(), phase_b.by_step()
     if not common:
         out.write("\nno common logged steps: nothing to align\n")
-        problems.append("the logs have no logged step in common")
+        return ["the logs have no logged step in common"]
+    by_a, by_b = phase_a.by_step(), phase_b.by_step()
+    checked = [s for s in common if s >= args.min_step]
+    checked_set = set(checked)
+    if checked:
+        out.write(f"\n{len(common)} common steps; tolerances checked at the {len(checked)} steps >= {args.min_step}\n")
     else:
-        checked = [s for s in common if s >= args.min_step]
-        if checked:
-            out.write(f"\n{len(common)} common steps; tolerances checked at the {len(checked)} "
-                      f"steps >= {args.min_step}\n")
-        else:
-            checked = [common[-1]]
-            out.write(f"\n{len(common)} common steps, none >= {args.min_step}: tolerances checked at "
-                      f"the last common step, {common[-1]}, only\n")
-        checked_set = set(checked)
-        tols = {"mean_loss": args.loss_tol, "lin": args.lin_tol, "perm": args.perm_tol}
-        worst = {}
-        for key in tols:
-            deltas = np.array([by_a[s][key] - by_b[s][key] for s in checked])
-            # A nan (a diverged run) is the worst difference there is.
-            size = np.where(np.isnan(deltas), np.inf, np.abs(deltas))
-            i = int(np.argmax(size))
-            worst[key] = (checked[i], float(deltas[i]))
-        shown = common if args.all else thin(common, args.rows)
-        out.write(f"{'step':>8} {'<Loss> A':>9} {'<Loss> B':>9} {'Δ<Loss>':>8}  {'Lin. A':>7} {'Lin. B':>7} "
-                  f"{'ΔLin.':>8}  {'Perm. A':>7} {'Perm. B':>7} {'ΔPerm.':>8}\n")
-        for step in shown:
-            a, b = by_a[step], by_b[step]
-            outside = step in checked_set and any(not abs(a[k] - b[k]) <= tol for k, tol in tols.items())
-            out.write(f"{step:>8} {fmt(a['mean_loss']):>9} {fmt(b['mean_loss']):>9} "
-                      f"{fmt(a['mean_loss'] - b['mean_loss'], signed=True):>8}  "
-                      f"{fmt(a['lin']):>7} {fmt(b['lin']):>7} {fmt(a['lin'] - b['lin'], signed=True):>8}  "
-                      f"{fmt(a['perm']):>7} {fmt(b['perm']):>7} {fmt(a['perm'] - b['perm'], signed=True):>8}"
-                      f"{'  *' if outside else ''}\n")
-        out.write(f"({len(shown)} of {len(common)} common steps shown"
-                  f"{'' if args.all else '; --all for every one'}; * marks a checked step outside a tolerance)\n")
-        names = {"mean_loss": "<Loss>", "lin": "Lin.", "perm": "Perm."}
-        for key, tol in tols.items():
-            step, delta = worst[key]
-            ok = abs(delta) <= tol
-            out.write(f"largest |Δ{names[key]}| at checked steps: {fmt(abs(delta))} at step {step} "
-                      f"(tolerance {tol:g}): {'ok' if ok else 'OUTSIDE'}\n")
-            if not ok:
-                problems.append(f"|Δ{names[key]}| = {fmt(abs(delta))} > {tol:g} at step {step}")
+        checked = [common[-1]]
+        checked_set = {common[-1]}
+        out.write(f"\n{len(common)} common steps, none >= {args.min_step}: tolerances checked at "
+                  f"the last common step, {common[-1]}, only\n")
+    tols = {key: getattr(args, dest) for key, _, dest, _ in COLUMNS}
+    shown = common if args.all else thin(common, args.rows)
+    out.write(f"{'step':>8} {'<Loss> A':>9} {'<Loss> B':>9} {'Δ<Loss>':>8}  {'Lin. A':>7} {'Lin. B':>7} "
+              f"{'ΔLin.':>8}  {'Perm. A':>7} {'Perm. B':>7} {'ΔPerm.':>8}\n")
+    for step in shown:
+        a, b = by_a[step], by_b[step]
+        outside = step in checked_set and any(not abs(a[k] - b[k]) <= tol for k, tol in tols.items())
+        cells = [f"{fmt(a[k]):>{w}} {fmt(b[k]):>{w}} {fmt(a[k] - b[k], signed=True):>8}"
+                 for k, w in (("mean_loss", 9), ("lin", 7), ("perm", 7))]
+        out.write(f"{step:>8} " + "  ".join(cells) + f"{'  *' if outside else ''}\n")
+    out.write(f"({len(shown)} of {len(common)} common steps shown"
+              f"{'' if args.all else '; --all for every one'}; * marks a checked step outside a tolerance)\n")
+    problems = []
+    for key, name, _, _ in COLUMNS:
+        deltas = np.array([by_a[s][key] - by_b[s][key] for s in checked])
+        i = int(np.argmax(np.where(np.isnan(deltas), np.inf, np.abs(deltas))))  # a nan (diverged) is the worst
+        step, delta, tol = checked[i], float(deltas[i]), tols[key]
+        ok = abs(delta) <= tol
+        out.write(f"largest |Δ{name}| at checked steps: {fmt(abs(delta))} at step {step} "
+                  f"(tolerance {tol:g}): {'ok' if ok else 'OUTSIDE'}\n")
+        if not ok:
+            problems.append(f"|Δ{name}| = {fmt(abs(delta))} > {tol:g} at step {step}")
     return problems
 
 
 def compare_finals(phase_a, phase_b, args, out):
     """The final scores side by side; returns the disagreements."""
+    if not (phase_a.has_final() or phase_b.has_final()):
+        return []
+    out.write("\nfinal scores (mean ± std over the final evaluation batches)\n")
+    for key, label in (("lin", "linear"), ("perm", "perm")):
+        cells = [f"{fmt(phase.final[key + '_mean'])} ± {fmt(phase.final[key + '_std'])}" if phase.has_final()
+                 else "-" for phase in (phase_a, phase_b)]
+        out.write(f"  {label + ' mean':<12} A {cells[0]:<18} B {cells[1]}\n")
+    if not (phase_a.has_final() and phase_b.has_final()):
+        out.write("  (only one log has final scores: not compared)\n")
+        return []
     problems = []
-    if phase_a.has_final() or phase_b.has_final():
-        out.write("\nfinal scores (mean ± std over the final evaluation batches)\n")
-        for key, label in (("lin", "linear"), ("perm", "perm")):
-            cells = []
-            for phase in (phase_a, phase_b):
-                cells.append(f"{fmt(phase.final[key + '_mean'])} ± {fmt(phase.final[key + '_std'])}"
-                             if phase.has_final() else "-")
-            out.write(f"  {label + ' mean':<12} A {cells[0]:<18} B {cells[1]}\n")
-        if phase_a.has_final() and phase_b.has_final():
-            for key, label, tol in (("lin", "linear", args.lin_tol), ("perm", "perm", args.perm_tol)):
-                delta = phase_a.final[key + "_mean"] - phase_b.final[key + "_mean"]
-                if not abs(delta) <= tol:
-                    problems.append(f"final {label} mean differs by {fmt(abs(delta))} > {tol:g}")
-        else:
-            out.write("  (only one log has final scores: not compared)\n")
+    for key, label, tol in (("lin", "linear", args.lin_tol), ("perm", "perm", args.perm_tol)):
+        delta = phase_a.final[key + "_mean"] - phase_b.final[key + "_mean"]
+        if not abs(delta) <= tol:
+            problems.append(f"final {label} mean differs by {fmt(abs(delta))} > {tol:g}")
     return problems
 
 
 def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     """Print the Λ̂ section; returns its disagreements."""
-    problems = []
     lam_a, lam_b = pick_lambda(phase_a, phase_b, common, args.lambda_at)
     if lam_a is None and lam_b is None:
         if args.lambda_at == "common" and (phase_a.last_lambda() or phase_b.last_lambda()):
             out.write("\nlearned Λ̂: no common step where both logs have one: not compared\n")
             return ["no common step where both logs have a learned Λ̂"]
         out.write("\nno learned Λ̂ in either log: not compared\n")
-        return problems
+        return []
     if lam_a is None or lam_b is None:
-        missing = "A" if lam_a is None else "B"
         where = " at a common step" if args.lambda_at == "common" else ""
-        out.write(f"\nlearned Λ̂: log {missing} has none{where}\n")
+        out.write(f"\nlearned Λ̂: log {'A' if lam_a is None else 'B'} has none{where}\n")
         return ["only one log has a learned Λ̂ to compare"]
     (step_a, values_a), (step_b, values_b) = lam_a, lam_b
+    problems = []
     truth = log_a.gt_lambda if log_a.gt_lambda is not None else log_b.gt_lambda
     if log_a.gt_lambda is not None and log_b.gt_lambda is not None and \
             (len(log_a.gt_lambda) != len(log_b.gt_lambda)
@@ -292,26 +234,12 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     if truth is not None and len(truth) != len(values_a):
         out.write(f"\nthe ground truth has {len(truth)} entries, Λ̂ {len(values_a)}: shown without it\n")
         truth = None
-
     sorted_a, sorted_b = np.sort(values_a), np.sort(values_b)
     rel_ab = np.abs(sorted_a - sorted_b) / np.abs(sorted_b)
     out.write(f"\nlearned Λ̂ of A at step {step_a}, of B at step {step_b}, sorted: the encoder's outputs are the "
               f"latents up to an unrecorded permutation, so Λ̂ is matched to λ by sorting\n")
     if truth is not None:
-        _, truth_sorted, err_a = metrics_io.match_sorted(values_a, truth)
-        _, _, err_b = metrics_io.match_sorted(values_b, truth)
-        out.write(" ".join(rjust(h, w) for h, w in (("rank", 5), ("λ true", 8), ("Λ̂ A", 8), ("rel.err", 8),
-                                                    ("Λ̂ B", 8), ("rel.err", 8), ("A vs B", 8))) + "\n")
-        for i in range(len(sorted_a)):
-            out.write(f"{i + 1:>5} {truth_sorted[i]:>8.2f} {sorted_a[i]:>8.2f} {err_a[i]:>8.3f} "
-                      f"{sorted_b[i]:>8.2f} {err_b[i]:>8.3f} {rel_ab[i]:>8.3f}\n")
-        out.write(f"mean relative error to λ: A {np.mean(err_a):.3f}, B {np.mean(err_b):.3f}\n")
-        if len(set(truth)) == len(truth):
-            rho_a, rho_b = rank_agreement(values_a, truth), rank_agreement(values_b, truth)
-            out.write(f"rank agreement with λ (Spearman ρ after sorting; 1 when every distinct λ is "
-                      f"separated): A {fmt(rho_a, 3)}, B {fmt(rho_b, 3)}\n")
-        else:
-            out.write("rank agreement: not applicable (the ground-truth λ are not distinct)\n")
+        lambda_table((values_a, sorted_a), (values_b, sorted_b), truth, rel_ab, out)
     else:
         out.write(" ".join(rjust(h, w) for h, w in (("rank", 5), ("Λ̂ A", 8), ("Λ̂ B", 8), ("A vs B", 8))) + "\n")
         for i in range(len(sorted_a)):
@@ -326,11 +254,28 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     return problems
 
 
+def lambda_table(lam_a, lam_b, truth, rel_ab, out):
+    """Λ̂ of A and B (each ``(values, sorted)``) against the sorted ground truth, with the rank agreement."""
+    (values_a, sorted_a), (values_b, sorted_b) = lam_a, lam_b
+    _, truth_sorted, err_a = metrics_io.match_sorted(values_a, truth)
+    _, _, err_b = metrics_io.match_sorted(values_b, truth)
+    out.write(" ".join(rjust(h, w) for h, w in (("rank", 5), ("λ true", 8), ("Λ̂ A", 8), ("rel.err", 8),
+                                                ("Λ̂ B", 8), ("rel.err", 8), ("A vs B", 8))) + "\n")
+    for i in range(len(sorted_a)):
+        out.write(f"{i + 1:>5} {truth_sorted[i]:>8.2f} {sorted_a[i]:>8.2f} {err_a[i]:>8.3f} "
+                  f"{sorted_b[i]:>8.2f} {err_b[i]:>8.3f} {rel_ab[i]:>8.3f}\n")
+    out.write(f"mean relative error to λ: A {np.mean(err_a):.3f}, B {np.mean(err_b):.3f}\n")
+    if len(set(truth)) == len(truth):
+        out.write(f"rank agreement with λ (Spearman ρ after sorting; 1 when every distinct λ is separated): "
+                  f"A {fmt(rank_agreement(values_a, truth), 3)}, B {fmt(rank_agreement(values_b, truth), 3)}\n")
+    else:
+        out.write("rank agreement: not applicable (the ground-truth λ are not distinct)\n")
+
+
 def compare_per_dimension(run_a, run_b, args, out):
     """The R² of each λ group of the latents, A beside B, at their common steps."""
     groups = run_a[1]
-    by_a = {r["step"]: r for r in run_a[0].steps(args.phase) if "lin_dims" in r}
-    by_b = {r["step"]: r for r in run_b[0].steps(args.phase) if "lin_dims" in r}
+    by_a, by_b = ({r["step"]: r for r in run[0].steps(args.phase) if "lin_dims" in r} for run in (run_a, run_b))
     common = sorted(set(by_a) & set(by_b))
     out.write(f"A: {args.log_a}\nB: {args.log_b}\nR² of the latents, mean over each group of equal "
               f"ground-truth λ ({len(common)} common steps)\n")
@@ -342,11 +287,8 @@ def compare_per_dimension(run_a, run_b, args, out):
 
 
 def main(argv=None):
-    """Compare the two logs; returns the exit status (0 agree, 1 disagree, 2 unreadable).
-
-    The whole report is made before any of it is written, so the status is the verdict whatever
-    becomes of stdout (a reader that stops early, ``| head``, does not turn "disagree" into 0).
-    """
+    """Compare the two logs; returns the exit status. The whole report is made before any of it is
+    written, so the status is the verdict whatever becomes of stdout."""
     args = parse_args(argv)
     out = io.StringIO()
     try:
@@ -355,10 +297,8 @@ def main(argv=None):
             compare_per_dimension(runs[0], runs[1], args, out)
             write_stdout(out.getvalue())
             return EXIT_AGREE
-        log_a = logparse.parse_log(args.log_a)
-        log_b = logparse.parse_log(args.log_b)
-        # Check both phases before printing anything, so that an unusable
-        # input gives one line on stderr and nothing on stdout.
+        log_a, log_b = logparse.parse_log(args.log_a), logparse.parse_log(args.log_b)
+        # Both phases checked before anything is printed: an unusable input is one line on stderr, no stdout.
         logparse.require_steps(log_a, args.phase)
         logparse.require_steps(log_b, args.phase)
     except logparse.LogParseError as exc:
