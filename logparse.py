@@ -120,34 +120,8 @@ def quote(text, limit=80):
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _tensor_values(path, line_no, text):
-    """The floats of a 1-d tensor repr such as ``tensor([25., 5.], device='cuda:0')``."""
-    match = _TENSOR.match(text)
-    if match is None or "..." in match.group(1):
-        raise LogParseError(path, line_no, f"not a 1-d tensor repr: {quote(text)}")
-    return _number_list(path, line_no, match.group(1), text)
-
-
-def _number_list(path, line_no, inner, text):
-    items = [item.strip() for item in inner.split(",")]
-    if any(re.fullmatch(_NUM, item) is None for item in items):
-        raise LogParseError(path, line_no, f"not a list of numbers: {quote(text)}")
-    return [float(item) for item in items]
-
-
-@dataclasses.dataclass
-class _Repr:
-    """A module or tensor repr, which may wrap over several lines: read until its parentheses balance."""
-
-    kind: str  # a value of _REPR_KINDS
-    start: int  # the line number of its first line
-    lines: list = dataclasses.field(default_factory=list)
-    depth: int = 0  # parentheses opened and not yet closed
-
-
 class _Parser:
-    """A line-by-line reader, one per file: outside the ``Arguments:`` block and any open repr, a line
-    is read by the handler (the method named by its kind) of the first of LINE_TYPES whose start it has."""
+    """A line-by-line reader; one instance per file."""
 
     def __init__(self, path):
         self.log = ParsedLog(path=path)
@@ -156,7 +130,9 @@ class _Parser:
         self.current = None  # the Phase being read
         self.steps = None  # {step: record} of the current phase
         self.last_record = None  # the Step record a ``learned lambda values`` line belongs to
-        self.block = None  # the _Repr being read, while it is open
+        # A module or tensor repr being read, which may wrap over several lines until its parentheses
+        # balance: (a value of _REPR_KINDS, its first line's number, its lines so far).
+        self.block = None
         self.radius_next = False  # the line after ``r: Parameter containing:``
 
     def error(self, line_no, message):
@@ -189,7 +165,8 @@ class _Parser:
             self.line_type(line_no, text.rstrip())
 
     def line_type(self, line_no, text):
-        """Read a line by the first of LINE_TYPES whose start it has; a line of none is skipped."""
+        """Read a line with the handler (the method named by its kind) of the first of LINE_TYPES whose
+        start it has; a line of none is skipped."""
         for kind, _, _, what in LINE_TYPES:
             match = STARTS[kind].match(text)
             if match is not None:
@@ -198,6 +175,13 @@ class _Parser:
                 getattr(self, kind)(line_no, text, match)
                 return
         self.log.skipped.append(line_no)
+
+    def numbers(self, line_no, inner, text):
+        """The floats of ``inner``, the comma-separated list inside the brackets of line ``text``."""
+        items = [item.strip() for item in inner.split(",")]
+        if any(re.fullmatch(_NUM, item) is None for item in items):
+            self.error(line_no, f"not a list of numbers: {quote(text)}")
+        return [float(item) for item in items]
 
     def radius(self, line_no, text):
         """The line after ``r: Parameter containing:`` (--sphere-norm): the radius, after a Step line."""
@@ -210,22 +194,26 @@ class _Parser:
         self.last_record["r"] = float(match.group(1))
 
     def continue_block(self, line_no, text):
-        block = self.block
+        kind, start, lines = self.block
         # After the first line, the lines of a tensor or module repr are indented,
         # or are the closing ')' of the module; anything else means the repr was cut.
-        if block.lines and not (text[:1].isspace() or text.startswith(")")):
-            self.error(block.start, f"{block.kind} repr not closed before line {line_no}")
-        block.lines.append(text)
-        block.depth += text.count("(") - text.count(")")
-        if block.depth > 0:
+        if lines and not (text[:1].isspace() or text.startswith(")")):
+            self.error(start, f"{kind} repr not closed before line {line_no}")
+        lines.append(text)
+        body = "\n".join(lines)
+        if body.count("(") > body.count(")"):
             return
         self.block = None
-        body = "\n".join(block.lines).partition(":")[2]  # after the prefix ("f:", "lambda init:", ...)
-        if block.kind == "encoder":
-            self.phase_for(block.start, "'f:' line").encoder = body.strip()
-        else:  # a wrapped tensor: the continuation lines are indentation + numbers
-            text = " ".join(part.strip() for part in body.split("\n")).strip()
-            setattr(self.log, block.kind, _tensor_values(self.path, block.start, text))
+        body = body.partition(":")[2]  # after the prefix ("f:", "lambda init:", ...)
+        if kind == "encoder":
+            self.phase_for(start, "'f:' line").encoder = body.strip()
+            return
+        # A tensor such as tensor([25., 5.], device='cuda:0'): its continuation lines are indentation + numbers.
+        text = " ".join(part.strip() for part in body.split("\n")).strip()
+        match = _TENSOR.match(text)
+        if match is None or "..." in match.group(1):
+            self.error(start, f"not a 1-d tensor repr: {quote(text)}")
+        setattr(self.log, kind, self.numbers(start, match.group(1), text))
 
     # -- the handlers of LINE_TYPES: (line_no, line, the match of its shape, or of its start)
 
@@ -242,7 +230,7 @@ class _Parser:
     def learned_lambda(self, line_no, text, match):
         if self.last_record is None or self.last_record["lambda"] is not None:
             self.error(line_no, "learned lambda values line without a Step line before it")
-        self.last_record["lambda"] = _number_list(self.path, line_no, match.group(1), text)
+        self.last_record["lambda"] = self.numbers(line_no, match.group(1), text)
 
     def final(self, line_no, text, match):
         phase = self.phase_for(line_no, "final score line")
@@ -262,7 +250,7 @@ class _Parser:
         self.last_record = None
 
     def repr_start(self, line_no, text, match):
-        self.block = _Repr(_REPR_KINDS[match.group()], line_no)
+        self.block = (_REPR_KINDS[match.group()], line_no, [])
         self.continue_block(line_no, text)  # the first line, which may close it too
 
     def radius_header(self, line_no, text, match):
