@@ -1,22 +1,15 @@
 """Say whether two training logs agree within noise, and show where they differ.
 
-Two runs of one configuration with different seeds (or hardware) never print the same numbers, so a
-plain ``diff`` of their logs is useless. This aligns one phase of two logs in the reference format
-(ours or the published ones) by step and prints <Loss>, Lin. and Perm. side by side at the common
-steps (``--rows`` of them spread evenly, plus the last; ``--all`` for all), the final scores, and the
-learned Λ̂ of each log against the ground truth, matched by sorting (relative error of each entry and,
-when the ground-truth λ are distinct, the rank agreement).
-
-Verdict: the logs agree when, at every common step >= ``--min-step`` (or, with none, at the last
-common step), |Δ<Loss>|, |ΔLin.| and |ΔPerm.| are within their tolerances; the sorted Λ̂ of A is
-within ``--lambda-rtol`` of B's entry by entry, both at the last common step where both logged Λ̂
-(``--lambda-at last``: each log's last); the final scores, where both logs have them, are within
-the Lin./Perm. tolerances; and both logs have the same ground-truth Λ.
+Aligns one phase of two logs in the reference format (ours or the published ones) by step, and prints
+<Loss>, Lin. and Perm. side by side at the common steps, the final scores, and each log's learned Λ̂
+against the ground truth, matched by sorting. The logs agree when, at the common steps >= --min-step
+(with none, at the last common step), the differences are within their tolerances; the sorted Λ̂, at
+the last common step where both logged one, within --lambda-rtol; the final scores, where both logs
+have them, within the Lin./Perm. tolerances; and the ground-truth Λ the same.
 
 Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read (one line on stderr naming
-the file and the line), whatever becomes of stdout (``| head``). With ``--per-dimension`` (no
-verdict): 0, or 2 for a file that is not a metrics file of main_mlp.py or whose latents (n,
-ground-truth λ) are not LOG_A's.
+the file and the line), whatever becomes of stdout (| head). With --per-dimension (no verdict): 0,
+or 2 for a file that is not a metrics file of main_mlp.py or whose latents are not LOG_A's.
 
     python compare_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
 """
@@ -38,8 +31,6 @@ from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int
 
 PROG = "compare_logs.py"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT
-# Arguments that say where a run wrote or ran, not what it computed: not differences between the logs.
-INCIDENTAL_ARGS = frozenset(settings.INCIDENTAL_FLAGS)
 # The step table's columns, with their tolerance flags: what we accept as a reproduction of a published
 # log; for <Loss> (a 250-step running mean), "learns like the reference" is within 0.15 at the same step.
 COLUMNS = (("mean_loss", "<Loss>", "loss_tol", 0.15), ("lin", "Lin.", "lin_tol", 0.02),
@@ -112,7 +103,7 @@ def rank_agreement(learned, truth):
 
 def differing_args(log_a, log_b):
     """``[(name, value in A, value in B)]`` for the arguments both logs list with different values."""
-    keys = [k for k in log_a.args if k in log_b.args and k not in INCIDENTAL_ARGS]
+    keys = [k for k in log_a.args if k in log_b.args and k not in settings.INCIDENTAL_FLAGS]  # where/how it ran
     return [(k, log_a.args[k], log_b.args[k]) for k in keys if log_a.args[k] != log_b.args[k]]
 
 
@@ -122,9 +113,7 @@ def rjust(text, width):
 
 
 def fmt(value, digits=4, signed=False):
-    """A number for the tables: fixed decimals, ``-`` for None, ``nan``/``inf`` as they are."""
-    if value is None:
-        return "-"
+    """A number for the tables: fixed decimals, ``nan``/``inf`` as they are."""
     if not math.isfinite(value):
         return str(value)
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
@@ -153,13 +142,11 @@ def compare_steps(phase_a, phase_b, common, args, out):
         out.write("\nno common logged steps: nothing to align\n")
         return ["the logs have no logged step in common"]
     by_a, by_b = phase_a.by_step(), phase_b.by_step()
-    checked = [s for s in common if s >= args.min_step]
+    checked = [s for s in common if s >= args.min_step] or common[-1:]  # none: the last common step
     checked_set = set(checked)
-    if checked:
+    if checked[0] >= args.min_step:
         out.write(f"\n{len(common)} common steps; tolerances checked at the {len(checked)} steps >= {args.min_step}\n")
     else:
-        checked = [common[-1]]
-        checked_set = {common[-1]}
         out.write(f"\n{len(common)} common steps, none >= {args.min_step}: tolerances checked at "
                   f"the last common step, {common[-1]}, only\n")
     tols = {key: getattr(args, dest) for key, _, dest, _ in COLUMNS}
@@ -191,19 +178,18 @@ def compare_finals(phase_a, phase_b, args, out):
     """The final scores side by side; returns the disagreements."""
     if not (phase_a.has_final() or phase_b.has_final()):
         return []
+    both = phase_a.has_final() and phase_b.has_final()
+    problems = []
     out.write("\nfinal scores (mean ± std over the final evaluation batches)\n")
-    for key, label in (("lin", "linear"), ("perm", "perm")):
+    for key, label, tol in (("lin", "linear", args.lin_tol), ("perm", "perm", args.perm_tol)):
         cells = [f"{fmt(phase.final[key + '_mean'])} ± {fmt(phase.final[key + '_std'])}" if phase.has_final()
                  else "-" for phase in (phase_a, phase_b)]
         out.write(f"  {label + ' mean':<12} A {cells[0]:<18} B {cells[1]}\n")
-    if not (phase_a.has_final() and phase_b.has_final()):
-        out.write("  (only one log has final scores: not compared)\n")
-        return []
-    problems = []
-    for key, label, tol in (("lin", "linear", args.lin_tol), ("perm", "perm", args.perm_tol)):
-        delta = phase_a.final[key + "_mean"] - phase_b.final[key + "_mean"]
+        delta = phase_a.final[key + "_mean"] - phase_b.final[key + "_mean"] if both else 0
         if not abs(delta) <= tol:
             problems.append(f"final {label} mean differs by {fmt(abs(delta))} > {tol:g}")
+    if not both:
+        out.write("  (only one log has final scores: not compared)\n")
     return problems
 
 
@@ -222,12 +208,11 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
         return ["only one log has a learned Λ̂ to compare"]
     (step_a, values_a), (step_b, values_b) = lam_a, lam_b
     problems = []
-    truth = log_a.gt_lambda if log_a.gt_lambda is not None else log_b.gt_lambda
-    if log_a.gt_lambda is not None and log_b.gt_lambda is not None and \
-            (len(log_a.gt_lambda) != len(log_b.gt_lambda)
-             or not np.allclose(log_a.gt_lambda, log_b.gt_lambda, rtol=1e-4)):
+    gt_a, gt_b = log_a.gt_lambda, log_b.gt_lambda
+    truth = gt_a if gt_a is not None else gt_b
+    if gt_a is not None and gt_b is not None and (len(gt_a) != len(gt_b) or not np.allclose(gt_a, gt_b, rtol=1e-4)):
         problems.append("the logs have different ground-truth Λ")
-        out.write(f"\nground truth differs: A {log_a.gt_lambda}, B {log_b.gt_lambda}; A's is shown\n")
+        out.write(f"\nground truth differs: A {gt_a}, B {gt_b}; A's is shown\n")
     if len(values_a) != len(values_b):
         out.write(f"\nlearned Λ̂: A has {len(values_a)} entries, B {len(values_b)}\n")
         return problems + ["Λ̂ has a different number of entries"]
