@@ -2,7 +2,7 @@
 
 ``parse_log`` reads a log with the project's parser (logparse.py) and holds
 it to the reference format strictly: every line must be one of the known
-line types, in the exact format of our numbers, or it raises
+line types, in the exact format of our numbers (logparse's strict shapes), or it raises
 ``LogFormatError`` naming the line; a parsed log's numbers are finite.
 """
 
