@@ -134,11 +134,7 @@ class _Reader:
 
 
 def read(path):
-    """The records of the metrics file at ``path``, checked.
-
-    Raises:
-        LogParseError: the file cannot be read, or breaks a rule.
-    """
+    """The records of the metrics file at ``path``, checked (LogParseError: unreadable, or breaks a rule)."""
     reader = _Reader(path)
     try:
         with open(path, "rb") as handle:
@@ -162,11 +158,8 @@ def from_log(log):
 
 
 def read_any(path, phase):
-    """A metrics file (``.jsonl``) or a text log, as :class:`Records` with a step record in ``phase``.
-
-    Raises:
-        LogParseError: the file breaks a rule of its format, or has no step in ``phase``.
-    """
+    """A metrics file (``.jsonl``) or a text log, as :class:`Records` with a step record in ``phase``
+    (LogParseError: the file breaks a rule of its format, or has none)."""
     if not str(path).endswith(".jsonl"):
         log = logparse.parse_log(path)
         logparse.require_steps(log, phase)
@@ -192,12 +185,9 @@ def ground_truth_lambda(args, n):
 
 
 def lambda_groups(gt_lambda, n):
-    """The latents grouped by their ground-truth λ: ``[(label, [dims])]``.
-
-    Two values (bimodal): the high-λ "content" latents (they change little across a positive pair),
-    then the low-λ "style" ones; more (linearly spaced): one group per value, by increasing λ; one
-    value or no ground-truth Λ: one group of all ``n``.
-    """
+    """The latents grouped by their ground-truth λ, ``[(label, [dims])]``: bimodal, the high-λ "content"
+    latents (they change little across a positive pair), then the low-λ "style" ones; linearly spaced,
+    one group per value, by increasing λ; otherwise one group of all ``n``."""
     values = sorted(set(gt_lambda)) if gt_lambda is not None else []
     if len(values) < 2:
         return [("all dimensions", list(range(n)))]
@@ -209,11 +199,8 @@ def lambda_groups(gt_lambda, n):
 
 
 def per_group(values, groups):
-    """A list field of a record per λ group, or None when it is neither per latent nor per group.
-
-    Per latent (n values): the mean over each group's latents. Per group (one value each, as the block
-    score's ``block_groups``): the run orders its groups by their first latent.
-    """
+    """A list field of a record per λ group: per latent (n values), the mean over each group's latents;
+    per group (as ``block_groups``), in the run's order of groups (by their first latent); else None."""
     if len(values) == sum(len(dims) for _, dims in groups):
         return [float(np.mean([values[d] for d in dims])) for _, dims in groups]
     if len(values) == len(groups):
@@ -222,25 +209,15 @@ def per_group(values, groups):
     return None
 
 
-def groups_of(records):
-    """The λ groups of a run with per-dimension scores."""
-    return lambda_groups(records.gt_lambda, records.n)
-
-
 def read_per_dimension(paths, phase):
-    """The metrics files at ``paths``, each with per-dimension scores in ``phase`` and the same λ
-    groups as the first: ``[(records, λ groups)]``.
-
-    Raises:
-        LogParseError: a file breaks a rule, has no such scores, or groups its latents otherwise
-            than the first (another n or other ground-truth λ).
-    """
+    """The metrics files at ``paths`` as ``[(records, λ groups)]``; LogParseError when one breaks a rule,
+    has no per-dimension scores in ``phase``, or has other latents than the first (n or ground-truth λ)."""
     runs = []
     for path in paths:
         records = read(path)
         if not any("lin_dims" in r for r in records.steps(phase)):
             raise logparse.LogParseError(path, None, f"no {phase} step with per-dimension scores")
-        groups = groups_of(records)
+        groups = lambda_groups(records.gt_lambda, records.n)
         if runs and groups != runs[0][1]:
             raise logparse.LogParseError(path, None, f"its latents are not those of {paths[0]}: "
                                                      f"{_latents(groups)} against {_latents(runs[0][1])}")
@@ -254,16 +231,9 @@ def _latents(groups):
 
 
 def match_sorted(learned, truth):
-    """Match Λ̂ to the ground truth up to a permutation of the entries.
-
-    The encoder's outputs are the latents up to a permutation that no record keeps; for the
-    one-dimensional cost |Λ̂_i - λ_j| the best matching pairs the sorted values.
-
-    Returns:
-        (sorted Λ̂, sorted λ, relative error |Λ̂ - λ| / λ per entry), numpy arrays.
-    Raises:
-        ValueError: the two have different lengths.
-    """
+    """(sorted Λ̂, sorted λ, relative error |Λ̂ - λ| / λ per entry), numpy arrays; ValueError when their
+    lengths differ. The encoder's outputs are the latents up to a permutation that no record keeps; for
+    the one-dimensional cost |Λ̂_i - λ_j| the best matching pairs the sorted values."""
     learned = np.sort(np.asarray(learned, dtype=float))
     truth = np.sort(np.asarray(truth, dtype=float))
     if learned.shape != truth.shape:

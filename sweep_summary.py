@@ -1,10 +1,6 @@
-"""The summary of a sweep (``sweep.py`` after its runs, and ``--summarize-only``): every run's final and
-logged scores, per configuration mean ± std over seeds of every field the runs recorded, the R² (and
-every per-latent or per-group field) of each ground-truth λ group, and the runs beside a reference log.
-
+"""The summary of a sweep (``sweep.py`` after its runs, and ``--summarize-only``), what it shows: docs/tools.md.
 A run is found by its log (``NAME_seedS.log``) and read from the metrics file beside it, or from its log
-where it has none (an older run; a published reference log).
-"""
+where it has none (an older run; a published reference log)."""
 
 import csv
 import fnmatch
@@ -48,11 +44,8 @@ def metrics_path(log_path):
 
 
 def find_runs(out_dir, patterns):
-    """``{name: [(seed, log path), ...]}`` for the names in ``out_dir`` matching ``patterns``.
-
-    Raises:
-        LogParseError: ``out_dir`` cannot be listed, or a pattern matches no log.
-    """
+    """``{name: [(seed, log path), ...]}`` for the names in ``out_dir`` matching ``patterns``
+    (LogParseError: ``out_dir`` cannot be listed, or a pattern matches no log)."""
     try:
         files = sorted(os.listdir(out_dir))
     except OSError as exc:
@@ -145,7 +138,7 @@ def group_scores(records, steps=()):
     with_dims = [r for r in records.steps() if "lin_dims" in r]
     if not with_dims:
         return None
-    groups = metrics_io.groups_of(records)
+    groups = metrics_io.lambda_groups(records.gt_lambda, records.n)
     by_step = {r["step"]: r for r in with_dims}
     places = [("end", with_dims[-1])] + [(f"step {step:,}", by_step[step]) for step in steps if step in by_step]
     if records.final is not None and "lin_dims" in records.final:
@@ -206,11 +199,8 @@ def step_values(record, gt_lambda):
 
 
 def compare_with_reference(name, rows, ref_path):
-    """The runs of one configuration against a reference log at the last step all of them logged.
-
-    Raises:
-        LogParseError: the reference cannot be read, or shares no logged step with every run.
-    """
+    """The runs of one configuration against a reference log at the last step all of them logged
+    (LogParseError: the reference cannot be read, or shares no logged step with every run)."""
     ref = metrics_io.from_log(logparse.parse_log(ref_path))
     if not ref.steps():
         raise logparse.LogParseError(ref_path, None, "no logged step in the reference log")
@@ -245,10 +235,8 @@ def header_lines(configs, runs, note):
     low, high = min(r["steps"] for r in runs), max(r["steps"] for r in runs)
     unfinished = sum(not r["finished"] for r in runs)
     planned = sorted({r["planned"] for r in runs if r["planned"] is not None})
-    if low == high:
-        header = f"Steps per run: {low:,} (the last logged step of each run)"
-    else:
-        header = f"Steps per run: {low:,} to {high:,} (not all runs are equally long: see the steps column)"
+    header = (f"Steps per run: {low:,} (the last logged step of each run)" if low == high else
+              f"Steps per run: {low:,} to {high:,} (not all runs are equally long: see the steps column)")
     if planned:
         header += f"; asked for: {', '.join(f'{p:,}' for p in planned)}"
     header += "."
