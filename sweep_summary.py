@@ -191,16 +191,14 @@ def aggregate(name, rows):
     return result
 
 
-def step_values(record, gt_lambda):
-    """A logged step's figures for the reference table (Λ̂ error None when it cannot be computed)."""
-    values = {key: record.get(key) for key in ("mean_loss", "lin", "perm")}
-    values["lambda_error"] = metrics_io.lambda_error(record.get("lambda"), gt_lambda)
-    return values
+def step_value(record, key, gt_lambda):
+    """A logged step's figure for the reference table (Λ̂ error None when it cannot be computed)."""
+    return metrics_io.lambda_error(record.get("lambda"), gt_lambda) if key == "lambda_error" else record.get(key)
 
 
-def compare_with_reference(name, rows, ref_path):
-    """The runs of one configuration against a reference log at the last step all of them logged
-    (LogParseError: the reference cannot be read, or shares no logged step with every run)."""
+def reference_row(name, rows, ref_path):
+    """The reference table's row of the runs of one configuration against a reference log, at the last
+    step all of them logged (LogParseError: the reference cannot be read, or shares no step with every run)."""
     ref = metrics_io.from_log(logparse.parse_log(ref_path))
     if not ref.steps():
         raise logparse.LogParseError(ref_path, None, "no logged step in the reference log")
@@ -209,13 +207,14 @@ def compare_with_reference(name, rows, ref_path):
     if not common:
         raise logparse.LogParseError(ref_path, None, f"no step logged by the reference and every {name} run")
     step = common[-1]
-    theirs = step_values(by_step[0][step], ref.gt_lambda)
-    ours = [step_values(steps[step], row["records"].gt_lambda) for steps, row in zip(by_step[1:], rows)]
-    result = {"name": name, "reference": ref_path, "step": step, "seeds": len(rows)}
-    for key, _, _ in REFERENCE_KEYS:
-        values = [v[key] for v in ours if v[key] is not None]
-        result[key] = (mean_std(values), (min(values), max(values)) if values else None, theirs[key])
-    return result
+    cells = [name, os.path.basename(ref_path), f"{step:,}", str(len(rows))]
+    for key, _, digits in REFERENCE_KEYS:
+        ours = [step_value(steps[step], key, row["records"].gt_lambda) for steps, row in zip(by_step[1:], rows)]
+        ours = [v for v in ours if v is not None]
+        bounds = f" [{min(ours):.{digits}f}, {max(ours):.{digits}f}]" if ours else ""
+        theirs = step_value(by_step[0][step], key, ref.gt_lambda)
+        cells += [pm(*mean_std(ours), digits) + bounds, number(theirs, digits)]
+    return "| " + " | ".join(cells) + " |"
 
 
 def pm(mean, std, digits):
@@ -306,23 +305,14 @@ def field_lines(configs):
     return lines
 
 
-def reference_lines(comparisons):
-    """The summary's Markdown section for the ``--reference`` comparisons."""
-    lines = ["", "## Against reference logs", "",
-             "At the last step logged by the reference and by every run of the configuration: our mean ± "
-             "std over seeds [min, max], and the reference's value. Λ̂ error as above, at that step.", "",
-             "| configuration | reference | step | seeds | "
-             + " | ".join(f"{label} ours | {label} reference" for _, label, _ in REFERENCE_KEYS) + " |",
-             "|---|---|---:|---:|" + "---|---:|" * len(REFERENCE_KEYS)]
-    for c in comparisons:
-        cells = []
-        for key, _, digits in REFERENCE_KEYS:
-            (mean, std), bounds, ref = c[key]
-            bounds = f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]" if bounds is not None else ""
-            cells += [pm(mean, std, digits) + bounds, number(ref, digits)]
-        lines.append(f"| {c['name']} | {os.path.basename(c['reference'])} | {c['step']:,} | {c['seeds']} | "
-                     + " | ".join(cells) + " |")
-    return lines
+def reference_lines(rows):
+    """The summary's Markdown section for the ``--reference`` comparisons: a table of ``rows``."""
+    return ["", "## Against reference logs", "",
+            "At the last step logged by the reference and by every run of the configuration: our mean ± "
+            "std over seeds [min, max], and the reference's value. Λ̂ error as above, at that step.", "",
+            "| configuration | reference | step | seeds | "
+            + " | ".join(f"{label} ours | {label} reference" for _, label, _ in REFERENCE_KEYS) + " |",
+            "|---|---|---:|---:|" + "---|---:|" * len(REFERENCE_KEYS)] + rows
 
 
 def write_summary(md_path, csv_path, configs, runs, note, comparisons):
@@ -367,7 +357,7 @@ def summarize(args):
         if not by_name.get(name):
             return error(f"argument --reference: no run of configuration {name!r} to compare")
         try:
-            comparisons.append(compare_with_reference(name, by_name[name], ref_path))
+            comparisons.append(reference_row(name, by_name[name], ref_path))
         except logparse.LogParseError as exc:
             return error(f"argument --reference: {exc}")
     single = len(patterns) == 1 and not any(ch in patterns[0] for ch in GLOB_CHARACTERS)
