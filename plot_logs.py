@@ -44,18 +44,18 @@ SCORE_PANELS = (("lin", "Lin. disentanglement (R²)", "Lin. vs step"),
 
 def parse_args(argv=None):
     parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("logs", nargs="+", metavar="LOG",
-                        help="metrics files (.jsonl) or logs in the reference format, overlaid")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the PNG to write")
-    parser.add_argument("--phase", choices=("unsupervised", "supervised"), default="unsupervised",
-                        help="the phase of the logs to plot (default: %(default)s)")
-    parser.add_argument("--size", type=POSITIVE, nargs=2, default=[12.0, 9.0], metavar=("W", "H"),
-                        help="figure width and height in inches (default: 12 9)")
-    parser.add_argument("--dpi", type=POSITIVE, default=100,
-                        help="dots per inch (default: %(default)s, so 1200 x 900 pixels at the default size)")
-    parser.add_argument("--title", default=None, help="title over the panels (default: the phase plotted)")
-    parser.add_argument("--per-dimension", action="store_true",
-                        help="the inputs are --metrics-file JSON lines: R² per group of equal ground-truth λ")
+    add = parser.add_argument
+    add("logs", nargs="+", metavar="LOG", help="metrics files (.jsonl) or logs in the reference format, overlaid")
+    add("-o", "--output", required=True, metavar="OUT.png", help="the PNG to write")
+    add("--phase", choices=("unsupervised", "supervised"), default="unsupervised",
+        help="the phase of the logs to plot (default: %(default)s)")
+    add("--size", type=POSITIVE, nargs=2, default=[12.0, 9.0], metavar=("W", "H"),
+        help="figure width and height in inches (default: 12 9)")
+    add("--dpi", type=POSITIVE, default=100,
+        help="dots per inch (default: %(default)s, so 1200 x 900 pixels at the default size)")
+    add("--title", default=None, help="title over the panels (default: the phase plotted)")
+    add("--per-dimension", action="store_true",
+        help="the inputs are --metrics-file JSON lines: R² per group of equal ground-truth λ")
     args = parser.parse_args(argv)
     size = f"{args.size[0]:g} x {args.size[1]:g} in at {args.dpi:g} dpi"
     for side in args.size:
