@@ -1,18 +1,14 @@
 """Plot the curves of one or several runs into one PNG.
 
-The inputs are metrics files (``--metrics-file``, ``.jsonl``) or text logs in the reference format (a
-published log), each run overlaid in its own colour: Lin., Perm. and <Loss> against step, and the
-learned Λ̂ entries against step with the ground-truth λ dashed; a fifth panel, the block score (dotted:
-``block_orth``), when a metrics file has it. The image is ``--size`` inches at ``--dpi`` (1200 x 900
-pixels by default), exactly: it is saved without cropping.
-
     python plot_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log -o bimodal.png
-
-With ``--per-dimension`` the inputs are metrics files and the panels are the R² of the latents against
-step, one panel per group of equal ground-truth λ (bimodal: the high-λ "content" latents and the low-λ
-"style" ones; linearly spaced: one per latent, by increasing λ): which latents each loss recovers.
-
     python plot_logs.py --per-dimension an.jsonl info.jsonl -o collapse.png
+
+The inputs are metrics files (``--metrics-file``, ``.jsonl``) or text logs in the reference format (a
+published log), each run in its own colour: Lin., Perm., <Loss> and the learned Λ̂ entries (the
+ground-truth λ dashed) against step, and the block score (dotted: ``block_orth``) when a metrics file
+has it. With ``--per-dimension``, from metrics files: the R² of the latents against step, one panel
+per group of equal ground-truth λ (bimodal: the high-λ "content" latents and the low-λ "style" ones;
+linearly spaced: one per latent). The image is exactly ``--size`` inches at ``--dpi``.
 
 Exit status: 0 written, 2 an input cannot be read (one line naming the file and the line; with
 ``--per-dimension`` also a file that is not main_mlp.py's, or of other latents than the first), the

@@ -342,11 +342,12 @@ def summarize(args):
     except logparse.LogParseError as exc:
         return error(exc)
     runs = []
-    for name, seed, path in ((name, seed, path) for name, seeds in found.items() for seed, path in seeds):
-        try:
-            runs.append(summarize_run(name, seed, path, args.group_steps))
-        except logparse.LogParseError as exc:  # one bad log does not sink the others
-            warn(f"{exc}: left out of the summary")
+    for name, seeds in found.items():
+        for seed, path in seeds:
+            try:
+                runs.append(summarize_run(name, seed, path, args.group_steps))
+            except logparse.LogParseError as exc:  # one bad log does not sink the others
+                warn(f"{exc}: left out of the summary")
     runs = [r for r in runs if r is not None]
     if not runs:
         return error(f"{args.out_dir}: no log with a logged step for {' '.join(patterns)}")
@@ -363,8 +364,8 @@ def summarize(args):
     single = len(patterns) == 1 and not any(ch in patterns[0] for ch in GLOB_CHARACTERS)
     base = os.path.join(args.out_dir, args.summary_name or (f"{patterns[0]}_summary" if single else "sweep_summary"))
     inputs = [r["path"] for r in runs] + [metrics_path(r["path"]) for r in runs] + list(args.references.values())
-    for path in (base + ".md", base + ".csv"):
-        for read in (read for read in inputs if same_file(path, read)):
+    for path, read in ((path, read) for path in (base + ".md", base + ".csv") for read in inputs):
+        if same_file(path, read):
             return error(f"argument --summary-name: the summary {path} would write over its input {read}; give "
                          f"another --summary-name")
     write_summary(base + ".md", base + ".csv", configs, runs, args.note, comparisons)
