@@ -3,18 +3,14 @@
     python learning_check.py --seeds 1 2 3 4 5 6 7 8 9 10 --jobs 2 --out-dir runs/learning_check
     python learning_check.py --summarize-only --out-dir training_logs/learning_check_b256
 
-Runs the bimodal README setting at ``--batch-size 256 --n-steps 1334``
-(4,002 contrastive steps, logged every 250) over the seeds through sweep.py
-(one thread per run by default), then prints, at steps 1,001 to 4,001, the
-mean ± sd over the seeds of ``<Loss>``, Lin. and Perm. beside the same
-figures of the authors' code (AUTHORS below), with Welch's t-test p-value
-for each pair. The authors' figures were measured on this project's 2-core
-CPU with their main_mlp.py (its loss's device pin lifted, nothing else
-changed), unseeded, one thread per process, the same arguments.
+Runs the bimodal README setting at ``--batch-size 256 --n-steps 1334`` (4,002 contrastive steps, logged
+every 250) over the seeds through sweep.py, then prints, at steps 1,001 to 4,001, the mean ± sd over
+the seeds of ``<Loss>``, Lin. and Perm. beside the same figures of the authors' code (AUTHORS below:
+their main_mlp.py on this project's 2-core CPU, its loss's device pin lifted, unseeded, one thread
+per process, the same arguments), with Welch's t-test p-value for each pair.
 
-Exit status: 0 when our mean Lin. is within one of the authors' run-to-run
-standard deviations of theirs at every step 2,001-4,001, 1 when not, 2 on
-bad arguments or unreadable logs.
+Exit status: 0 when our mean Lin. is within one of the authors' run-to-run standard deviations of
+theirs at every step 2,001-4,001, 1 when not, 2 on bad arguments or unreadable logs.
 """
 
 import argparse
@@ -56,10 +52,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"argument --jobs: must be at least 1, got {args.jobs}")
-    if not args.summarize_only:  # the runs' logs go there (read only with --summarize-only)
-        problem = sweep.out_dir_problem(args.out_dir)
-        if problem:
-            parser.error(f"argument --out-dir: {problem}")
+    # The runs' logs go there (read only with --summarize-only).
+    problem = None if args.summarize_only else sweep.out_dir_problem(args.out_dir)
+    if problem:
+        parser.error(f"argument --out-dir: {problem}")
     return args
 
 
@@ -68,34 +64,31 @@ def our_values(out_dir):
     runs = sweep_summary.find_runs(out_dir, [NAME])[NAME]
     values = {step: {key: [] for key, _ in METRICS} for step in STEPS}
     for _, path in runs:
-        phase = logparse.require_steps(logparse.parse_log(path), "unsupervised")
-        by_step = phase.by_step()
-        for step in STEPS:
-            if step in by_step:
-                for key, _ in METRICS:
-                    values[step][key].append(by_step[step][key])
+        by_step = logparse.require_steps(logparse.parse_log(path), "unsupervised").by_step()
+        for step in (step for step in STEPS if step in by_step):
+            for key, _ in METRICS:
+                values[step][key].append(by_step[step][key])
     return values, len(runs)
 
 
 def table(values):
     """The comparison as Markdown lines, and whether Lin. is within the authors' sd at CHECKED_STEPS."""
-    head = "| step | " + " | ".join(f"{label} authors | {label} ours | p" for _, label in METRICS) + " |"
-    lines = [head, "|" + "---|" * (1 + 3 * len(METRICS))]
+    lines = ["| step | " + " | ".join(f"{label} authors | {label} ours | p" for _, label in METRICS) + " |",
+             "|" + "---|" * (1 + 3 * len(METRICS))]
     within = True
     for step in STEPS:
         cells = [f"{step:,}"]
         for key, _ in METRICS:
-            mean_a, sd_a, n_a = AUTHORS[step][key]
-            ours = values[step][key]
+            (mean_a, sd_a, n_a), ours = AUTHORS[step][key], values[step][key]
+            cells.append(f"{mean_a:.3f} ± {sd_a:.3f}")
             if len(ours) < 2:
-                cells += [f"{mean_a:.3f} ± {sd_a:.3f}", "-", "-"]
+                cells += ["-", "-"]
                 within = False
                 continue
             mean_o, sd_o = statistics.mean(ours), statistics.stdev(ours)
             p = scipy.stats.ttest_ind_from_stats(mean_a, sd_a, n_a, mean_o, sd_o, len(ours), equal_var=False).pvalue
-            cells += [f"{mean_a:.3f} ± {sd_a:.3f}", f"{mean_o:.3f} ± {sd_o:.3f} ({len(ours)})", f"{p:.2f}"]
-            if key == "lin" and step in CHECKED_STEPS and abs(mean_o - mean_a) > sd_a:
-                within = False
+            cells += [f"{mean_o:.3f} ± {sd_o:.3f} ({len(ours)})", f"{p:.2f}"]
+            within &= not (key == "lin" and step in CHECKED_STEPS and abs(mean_o - mean_a) > sd_a)
         lines.append("| " + " | ".join(cells) + " |")
     return lines, within
 

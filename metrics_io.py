@@ -1,21 +1,8 @@
-"""A run's records, as the tools read them: its ``--metrics-file`` (or, for a log with none, such as a
-published one, what its text log says), checked, and turned into rows.
-
-The metrics file is JSON lines: a ``config`` record (``args``: the run's arguments), a ``step``
-record per logged step (``phase``, ``step``, the scores: ``loss``, ``mean_loss``, ``lin``, ``perm``,
-``lin_dims``, ``perm_dims``, ``lambda``, the block score ...), then a ``final`` record. The tools
-take every field they find, so a metric added to the records reaches the summaries unchanged.
-
-Rules, as logparse's for the text log:
-
-- A record that is not a JSON object of a known type, a step without an integer step or logged
-  twice in its phase, a score that is not a number, per-dimension scores that are not n numbers
-  (``lin_dims``: finite ones):
-  :class:`logparse.LogParseError` names the file and the line.
-- A last line without its newline (a run killed mid-write, a partial copy) is dropped, and
-  ``Records.truncated`` says so.
-- n, the number of latents, is what the records hold (the length of their ``lin_dims``); a config
-  that claims another n is refused, never believed.
+"""A run's records, as the tools read them: its ``--metrics-file`` (JSON lines: a ``config`` record, a
+``step`` record per logged step, a ``final`` record), checked, or the text log of a run that has none
+(a published one). The tools take every field they find, so a metric added to the records reaches the
+summaries unchanged. What the reader refuses: docs/tools.md; n, the number of latents, is what the
+records hold (the length of their ``lin_dims``), never what the config alone claims.
 """
 
 import dataclasses
@@ -28,8 +15,7 @@ import logparse
 import settings
 
 RECORD_TYPES = ("config", "step", "final")
-# The per-dimension scores: one number per latent.
-DIMS_FIELDS = ("lin_dims", "perm_dims")
+DIMS_FIELDS = ("lin_dims", "perm_dims")  # one number per latent
 # The scores the tables read by name: numbers where a record has them.
 SCORE_FIELDS = {"step": ("loss", "mean_loss", "lin", "perm"),
                 "final": ("lin_mean", "lin_std", "perm_mean", "perm_std")}
@@ -42,15 +28,8 @@ def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def scalars(record):
-    """The scalar numeric fields of a record: its row in a table."""
-    return {key: value for key, value in record.items() if is_number(value)}
-
-
-def number_lists(record):
-    """The fields of a record that are lists of numbers (per latent or per λ group)."""
-    return {key: value for key, value in record.items()
-            if isinstance(value, list) and value and all(is_number(v) for v in value)}
+def is_number_list(value):
+    return isinstance(value, list) and bool(value) and all(is_number(v) for v in value)
 
 
 @dataclasses.dataclass
@@ -63,13 +42,11 @@ class Records:
     final: dict = None  # the final record (a text log's: lin_mean, lin_std, perm_mean, perm_std)
     gt_lambda: list = None  # the ground-truth Λ's diagonal, or None
     n: int = None  # latents with per-dimension scores (None: no record has them)
-    truncated: bool = False
+    truncated: bool = False  # the last line had no end (a run killed mid-write): dropped
 
     def main_phase(self):
-        """The name of the contrastive phase when there is one (the paper's result), else of the last phase."""
-        if self.phases.get("unsupervised"):
-            return "unsupervised"
-        return next(reversed(self.phases), None)
+        """The contrastive phase when there is one (the paper's result), else the last phase."""
+        return "unsupervised" if self.phases.get("unsupervised") else next(reversed(self.phases), None)
 
     def steps(self, phase=None):
         """The step records of ``phase`` (default: the main phase)."""
@@ -77,16 +54,15 @@ class Records:
 
 
 class _Reader:
-    """Checks each record as it is read (one instance per file)."""
+    """Checks each record of one file as it is read."""
 
     def __init__(self, path):
-        self.path = path
         self.records = Records(path=path)
         self.config_line = None
         self.seen = {}  # (phase, step) -> line
 
     def error(self, line_no, message):
-        raise logparse.LogParseError(self.path, line_no, message)
+        raise logparse.LogParseError(self.records.path, line_no, message)
 
     def feed(self, line_no, text):
         try:
@@ -98,45 +74,38 @@ class _Reader:
         kind = record.get("type")
         if kind not in RECORD_TYPES:
             self.error(line_no, f"a record of no known type ({kind!r}; known: {', '.join(RECORD_TYPES)})")
-        if kind != "config" and self.config_line is None:
+        if kind == "config":
+            args = record.get("args")
+            if not isinstance(args, dict) or any(key not in args for key in GROUP_ARGS):
+                self.error(line_no, f"its config record lacks main_mlp.py's arguments ({', '.join(GROUP_ARGS)})")
+            self.records.args, self.config_line = args, line_no  # a resumed run writes it again: the last holds
+            return
+        if self.config_line is None:
             self.error(line_no, f"a {kind} record before the config record")
-        getattr(self, kind)(line_no, record)
-
-    def config(self, line_no, record):
-        args = record.get("args")
-        if not isinstance(args, dict) or any(key not in args for key in GROUP_ARGS):
-            self.error(line_no, f"its config record lacks main_mlp.py's arguments ({', '.join(GROUP_ARGS)})")
-        self.records.args = args  # a resumed run writes it again: the last one holds
-        self.config_line = line_no
-
-    def step(self, line_no, record):
+        if kind == "final":
+            self.check_scores(line_no, record)
+            self.records.final = record
+            return
         step, phase = record.get("step"), record.get("phase")
         if not (isinstance(step, int) and not isinstance(step, bool) and isinstance(phase, str)):
             self.error(line_no, "a step record without an integer step and a phase")
-        key = (phase, step)
-        if key in self.seen:
-            self.error(line_no, f"step {key[1]} of the {phase} phase again (first at line {self.seen[key]})")
-        self.seen[key] = line_no
-        self.dims(line_no, record)
+        if (phase, step) in self.seen:
+            self.error(line_no, f"step {step} of the {phase} phase again (first at line {self.seen[phase, step]})")
+        self.seen[phase, step] = line_no
+        self.check_scores(line_no, record)
         self.records.phases.setdefault(phase, []).append(record)
 
-    def final(self, line_no, record):
-        self.dims(line_no, record)
-        self.records.final = record
-
-    def dims(self, line_no, record):
-        """The scores: numbers; per dimension, n in every record, finite R²."""
+    def check_scores(self, line_no, record):
+        """The scores are numbers; per dimension, n of them in every record, finite R²."""
         for key in SCORE_FIELDS[record["type"]]:
             if key in record and not is_number(record[key]):
                 self.error(line_no, f"{key} is not a number: {logparse.quote(json.dumps(record[key]))}")
         lam = record.get("lambda", [])  # the learned Λ̂: any length (the run's n, or Λ̂'s own)
         if not (isinstance(lam, list) and all(is_number(v) for v in lam)):
             self.error(line_no, "lambda is not a list of numbers")
-        for key in DIMS_FIELDS:
-            if key not in record:
-                continue
+        for key in (key for key in DIMS_FIELDS if key in record):
             values = record[key]
-            if not (isinstance(values, list) and values and all(is_number(v) for v in values)):
+            if not is_number_list(values):
                 self.error(line_no, f"{key} is not a list of numbers")
             if self.records.n is None:
                 self.records.n = len(values)
@@ -165,11 +134,7 @@ class _Reader:
 
 
 def read(path):
-    """The records of the metrics file at ``path``, checked (see the module's rules).
-
-    Raises:
-        LogParseError: the file cannot be read, or breaks a rule.
-    """
+    """The records of the metrics file at ``path``, checked (LogParseError: unreadable, or breaks a rule)."""
     reader = _Reader(path)
     try:
         with open(path, "rb") as handle:
@@ -186,20 +151,15 @@ def read(path):
 
 def from_log(log):
     """The records of a parsed text log (logparse.ParsedLog): no per-dimension scores, args as str."""
-    phases = {phase.name: phase.steps for phase in log.phases}
     main = log.main_phase()
     final = dict(main.final, type="final") if main is not None and main.has_final() else None
-    return Records(path=log.path, args=log.args, phases=phases, final=final, gt_lambda=log.gt_lambda,
-                   truncated=log.truncated)
+    return Records(path=log.path, args=log.args, phases={phase.name: phase.steps for phase in log.phases},
+                   final=final, gt_lambda=log.gt_lambda, truncated=log.truncated)
 
 
 def read_any(path, phase):
-    """A metrics file (``.jsonl``) or a text log in the reference format, as :class:`Records` with
-    at least one step record in ``phase``.
-
-    Raises:
-        LogParseError: the file breaks a rule of its format, or has no step in ``phase``.
-    """
+    """A metrics file (``.jsonl``) or a text log, as :class:`Records` with a step record in ``phase``
+    (LogParseError: the file breaks a rule of its format, or has none)."""
     if not str(path).endswith(".jsonl"):
         log = logparse.parse_log(path)
         logparse.require_steps(log, phase)
@@ -210,16 +170,11 @@ def read_any(path, phase):
     return records
 
 
-# --------------------------------------------------------------------------
-# The ground-truth λ and its groups
-
-
 def ground_truth_lambda(args, n):
     """The ground-truth Λ's diagonal of a run of ``n`` latents (latent_spaces.ground_truth_lambda's
     values), or None when the run has none (not the anisotropic experiment)."""
     try:
-        derived = settings.derive(args.get("space_type", "box"), args.get("p", 2), args.get("c_p", 2))
-        if not derived.anisotropic:
+        if not settings.derive(args.get("space_type", "box"), args.get("p", 2), args.get("c_p", 2)).anisotropic:
             return None
         low, high = float(args["gt_lambda_1"]), float(args["gt_lambda_2"])
     except (KeyError, TypeError, ValueError):
@@ -230,12 +185,9 @@ def ground_truth_lambda(args, n):
 
 
 def lambda_groups(gt_lambda, n):
-    """The latents grouped by their ground-truth λ: ``[(label, [dims])]``.
-
-    Two values (bimodal): the high-λ "content" latents (they change little across a positive pair),
-    then the low-λ "style" ones; more (linearly spaced): one group per value, by increasing λ; one
-    value or no ground-truth Λ: one group of all ``n``.
-    """
+    """The latents grouped by their ground-truth λ, ``[(label, [dims])]``: bimodal, the high-λ "content"
+    latents (they change little across a positive pair), then the low-λ "style" ones; linearly spaced,
+    one group per value, by increasing λ; otherwise one group of all ``n``."""
     values = sorted(set(gt_lambda)) if gt_lambda is not None else []
     if len(values) < 2:
         return [("all dimensions", list(range(n)))]
@@ -247,13 +199,9 @@ def lambda_groups(gt_lambda, n):
 
 
 def per_group(values, groups):
-    """A list field of a record per λ group, or None when it is neither per latent nor per group.
-
-    Per latent (n values): the mean over each group's latents. Per group (one value each, as the block
-    score's ``block_groups``): the run orders its groups by their first latent.
-    """
-    n = sum(len(dims) for _, dims in groups)
-    if len(values) == n:
+    """A list field of a record per λ group: per latent (n values), the mean over each group's latents;
+    per group (as ``block_groups``), in the run's order of groups (by their first latent); else None."""
+    if len(values) == sum(len(dims) for _, dims in groups):
         return [float(np.mean([values[d] for d in dims])) for _, dims in groups]
     if len(values) == len(groups):
         order = sorted(range(len(groups)), key=lambda g: min(groups[g][1]))
@@ -261,53 +209,31 @@ def per_group(values, groups):
     return None
 
 
-def groups_of(records):
-    """The λ groups of a run with per-dimension scores."""
-    return lambda_groups(records.gt_lambda, records.n)
-
-
 def read_per_dimension(paths, phase):
-    """The metrics files at ``paths``, each with per-dimension scores in ``phase`` and the same λ
-    groups as the first: ``[(records, λ groups)]``.
-
-    Raises:
-        LogParseError: a file breaks a rule, has no such scores, or groups its latents otherwise
-            than the first (another n or other ground-truth λ).
-    """
+    """The metrics files at ``paths`` as ``[(records, λ groups)]``; LogParseError when one breaks a rule,
+    has no per-dimension scores in ``phase``, or has other latents than the first (n or ground-truth λ)."""
     runs = []
     for path in paths:
         records = read(path)
         if not any("lin_dims" in r for r in records.steps(phase)):
             raise logparse.LogParseError(path, None, f"no {phase} step with per-dimension scores")
-        groups = groups_of(records)
+        groups = lambda_groups(records.gt_lambda, records.n)
         if runs and groups != runs[0][1]:
             raise logparse.LogParseError(path, None, f"its latents are not those of {paths[0]}: "
-                                                     f"{_latents_text(groups)} against {_latents_text(runs[0][1])}")
+                                                     f"{_latents(groups)} against {_latents(runs[0][1])}")
         runs.append((records, groups))
     return runs
 
 
-def _latents_text(groups):
+def _latents(groups):
     """``n 10 (content (λ = 25), style (λ = 5))``: the latents of a run, as its λ groups say."""
     return f"n {sum(len(dims) for _, dims in groups)} ({', '.join(label for label, _ in groups)})"
 
 
-# --------------------------------------------------------------------------
-# Λ̂ against the ground truth
-
-
 def match_sorted(learned, truth):
-    """Match Λ̂ to the ground truth up to a permutation of the entries.
-
-    The encoder's outputs are the latents up to a permutation that no record keeps, so entry i of
-    Λ̂ belongs to an unknown entry of λ. For a one-dimensional cost |Λ̂_i - λ_j| the best matching
-    pairs the sorted values, so sorting both is the matching.
-
-    Returns:
-        (sorted Λ̂, sorted λ, relative error |Λ̂ - λ| / λ per entry), numpy arrays.
-    Raises:
-        ValueError: the two have different lengths.
-    """
+    """(sorted Λ̂, sorted λ, relative error |Λ̂ - λ| / λ per entry), numpy arrays; ValueError when their
+    lengths differ. The encoder's outputs are the latents up to a permutation that no record keeps; for
+    the one-dimensional cost |Λ̂_i - λ_j| the best matching pairs the sorted values."""
     learned = np.sort(np.asarray(learned, dtype=float))
     truth = np.sort(np.asarray(truth, dtype=float))
     if learned.shape != truth.shape:

@@ -1,12 +1,6 @@
-"""The summary of a sweep: every run's final and logged scores, per configuration mean ± std over
-seeds, every field the runs recorded, the R² (and every per-latent or per-group field) of each
-ground-truth λ group, and the runs beside a reference log.
-
-A run is found by its log (``NAME_seedS.log``) and read from the metrics file beside it
-(``metrics_io``), or from its log where it has none (an older run; a published reference log).
-``sweep.py`` calls ``summarize`` after its runs (and for ``--summarize-only``);
-``learning_check.py`` uses ``find_runs``.
-"""
+"""The summary of a sweep (``sweep.py`` after its runs, and ``--summarize-only``), what it shows: docs/tools.md.
+A run is found by its log (``NAME_seedS.log``) and read from the metrics file beside it, or from its log
+where it has none (an older run; a published reference log)."""
 
 import csv
 import fnmatch
@@ -25,6 +19,13 @@ from argparse_utils import EXIT_BAD_INPUT, same_file, write_stdout
 PROG = "sweep.py"
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 GLOB_CHARACTERS = "*?[]"
+# A list field that is not per latent: Λ̂ is per encoder output, which no record matches to a latent.
+NOT_PER_LATENT = ("lambda",)
+# More λ groups than this (linearly spaced λ: one per latent) make the section unreadable: left out.
+MAX_GROUPS_SHOWN = 5
+REFERENCE_KEYS = (("mean_loss", "<Loss>", 4), ("lin", "Lin.", 4), ("perm", "Perm.", 4), ("lambda_error", "Λ̂ error", 3))
+CSV_FIELDS = ("name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished", "lin_mean", "lin_std",
+              "perm_mean", "perm_std", "lambda_error_mean", "lambda_error_std")
 
 
 def say(line):
@@ -33,34 +34,31 @@ def say(line):
     write_stdout(line + "\n")
 
 
+def warn(message):
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
 def metrics_path(log_path):
     """A run's metrics file, beside its log."""
     return log_path[:-len(".log")] + ".jsonl"
 
 
 def find_runs(out_dir, patterns):
-    """``{name: [(seed, log path), ...]}`` for the names in ``out_dir`` matching ``patterns``.
-
-    Raises:
-        LogParseError: ``out_dir`` cannot be listed, or a pattern matches no log.
-    """
+    """``{name: [(seed, log path), ...]}`` for the names in ``out_dir`` matching ``patterns``
+    (LogParseError: ``out_dir`` cannot be listed, or a pattern matches no log)."""
     try:
         files = sorted(os.listdir(out_dir))
     except OSError as exc:
         raise logparse.LogParseError(out_dir, None, f"cannot list the directory ({exc.strerror})") from None
     found = {}
-    for file_name in files:
-        match = LOG_NAME.match(file_name)
-        if match is not None:
-            found.setdefault(match.group("name"), []).append(
-                (int(match.group("seed")), os.path.join(out_dir, file_name)))
+    for match in filter(None, map(LOG_NAME.match, files)):
+        found.setdefault(match["name"], []).append((int(match["seed"]), os.path.join(out_dir, match.string)))
     runs = {}
     for pattern in patterns:
         names = [name for name in found if fnmatch.fnmatchcase(name, pattern)]
         if not names:
             raise logparse.LogParseError(out_dir, None, f"no log {pattern}_seed<S>.log in the directory")
-        for name in names:
-            runs[name] = sorted(found[name])
+        runs.update((name, sorted(found[name])) for name in names)
     return runs
 
 
@@ -81,14 +79,9 @@ def read_run(log_path):
     return metrics_io.from_log(logparse.parse_log(log_path))
 
 
-def warn(message):
-    sys.stderr.write(f"{PROG}: warning: {message}\n")
-
-
 def loss_label(args):
     """What loss the run trained with, from its arguments."""
-    try:
-        # The published logs predate --loss: AnInfoNCE.
+    try:  # the published logs predate --loss: AnInfoNCE
         derived = settings.derive(args.get("space_type", "box"), args.get("p", "2"),
                                   args.get("c_p", "2"), args.get("loss", settings.DEFAULT_LOSS))
     except ValueError:
@@ -102,16 +95,14 @@ def lambda_label(records):
     if records.gt_lambda is None:
         return "-"
     low, high = records.args.get("gt_lambda_1", "?"), records.args.get("gt_lambda_2", "?")
-    if records.args.get("linearly_spaced_lambda") in (True, "True"):
-        return f"linear {low}..{high}"
-    return f"bimodal {high} / {low}"
+    linear = records.args.get("linearly_spaced_lambda") in (True, "True")
+    return f"linear {low}..{high}" if linear else f"bimodal {high} / {low}"
 
 
 def planned_steps(args, phase):
     """The steps the run was asked for, from its arguments, or None when they are not there."""
     try:
-        n_steps = int(args["n_steps"])
-        more = int(args.get("more_unsupervised", "1"))
+        n_steps, more = int(args["n_steps"]), int(args.get("more_unsupervised", "1"))
     except (KeyError, TypeError, ValueError):
         return None
     return n_steps if phase == "supervised" else n_steps * more
@@ -124,22 +115,19 @@ def summarize_run(name, seed, path, group_steps=()):
     if not steps:
         warn(f"{path} has no logged step yet: left out of the summary")
         return None
-    last, final = steps[-1], records.final
-    finished = final is not None and "lin_mean" in final and "perm_mean" in final  # numbers: metrics_io
-    lin, perm = (final["lin_mean"], final["perm_mean"]) if finished else (last.get("lin"), last.get("perm"))
+    last, final = steps[-1], records.final or {}
+    finished = "lin_mean" in final and "perm_mean" in final  # numbers: metrics_io checked them
     last_lambda = next((r["lambda"] for r in reversed(steps) if isinstance(r.get("lambda"), list)), None)
-    fields = {("last", key): value for key, value in metrics_io.scalars(last).items() if key != "step"}
-    fields.update({("final", key): value for key, value in metrics_io.scalars(final or {}).items()})
+    fields = {("last", key): value for key, value in last.items() if metrics_io.is_number(value) and key != "step"}
+    fields.update({("final", key): value for key, value in final.items() if metrics_io.is_number(value)})
     return {"name": name, "seed": seed, "path": path, "records": records, "loss": loss_label(records.args),
-            "lambda": lambda_label(records), "steps": last["step"],
-            "planned": planned_steps(records.args, records.main_phase()), "finished": finished,
-            "lin": lin, "perm": perm, "source": "final" if finished else f"step {last['step']}",
+            "lambda": lambda_label(records), "steps": last["step"], "finished": finished,
+            "planned": planned_steps(records.args, records.main_phase()),
+            "lin": final["lin_mean"] if finished else last.get("lin"),
+            "perm": final["perm_mean"] if finished else last.get("perm"),
+            "source": "final" if finished else f"step {last['step']}",
             "lambda_error": metrics_io.lambda_error(last_lambda, records.gt_lambda),
             "fields": fields, "groups": group_scores(records, group_steps)}
-
-
-# A list field that is not per latent: Λ̂ is per encoder output, which no record matches to a latent.
-NOT_PER_LATENT = ("lambda",)
 
 
 def group_scores(records, steps=()):
@@ -150,15 +138,15 @@ def group_scores(records, steps=()):
     with_dims = [r for r in records.steps() if "lin_dims" in r]
     if not with_dims:
         return None
-    groups = metrics_io.groups_of(records)
+    groups = metrics_io.lambda_groups(records.gt_lambda, records.n)
     by_step = {r["step"]: r for r in with_dims}
     places = [("end", with_dims[-1])] + [(f"step {step:,}", by_step[step]) for step in steps if step in by_step]
     if records.final is not None and "lin_dims" in records.final:
         places.append(("final", records.final))
     at = {}
     for where, record in places:
-        values = {key: metrics_io.per_group(value, groups) for key, value in metrics_io.number_lists(record).items()
-                  if key not in NOT_PER_LATENT}
+        values = {key: metrics_io.per_group(value, groups) for key, value in record.items()
+                  if metrics_io.is_number_list(value) and key not in NOT_PER_LATENT}
         at[where] = {key: value for key, value in values.items() if value is not None}
         if metrics_io.is_number(record.get("perm")):
             at[where]["Perm."] = [record["perm"]]
@@ -188,9 +176,9 @@ def aggregate(name, rows):
     used = [r for r in rows if r["finished"]] or rows
     for key in ("lin", "perm", "lambda_error"):
         result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in used])
-    fields = list(dict.fromkeys(key for r in used for key in r["fields"]))
-    result["fields"] = {key: (mean_std([r["fields"].get(key) for r in used]),
-                              sum(key in r["fields"] for r in used)) for key in fields}
+    fields = dict.fromkeys(key for r in used for key in r["fields"])
+    result["fields"] = {key: (mean_std([r["fields"].get(key) for r in used]), sum(key in r["fields"] for r in used))
+                        for key in fields}
     result["groups"] = None
     # Only runs of the same latents (the same λ groups) are averaged group by group, at each place
     # every run has (the end, the --group-steps all of them logged, the final evaluation).
@@ -203,36 +191,14 @@ def aggregate(name, rows):
     return result
 
 
-def pm(mean, std, digits):
-    """``mean ± std`` for the Markdown table."""
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f} ± -"
+def step_value(record, key, gt_lambda):
+    """A logged step's figure for the reference table (Λ̂ error None when it cannot be computed)."""
+    return metrics_io.lambda_error(record.get("lambda"), gt_lambda) if key == "lambda_error" else record.get(key)
 
 
-def steps_text(low, high):
-    """A step count, or a range when the runs differ."""
-    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
-
-
-REFERENCE_KEYS = (("mean_loss", "<Loss>", 4), ("lin", "Lin.", 4), ("perm", "Perm.", 4),
-                  ("lambda_error", "Λ̂ error", 3))
-
-
-def step_values(record, gt_lambda):
-    """A logged step's figures for the reference table (Λ̂ error None when it cannot be computed)."""
-    values = {key: record.get(key) for key in ("mean_loss", "lin", "perm")}
-    values["lambda_error"] = metrics_io.lambda_error(record.get("lambda"), gt_lambda)
-    return values
-
-
-def compare_with_reference(name, rows, ref_path):
-    """The runs of one configuration against a reference log at the last step all of them logged.
-
-    Returns a dict for the summary's reference table.
-    Raises:
-        LogParseError: the reference cannot be read, or shares no logged step with every run.
-    """
+def reference_row(name, rows, ref_path):
+    """The reference table's row of the runs of one configuration against a reference log, at the last
+    step all of them logged (LogParseError: the reference cannot be read, or shares no step with every run)."""
     ref = metrics_io.from_log(logparse.parse_log(ref_path))
     if not ref.steps():
         raise logparse.LogParseError(ref_path, None, "no logged step in the reference log")
@@ -241,34 +207,21 @@ def compare_with_reference(name, rows, ref_path):
     if not common:
         raise logparse.LogParseError(ref_path, None, f"no step logged by the reference and every {name} run")
     step = common[-1]
-    theirs = step_values(by_step[0][step], ref.gt_lambda)
-    ours = [step_values(steps[step], row["records"].gt_lambda) for steps, row in zip(by_step[1:], rows)]
-    result = {"name": name, "reference": ref_path, "step": step, "seeds": len(rows)}
-    for key, _, _ in REFERENCE_KEYS:
-        values = [v[key] for v in ours if v[key] is not None]
-        result[key] = (mean_std(values), (min(values), max(values)) if values else None, theirs[key])
-    return result
+    cells = [name, os.path.basename(ref_path), f"{step:,}", str(len(rows))]
+    for key, _, digits in REFERENCE_KEYS:
+        ours = [step_value(steps[step], key, row["records"].gt_lambda) for steps, row in zip(by_step[1:], rows)]
+        ours = [v for v in ours if v is not None]
+        bounds = f" [{min(ours):.{digits}f}, {max(ours):.{digits}f}]" if ours else ""
+        theirs = step_value(by_step[0][step], key, ref.gt_lambda)
+        cells += [pm(*mean_std(ours), digits) + bounds, number(theirs, digits)]
+    return "| " + " | ".join(cells) + " |"
 
 
-def reference_lines(comparisons):
-    """The summary's Markdown section for the ``--reference`` comparisons."""
-    lines = ["", "## Against reference logs", "",
-             "At the last step logged by the reference and by every run of the configuration: our mean ± "
-             "std over seeds [min, max], and the reference's value. Λ̂ error as above, at that step.", "",
-             "| configuration | reference | step | seeds | "
-             + " | ".join(f"{label} ours | {label} reference" for _, label, _ in REFERENCE_KEYS) + " |",
-             "|---|---|---:|---:|" + "---|---:|" * len(REFERENCE_KEYS)]
-    for c in comparisons:
-        cells = []
-        for key, _, digits in REFERENCE_KEYS:
-            (mean, std), bounds, ref = c[key]
-            ours = pm(mean, std, digits)
-            if bounds is not None:
-                ours += f" [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
-            cells += [ours, number(ref, digits)]
-        lines.append(f"| {c['name']} | {os.path.basename(c['reference'])} | {c['step']:,} | {c['seeds']} | "
-                     + " | ".join(cells) + " |")
-    return lines
+def pm(mean, std, digits):
+    """``mean ± std`` for the Markdown tables."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± " + ("-" if math.isnan(std) else f"{std:.{digits}f}")
 
 
 def number(value, digits):
@@ -276,41 +229,30 @@ def number(value, digits):
     return f"{value:.{digits}f}" if value is not None else "-"
 
 
-def summary_paths(out_dir, base):
-    """The summary's two files: Markdown and CSV."""
-    return os.path.join(out_dir, base + ".md"), os.path.join(out_dir, base + ".csv")
-
-
 def header_lines(configs, runs, note):
     """The summary's title, what its runs are, and its main table of configurations."""
-    all_steps = [r["steps"] for r in runs]
-    low, high = min(all_steps), max(all_steps)
+    low, high = min(r["steps"] for r in runs), max(r["steps"] for r in runs)
     unfinished = sum(not r["finished"] for r in runs)
     planned = sorted({r["planned"] for r in runs if r["planned"] is not None})
-    if low == high:
-        header = f"Steps per run: {low:,} (the last logged step of each run)"
-    else:
-        header = f"Steps per run: {low:,} to {high:,} (not all runs are equally long: see the steps column)"
+    header = (f"Steps per run: {low:,} (the last logged step of each run)" if low == high else
+              f"Steps per run: {low:,} to {high:,} (not all runs are equally long: see the steps column)")
     if planned:
         header += f"; asked for: {', '.join(f'{p:,}' for p in planned)}"
     header += "."
     if unfinished:
-        header += (f" {unfinished} of {len(runs)} runs have no final scores (failed, killed or still "
-                   f"running): they are left out of the mean ± std of a configuration with finished runs; "
-                   f"a configuration with none uses their last logged Lin./Perm.")
-    lines = [f"# Seed sweep: {', '.join(c['name'] for c in configs)}", "", header, ""]
-    if note:
-        lines += [note, ""]
-    lines += ["Mean ± standard deviation over seeds (sample std, ddof = 1). Lin. and Perm.: the final "
-              "`linear mean` / `perm mean` of a finished run, else its last logged Lin. / Perm. "
-              "Λ̂ error: mean over entries of |Λ̂ − λ| / λ, both sorted (the encoder's outputs are a "
-              "permutation of the latents), with the last logged Λ̂.", "",
-              "| configuration | loss | Λ | seeds (finished) | steps | Lin. | Perm. | Λ̂ error |",
+        header += (f" {unfinished} of {len(runs)} runs have no final scores (failed, killed or still running): they "
+                   f"are left out of the mean ± std of a configuration with finished runs; a configuration with "
+                   f"none uses their last logged Lin./Perm.")
+    lines = [f"# Seed sweep: {', '.join(c['name'] for c in configs)}", "", header, ""] + ([note, ""] if note else [])
+    lines += ["Mean ± standard deviation over seeds (sample std, ddof = 1). Lin. and Perm.: the final `linear mean` "
+              "/ `perm mean` of a finished run, else its last logged Lin. / Perm. Λ̂ error: mean over entries of "
+              "|Λ̂ − λ| / λ, both sorted (the encoder's outputs are a permutation of the latents), with the last "
+              "logged Λ̂.", "", "| configuration | loss | Λ | seeds (finished) | steps | Lin. | Perm. | Λ̂ error |",
               "|---|---|---|---:|---:|---|---|---|"]
     for c in configs:
-        lines.append(f"| {c['name']} | {c['loss']} | {c['lambda']} | {c['seeds']} ({c['finished']}) | "
-                     f"{steps_text(c['steps_min'], c['steps_max'])} | {pm(c['lin_mean'], c['lin_std'], 4)} | "
-                     f"{pm(c['perm_mean'], c['perm_std'], 4)} | "
+        steps = f"{c['steps_min']:,}" + ("" if c["steps_min"] == c["steps_max"] else f"-{c['steps_max']:,}")
+        lines.append(f"| {c['name']} | {c['loss']} | {c['lambda']} | {c['seeds']} ({c['finished']}) | {steps} | "
+                     f"{pm(c['lin_mean'], c['lin_std'], 4)} | {pm(c['perm_mean'], c['perm_std'], 4)} | "
                      f"{pm(c['lambda_error_mean'], c['lambda_error_std'], 3)} |")
     return lines
 
@@ -321,54 +263,10 @@ def run_lines(runs):
              "|---|---:|---:|---|---:|---:|---:|---|"]
     for r in runs:
         source = r["source"] if r["finished"] else f"unfinished: {r['source']}"
-        if r["records"].truncated:
-            source += " (metrics file cut off)"
+        source += " (metrics file cut off)" if r["records"].truncated else ""
         lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | {number(r['lin'], 4)} | "
                      f"{number(r['perm'], 4)} | {number(r['lambda_error'], 3)} | {os.path.basename(r['path'])} |")
     return lines
-
-
-def field_lines(configs):
-    """The summary's table of every scalar a run recorded, at its last logged step and in its final
-    record: a metric added to the records is here with no change to this code."""
-    if not any(c["fields"] for c in configs):
-        return []
-    lines = ["", "## Every recorded score", "",
-             "Each number field of the runs' last logged step record (last) and of their final record (final): "
-             "the metrics files' (a log without one: the fields of its text); mean ± std over the runs averaged "
-             "above.", "",
-             "| configuration | record | field | mean ± std | runs |", "|---|---|---|---|---:|"]
-    for c in configs:
-        for (record, field), ((mean, std), count) in c["fields"].items():
-            lines.append(f"| {c['name']} | {record} | {field} | {pm(mean, std, 4)} | {count} |")
-    return lines
-
-
-CSV_FIELDS = ("name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished", "lin_mean", "lin_std",
-              "perm_mean", "perm_std", "lambda_error_mean", "lambda_error_std")
-
-
-def write_summary(out_dir, base, configs, runs, note, comparisons=()):
-    """Write ``base``.md and ``base``.csv in ``out_dir``; returns their paths."""
-    lines = header_lines(configs, runs, note) + run_lines(runs) + group_lines(configs) + field_lines(configs)
-    if comparisons:
-        lines += reference_lines(comparisons)
-    md_path, csv_path = summary_paths(out_dir, base)
-    with open(md_path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    # The recorded fields' columns: last.FIELD_mean, last.FIELD_std, final.FIELD_mean, ...
-    extras = [{f"{record}.{field}_{stat}": value for (record, field), (ms, _) in c["fields"].items()
-               for stat, value in zip(("mean", "std"), ms)} for c in configs]
-    with open(csv_path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS) + list(dict.fromkeys(k for e in extras for k in e)))
-        writer.writeheader()
-        for c, extra in zip(configs, extras):
-            writer.writerow({**{k: c[k] for k in CSV_FIELDS}, **extra})
-    return md_path, csv_path
-
-
-# More λ groups than this (linearly spaced λ: one per latent) make the section unreadable: left out.
-MAX_GROUPS_SHOWN = 5
 
 
 def group_lines(configs):
@@ -385,15 +283,55 @@ def group_lines(configs):
     for c in grouped:
         labels = c["groups"]["labels"]
         for where, fields in c["groups"]["at"].items():
-            parts = []
-            if "lin_dims" in fields:
-                parts += [f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, fields["lin_dims"])]
-            if "Perm." in fields:
-                parts.append(f"Perm. {pm(*fields['Perm.'][0], 4)}")
+            parts = [f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, fields.get("lin_dims", []))]
+            parts += [f"Perm. {pm(*fields['Perm.'][0], 4)}"] if "Perm." in fields else []
             parts += [f"{key}: " + ", ".join(f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, values))
                       for key, values in fields.items() if key not in ("lin_dims", "Perm.")]
             lines.append(f"- {c['name']} ({c['loss']}), {where}: " + "; ".join(parts))
     return lines
+
+
+def field_lines(configs):
+    """The summary's table of every scalar a run recorded, at its last logged step and in its final
+    record: a metric added to the records is here with no change to this code."""
+    if not any(c["fields"] for c in configs):
+        return []
+    lines = ["", "## Every recorded score", "",
+             "Each number field of the runs' last logged step record (last) and of their final record (final): "
+             "the metrics files' (a log without one: the fields of its text); mean ± std over the runs averaged "
+             "above.", "", "| configuration | record | field | mean ± std | runs |", "|---|---|---|---|---:|"]
+    lines += [f"| {c['name']} | {record} | {field} | {pm(mean, std, 4)} | {count} |"
+              for c in configs for (record, field), ((mean, std), count) in c["fields"].items()]
+    return lines
+
+
+def reference_lines(rows):
+    """The summary's Markdown section for the ``--reference`` comparisons: a table of ``rows``."""
+    return ["", "## Against reference logs", "",
+            "At the last step logged by the reference and by every run of the configuration: our mean ± "
+            "std over seeds [min, max], and the reference's value. Λ̂ error as above, at that step.", "",
+            "| configuration | reference | step | seeds | "
+            + " | ".join(f"{label} ours | {label} reference" for _, label, _ in REFERENCE_KEYS) + " |",
+            "|---|---|---:|---:|" + "---|---:|" * len(REFERENCE_KEYS)] + rows
+
+
+def write_summary(md_path, csv_path, configs, runs, note, comparisons):
+    """Write the summary's Markdown and CSV files."""
+    lines = header_lines(configs, runs, note) + run_lines(runs) + group_lines(configs) + field_lines(configs)
+    with open(md_path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines + (reference_lines(comparisons) if comparisons else [])) + "\n")
+    # The recorded fields' columns: last.FIELD_mean, last.FIELD_std, final.FIELD_mean, ...
+    extras = [{f"{record}.{field}_{stat}": value for (record, field), (ms, _) in c["fields"].items()
+               for stat, value in zip(("mean", "std"), ms)} for c in configs]
+    with open(csv_path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS) + list(dict.fromkeys(k for e in extras for k in e)))
+        writer.writeheader()
+        writer.writerows({**{k: c[k] for k in CSV_FIELDS}, **extra} for c, extra in zip(configs, extras))
+
+
+def error(message):
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    return EXIT_BAD_INPUT
 
 
 def summarize(args):
@@ -402,43 +340,35 @@ def summarize(args):
     try:
         found = find_runs(args.out_dir, patterns)
     except logparse.LogParseError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return EXIT_BAD_INPUT
+        return error(exc)
     runs = []
     for name, seeds in found.items():
         for seed, path in seeds:
             try:
-                row = summarize_run(name, seed, path, args.group_steps)
+                runs.append(summarize_run(name, seed, path, args.group_steps))
             except logparse.LogParseError as exc:  # one bad log does not sink the others
                 warn(f"{exc}: left out of the summary")
-                continue
-            if row is not None:
-                runs.append(row)
+    runs = [r for r in runs if r is not None]
     if not runs:
-        sys.stderr.write(f"{PROG}: error: {args.out_dir}: no log with a logged step for {' '.join(patterns)}\n")
-        return EXIT_BAD_INPUT
-    configs = [aggregate(name, [r for r in runs if r["name"] == name])
-               for name in found if any(r["name"] == name for r in runs)]
+        return error(f"{args.out_dir}: no log with a logged step for {' '.join(patterns)}")
+    by_name = {name: [r for r in runs if r["name"] == name] for name in found}
+    configs = [aggregate(name, rows) for name, rows in by_name.items() if rows]
     comparisons = []
     for name, ref_path in args.references.items():
-        rows = [r for r in runs if r["name"] == name]
-        if not rows:
-            sys.stderr.write(f"{PROG}: error: argument --reference: no run of configuration {name!r} to compare\n")
-            return EXIT_BAD_INPUT
+        if not by_name.get(name):
+            return error(f"argument --reference: no run of configuration {name!r} to compare")
         try:
-            comparisons.append(compare_with_reference(name, rows, ref_path))
+            comparisons.append(reference_row(name, by_name[name], ref_path))
         except logparse.LogParseError as exc:
-            sys.stderr.write(f"{PROG}: error: argument --reference: {exc}\n")
-            return EXIT_BAD_INPUT
+            return error(f"argument --reference: {exc}")
     single = len(patterns) == 1 and not any(ch in patterns[0] for ch in GLOB_CHARACTERS)
-    base = args.summary_name or (f"{patterns[0]}_summary" if single else "sweep_summary")
+    base = os.path.join(args.out_dir, args.summary_name or (f"{patterns[0]}_summary" if single else "sweep_summary"))
     inputs = [r["path"] for r in runs] + [metrics_path(r["path"]) for r in runs] + list(args.references.values())
-    for path in summary_paths(args.out_dir, base):
-        for read in inputs:
-            if same_file(path, read):
-                sys.stderr.write(f"{PROG}: error: argument --summary-name: the summary {path} would write over "
-                                 f"its input {read}; give another --summary-name\n")
-                return EXIT_BAD_INPUT
-    for path in write_summary(args.out_dir, base, configs, runs, args.note, comparisons):
-        say(f"wrote {path}")
+    for path, read in ((path, read) for path in (base + ".md", base + ".csv") for read in inputs):
+        if same_file(path, read):
+            return error(f"argument --summary-name: the summary {path} would write over its input {read}; give "
+                         f"another --summary-name")
+    write_summary(base + ".md", base + ".csv", configs, runs, args.note, comparisons)
+    say(f"wrote {base}.md")
+    say(f"wrote {base}.csv")
     return 0
