@@ -32,7 +32,7 @@ os.makedirs(args.out_dir, exist_ok=True)
 pending, _ = sweep.plan_runs(args, sweep.build_runs(args))
 executor = submitit.LocalExecutor(folder="out/submitit/%j", max_num_timeout=sweep.MAX_TIMEOUTS)
 executor.update_parameters(timeout_min=60, signal_delay_s=sweep.SIGNAL_DELAY_S)
-for run, job in zip(pending, sweep.submit(args, pending, executor)):
+for run, job in zip(pending, sweep.submit(pending, executor)):
     try:
         job.result()
         print(run.label + ": done")
