@@ -42,7 +42,7 @@ def build_parser():
     parser = ArgumentParser(prog=PROG, usage=f"{PROG} [options] -- MAIN_MLP_ARGS ...",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add, positive = parser.add_argument, bounded(float, above=0)
-    add("--seeds", type=bounded(int, at_least=0, at_most=2 ** 63 - 1), nargs="+", metavar="S", help="one run each")
+    add("--seeds", type=bounded(int, at_least=0, at_most=2 ** 63 - 1), nargs="+", metavar="S", help="one run each seed")
     add("--jobs", type=positive_int, default=1, help="runs at a time on this machine (default: %(default)s)")
     add("--out-dir", required=True, metavar="DIR", help="where the runs' files and the summary go")
     add("--name", default="run", help="configuration name: runs write DIR/NAME_seedS.log (default: %(default)s)")
@@ -54,7 +54,7 @@ def build_parser():
         help="local: --jobs runs at a time here; slurm: one SLURM job array (submitit); print: the command lines")
     add("--grid", action="append", default=[], metavar="KEY=V1,V2",
         help="a main_mlp.py flag (full or dest name) and its values (on/off for a switch); repeatable")
-    add("--checkpoint-minutes", type=positive, default=10.0, help="the runs' (default %(default)s) unless set after --")
+    add("--checkpoint-minutes", type=positive, default=10.0, help="cadence (default %(default)s) unless set after --")
     slurm = parser.add_argument_group("SLURM (--executor slurm; passed to submitit)").add_argument
     slurm("--time", type=positive, default=60.0, help="minutes per task (default 60); then it is requeued")
     slurm("--gpus", type=int, default=0, help="GPUs per task (default 0)")
@@ -66,7 +66,8 @@ def build_parser():
     slurm("--setup", action="append", default=[], metavar="LINE", help="a shell line before each task (repeatable)")
     add("--summarize-only", action="store_true", help="run nothing; summarise the logs already in --out-dir")
     add("--names", nargs="+", metavar="PATTERN", help="with --summarize-only: the names (or shell globs) to summarise")
-    add("--group-steps", type=positive_int, nargs="+", default=[], metavar="STEP", help="also R² by λ group at these")
+    add("--group-steps", type=positive_int, nargs="+", default=[], metavar="STEP",
+        help="with --summarize-only: also the R² by ground-truth λ group at these logged steps")
     add("--summary-name", help="base name of the summary files (default: NAME_summary, or sweep_summary)")
     add("--reference", action="append", default=[], metavar="NAME=LOG", help="compare NAME's runs with a log")
     add("--note", help="a sentence to put under the summary's title")
