@@ -301,6 +301,7 @@ def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
     assert "--lr-lambda 0.01" in lines[3]
     # Every configuration over every seed (test_cluster runs a grid under submitit at one seed).
     seeds = sweep_in(tmp_path, "--executor", "print", "--seeds", "0", "1", "--grid", "loss=aninfonce,infonce")
+    assert seeds.returncode == 0, seeds.stderr
     logs = [line.split("--log-file ")[1].split()[0] for line in seeds.stdout.splitlines()]
     assert logs == [f"out/a_loss-{loss}_seed{seed}.log" for loss in ("aninfonce", "infonce") for seed in (0, 1)]
 
