@@ -264,6 +264,21 @@ def sweep_in(cwd, *sweep_args, after=()):
                           timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A directory where ``sweep_in`` has run: ``out`` holds its finished run (log, metrics, checkpoint)."""
+    where = tmp_path_factory.mktemp("finished")
+    result = sweep_in(where)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return where
+
+
+def copy_of(finished_sweep, cwd):
+    """``cwd`` as if ``sweep_in`` had run there (a copy of ``finished_sweep``'s ``out``)."""
+    shutil.copytree(finished_sweep / "out", cwd / "out")
+    return cwd
+
+
 def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
     def grid(*items, after=()):
         return sweep_in(tmp_path, "--executor", "print", *[a for item in items for a in ("--grid", item)],
@@ -284,11 +299,15 @@ def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
     assert "--lr-lambda 0.1 --linearly-spaced-lambda --save-dir" in lines[0]
     assert "--lr-lambda 0.1 --save-dir" in lines[1] and "out/a_lr_lambda-0.1_linearly-spaced-lambda-off" in lines[1]
     assert "--lr-lambda 0.01" in lines[3]
+    # Every configuration over every seed (test_cluster runs a grid under submitit at one seed).
+    seeds = sweep_in(tmp_path, "--executor", "print", "--seeds", "0", "1", "--grid", "loss=aninfonce,infonce")
+    assert seeds.returncode == 0, seeds.stderr
+    logs = [line.split("--log-file ")[1].split()[0] for line in seeds.stdout.splitlines()]
+    assert logs == [f"out/a_loss-{loss}_seed{seed}.log" for loss in ("aninfonce", "infonce") for seed in (0, 1)]
 
 
-def test_skip_done_skips_only_a_run_of_the_same_arguments(tmp_path):
-    first = sweep_in(tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
+def test_skip_done_skips_only_a_run_of_the_same_arguments(tmp_path, finished_sweep):
+    copy_of(finished_sweep, tmp_path)
     log, summary = tmp_path / "out" / "a_seed0.log", tmp_path / "out" / "a_summary.md"
     before, summary_before = log.read_bytes(), summary.read_bytes()
     assert os.path.exists(tmp_path / "out" / "checkpoints" / "a_seed0" / "checkpoint.pth")
@@ -308,8 +327,8 @@ def test_skip_done_skips_only_a_run_of_the_same_arguments(tmp_path):
     assert log.read_bytes() == before and summary.read_bytes() == summary_before
 
 
-def test_a_finished_sweep_is_still_extended_from_its_checkpoints(tmp_path):
-    assert sweep_in(tmp_path).returncode == 0
+def test_a_finished_sweep_is_still_extended_from_its_checkpoints(tmp_path, finished_sweep):
+    copy_of(finished_sweep, tmp_path)
     longer = sweep_in(tmp_path, after=["--n-steps", "5"])
     assert longer.returncode == 0, longer.stdout + longer.stderr
     text = (tmp_path / "out" / "a_seed0.log").read_text()
@@ -482,12 +501,10 @@ def test_summarize_only_and_print_with_a_closed_stdout(tmp_path):
     assert (out_dir / "an_summary.csv").exists()
 
 
-def test_a_run_refused_by_its_save_dir_lock_is_not_reported_as_another_runs_result(tmp_path):
+def test_a_run_refused_by_its_save_dir_lock_is_not_reported_as_another_runs_result(tmp_path, finished_sweep):
     """Two sweeps of one --name and --out-dir, other arguments, at once: the run of one waits for the
     other's (which holds the save-dir), whose finished log is then there. Not this sweep's result."""
-    other = tmp_path / "other"
-    other.mkdir()
-    assert sweep_in(other).returncode == 0  # what the other sweep's run leaves: a finished --n-steps 3
+    other = finished_sweep  # what the other sweep's run leaves: a finished --n-steps 3
     save_dir = tmp_path / "out" / "checkpoints" / "a_seed0"
     save_dir.mkdir(parents=True)
     with open(save_dir / ".lock", "w", encoding="utf-8") as lock:
@@ -511,12 +528,10 @@ def test_a_run_refused_by_its_save_dir_lock_is_not_reported_as_another_runs_resu
 
 
 @pytest.mark.parametrize("skip_done", [False, True])
-def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_done):
+def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_done, finished_sweep):
     """kill -9 while the log's header is written: a few lines, no step, no checkpoint. The sweep started
     again runs it from the start, as main_mlp.py alone would (nothing of it is lost: it logged no step)."""
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    assert sweep_in(ref).returncode == 0
+    ref = finished_sweep
     whole = (ref / "out" / "a_seed0.log").read_text()
     (tmp_path / "out" / "checkpoints" / "a_seed0").mkdir(parents=True)
     six_lines = len("".join(whole.splitlines(keepends=True)[:6]))
