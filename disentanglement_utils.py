@@ -1,8 +1,5 @@
-"""Identifiability metrics: functions of arrays that return numbers (or one number per dimension).
-
-The logs' Lin. is the mean of linear_r2_per_dimension, Perm. that of matched_correlations; the
-metrics files' "block" is block_identifiability.
-"""
+"""Identifiability metrics: functions of arrays that return numbers (or one number per dimension). The
+logs' Lin. and Perm. are the means of linear_r2_per_dimension and matched_correlations."""
 
 import collections
 

@@ -1,7 +1,7 @@
 """The encoder f: an MLP n -> 10n -> 50n -> 50n -> 50n -> 50n -> 10n -> n.
 
-Its last module normalises the output; the names, the printed repr and the
-parameter names are the reference's, so its state dict loads in either program:
+Its last module normalises the output (names, repr and parameter names the reference's, so its state
+dict loads in either program):
     RescaleLayer()                  fixed unit sphere (``--p 0`` without a learnable norm)
     RescaleLayer(), parameter r     sphere of learnable radius (``--sphere-norm``)
     SoftclipLayer(), max_abs_bound  sigmoid scaled by learnable bounds (``--box-norm``)
@@ -16,11 +16,9 @@ LEAKY_SLOPE = 0.01
 
 
 class LeakyReLU(nn.LeakyReLU):
-    """LeakyReLU in place on the preceding Linear's output, printed as the reference's.
-
-    Same values and gradients as ``nn.LeakyReLU`` (its backward reads the sign from the output, the
-    input's for a positive slope), without a fresh (2B, width) buffer per layer (training_logs/speed.md).
-    """
+    """LeakyReLU in place on the preceding Linear's output, printed as the reference's: the values and
+    gradients of ``nn.LeakyReLU`` (its backward reads the sign from the output, the input's for a
+    positive slope) without a fresh (2B, width) buffer per layer (training_logs/speed.md)."""
 
     def __init__(self, negative_slope=LEAKY_SLOPE):
         super().__init__(negative_slope=negative_slope, inplace=True)

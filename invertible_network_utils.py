@@ -136,14 +136,10 @@ def well_conditioned_matrix(n, threshold, generator, pool):
 
 def construct_invertible_mlp(n, n_layers, act_fct, cond_thresh_ratio, generator,
                              n_iter_cond_thresh=N_COND_SAMPLES):
-    """The frozen mixing g: R^n -> R^n, all its randomness from the CPU ``generator``.
-
-    ``n_layers`` bias-free n×n linear layers, ``act_fct`` between them (none after the last). Each
-    weight has entries U[-1, 1], unit-norm columns, and is redrawn until its condition number is at
-    most the ``cond_thresh_ratio`` quantile of ``n_iter_cond_thresh`` random matrices.
-
-    Returns:
-        (g, an nn.Sequential with frozen parameters on the CPU; the threshold; the layers' condition numbers).
+    """The frozen mixing g: R^n -> R^n on the CPU, all its randomness from ``generator``; returns (g, the
+    threshold, the layers' condition numbers). ``n_layers`` bias-free n×n linear layers, ``act_fct``
+    between them; each weight has entries U[-1, 1], unit-norm columns, and is redrawn until its
+    condition number is at most the ``cond_thresh_ratio`` quantile of ``n_iter_cond_thresh`` random ones.
     """
     layers, conds = [], []
     with ThreadPoolExecutor(_workers()) as pool:

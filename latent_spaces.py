@@ -16,11 +16,7 @@ MAX_CANDIDATES = 4096
 
 def noise_kind(p):
     """Name of the noise for the exponent p of --m-p / --c-p (1, 2 or other)."""
-    if p == 1:
-        return "laplace"
-    if p == 2:
-        return "normal"
-    return "generalized_normal"
+    return {1: "laplace", 2: "normal"}.get(p, "generalized_normal")
 
 
 class Marginal:
@@ -116,11 +112,10 @@ class ConditionalSampler:
     """How a conditional (its flags: settings.CONDITIONALS) is built.
 
     build: ``build(args, positive_std, acceptance) -> sampler`` with ``sample(space, z, generator)``
-        (a sampler class above); ``positive_std`` (n,) is 1/sqrt(λ) of the ground-truth Λ on the device,
-        ``acceptance`` the positives' sampler's (both None unless settings.CONDITIONALS says
-        ground_truth_lambda).
+        (a class above); ``positive_std`` (n,) is 1/sqrt(λ) of the ground-truth Λ on the device,
+        ``acceptance`` the positives' sampler's (both None but for settings' ground_truth_lambda).
     proposal_elements: ``proposal_elements(args)``, the elements of its largest proposal tensor in a
-        step (the memory estimate; 0 for samplers that draw in place).
+        step (the memory estimate).
     """
 
     build: object

@@ -28,11 +28,8 @@ LP_EPS = 1e-6
 
 
 def contrastive_cross_entropy(positive, row_lse):
-    """Mean over rows of  -positive + log Σ_candidates exp(logit).
-
-    positive: (R,) the logit of each row's positive; row_lse: a list of (R,) log-sum-exps over
-    disjoint parts of each row's candidates (the positive in exactly one part).
-    """
+    """Mean over rows of  -positive + log Σ_candidates exp(logit), from the (R,) logits ``positive`` and
+    a list of (R,) log-sum-exps over disjoint parts of each row's candidates (the positive in one)."""
     lse = row_lse[0] if len(row_lse) == 1 else torch.logsumexp(torch.stack(row_lse), dim=0)
     return (lse - positive).mean()
 
@@ -151,10 +148,8 @@ def lp_distance_pow(x, y, p):
 
 
 class LpSimCLRLoss(nn.Module):
-    """The Lp form: logits -‖a_i - ·‖_p^p / τ, negatives from a rolled by one.
-
-    loss = mean_i [ pos_i/τ + logsumexp_j(-[neg_i·, pos_i]/τ) ].
-    """
+    """The Lp form: logits -‖a_i - ·‖_p^p / τ, negatives from a rolled by one:
+    loss = mean_i [ pos_i/τ + logsumexp_j(-[neg_i·, pos_i]/τ) ]."""
 
     def __init__(self, p, tau):
         super().__init__()
@@ -213,31 +208,20 @@ def _aninfonce(args, init_gen, isotropic=False):
                          generator=init_gen, param=args.lambda_param)
 
 
-def _infonce_fixed(args, init_gen):
-    return AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", fixed_lambda=1.0 / args.tau)
-
-
-def _dot(args, init_gen):
-    return DotSimCLRLoss(args.tau)
-
-
-def _lp(args, init_gen):
-    return LpSimCLRLoss(args.p, args.tau)
-
-
 # The losses by name (settings.derive picks one: --loss on extended_sphere with --p 0, else --p and the
 # space decide). --loss's default is settings.DEFAULT_LOSS. A new loss is its class above and one entry here.
 LOSSES = {
     "aninfonce": Loss("AnInfoNCE: a learnable diagonal Λ̂", _aninfonce, learns_lambda=True, blocks=4),
     "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ",
-                    functools.partial(_aninfonce, isotropic=True),
-                    learns_lambda=True, blocks=4),
+                    functools.partial(_aninfonce, isotropic=True), learns_lambda=True, blocks=4),
     "infonce-fixed": Loss("the textbook InfoNCE: fixed temperature --tau (Λ̂ = I / τ, nothing learned)",
-                          _infonce_fixed, learns_lambda=False, blocks=4),
-    "lp": Loss("the Lp form (--p > 0)", _lp, learns_lambda=False, blocks=3, selectable=False,
-               label="Lp (p={p})"),
-    "dot": Loss("the dot-product form (--p 0 outside extended_sphere)", _dot, learns_lambda=False, blocks=2,
-                selectable=False, label="dot product"),
+                          lambda args, init_gen: AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric",
+                                                               fixed_lambda=1.0 / args.tau),
+                          learns_lambda=False, blocks=4),
+    "lp": Loss("the Lp form (--p > 0)", lambda args, init_gen: LpSimCLRLoss(args.p, args.tau),
+               learns_lambda=False, blocks=3, selectable=False, label="Lp (p={p})"),
+    "dot": Loss("the dot-product form (--p 0 outside extended_sphere)", lambda args, init_gen: DotSimCLRLoss(args.tau),
+                learns_lambda=False, blocks=2, selectable=False, label="dot product"),
 }
 
 

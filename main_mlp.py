@@ -73,11 +73,9 @@ class Experiment:
 
 
 def build_experiment(args, derived, device, init_gen, data_gen):
-    """Build the latent space, g and the loss (θ of Λ̂ and g drawn from ``init_gen`` (CPU), the
-    sampler's acceptance estimate from ``data_gen``), in the order the seed fixes.
-
-    Raises InputError when the rejection sampler would accept too few proposals to finish a batch.
-    """
+    """Build the latent space, g and the loss in the order the seed fixes: θ of Λ̂ and g from ``init_gen``
+    (CPU), the sampler's acceptance estimate from ``data_gen``. Raises InputError when the rejection
+    sampler would accept too few proposals to finish a batch."""
     space = latent_spaces.build_space(args)
     loss_fn = losses.LOSSES[derived.loss].build(args, init_gen)
     theta_init = loss_fn.theta.detach().clone() if losses.LOSSES[derived.loss].learns_lambda else None
@@ -155,13 +153,9 @@ def block_scores(z, hz, groups):
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
-    """A score of h in every metrics record.
-
-    score: ``score(z, hz, groups) -> {field: number or list}`` on (N, n) latents and encodings
-        (``groups``: Experiment.groups), or None where it does not apply.
-    spread: the number fields whose std over the final evaluation's batches the final record keeps
-        as ``FIELD_std`` beside ``FIELD_mean``; a list field gets its mean per entry.
-    """
+    """A score of h in every metrics record: ``score(z, hz, groups) -> {field: number or list}`` on (N, n)
+    latents and encodings (``groups``: Experiment.groups), or None where it does not apply. The final
+    record keeps ``FIELD_mean`` of every number, ``FIELD_std`` of those in ``spread``, a list's mean."""
 
     score: object
     spread: tuple = ()
@@ -441,13 +435,6 @@ def prepare(args, derived, device):
     return Run(args, derived, device, seed, exp, data_gen, id_scores, resume)
 
 
-def open_outputs(args, resume, locks):
-    """The RunLog; on resume the files are cut back to the checkpoint and say the run's arguments now."""
-    if resume is None:
-        return RunLog(PROG, args.log_file, args.metrics_file)
-    return run_support.continue_files(PROG, args, resume, os.path.join(args.save_dir, CHECKPOINT_NAME), locks.outputs)
-
-
 def main(argv=None):
     run_support.exit_on_signals(PROG)
     parser, args, derived = parse_args(argv)
@@ -458,7 +445,12 @@ def main(argv=None):
     try:
         with run_support.RunLocks(args) as locks:
             run = prepare(args, derived, device)
-            run = dataclasses.replace(run, log=open_outputs(args, run.resume, locks))
+            if run.resume is None:
+                log = RunLog(PROG, args.log_file, args.metrics_file)
+            else:  # the files cut back to the checkpoint, saying the run's arguments now
+                log = run_support.continue_files(PROG, args, run.resume,
+                                                 os.path.join(args.save_dir, CHECKPOINT_NAME), locks.outputs)
+            run = dataclasses.replace(run, log=log)
             try:
                 survival = run_support.Survival(run, run_support.remember_signals())
                 return run_support.exit_status(lambda: train(run, survival), PROG,

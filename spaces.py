@@ -17,22 +17,17 @@ class SamplerError(RuntimeError):
 
 
 def settle_round(out, rows, done, values):
-    """One round of a rejection loop: ``out[rows[done]] = values[done]``; returns the rows still open.
-
-    out (N, ...) is updated in place; rows (m,) index it, done (m,) bool, values (m, ...). The
-    round's one host sync is the ``nonzero`` (the next round's size); the store writes every open
-    row by index (rejected ones get their own value back) since a boolean mask would sync again.
-    """
+    """One round of a rejection loop: ``out[rows[done]] = values[done]`` (out (N, ...), rows (m,), done (m,)
+    bool, values (m, ...)); returns the rows still open. Its one host sync is the ``nonzero`` (the next
+    round's size): the store writes every open row by index, as a boolean mask would sync again."""
     accepted = done.reshape(-1, *[1] * (values.dim() - 1))  # (m, 1, ...) broadcasts over a row
     out[rows] = torch.where(accepted, values, out[rows])
     return rows[(~done).nonzero(as_tuple=True)[0]]
 
 
 def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
-    """A tensor of ``size`` of Gamma(shape_param, 1) samples (Marsaglia & Tsang 2000), vectorised.
-
-    ``torch._standard_gamma`` takes no generator, hence our own. For shape a < 1: G(a) = G(a+1) U^(1/a).
-    """
+    """A tensor of ``size`` of Gamma(shape_param, 1) samples (Marsaglia & Tsang 2000), vectorised, as
+    ``torch._standard_gamma`` takes no generator. For shape a < 1: G(a) = G(a+1) U^(1/a)."""
     a = float(shape_param)
     boost = a < 1.0
     d = (a + 1.0 if boost else a) - 1.0 / 3.0
@@ -176,18 +171,12 @@ class NSphereSpace(Space):
 
 
 class ExtendedSphereSpace(NSphereSpace):
-    """The unit sphere of the AnInfoNCE experiment, with its anisotropic conditional."""
-
-    def __init__(self, n):
-        super().__init__(n, 1.0)
+    """The unit sphere (r = 1) of the AnInfoNCE experiment, with its anisotropic conditional."""
 
     def anisotropic_normal(self, mean, std, threshold, generator, candidates):
         """(B, n) positives z~ = (z+δ)/‖z+δ‖ of the (B, n) unit anchors ``mean``, δ_i ~ N(0, std_i²)
-        (std: (n,), 1/sqrt(λ)) accepted only when | ‖z+δ‖ − 1 | < threshold.
-
-        Each row gets ``candidates`` proposals at once and keeps the first accepted; the rows with
-        none are redrawn alone, with twice the proposals each round.
-        """
+        (std: (n,), 1/sqrt(λ)) accepted only when | ‖z+δ‖ − 1 | < threshold: ``candidates`` proposals
+        per row, the first accepted kept; the rows with none redrawn alone, with twice the proposals."""
         rows = None  # None: all rows still open (saves an index on the first round)
         z = mean
         k = candidates
