@@ -1,13 +1,5 @@
-"""Identifiability metrics. Functions take arrays and return numbers (or one number per dimension).
-
-linear_r2_per_dimension  R² of each dimension of z under a least-squares map (with intercept) h(z) -> z;
-                         their mean is the score the logs call Lin.
-correlation_matrix       Pearson correlations between the dimensions of z and of h(z)
-matched_correlations     |corr| of each dimension of z with the one of h(z) matched to it one-to-one;
-                         their mean is the score the logs call Perm.
-block_identifiability    how close h is to the theorem's block-orthogonal form, the blocks being the
-                         latents of equal ground-truth λ (lambda_groups); the metrics files' "block"
-"""
+"""Identifiability metrics: functions of arrays that return numbers (or one number per dimension). The
+logs' Lin. and Perm. are the means of linear_r2_per_dimension and matched_correlations."""
 
 import collections
 
@@ -24,14 +16,8 @@ def _as_numpy(x):
 
 
 def linear_r2_per_dimension(z, hz):
-    """R² of each dimension z_i predicted by the OLS fit hz -> z (with intercept), on the fitting data.
-
-    Args:
-        z: (N, n) ground-truth latents.
-        hz: (N, m) representations.
-    Returns:
-        (n,) array: 1 where z_i is an affine function of hz, about 0 where hz holds nothing of it.
-    """
+    """(n,) R² of each z_i (z: (N, n)) predicted by the OLS fit hz (N, m) -> z with intercept, on the
+    fitting data: 1 where z_i is an affine function of hz, about 0 where hz holds nothing of it."""
     z, hz = _as_numpy(z), _as_numpy(hz)
     pred = LinearRegression().fit(hz, z).predict(hz)
     return r2_score(z, pred, multioutput="raw_values")
@@ -51,12 +37,8 @@ def correlation_matrix(z, hz):
 
 
 def matched_correlations(z, hz):
-    """|corr| of each dimension z_i with the dimension of hz it is matched to, in the one-to-one
-    matching that maximises Σ|corr| (Hungarian algorithm).
-
-    Returns:
-        (n,) array in [0, 1], ordered as z's dimensions (for n <= m).
-    """
+    """(n,) |corr| of each z_i with the dimension of hz matched to it in the one-to-one matching
+    that maximises Σ|corr| (Hungarian algorithm); in [0, 1], in z's order (for n <= m)."""
     corr = np.abs(correlation_matrix(z, hz))
     rows, cols = linear_sum_assignment(corr, maximize=True)
     out = np.zeros(corr.shape[0])
@@ -95,17 +77,16 @@ BlockScores = collections.namedtuple("BlockScores", "score orth groups")
 
 
 def block_identifiability(z, hz, groups):
-    """How well h maps z to hz = h(z) in the theorem's form: block-orthogonal, the blocks being the
+    """How well h maps z to hz = h(z) in the theorem's block-orthogonal form, the blocks being the
     groups of latents of equal ground-truth λ.
 
-    1. Outputs are assigned to groups, |G_b| outputs to group b, by the one-to-one matching that
-       maximises the sum of the multiple correlations R(hz_j | z_{G_b}) (the square root of the R²
-       of the least-squares fit of output j from group b's latents; Hungarian algorithm on the
-       group columns repeated |G_b| times).
-    2. Per group, the canonical correlations ρ_1..ρ_d between z_{G_b} and its assigned outputs
-       hz_{A_b} alone: all 1 when the block's latents are an affine function of those outputs.
-    3. Per group, the least-squares linear map W_b with hz_{A_b} ≈ W_b z_{G_b} + c; its singular
-       values over all groups together say how far h is from one orthogonal map (times a scale).
+    1. |G_b| outputs are assigned to group b by the one-to-one matching (Hungarian, on the group
+       columns repeated |G_b| times) that maximises the sum of the multiple correlations
+       R(hz_j | z_{G_b}), the square root of the R² of the least-squares fit of output j from z_{G_b}.
+    2. Per group, the canonical correlations ρ_1..ρ_d between z_{G_b} and its outputs hz_{A_b} alone:
+       all 1 when the block's latents are an affine function of those outputs.
+    3. Per group, the least-squares map W_b with hz_{A_b} ≈ W_b z_{G_b} + c; the singular values of
+       all W_b together say how far h is from one orthogonal map (times a scale).
 
     Returns:
         BlockScores: score = the mean of all n canonical correlations (1 for any block-orthogonal h;

@@ -1,14 +1,12 @@
 """The encoder f: an MLP n -> 10n -> 50n -> 50n -> 50n -> 50n -> 10n -> n.
 
-Its last module normalises the output; the names, the printed repr and the
-parameter names are the reference's, so its state dict loads in either program:
+Its last module normalises the output (names, repr and parameter names the reference's, so its state
+dict loads in either program):
     RescaleLayer()                  fixed unit sphere (``--p 0`` without a learnable norm)
     RescaleLayer(), parameter r     sphere of learnable radius (``--sphere-norm``)
     SoftclipLayer(), max_abs_bound  sigmoid scaled by learnable bounds (``--box-norm``)
     none                            (``--p`` > 0 without a learnable norm)
 """
-
-import functools
 
 import torch
 from torch import nn
@@ -18,14 +16,9 @@ LEAKY_SLOPE = 0.01
 
 
 class LeakyReLU(nn.LeakyReLU):
-    """LeakyReLU applied in place on the preceding Linear's output.
-
-    Same values and gradients as ``nn.LeakyReLU`` (its backward reads the
-    sign from the output, which equals the input's for a positive slope),
-    but no fresh (2B, width) buffer per layer (what that saves:
-    training_logs/speed.md).
-    Prints as the reference's ``LeakyReLU(negative_slope=…)``.
-    """
+    """LeakyReLU in place on the preceding Linear's output, printed as the reference's: the values and
+    gradients of ``nn.LeakyReLU`` (its backward reads the sign from the output, the input's for a
+    positive slope) without a fresh (2B, width) buffer per layer (training_logs/speed.md)."""
 
     def __init__(self, negative_slope=LEAKY_SLOPE):
         super().__init__(negative_slope=negative_slope, inplace=True)
@@ -35,11 +28,8 @@ class LeakyReLU(nn.LeakyReLU):
 
 
 class RescaleLayer(nn.Module):
-    """Project every row onto a sphere: the unit sphere, or one of learnable radius ``r``.
-
-    As the reference: the fixed radius is not a parameter (not in the state
-    dict), the learnable one is the parameter ``r`` (init 1, shape (1,)).
-    """
+    """Project every row onto the unit sphere, or one of learnable radius ``r`` ((1,), init 1; as
+    the reference's, the fixed radius is not in the state dict)."""
 
     def __init__(self, learnable=False):
         super().__init__()
@@ -62,17 +52,13 @@ class SoftclipLayer(nn.Module):
         return self.max_abs_bound * torch.sigmoid(x)
 
 
-def output_layer(normalization, n):
-    """The encoder's last module for an output normalisation (settings.NORMALIZATIONS), or None."""
-    layers = {
-        "fixed_sphere": RescaleLayer,
-        "learnable_sphere": functools.partial(RescaleLayer, learnable=True),
-        "learnable_box": functools.partial(SoftclipLayer, n),
-        "none": None,
-    }
-    if normalization not in layers:
-        raise ValueError(f"unknown output normalisation {normalization!r}")
-    return layers[normalization]() if layers[normalization] is not None else None
+# The output normalisations (settings.NORMALIZATIONS) -> the encoder's last module, built from n.
+NORMALIZATION_LAYERS = {
+    "fixed_sphere": lambda n: RescaleLayer(),
+    "learnable_sphere": lambda n: RescaleLayer(learnable=True),
+    "learnable_box": SoftclipLayer,
+    "none": None,
+}
 
 
 def layer_widths(n):
@@ -82,13 +68,13 @@ def layer_widths(n):
 
 def build_encoder(n, normalization="fixed_sphere"):
     """The encoder as an ``nn.Sequential`` (its repr matches the reference log)."""
+    if normalization not in NORMALIZATION_LAYERS:
+        raise ValueError(f"unknown output normalisation {normalization!r}")
     dims = layer_widths(n)
     layers = []
-    for i in range(len(dims) - 1):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2:
-            layers.append(LeakyReLU(LEAKY_SLOPE))
-    last = output_layer(normalization, n)
-    if last is not None:
-        layers.append(last)
+    for width_in, width_out in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(width_in, width_out), LeakyReLU(LEAKY_SLOPE)]
+    layers.pop()  # no activation after the last linear layer
+    if NORMALIZATION_LAYERS[normalization] is not None:
+        layers.append(NORMALIZATION_LAYERS[normalization](n))
     return nn.Sequential(*layers)

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 N_COND_SAMPLES = 25_000
 # Matrices drawn per round while searching for one under the threshold.
 COND_CHUNK = 25_000
-# float32 screening is accurate to ~1e-6 relative for well-conditioned
-# matrices; everything within this margin of the threshold is re-checked
-# exactly in float64.
+# float32 screening is accurate to ~1e-6 relative for well-conditioned matrices; everything within
+# this margin of the threshold is re-checked exactly in float64.
 SCREEN_MARGIN = 1e-4
 MAX_COND_ROUNDS = 400
 POWER_ITERATIONS = 4
@@ -34,21 +33,21 @@ class SmoothLeakyReLU(nn.Module):
         return f"alpha={self.alpha}"
 
 
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "smooth_leaky_relu", "softplus")
+# --act-fct -> the activation between g's layers (also the parser's choices).
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": functools.partial(nn.LeakyReLU, negative_slope=0.2),
+    "elu": nn.ELU,
+    "smooth_leaky_relu": SmoothLeakyReLU,
+    "softplus": nn.Softplus,
+}
 
 
 def activation(name):
-    if name == "relu":
-        return nn.ReLU()
-    if name == "leaky_relu":
-        return nn.LeakyReLU(negative_slope=0.2)
-    if name == "elu":
-        return nn.ELU(alpha=1.0)
-    if name == "smooth_leaky_relu":
-        return SmoothLeakyReLU(0.2)
-    if name == "softplus":
-        return nn.Softplus()
-    raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+    """A fresh module of the activation ``name`` (a key of ACTIVATIONS)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
 
 
 def random_matrices(count, n, generator):
@@ -62,9 +61,8 @@ def unit_columns(w):
 
 
 def _unit_diagonal_gram(w):
-    # cond(W D), for the column scaling D that gives unit columns, is
-    # sqrt(λmax / λmin) of the Gram matrix scaled to a unit diagonal; working
-    # on it skips normalising every candidate's columns.
+    # cond(W D), for the column scaling D that gives unit columns, is sqrt(λmax / λmin) of the Gram
+    # matrix scaled to a unit diagonal; working on it skips normalising every candidate's columns.
     gram = w.transpose(1, 2) @ w  # (count, n, n)
     d = gram.diagonal(dim1=1, dim2=2).rsqrt()  # (count, n)
     return gram * d[:, :, None] * d[:, None, :]
@@ -79,10 +77,9 @@ def _screen(w):
 def _may_pass(w, threshold):
     """A necessary condition for cond ≤ threshold, 4x cheaper than eigenvalues.
 
-    cond² = λmax/λmin ≤ T needs λmin ≥ λmax/T ≥ ℓ/T for any lower bound ℓ of
-    λmax, i.e. G - (ℓ/T) I positive definite: one batched Cholesky. ℓ is the
-    Rayleigh quotient after a few power iterations, close to λmax, so almost
-    only the matrices that do pass survive.
+    cond² = λmax/λmin ≤ T needs λmin ≥ λmax/T ≥ ℓ/T for any lower bound ℓ of λmax, i.e. G - (ℓ/T) I
+    positive definite: one batched Cholesky. ℓ is the Rayleigh quotient after a few power iterations,
+    close to λmax, so almost only the matrices that do pass survive.
     """
     gram = _unit_diagonal_gram(w)
     v = gram.sum(2, keepdim=True)  # G·1: a start vector near the top eigenvector
@@ -96,22 +93,13 @@ def _may_pass(w, threshold):
     return info == 0
 
 
-class _Pool(ThreadPoolExecutor):
-    """A thread pool that knows its size (to split a batch into one chunk per thread)."""
-
-    def __init__(self, workers):
-        super().__init__(workers)
-        self.workers = workers
+def _workers():
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
 def _parallel(fn, w, pool):
-    """``fn`` over the batch ``w`` split across the pool's threads."""
-    return torch.cat(list(pool.map(fn, w.chunk(pool.workers))))
-
-
-def condition_numbers_fast(w, pool):
-    """float32 condition numbers of a batch, split over the pool's threads."""
-    return _parallel(_screen, w, pool)
+    """``fn`` over the batch ``w``, one chunk per thread of the pool."""
+    return torch.cat(list(pool.map(fn, w.chunk(_workers()))))
 
 
 def condition_numbers_exact(w):
@@ -123,7 +111,7 @@ def condition_numbers_exact(w):
 def condition_threshold(n, ratio, generator, pool, count=N_COND_SAMPLES):
     """The ``ratio`` quantile of the condition numbers of ``count`` random matrices."""
     w = random_matrices(count, n, generator)
-    conds = condition_numbers_fast(w, pool).to(torch.float64)
+    conds = _parallel(_screen, w, pool).to(torch.float64)
     approx = torch.quantile(conds, ratio)
     near = (conds / approx - 1).abs() < SCREEN_MARGIN
     conds[near] = condition_numbers_exact(w[near])
@@ -131,11 +119,7 @@ def condition_threshold(n, ratio, generator, pool, count=N_COND_SAMPLES):
 
 
 def well_conditioned_matrix(n, threshold, generator, pool):
-    """The first random matrix whose condition number is at most ``threshold``.
-
-    Returns:
-        (weight (n, n) float32, its exact condition number).
-    """
+    """The first random matrix with condition number <= ``threshold``: ((n, n) float32, its exact cond)."""
     for _ in range(MAX_COND_ROUNDS):
         w = random_matrices(COND_CHUNK, n, generator)
         survives = _parallel(functools.partial(_may_pass, threshold=threshold), w, pool)
@@ -152,22 +136,13 @@ def well_conditioned_matrix(n, threshold, generator, pool):
 
 def construct_invertible_mlp(n, n_layers, act_fct, cond_thresh_ratio, generator,
                              n_iter_cond_thresh=N_COND_SAMPLES):
-    """Build the frozen mixing g: R^n -> R^n.
-
-    ``n_layers`` bias-free n×n linear layers, ``act_fct`` between them (none
-    after the last). Each weight has entries U[-1, 1], unit-norm columns, and
-    is redrawn until its condition number is at most the ``cond_thresh_ratio``
-    quantile of ``n_iter_cond_thresh`` random matrices.
-
-    Args:
-        generator: a CPU ``torch.Generator``; all the randomness of g.
-    Returns:
-        (g as nn.Sequential with frozen parameters on the CPU, threshold,
-         list of the layers' condition numbers).
+    """The frozen mixing g: R^n -> R^n on the CPU, all its randomness from ``generator``; returns (g, the
+    threshold, the layers' condition numbers). ``n_layers`` bias-free n×n linear layers, ``act_fct``
+    between them; each weight has entries U[-1, 1], unit-norm columns, and is redrawn until its
+    condition number is at most the ``cond_thresh_ratio`` quantile of ``n_iter_cond_thresh`` random ones.
     """
-    workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
     layers, conds = [], []
-    with _Pool(workers) as pool:
+    with ThreadPoolExecutor(_workers()) as pool:
         threshold = condition_threshold(n, cond_thresh_ratio, generator, pool, n_iter_cond_thresh)
         for i in range(n_layers):
             w, c = well_conditioned_matrix(n, threshold, generator, pool)

@@ -1,9 +1,5 @@
-"""A latent space: a space plus its marginal p(z) and conditional p(z~ | z).
-
-The space and the conditional are tables (``SPACES``, ``CONDITIONALS``); the
-flags pick an entry of each once (the conditional's name: settings.derive), and
-``build_latent_space`` stores what they build as small objects (no lambdas).
-"""
+"""A latent space: a space plus its marginal p(z) and conditional p(z~ | z), picked from the tables
+``SPACES`` and ``CONDITIONALS`` (the conditional's name: settings.derive)."""
 
 import dataclasses
 import math
@@ -12,20 +8,15 @@ import torch
 
 import spaces
 
-# Proposals per row and round of the rejection sampler, relative to the
-# expected number 1/acceptance: 1.5/a leaves about 20 % of rows for a second,
-# much smaller round, which costs less than drawing more proposals for all.
+# Proposals per row and round of the rejection sampler, relative to the expected number 1/acceptance:
+# 1.5/a leaves about 20 % of rows for a second, much smaller round, cheaper than more proposals for all.
 CANDIDATES_PER_EXPECTED_DRAW = 1.5
 MAX_CANDIDATES = 4096
 
 
 def noise_kind(p):
     """Name of the noise for the exponent p of --m-p / --c-p (1, 2 or other)."""
-    if p == 1:
-        return "laplace"
-    if p == 2:
-        return "normal"
-    return "generalized_normal"
+    return {1: "laplace", 2: "normal"}.get(p, "generalized_normal")
 
 
 class Marginal:
@@ -42,37 +33,39 @@ class Marginal:
 
 
 class Around:
-    """p(z~ | z): noise of exponent ``p`` (its ``kind``: noise_kind) and scale ``scale`` around z."""
+    """p(z~ | z): noise of exponent --c-p (its ``kind``: noise_kind) and scale --c-param around z."""
 
-    def __init__(self, kind, scale, p):
-        self.kind, self.scale, self.p = kind, scale, p
+    def __init__(self, args, positive_std=None, acceptance=None):
+        self.kind, self.scale, self.p = noise_kind(args.c_p), args.c_param, args.c_p
 
     def sample(self, space, z, generator):
         return space.around(z, self.scale, self.kind, generator, self.p)
 
 
 class VonMisesFisher:
-    """p(z~ | z): von Mises-Fisher of concentration ``kappa`` around z (a sphere)."""
+    """p(z~ | z): von Mises-Fisher of concentration --c-param around z (a sphere)."""
 
-    def __init__(self, kappa):
-        self.kappa = kappa
+    def __init__(self, args, positive_std=None, acceptance=None):
+        self.kappa = args.c_param
 
     def sample(self, space, z, generator):
         return space.von_mises_fisher(z, self.kappa, generator)
 
 
 class AnisotropicNormal:
-    """p(z~ | z): the normal of per-dimension spreads ``std`` around z, rejected outside the band
-    ``| ‖z~‖ - 1 | < threshold`` (extended_sphere), ``candidates`` proposals per row and round."""
+    """p(z~ | z): the normal of per-dimension spreads ``positive_std`` around z, rejected outside the
+    band ``| ‖z~‖ - 1 | < --threshold`` (extended_sphere), ``candidates`` proposals per row and round."""
 
-    def __init__(self, std, threshold, candidates):
-        self.std, self.threshold, self.candidates = std, threshold, candidates
+    def __init__(self, args, positive_std, acceptance):
+        self.std, self.threshold, self.candidates = positive_std, args.threshold, candidates_for(acceptance)
 
     def sample(self, space, z, generator):
         return space.anisotropic_normal(z, self.std, self.threshold, generator, self.candidates)
 
 
 class LatentSpace:
+    """A space with its marginal and conditional."""
+
     def __init__(self, space, marginal, conditional):
         self.space, self.marginal, self.conditional = space, marginal, conditional
 
@@ -84,11 +77,8 @@ class LatentSpace:
 
 
 def ground_truth_lambda(n, gt_lambda_1, gt_lambda_2, linearly_spaced):
-    """Λ of the extended_sphere experiment, shape (n,).
-
-    bimodal: the first floor(n/2) entries are gt_lambda_2, the rest gt_lambda_1;
-    linearly spaced: linspace(gt_lambda_1, gt_lambda_2, n).
-    """
+    """(n,) Λ of extended_sphere: linspace(gt_lambda_1, gt_lambda_2, n), or bimodal: the first
+    floor(n/2) entries gt_lambda_2, the rest gt_lambda_1."""
     if linearly_spaced:
         return torch.linspace(gt_lambda_1, gt_lambda_2, n)
     lam = torch.full((n,), float(gt_lambda_1))
@@ -103,56 +93,33 @@ def candidates_for(acceptance):
     return int(min(MAX_CANDIDATES, max(1, math.ceil(CANDIDATES_PER_EXPECTED_DRAW / acceptance))))
 
 
-def _box(args):
-    return spaces.NBoxSpace(args.n, args.box_min, args.box_max)
-
-
-def _sphere(args):
-    return spaces.NSphereSpace(args.n, args.sphere_r)
-
-
-def _unbounded(args):
-    return spaces.NRealSpace(args.n)
-
-
-def _extended_sphere(args):
-    return spaces.ExtendedSphereSpace(args.n)
-
-
 # --space-type -> the space it builds from the flags (also the parser's choices).
-SPACES = {"box": _box, "sphere": _sphere, "unbounded": _unbounded, "extended_sphere": _extended_sphere}
+SPACES = {
+    "box": lambda args: spaces.NBoxSpace(args.n, args.box_min, args.box_max),
+    "sphere": lambda args: spaces.NSphereSpace(args.n, args.sphere_r),
+    "unbounded": lambda args: spaces.NRealSpace(args.n),
+    "extended_sphere": lambda args: spaces.ExtendedSphereSpace(args.n),
+}
 
 
 def build_space(args):
+    """The space of --space-type."""
     return SPACES[args.space_type](args)
 
 
 @dataclasses.dataclass(frozen=True)
 class ConditionalSampler:
-    """How a conditional (a key of settings.CONDITIONALS, which says what flags pick it) is built.
+    """How a conditional (its flags: settings.CONDITIONALS) is built.
 
-    build: ``build(args, positive_std, acceptance) -> sampler`` with ``sample(space, z, generator)``;
-        ``positive_std`` (n,) is 1/sqrt(λ) of the ground-truth Λ on the device and ``acceptance`` the
-        measured acceptance rate of the positives' sampler (both None unless the entry in
-        settings.CONDITIONALS has ground_truth_lambda).
+    build: ``build(args, positive_std, acceptance) -> sampler`` with ``sample(space, z, generator)``
+        (a class above); ``positive_std`` (n,) is 1/sqrt(λ) of the ground-truth Λ on the device,
+        ``acceptance`` the positives' sampler's (both None but for settings' ground_truth_lambda).
     proposal_elements: ``proposal_elements(args)``, the elements of its largest proposal tensor in a
-        step (the memory estimate; 0 for samplers that draw in place).
+        step (the memory estimate).
     """
 
     build: object
-    proposal_elements: object = None
-
-
-def _around(args, positive_std, acceptance):
-    return Around(noise_kind(args.c_p), args.c_param, args.c_p)
-
-
-def _von_mises_fisher(args, positive_std, acceptance):
-    return VonMisesFisher(args.c_param)
-
-
-def _anisotropic(args, positive_std, acceptance):
-    return AnisotropicNormal(positive_std, args.threshold, candidates_for(acceptance))
+    proposal_elements: object = lambda args: 0
 
 
 def _anisotropic_proposals(args):
@@ -161,30 +128,17 @@ def _anisotropic_proposals(args):
 
 # The conditionals' samplers by name (settings.CONDITIONALS: the flags that pick each).
 CONDITIONALS = {
-    "laplace": ConditionalSampler(_around),
-    "normal": ConditionalSampler(_around),
-    "generalized_normal": ConditionalSampler(_around),
-    "vmf": ConditionalSampler(_von_mises_fisher),
-    "anisotropic": ConditionalSampler(_anisotropic, _anisotropic_proposals),
+    "laplace": ConditionalSampler(Around),
+    "normal": ConditionalSampler(Around),
+    "generalized_normal": ConditionalSampler(Around),
+    "vmf": ConditionalSampler(VonMisesFisher),
+    "anisotropic": ConditionalSampler(AnisotropicNormal, _anisotropic_proposals),
 }
 
 
-def proposal_elements(args, conditional):
-    """The elements of the largest proposal tensor the conditional ``conditional`` draws in a step."""
-    count = CONDITIONALS[conditional].proposal_elements
-    return 0 if count is None else count(args)
-
-
 def build_latent_space(args, space, conditional, positive_std=None, acceptance=None):
-    """The latent space the flags describe.
-
-    Args:
-        args: parsed arguments (m_p, m_param, c_p, c_param, threshold, ...).
-        space: from ``build_space(args)``.
-        conditional: a key of CONDITIONALS (settings.Derived.conditional).
-        positive_std: (n,) the ground-truth Λ's per-dimension standard deviations 1/sqrt(λ), on the device.
-        acceptance: estimated acceptance rate of the positives' rejection sampler.
-    """
+    """The latent space the flags describe on ``space`` (conditional: a key of CONDITIONALS; the
+    other two as ConditionalSampler's ``build`` takes them)."""
     if args.m_p == 0:
         marginal = Marginal("uniform")
     else:

@@ -1,13 +1,10 @@
 """Contrastive losses: AnInfoNCE / InfoNCE, the Lp form and the dot-product form.
 
-All of them end in the same cross-entropy of the positive against its
-candidates, ``contrastive_cross_entropy``. ``LOSSES`` (at the end) declares each
-one by name: how it is built from the flags and what the rest of the project
-needs to know of it (``--loss``'s choices and help, the memory estimate, the
-λ lines of the log, the sweep summaries' labels).
+All end in ``contrastive_cross_entropy``; ``LOSSES`` (at the end) declares each by name.
 """
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
@@ -21,8 +18,7 @@ def _inverse_softplus(lam):
 
 
 # How θ becomes Λ̂ (--lambda-param): name -> (θ -> Λ̂, Λ̂ -> θ). softplus is the reference's; exp puts
-# Λ̂ in log space, where Adam's steps of roughly constant size in θ scale Λ̂ by a factor instead of
-# adding to it. θ is always drawn as the reference draws it and mapped to the same initial Λ̂.
+# Λ̂ in log space, where Adam's steps of roughly constant size in θ scale Λ̂ by a factor.
 LAMBDA_PARAMS = {
     "softplus": (F.softplus, _inverse_softplus),
     "exp": (torch.exp, torch.log),
@@ -32,23 +28,10 @@ LP_EPS = 1e-6
 
 
 def contrastive_cross_entropy(positive, row_lse):
-    """Mean over rows of  -positive + log Σ_candidates exp(logit).
-
-    Args:
-        positive: (R,) logit of each row's positive.
-        row_lse: list of (R,) log-sum-exps over disjoint parts of each row's
-            candidate set (the positive included in exactly one part).
-    Returns:
-        scalar loss.
-    """
+    """Mean over rows of  -positive + log Σ_candidates exp(logit), from the (R,) logits ``positive`` and
+    a list of (R,) log-sum-exps over disjoint parts of each row's candidates (the positive in one)."""
     lse = row_lse[0] if len(row_lse) == 1 else torch.logsumexp(torch.stack(row_lse), dim=0)
     return (lse - positive).mean()
-
-
-def _transposed_product(e, x):
-    """Eᵀ X for a square E and a thin X, as (Xᵀ E)ᵀ: reads E row by row
-    (faster on CPU than a GEMM with a transposed (B, B) operand: training_logs/speed.md)."""
-    return (x.T @ e).T
 
 
 class _ShiftedExpRowSums(torch.autograd.Function):
@@ -81,38 +64,32 @@ class _ShiftedExpRowSums(torch.autograd.Function):
         left, right, e, rows = ctx.saved_tensors
         weight = (grad / rows)[:, None]  # (B, 1)
         grad_left = weight * (e @ right)
-        grad_right = _transposed_product(e, weight * left)
+        # Eᵀ X as (Xᵀ E)ᵀ: reads E row by row, faster on CPU than a GEMM with a transposed (B, B)
+        # operand (training_logs/speed.md).
+        grad_right = ((weight * left).T @ e).T
         return grad_left, grad_right, None
 
 
 class AnInfoNCELoss(nn.Module):
     """AnInfoNCE with a learnable diagonal Λ̂ = softplus(θ) (or exp(θ)).
 
-    s(u, v) = -½ (u - v)ᵀ Λ̂ (u - v) on the unit-normalised representations
-    (the loss divides each row by its norm, as the reference does: with a
-    learnable output radius the radius gets no gradient through the loss).
-    For a batch of B pairs (a_i, b_i) every one of the 2B views is an
-    anchor; its positive is s(a_i, b_i) and its negatives are the other
-    2B - 2 views (NT-Xent layout).
+    s(u, v) = -½ (u - v)ᵀ Λ̂ (u - v) on the representations divided by their norms, as the reference's
+    (a learnable output radius gets no gradient through the loss). Each of the 2B views of B pairs
+    (a_i, b_i) is an anchor: its positive is s(a_i, b_i), its negatives the other 2B - 2 views (NT-Xent).
 
     Args:
-        n: latent dimension.
         isotropic: one shared λ (InfoNCE with temperature 1/λ) instead of n.
-        symmetric: textbook negatives for the second view's anchors; by
-            default the reference's layout, which reuses the first view's
-            cross block untransposed: for anchor b_i the cross-view
-            candidates are s(a_i, b_k) instead of s(b_i, a_k).
+        symmetric: textbook negatives s(b_i, a_k) for the second view's anchors; by default the
+            reference's layout, which reuses the first view's cross block: s(a_i, b_k).
         generator: draws θ ~ N(0, 0.1²).
-        fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (the textbook
-            InfoNCE with temperature τ = 1 / fixed_lambda): no parameters.
-        param: a key of LAMBDA_PARAMS, how θ becomes Λ̂; whatever it is, the
-            initial Λ̂ is softplus of the reference's draw of θ.
+        fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (InfoNCE with τ = 1 / fixed_lambda).
+        param: a key of LAMBDA_PARAMS, how θ becomes Λ̂; the initial Λ̂ is always softplus of
+            the reference's draw of θ.
     """
 
     def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None, param="softplus"):
         super().__init__()
         self.n, self.symmetric = n, symmetric
-        self.isotropic = isotropic or fixed_lambda is not None
         self.fixed_lambda = fixed_lambda
         self.to_lambda, from_lambda = LAMBDA_PARAMS[param]
         if fixed_lambda is None:
@@ -133,7 +110,7 @@ class AnInfoNCELoss(nn.Module):
         return torch.full((self.n,), float(self.fixed_lambda))
 
     def forward(self, a, b):
-        """Args: a, b: (B, n) the two views' representations. Returns the scalar loss."""
+        """The scalar loss of the (B, n) representations a, b of the two views."""
         a = a / a.norm(dim=1, keepdim=True)
         b = b / b.norm(dim=1, keepdim=True)
         lam = self._lam()  # (n,), (1,) or a number
@@ -171,10 +148,8 @@ def lp_distance_pow(x, y, p):
 
 
 class LpSimCLRLoss(nn.Module):
-    """The Lp form: logits -‖a_i - ·‖_p^p / τ, negatives from a rolled by one.
-
-    loss = mean_i [ pos_i/τ + logsumexp_j(-[neg_i·, pos_i]/τ) ].
-    """
+    """The Lp form: logits -‖a_i - ·‖_p^p / τ, negatives from a rolled by one:
+    loss = mean_i [ pos_i/τ + logsumexp_j(-[neg_i·, pos_i]/τ) ]."""
 
     def __init__(self, p, tau):
         super().__init__()
@@ -205,7 +180,6 @@ class DotSimCLRLoss(nn.Module):
         return contrastive_cross_entropy(positive, [torch.logsumexp(neg, dim=1), positive])
 
 
-
 # --------------------------------------------------------------------------
 # The table of losses
 
@@ -214,14 +188,11 @@ class DotSimCLRLoss(nn.Module):
 class Loss:
     """One contrastive loss: everything the rest of the project needs to know of it.
 
-    description: what it is, in words (the ``--loss`` help).
-    build: ``build(args, init_gen) -> nn.Module``; learnable parameters drawn from ``init_gen``.
-    learns_lambda: it has a learnable Λ̂ (a ``theta`` parameter and ``lambdas()``; printed as
-        ``lambda init`` and ``learned lambda values``, in both phases, as the reference does).
-    blocks: (B, B) float32 blocks its forward and backward hold at their peak (the memory estimate).
-    selectable: a ``--loss`` choice (``--space-type extended_sphere --p 0``); the others are the ones
-        settings.derive picks from ``--p`` and the space.
-    label: how the sweep summaries name it; ``{p}`` is replaced by the run's ``--p``.
+    description: the ``--loss`` help. build: ``build(args, init_gen) -> nn.Module`` (its parameters
+    drawn from ``init_gen``). learns_lambda: it has a learnable Λ̂ (``theta`` and ``lambdas()``, logged
+    as ``lambda init`` and ``learned lambda values``). blocks: the (B, B) float32 blocks it holds at
+    its peak (the memory estimate). selectable: a ``--loss`` choice (the others settings.derive picks
+    from ``--p`` and the space). label: its name in sweep summaries, ``{p}`` replaced by ``--p``.
     """
 
     description: str
@@ -237,34 +208,20 @@ def _aninfonce(args, init_gen, isotropic=False):
                          generator=init_gen, param=args.lambda_param)
 
 
-def _infonce(args, init_gen):
-    return _aninfonce(args, init_gen, isotropic=True)
-
-
-def _infonce_fixed(args, init_gen):
-    return AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", fixed_lambda=1.0 / args.tau)
-
-
-def _dot(args, init_gen):
-    return DotSimCLRLoss(args.tau)
-
-
-def _lp(args, init_gen):
-    return LpSimCLRLoss(args.p, args.tau)
-
-
 # The losses by name (settings.derive picks one: --loss on extended_sphere with --p 0, else --p and the
 # space decide). --loss's default is settings.DEFAULT_LOSS. A new loss is its class above and one entry here.
 LOSSES = {
     "aninfonce": Loss("AnInfoNCE: a learnable diagonal Λ̂", _aninfonce, learns_lambda=True, blocks=4),
-    "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ", _infonce,
-                    learns_lambda=True, blocks=4),
+    "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ",
+                    functools.partial(_aninfonce, isotropic=True), learns_lambda=True, blocks=4),
     "infonce-fixed": Loss("the textbook InfoNCE: fixed temperature --tau (Λ̂ = I / τ, nothing learned)",
-                          _infonce_fixed, learns_lambda=False, blocks=4),
-    "lp": Loss("the Lp form (--p > 0)", _lp, learns_lambda=False, blocks=3, selectable=False,
-               label="Lp (p={p})"),
-    "dot": Loss("the dot-product form (--p 0 outside extended_sphere)", _dot, learns_lambda=False, blocks=2,
-                selectable=False, label="dot product"),
+                          lambda args, init_gen: AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric",
+                                                               fixed_lambda=1.0 / args.tau),
+                          learns_lambda=False, blocks=4),
+    "lp": Loss("the Lp form (--p > 0)", lambda args, init_gen: LpSimCLRLoss(args.p, args.tau),
+               learns_lambda=False, blocks=3, selectable=False, label="Lp (p={p})"),
+    "dot": Loss("the dot-product form (--p 0 outside extended_sphere)", lambda args, init_gen: DotSimCLRLoss(args.tau),
+                learns_lambda=False, blocks=2, selectable=False, label="dot product"),
 }
 
 

@@ -1,12 +1,9 @@
 """Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss.
 
-The synthetic experiments of "Contrastive Learning: Reducing the Gap Between
-Theory and Practice" (Rusak et al.), with the command line and log format of
-the authors' main_mlp.py ("the reference": the authors' code,
-github.com/brendel-group/AnInfoNCE, and the logs it wrote). Reads as: parse and
-validate arguments (command_line.py) -> build the latent space, g, f and the
-loss -> train -> final evaluation; what keeps a run's work through kills and
-signals is in run_support.py.
+The synthetic experiments of "Contrastive Learning: Reducing the Gap Between Theory and Practice"
+(Rusak et al.), with the command line and log format of the authors' main_mlp.py. Reads as: parse
+(command_line.py) -> build the latent space, g, f and the loss -> train -> final evaluation; what
+keeps a run's work through kills and signals is in run_support.py.
 """
 
 import sys
@@ -45,8 +42,8 @@ from run_support import CHECKPOINT_NAME, Diverged, InputError, RunLog, WriteErro
 
 # Fresh marginal samples behind every logged Lin./Perm. score.
 N_EVAL_SAMPLES = 4096
-# Below this estimated acceptance rate the rejection sampler would need
-# more than 10,000 proposals per row: we refuse to start.
+# Below this estimated acceptance rate the rejection sampler would need more than 10,000 proposals
+# per row: we refuse to start.
 MIN_ACCEPTANCE = 1e-4
 ACCEPTANCE_PROPOSALS = 20_000
 
@@ -69,29 +66,19 @@ class Experiment:
     loss_fn: torch.nn.Module
     threshold: float  # of the layers' condition numbers
     conds: list  # the layers' condition numbers
-    learns_lambda: bool  # the loss has a learnable Λ̂ (its entry in losses.LOSSES)
     gt_lambda: torch.Tensor = None  # (n,) ground-truth Λ (AnInfoNCE experiment)
-    theta_init: torch.Tensor = None  # θ of Λ̂ as drawn, before any step
+    theta_init: torch.Tensor = None  # θ of Λ̂ as drawn, before any step (None: the loss learns no Λ̂)
     acceptance: float = None  # of the rejection sampler
     groups: list = None  # index arrays of the latents of equal ground-truth λ (the block score's blocks)
 
 
-def build_loss(args, derived, init_gen):
-    """The contrastive loss the flags pick (an entry of losses.LOSSES; θ of Λ̂ drawn from init_gen)."""
-    return losses.LOSSES[derived.loss].build(args, init_gen)
-
-
 def build_experiment(args, derived, device, init_gen, data_gen):
-    """Build the latent space, g and the loss from the flags, in the order the seed fixes.
-
-    θ and g are drawn from ``init_gen`` (CPU), the sampler's acceptance
-    estimate from ``data_gen``. Raises InputError when the rejection sampler
-    would accept too few proposals to finish a batch.
-    """
+    """Build the latent space, g and the loss in the order the seed fixes: θ of Λ̂ and g from ``init_gen``
+    (CPU), the sampler's acceptance estimate from ``data_gen``. Raises InputError when the rejection
+    sampler would accept too few proposals to finish a batch."""
     space = latent_spaces.build_space(args)
-    loss_fn = build_loss(args, derived, init_gen)
-    learns_lambda = losses.LOSSES[derived.loss].learns_lambda
-    theta_init = loss_fn.theta.detach().clone() if learns_lambda else None
+    loss_fn = losses.LOSSES[derived.loss].build(args, init_gen)
+    theta_init = loss_fn.theta.detach().clone() if losses.LOSSES[derived.loss].learns_lambda else None
     loss_fn = loss_fn.to(device)
     gt_lambda, positive_std, acceptance = None, None, None
     if derived.anisotropic:
@@ -110,20 +97,13 @@ def build_experiment(args, derived, device, init_gen, data_gen):
     g = g.to(device)
     latent = latent_spaces.build_latent_space(args, space, derived.conditional, positive_std, acceptance)
     groups = disentanglement_utils.lambda_groups(gt_lambda.numpy()) if gt_lambda is not None else None
-    return Experiment(latent, g, loss_fn, threshold, conds, learns_lambda, gt_lambda, theta_init, acceptance, groups)
+    return Experiment(latent, g, loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
 
 
 def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals=ACCEPTANCE_PROPOSALS):
-    """A generous estimate of a run's largest memory use, in bytes, from its sizes and tables alone.
-
-    The largest of: g's condition-number search (N_COND_SAMPLES n×n matrices
-    and their Gram matrices), the sampler's acceptance check, and a training
-    step (the encoder with its gradients and Adam's two moments, the 2B rows
-    of activations kept for the backward pass, the loss's B×B blocks (its entry in
-    losses.LOSSES), the conditional's proposals (its entry in latent_spaces.CONDITIONALS)),
-    plus the loss ring. ``eval_samples``: the samples of a logged evaluation;
-    ``acceptance_proposals``: those of the sampler's acceptance check.
-    """
+    """A generous estimate of a run's largest memory use, in bytes, from its sizes and tables alone:
+    the largest of g's condition-number search, the sampler's acceptance check, a training step and
+    an evaluation, plus the loss ring."""
     n, bsz = args.n, args.batch_size
     dims = encoders.layer_widths(n)
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
@@ -131,7 +111,9 @@ def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals
     mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
     acceptance = 3 * acceptance_proposals * n * 4 if derived.anisotropic else 0
     blocks = losses.LOSSES[derived.loss].blocks
-    proposals = 3 * latent_spaces.proposal_elements(args, derived.conditional) * 4
+    proposals = 3 * latent_spaces.CONDITIONALS[derived.conditional].proposal_elements(args) * 4
+    # the encoder with its gradients and Adam's two moments, the 2B rows of activations kept for the
+    # backward pass, the loss's (B, B) blocks, the conditional's proposals
     step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals
     evaluation = 2 * max(eval_samples, bsz) * width * 4
     ring = min(args.n_log_steps, args.n_steps * max(1, args.more_unsupervised)) * 4
@@ -148,6 +130,7 @@ def build_optimizer(args, f, loss_fn=None):
     return torch.optim.Adam(groups, fused=True)
 
 
+# --------------------------------------------------------------------------
 # Training and evaluation
 
 
@@ -170,15 +153,9 @@ def block_scores(z, hz, groups):
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
-    """A score of h in every metrics record.
-
-    score: ``score(z, hz, groups) -> {field: number or list}`` on (N, n) arrays of latents and their
-        encodings (``groups``: index arrays of the latents of equal ground-truth λ, or None), or None
-        where it does not apply; its fields go into every step record, in this order.
-    spread: the number fields whose std over the final evaluation's batches the final record keeps,
-        as ``FIELD_mean`` and ``FIELD_std``; the other numbers get ``FIELD_mean``, a list its mean
-        per entry under its own name.
-    """
+    """A score of h in every metrics record: ``score(z, hz, groups) -> {field: number or list}`` on (N, n)
+    latents and encodings (``groups``: Experiment.groups), or None where it does not apply. The final
+    record keeps ``FIELD_mean`` of every number, ``FIELD_std`` of those in ``spread``, a list's mean."""
 
     score: object
     spread: tuple = ()
@@ -193,12 +170,8 @@ METRICS = (
 
 @torch.no_grad()
 def evaluate(latent, h, num_samples, generator, device, groups=None):
-    """The METRICS of h on ``num_samples`` fresh marginal samples (``groups``: index arrays of the
-    latents of equal ground-truth λ, for the metrics that read them).
-
-    Returns:
-        {field: value} of every metric that applies, in METRICS' order, or None when h(z) is not finite.
-    """
+    """{field: value} of the METRICS that apply, on ``num_samples`` fresh marginal samples (``groups``:
+    Experiment.groups), or None when h(z) is not finite."""
     z = latent.sample_marginal(num_samples, generator, device)
     hz = h(z).float()
     if not bool(torch.isfinite(hz).all()):
@@ -226,11 +199,8 @@ def over_batches(batches):
 
 
 def sample_views(latent, g, batch_size, generator, device, supervised):
-    """The inputs of one step, drawn fresh: ``(x, target)``.
-
-    Contrastive: x = g([z; z~]) (2B, n), both views in one pass, target None.
-    Supervised: x = g(z) (B, n) and target z.
-    """
+    """The inputs of one step, drawn fresh: ``(x, target)``: contrastive, x = g([z; z~]) (2B, n),
+    both views in one pass, and None; supervised, x = g(z) (B, n) and z."""
     z = latent.sample_marginal(batch_size, generator, device)  # (B, n)
     with torch.no_grad():
         if supervised:
@@ -247,8 +217,7 @@ def optimise(f, loss_fn, optimizer, x, target, autocast):
     if target is not None:
         loss = F.mse_loss(h, target)
     else:
-        half = h.shape[0] // 2
-        loss = loss_fn(h[:half], h[half:])
+        loss = loss_fn(*h.chunk(2))  # the two views' (B, n) halves
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -261,11 +230,8 @@ def optimise(f, loss_fn, optimizer, x, target, autocast):
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One run: what the flags decided, what was drawn before training, where it writes.
-
-    Built by ``prepare`` before any output file is opened (so that a refusal cuts nothing); ``main``
-    then adds the opened ``log``. run_support.Survival reads its fields as well.
-    """
+    """One run: what the flags decided, what was drawn before training, where it writes (``prepare``
+    builds it before any output file is opened, ``main`` adds the ``log``; Survival reads it too)."""
 
     args: object
     derived: settings.Derived
@@ -351,7 +317,7 @@ def log_step(run, survival, phase, step, h, clock):
         # The reference prints the radius parameter itself (two lines).
         run.log.line(f"r: {phase.f[-1].r}")
         record["r"] = phase.f[-1].r.item()
-    if run.exp.learns_lambda:  # in both phases (untrained in the supervised one), as the reference
+    if run.exp.theta_init is not None:  # in both phases (untrained in the supervised one), as the reference
         lam = run.exp.loss_fn.lambdas().detach().cpu().tolist()
         run.log.line(f"learned lambda values: {[round(v, 1) for v in lam]} \t")
         record["lambda"] = lam
@@ -406,18 +372,11 @@ def argument_lines(args):
     return ["Arguments:"] + [f"\t{key}: {value if value is not None else 'None'}" for key, value in vars(args).items()]
 
 
-def config_record(args, seed, device):
-    """The first record of --metrics-file."""
-    return dict(type="config", args=vars(args), seed=seed, device=str(device), torch=torch.__version__,
-                numpy=np.__version__, python=platform.python_version())
-
-
 def file_beginnings(args):
-    """What a fresh run of ``args`` writes first: (its log's Arguments block, the start of its metrics
-    file's config record), as bytes. A file that begins so is this very command's own
-    (run_support.refuse_files_of_others)."""
+    """What a fresh run of ``args`` writes first, as bytes: (its log's Arguments block, the start of its
+    config record); a file that begins so is this command's own (run_support.refuse_files_of_others)."""
     log = "".join(f"{line}\n" for line in argument_lines(args))
-    metrics = json.dumps(dict(type="config", args=vars(args)))[:-1]  # config_record's first two keys
+    metrics = json.dumps(dict(type="config", args=vars(args)))[:-1]  # the config record's first two keys
     return log.encode("utf-8"), metrics.encode("utf-8")
 
 
@@ -425,7 +384,8 @@ def print_header(args, device, seed, exp, id_scores, log):
     """Everything the reference prints before training: the arguments, Λ, g and the identity scores."""
     for line in argument_lines(args):
         log.line(line)
-    log.record(**config_record(args, seed, device))
+    log.record(type="config", args=vars(args), seed=seed, device=str(device), torch=torch.__version__,
+               numpy=np.__version__, python=platform.python_version())
     if exp.acceptance is not None:
         log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
     if exp.theta_init is not None:
@@ -446,11 +406,8 @@ def resolve_device(name):
 
 
 def prepare(args, derived, device):
-    """Everything before the first output file is opened, so that a refusal cuts nothing.
-
-    Returns the Run (without its log). Raises InputError (or the sampler's SamplerError) for a run
-    that cannot start.
-    """
+    """The Run (without its log), before any output file is opened so that a refusal cuts nothing.
+    Raises InputError (or the sampler's SamplerError) for a run that cannot start."""
     if args.save_dir:
         run_support.remove_stale_temporaries(args.save_dir)  # under the directory's lock
         run_support.refuse_existing_checkpoint(args)
@@ -465,8 +422,8 @@ def prepare(args, derived, device):
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         torch.backends.cudnn.allow_tf32 = args.allow_tf32
     run_support.refuse_if_too_big(peak_memory(args, derived), device)
-    # All randomness: the global CPU generator (encoder initialisation), one
-    # CPU generator for g and θ, one generator on the device for the data.
+    # All randomness: the global CPU generator (encoder initialisation), one CPU generator for g and θ,
+    # one generator on the device for the data.
     torch.manual_seed(seed)
     init_gen = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator(device=device).manual_seed(seed)
@@ -476,13 +433,6 @@ def prepare(args, derived, device):
         raise InputError("arguments --sphere-r/--m-param/--c-param/--box-min/--box-max: the latents or "
                          "the mixing's output are not finite at these scales")
     return Run(args, derived, device, seed, exp, data_gen, id_scores, resume)
-
-
-def open_outputs(args, resume, locks):
-    """The RunLog; on resume the files are cut back to the checkpoint and say the run's arguments now."""
-    if resume is None:
-        return RunLog(PROG, args.log_file, args.metrics_file)
-    return run_support.continue_files(PROG, args, resume, os.path.join(args.save_dir, CHECKPOINT_NAME), locks.outputs)
 
 
 def main(argv=None):
@@ -495,7 +445,12 @@ def main(argv=None):
     try:
         with run_support.RunLocks(args) as locks:
             run = prepare(args, derived, device)
-            run = dataclasses.replace(run, log=open_outputs(args, run.resume, locks))
+            if run.resume is None:
+                log = RunLog(PROG, args.log_file, args.metrics_file)
+            else:  # the files cut back to the checkpoint, saying the run's arguments now
+                log = run_support.continue_files(PROG, args, run.resume,
+                                                 os.path.join(args.save_dir, CHECKPOINT_NAME), locks.outputs)
+            run = dataclasses.replace(run, log=log)
             try:
                 survival = run_support.Survival(run, run_support.remember_signals())
                 return run_support.exit_status(lambda: train(run, survival), PROG,

@@ -1,23 +1,12 @@
-"""Latent spaces and their samplers.
-
-Every sampler works in torch on the device of its inputs and draws all its
-randomness from an explicit ``torch.Generator``, so a seeded run repeats.
-
-Spaces (``--space-type``):
-    box              [box_min, box_max]^n, conditionals redrawn until inside
-    sphere           sphere of radius r, conditionals projected (vMF for c_p 0)
-    unbounded        R^n
-    extended_sphere  the unit sphere of the AnInfoNCE experiment, with the
-                     rejection-sampled anisotropic conditional
-"""
+"""Latent spaces and their samplers: in torch on the device of their inputs, all randomness drawn from
+an explicit ``torch.Generator``, so a seeded run repeats."""
 
 import math
 
 import torch
 
-# How many times a redraw loop (box truncation, rejection samplers) may run
-# before we give up: reaching it means the configuration cannot be sampled,
-# and an error beats a hang.
+# Rounds of a redraw loop (box truncation, rejection samplers) before we give up: reaching it means
+# the configuration cannot be sampled, and an error beats a hang.
 MAX_REDRAW_ROUNDS = 10_000
 # Largest proposal tensor of the rejection sampler (elements).
 MAX_PROPOSAL_ELEMENTS = 1 << 24
@@ -28,40 +17,17 @@ class SamplerError(RuntimeError):
 
 
 def settle_round(out, rows, done, values):
-    """One round of a rejection loop: keep the accepted values, return the rows still open.
-
-    The host must learn which rows are still open (their number fixes the
-    next round's draw), and that is this round's one host sync, a
-    ``nonzero``; the store needs none, since it writes every open row by
-    index (the rejected ones get their own value back, overwritten in a
-    later round) rather than through a boolean mask, which would sync
-    again. Writes the same values as ``out[rows[done]] = values[done]``.
-
-    Args:
-        out: (N, ...) the samples, updated in place.
-        rows: (m,) indices into ``out`` of the rows open in this round.
-        done: (m,) bool, the rows whose proposal was accepted.
-        values: (m, ...) this round's proposal of each open row.
-    Returns:
-        (m',) indices into ``out`` of the rows still open.
-    """
+    """One round of a rejection loop: ``out[rows[done]] = values[done]`` (out (N, ...), rows (m,), done (m,)
+    bool, values (m, ...)); returns the rows still open. Its one host sync is the ``nonzero`` (the next
+    round's size): the store writes every open row by index, as a boolean mask would sync again."""
     accepted = done.reshape(-1, *[1] * (values.dim() - 1))  # (m, 1, ...) broadcasts over a row
     out[rows] = torch.where(accepted, values, out[rows])
     return rows[(~done).nonzero(as_tuple=True)[0]]
 
 
 def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
-    """Gamma(shape_param, 1) samples (Marsaglia & Tsang 2000), vectorised.
-
-    ``torch._standard_gamma`` takes no generator, so we sample it ourselves to
-    keep seeded runs repeatable. For shape < 1 we use G(a) = G(a+1) U^(1/a).
-
-    Args:
-        shape_param: the shape a > 0 (a float).
-        size: output shape (tuple).
-    Returns:
-        tensor of ``size`` with Gamma(a, 1) samples.
-    """
+    """A tensor of ``size`` of Gamma(shape_param, 1) samples (Marsaglia & Tsang 2000), vectorised, as
+    ``torch._standard_gamma`` takes no generator. For shape a < 1: G(a) = G(a+1) U^(1/a)."""
     a = float(shape_param)
     boost = a < 1.0
     d = (a + 1.0 if boost else a) - 1.0 / 3.0
@@ -71,8 +37,7 @@ def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
     todo = torch.arange(numel, device=device)
     for _ in range(MAX_REDRAW_ROUNDS):
         m = todo.numel()
-        # Two candidates per open entry: acceptance is > 95 %, so the loop
-        # almost always ends after one round.
+        # Two candidates per open entry: acceptance is > 95 %, so the loop almost always ends at once.
         x = torch.randn(m, 2, generator=generator, device=device, dtype=dtype)
         u = torch.rand(m, 2, generator=generator, device=device, dtype=dtype)
         v = (1.0 + c * x) ** 3
@@ -91,46 +56,23 @@ def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
     return out.reshape(size)
 
 
-def generalized_normal_noise(size, p, generator, device, dtype=torch.float32):
-    """Zero-mean generalised normal noise of exponent p and scale 1.
-
-    density ∝ exp(-|x|^p); sampled as ε G^(1/p), G ~ Gamma(1/p, 1), ε = ±1.
-    """
-    g = standard_gamma(1.0 / p, size, generator, device, dtype)
-    sign = torch.randint(0, 2, size, generator=generator, device=device).to(dtype) * 2 - 1
-    return sign * g ** (1.0 / p)
-
-
-def laplace_noise(size, generator, device, dtype=torch.float32):
-    """Standard Laplace noise (scale 1) by inverting the CDF."""
-    u = torch.rand(size, generator=generator, device=device, dtype=dtype) - 0.5
-    # u in [-0.5, 0.5); guard log(0) at the edge.
-    return -torch.sign(u) * torch.log((1 - 2 * u.abs()).clamp_min(torch.finfo(dtype).tiny))
-
-
 def noise(kind, size, generator, device, p=None, dtype=torch.float32):
-    """Unit-scale noise of the named kind: 'normal', 'laplace' or 'generalized_normal'."""
+    """Unit-scale noise of the named kind: 'normal', 'laplace' or 'generalized_normal' (exponent p)."""
     if kind == "normal":
         return torch.randn(size, generator=generator, device=device, dtype=dtype)
-    if kind == "laplace":
-        return laplace_noise(size, generator, device, dtype)
-    if kind == "generalized_normal":
-        return generalized_normal_noise(size, p, generator, device, dtype)
+    if kind == "laplace":  # inverse CDF; u in [-0.5, 0.5), log(0) guarded at the edge
+        u = torch.rand(size, generator=generator, device=device, dtype=dtype) - 0.5
+        return -torch.sign(u) * torch.log((1 - 2 * u.abs()).clamp_min(torch.finfo(dtype).tiny))
+    if kind == "generalized_normal":  # density ∝ exp(-|x|^p): ε G^(1/p), G ~ Gamma(1/p, 1), ε = ±1
+        g = standard_gamma(1.0 / p, size, generator, device, dtype)
+        sign = torch.randint(0, 2, size, generator=generator, device=device).to(dtype) * 2 - 1
+        return sign * g ** (1.0 / p)
     raise ValueError(f"unknown noise kind {kind!r}")
 
 
 def von_mises_fisher(mean, kappa, generator):
-    """von Mises–Fisher samples on the unit sphere, one per row of ``mean``.
-
-    Wood's (1994) algorithm, vectorised over a batch of different means
-    (``scipy.stats.vonmises_fisher`` takes a single mean).
-
-    Args:
-        mean: (B, n) unit vectors.
-        kappa: concentration > 0.
-    Returns:
-        (B, n) unit vectors, x ~ vMF(mean_i, kappa).
-    """
+    """(B, n) unit vectors x_i ~ vMF(mean_i, kappa) for (B, n) unit ``mean``, by Wood's (1994)
+    algorithm vectorised over the means (``scipy.stats.vonmises_fisher`` takes a single mean)."""
     bsz, n = mean.shape
     device, dtype = mean.device, mean.dtype
     m1 = n - 1.0
@@ -138,7 +80,6 @@ def von_mises_fisher(mean, kappa, generator):
     b = m1 / (2.0 * kappa + math.sqrt(4.0 * kappa * kappa + m1 * m1))
     x0 = (1.0 - b) / (1.0 + b)
     c = kappa * x0 + m1 * math.log(1.0 - x0 * x0)
-
     w = torch.empty(bsz, device=device, dtype=torch.float64)
     todo = torch.arange(bsz, device=device)
     for _ in range(MAX_REDRAW_ROUNDS):
@@ -154,7 +95,6 @@ def von_mises_fisher(mean, kappa, generator):
             break
     else:
         raise SamplerError("von Mises-Fisher sampler did not converge")
-
     # A uniform direction orthogonal to the mean.
     v = torch.randn(bsz, n, generator=generator, device=device, dtype=torch.float64)
     mu = mean.to(torch.float64)
@@ -166,11 +106,8 @@ def von_mises_fisher(mean, kappa, generator):
 
 
 class Space:
-    """Base class: a set in R^n with the samplers the experiments need.
-
-    Concrete spaces define ``around(mean, scale, kind, generator, p)``:
-    samples of ``mean + scale * noise`` restricted to the space.
-    """
+    """A set in R^n; a concrete space defines ``around(mean, scale, kind, generator, p)``, samples
+    of ``mean + scale * noise`` restricted to the space."""
 
     def __init__(self, n):
         self.n = n
@@ -234,37 +171,18 @@ class NSphereSpace(Space):
 
 
 class ExtendedSphereSpace(NSphereSpace):
-    """The unit sphere of the AnInfoNCE experiment.
-
-    Its anisotropic conditional: δ_i ~ N(0, 1/λ_i), accepted only when
-    | ‖z+δ‖ − 1 | < threshold, then z~ = (z+δ)/‖z+δ‖.
-    """
-
-    def __init__(self, n):
-        super().__init__(n, 1.0)
+    """The unit sphere (r = 1) of the AnInfoNCE experiment, with its anisotropic conditional."""
 
     def anisotropic_normal(self, mean, std, threshold, generator, candidates):
-        """Rejection-sampled positives for a batch of anchors.
-
-        Each row gets ``candidates`` proposals at once; the first accepted
-        one is kept. Only the rows with none accepted are redrawn, in a loop
-        over those rows alone, with twice the proposals each round.
-
-        Args:
-            mean: (B, n) unit anchors z.
-            std: (n,) per-dimension standard deviations 1/sqrt(λ).
-            threshold: acceptance band around the unit sphere.
-            candidates: proposals per row in the first round.
-        Returns:
-            (B, n) unit vectors z~.
-        """
+        """(B, n) positives z~ = (z+δ)/‖z+δ‖ of the (B, n) unit anchors ``mean``, δ_i ~ N(0, std_i²)
+        (std: (n,), 1/sqrt(λ)) accepted only when | ‖z+δ‖ − 1 | < threshold: ``candidates`` proposals
+        per row, the first accepted kept; the rows with none redrawn alone, with twice the proposals."""
         rows = None  # None: all rows still open (saves an index on the first round)
         z = mean
         k = candidates
         for _ in range(MAX_REDRAW_ROUNDS):
             m = z.shape[0]
-            # Bound the proposal tensor's size for huge batches or tiny acceptance.
-            k = max(1, min(k, MAX_PROPOSAL_ELEMENTS // (m * self.n)))
+            k = max(1, min(k, MAX_PROPOSAL_ELEMENTS // (m * self.n)))  # bounds the proposals' size
             delta = torch.randn(m, k, self.n, generator=generator,
                                 device=mean.device, dtype=mean.dtype) * std
             y = z[:, None, :] + delta  # (m, k, n)
@@ -283,8 +201,8 @@ class ExtendedSphereSpace(NSphereSpace):
             if rows.numel() == 0:
                 return out
             z = mean[rows]
-            # The rows left are few: more proposals each cost little and
-            # save rounds (each round is a dozen small kernel launches).
+            # The rows left are few: more proposals each cost little and save rounds (each round is a
+            # dozen small kernel launches).
             k *= 2
         raise SamplerError("rejection sampler did not converge; "
                            "raise --threshold or --gt-lambda-1/--gt-lambda-2")
