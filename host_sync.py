@@ -1,12 +1,10 @@
 """Count the calls that make the host wait for the device (on a GPU: a pipeline stall each).
 
-On a GPU a training step is a queue of kernels that the host fills ahead of
-the device; every call that needs a value back on the host (``.item()``,
-``bool(t)``, ``nonzero``, a boolean mask, a copy to the CPU) stops the host
-until the queue has drained. ``count_host_syncs`` counts those calls on any
-device, the CPU included, so a test on a CPU-only machine can hold the step
-to its count; on CUDA, ``count_cuda_syncs`` counts what the driver itself
-reports (``torch.cuda.set_sync_debug_mode``).
+On a GPU, a call that needs a value back on the host (``.item()``, ``bool(t)``,
+``nonzero``, a boolean mask, a copy to the CPU) stops the host until the
+device's queue has drained. ``count_host_syncs`` counts those calls on any
+device, the CPU included, so that a CPU test can hold a step to its count;
+``count_cuda_syncs`` counts what the CUDA runtime itself reports.
 
     with count_host_syncs() as syncs:
         step()
@@ -16,6 +14,7 @@ reports (``torch.cuda.set_sync_debug_mode``).
 import collections
 import contextlib
 import warnings
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -24,12 +23,8 @@ aten = torch.ops.aten
 # Operators whose result (or whose output's size) must come back to the host.
 ALWAYS_SYNC = {
     aten._local_scalar_dense.default,  # .item(), bool(t), int(t), float(t)
-    aten.nonzero.default,
-    aten.masked_select.default,
-    aten.equal.default,
-    aten._unique2.default,
-    aten.unique_consecutive.default,
-    aten.unique_dim.default,
+    aten.nonzero.default, aten.masked_select.default, aten.equal.default,
+    aten._unique2.default, aten.unique_consecutive.default, aten.unique_dim.default,
     aten.repeat_interleave.Tensor,  # its output size is a sum of the input
 }
 # Indexing operators: a sync only when an index is a boolean mask (it becomes nonzero).
@@ -54,10 +49,7 @@ def _to_host(func, args, kwargs):
 
 
 class HostSyncCounter(TorchDispatchMode):
-    """A dispatch mode that counts the operators which wait for the device (see the module's docstring).
-
-    ``calls`` maps each operator's (or method's) name to its count; ``total`` is their sum.
-    """
+    """Counts the operators that wait for the device: ``calls`` by name, ``total`` their sum."""
 
     def __init__(self):
         super().__init__()
@@ -80,9 +72,8 @@ class HostSyncCounter(TorchDispatchMode):
 
 def _counting(method, name, counter):
     def wrapper(self, *args, **kwargs):
-        # On the CPU these are free and reach no operator; they stand for the
-        # device-to-host copy the same call is on a GPU. Off the CPU the
-        # dispatch mode sees the copy itself.
+        # Free on the CPU, where they reach no operator: they count for the copy the same call is
+        # on a GPU (off the CPU the dispatch mode sees that copy itself).
         if self.device.type == "cpu":
             counter.calls[f"Tensor.{name}"] += 1
         return method(self, *args, **kwargs)
@@ -94,15 +85,9 @@ def _counting(method, name, counter):
 def count_host_syncs():
     """Count, inside the block, the calls that would make the host wait for a GPU. Yields a HostSyncCounter."""
     counter = HostSyncCounter()
-    saved = {name: getattr(torch.Tensor, name) for name in READ_BACK_METHODS}
-    try:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, _counting(method, name, counter))
-        with counter:
-            yield counter
-    finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
+    methods = {name: _counting(getattr(torch.Tensor, name), name, counter) for name in READ_BACK_METHODS}
+    with mock.patch.multiple(torch.Tensor, **methods), counter:
+        yield counter
 
 
 @contextlib.contextmanager
