@@ -1,20 +1,14 @@
-"""Time a training step against the hardware floor, on this machine.
-
-For the README configuration: the GEMM floor of a step, the step's time and
-its ratio to the floor, the sampler, a logged evaluation, the start-up and
-the projected 300,003-step run, one row per precision and batch size;
-``--breakdown`` times each stage of a step against the floor, ``--sync-count``
-counts the host synchronisations of a step that does not log. What each
-figure means and how it is timed: docs/speed.md.
+"""Time a training step against the hardware floor, on this machine (what each figure means: docs/speed.md).
 
     python benchmark.py --batch-sizes 1000 256 --precision float32 bf16 --breakdown
     python benchmark.py --device cuda --batch-sizes 1000 6144 --precision float32 tf32 --compile --sync-count
 """
 
 import contextlib
-import statistics
+import functools
 import time
 import types
+from statistics import mean, median
 
 import torch
 from torch.utils.benchmark import Timer
@@ -34,18 +28,15 @@ LOG_EVERY = 250
 # The float32 GEMM behind the floor: the encoder's widest layer, (2B × 500) @ (500 × 500) for n = 10.
 WIDEST_FACTOR = max(encoders.HIDDEN_FACTORS)
 PRECISIONS = ("float32", "tf32", "bf16")
-# A turn times one block of calls of at least this many seconds, or fewer calls once the timer's
-# own cost (on a GPU, its synchronisations) is under 0.01 % of the block: Timer's block-size rule.
+# A turn's block (Timer's rule): the fewest calls, a power of ten, that last over this many seconds or
+# 10,000 times the timer's own cost (on a GPU, its synchronisations); blocks repeat to this many seconds.
 MIN_BLOCK_S = 1e-3
 
 
 def turn_times(fns, repeats, warmup=2):
-    """Seconds per call of each function, timed in turns so that all see the same machine load.
+    """Seconds per call of each function, timed in turns (a Timer block each) so that all see the same load.
 
-    After ``warmup`` untimed calls of each, every turn times a block of each
-    function's calls (torch.utils.benchmark.Timer, which synchronises a GPU
-    around it). Returns one list of ``repeats`` times per function, entry i
-    of each from turn i.
+    Returns one list of ``repeats`` times per function, entry i of each from turn i.
     """
     for _ in range(warmup):
         for fn in fns:
@@ -108,10 +99,8 @@ def build(args, device, seed=0):
 
 
 def build_training(args, device, batch_size, precision, compile_):
-    """What a step needs, as main_mlp builds it, and ``step``: one that does not log, as the loop runs it.
-
-    ``f_step`` and ``loss_step`` are the encoder and the loss the step calls (``torch.compile``d with ``compile_``).
-    """
+    """What a step needs, as main_mlp builds it (``f_step``, ``loss_step``: ``torch.compile``d with ``compile_``),
+    and ``step``: one that does not log, as the training loop runs it."""
     exp, gen, _ = build(args, device)
     f = encoders.build_encoder(args.n).to(device)
     t = types.SimpleNamespace(exp=exp, gen=gen, f=f, optimizer=main_mlp.build_optimizer(args, f, exp.loss_fn),
@@ -140,7 +129,7 @@ def count_syncs(step, device, steps):
 
 
 def bench_batch(args, device, batch_size, opts, precision):
-    """One row of the speed table (its cells) and its host syncs per step."""
+    """One row of the speed table and one of the host syncs per step (empty without --sync-count)."""
     t = build_training(args, device, batch_size, precision, opts.compile)
     latent, gen = t.exp.latent, t.gen
     h = torch.nn.Sequential(t.exp.g, t.f)
@@ -153,22 +142,21 @@ def bench_batch(args, device, batch_size, opts, precision):
         t.exp.loss_fn.lambdas().tolist()  # the lambda line's host copy
 
     floor_gemms, floor_flops = floor_op(device, args.n, batch_size)
-    step_times, gemm_times = turn_times([t.step, floor_gemms], opts.repeats, opts.warmup)
-    gemm_rate = floor_flops / statistics.median(gemm_times)
-    floor = encoder_step_flops(args.n, batch_size) / gemm_rate
+    step_flops = encoder_step_flops(args.n, batch_size)
+    step_times, gemm_times, sample_times = turn_times([t.step, floor_gemms, sample], opts.repeats, opts.warmup)
+    gemm_rate, step, sampler = floor_flops / median(gemm_times), median(step_times), median(sample_times)
     # Turn by turn, step / floor: the ratio within a turn cancels most of a shared machine's drift.
-    ratio = statistics.median(s * floor_flops / (g * encoder_step_flops(args.n, batch_size))
-                              for s, g in zip(step_times, gemm_times))
-    step = statistics.median(step_times)
-    sampler = statistics.median(turn_times([sample], opts.repeats, opts.warmup)[0])
-    evaluation = statistics.median(turn_times([log_eval], max(3, opts.repeats // 4), warmup=1)[0])
+    ratio = median(s / g for s, g in zip(step_times, gemm_times)) * floor_flops / step_flops
+    evaluation = median(turn_times([log_eval], max(3, opts.repeats // 4), warmup=1)[0])
     logs = FULL_STEPS // LOG_EVERY + 1
     total = FULL_STEPS * step + logs * evaluation + opts.startup
     overhead = (FULL_STEPS * sampler + logs * evaluation) / total
-    row = (precision, str(batch_size), f"{gemm_rate / 1e9:.0f}", f"{floor * 1e3:.2f}", f"{step * 1e3:.2f}",
-           f"{ratio:.2f}", f"{sampler * 1e3:.2f}", f"{evaluation * 1e3:.1f}", f"{100 * overhead:.1f}",
-           f"{total / 3600:.2f} h")
-    return row, count_syncs(t.step, device, opts.sync_steps if opts.sync_count else 0)
+    row = (precision, str(batch_size), f"{gemm_rate / 1e9:.0f}", f"{step_flops / gemm_rate * 1e3:.2f}",
+           f"{step * 1e3:.2f}", f"{ratio:.2f}", f"{sampler * 1e3:.2f}", f"{evaluation * 1e3:.1f}",
+           f"{100 * overhead:.1f}", f"{total / 3600:.2f} h")
+    counts = count_syncs(t.step, device, opts.sync_steps if opts.sync_count else 0)
+    sync_row = (precision, str(batch_size), f"{mean(counts):.2f}", str(min(counts)), str(max(counts)))
+    return row, sync_row if counts else None
 
 
 def encoder_gemms_op(f, x, grad_out, dtype):
@@ -214,9 +202,7 @@ def breakdown(args, device, batch_size, opts, precision):
         h = reps.clone().requires_grad_()
         t.loss_step(h[:batch_size], h[batch_size:]).backward()
 
-    def sampler_and_mixing():
-        main_mlp.sample_views(latent, g, batch_size, gen, device, False)
-
+    sampler_and_mixing = functools.partial(main_mlp.sample_views, latent, g, batch_size, gen, device, False)
     stages = [("GEMM floor", floor_op(device, args.n, batch_size)[0]), ("full step", t.step),
               ("encoder matrix products alone", gemms), ("encoder forward + backward", encoder),
               ("loss forward + backward", loss), ("sampler + mixing g", sampler_and_mixing),
@@ -225,8 +211,8 @@ def breakdown(args, device, batch_size, opts, precision):
     encoder()  # with --compile, the compilations happen here, not in the timing
     loss()
     times = turn_times([fn for _, fn in stages], opts.repeats, opts.warmup)
-    ratios = [statistics.median(a / b for a, b in zip(ts, times[0])) for ts in times]
-    return [(name, f"{statistics.median(ts) * 1e3:.2f}", f"{ratio:.3f}")
+    ratios = [median(a / b for a, b in zip(ts, times[0])) for ts in times]
+    return [(name, f"{median(ts) * 1e3:.2f}", f"{ratio:.3f}")
             for (name, _), ts, ratio in zip(stages, times, ratios)]
 
 
@@ -263,17 +249,13 @@ def parse_options(argv=None):
 
 
 def print_table(header, rows):
-    print()
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
+    print(f"\n{' | '.join(header)}\n{' | '.join('---' for _ in header)}")
     for row in rows:
         print(" | ".join(row), flush=True)
 
 
-def main(argv=None):
-    opts, device = parse_options(argv)
-    run_support.keep_freed_memory()  # as a run does: without it a CPU step page-faults ~3,000 times
-    _, args, _ = main_mlp.parse_args(README_ARGS + ["--device", device.type])
+def print_header(args, device, opts):
+    """The lines above the tables: the device and timer, the floor, the start-up time (into opts.startup)."""
     name = "CPU"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -282,23 +264,29 @@ def main(argv=None):
           f"{' '.join(opts.precision)}{', compiled' if opts.compile else ''}; timer: wall clock"
           f"{', the GPU synchronised around each block' if device.type == 'cuda' else ''}, {opts.warmup} warm-up calls")
     # Timed by hand: each repetition builds with another seed, where a Timer repeats one statement.
-    opts.startup = statistics.median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
+    opts.startup = median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
     width = WIDEST_FACTOR * args.n
     print(f"floor: the encoder's matmul FLOPs at the float32 rate of its widest product, (2B×{width}) @ "
           f"({width}×{width}), timed in turns with the step; step/floor: median over {opts.repeats} turns "
           "of the turn's ratio")
     print(f"start-up (mixing g with {invertible_network_utils.N_COND_SAMPLES:,} condition numbers, "
           f"sampler check), median of {opts.startup_repeats} seeds: {opts.startup:.3f} s")
+
+
+def main(argv=None):
+    opts, device = parse_options(argv)
+    run_support.keep_freed_memory()  # as a run does: without it a CPU step page-faults ~3,000 times
+    _, args, _ = main_mlp.parse_args(README_ARGS + ["--device", device.type])
+    print_header(args, device, opts)
     syncs = []
 
     def rows():
         for precision in opts.precision:
             for batch_size in opts.batch_sizes:
                 with tf32_matmuls(precision == "tf32"):  # the whole row, as main_mlp.py --allow-tf32 sets it
-                    row, counts = bench_batch(args, device, batch_size, opts, precision)
-                if counts:
-                    syncs.append((precision, str(batch_size), f"{statistics.mean(counts):.2f}", str(min(counts)),
-                                  str(max(counts))))
+                    row, sync_row = bench_batch(args, device, batch_size, opts, precision)
+                if sync_row:
+                    syncs.append(sync_row)
                 yield row
 
     print_table(("precision", "batch", "GEMM GFLOP/s", "floor ms", "step ms", "step/floor", "sampler ms",
@@ -306,13 +294,11 @@ def main(argv=None):
     if opts.sync_count:
         counted = ("as the CUDA runtime reports them (torch.cuda.set_sync_debug_mode)" if device.type == "cuda"
                    else "the calls that would wait for a GPU (host_sync)")
-        print()
-        print(f"host synchronisations of a step that does not log, over {opts.sync_steps} steps, {counted}:")
+        print(f"\nhost synchronisations of a step that does not log, over {opts.sync_steps} steps, {counted}:")
         print_table(("precision", "batch", "syncs/step", "min", "max"), syncs)
     if opts.breakdown:
         batch_size, precision = opts.batch_sizes[0], opts.precision[0]
-        print()
-        print(f"where the step's time goes (batch {batch_size}, {precision}; each stage timed in turns "
+        print(f"\nwhere the step's time goes (batch {batch_size}, {precision}; each stage timed in turns "
               f"with the floor, median over {opts.repeats} turns):")
         with tf32_matmuls(precision == "tf32"):
             print_table(("stage", "ms", "/ floor"), breakdown(args, device, batch_size, opts, precision))

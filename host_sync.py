@@ -1,10 +1,7 @@
 """Count the calls that make the host wait for the device (on a GPU: a pipeline stall each).
 
-On a GPU, a call that needs a value back on the host (``.item()``, ``bool(t)``,
-``nonzero``, a boolean mask, a copy to the CPU) stops the host until the
-device's queue has drained. ``count_host_syncs`` counts those calls on any
-device, the CPU included, so that a CPU test can hold a step to its count;
-``count_cuda_syncs`` counts what the CUDA runtime itself reports.
+``count_host_syncs`` counts them on any device, the CPU included, so that a CPU test can hold a step to its
+count; ``count_cuda_syncs`` counts what the CUDA runtime reports.
 
     with count_host_syncs() as syncs:
         step()
@@ -35,10 +32,6 @@ COPIES = {aten._to_copy.default, aten.copy_.default}
 READ_BACK_METHODS = ("cpu", "tolist")
 
 
-def _is_mask(index):
-    return isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
-
-
 def _to_host(func, args, kwargs):
     """A copy from a device other than the CPU into the CPU (aten._to_copy or aten.copy_)."""
     if func is aten._to_copy.default:
@@ -63,7 +56,8 @@ class HostSyncCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in ALWAYS_SYNC:
             self.calls[str(func)] += 1
-        elif func in MASK_INDEXED and any(_is_mask(i) for i in args[1] if i is not None):
+        elif func in MASK_INDEXED and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                                          for i in args[1]):
             self.calls[str(func) + " (boolean mask)"] += 1
         elif func in COPIES and _to_host(func, args, kwargs):
             self.calls[str(func) + " (to the CPU)"] += 1
