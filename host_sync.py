@@ -34,11 +34,8 @@ READ_BACK_METHODS = ("cpu", "tolist")
 
 def _to_host(func, args, kwargs):
     """A copy from a device other than the CPU into the CPU (aten._to_copy or aten.copy_)."""
-    if func is aten._to_copy.default:
-        target = kwargs.get("device")
-        return target is not None and torch.device(target).type == "cpu" and args[0].device.type != "cpu"
-    dst, src = args[0], args[1]
-    return dst.device.type == "cpu" and src.device.type != "cpu"
+    src, dst = (args[0], kwargs.get("device")) if func is aten._to_copy.default else (args[1], args[0].device)
+    return dst is not None and torch.device(dst).type == "cpu" and src.device.type != "cpu"
 
 
 class HostSyncCounter(TorchDispatchMode):
@@ -86,10 +83,8 @@ def count_host_syncs():
 
 @contextlib.contextmanager
 def count_cuda_syncs():
-    """Count the synchronising CUDA calls inside the block, as the CUDA runtime reports them.
-
-    Yields a list that holds one entry per synchronisation once the block ends.
-    """
+    """Count the synchronising CUDA calls inside the block, as the CUDA runtime reports them: yields a list
+    that holds one entry per synchronisation once the block ends."""
     found = []
     previous = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
