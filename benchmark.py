@@ -154,9 +154,10 @@ def bench_batch(args, device, batch_size, opts, precision):
     row = (precision, str(batch_size), f"{gemm_rate / 1e9:.0f}", f"{step_flops / gemm_rate * 1e3:.2f}",
            f"{step * 1e3:.2f}", f"{ratio:.2f}", f"{sampler * 1e3:.2f}", f"{evaluation * 1e3:.1f}",
            f"{100 * overhead:.1f}", f"{total / 3600:.2f} h")
-    counts = count_syncs(t.step, device, opts.sync_steps if opts.sync_count else 0)
-    sync_row = (precision, str(batch_size), f"{mean(counts):.2f}", str(min(counts)), str(max(counts)))
-    return row, sync_row if counts else None
+    if not opts.sync_count:
+        return row, None
+    counts = count_syncs(t.step, device, opts.sync_steps)
+    return row, (precision, str(batch_size), f"{mean(counts):.2f}", str(min(counts)), str(max(counts)))
 
 
 def encoder_gemms_op(f, x, grad_out, dtype):

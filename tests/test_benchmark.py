@@ -1,5 +1,6 @@
 """benchmark.py: its tables end to end on tiny settings (subprocess), its flags and its arithmetic."""
 
+import functools
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import benchmark
+import invertible_network_utils
 from cli_util import ROOT, env_for_cli, parse_log
 
 
@@ -76,6 +78,18 @@ def test_the_timer_times_each_function_in_turns():
     fast, slow = benchmark.turn_times([lambda: torch.ones(8).sum(), lambda: time.sleep(0.002)], 3, warmup=1)
     assert len(fast) == len(slow) == 3
     assert all(0 < seconds < 1 for seconds in fast) and all(seconds >= 0.002 for seconds in slow)
+
+
+def test_without_sync_count_the_speed_table_stands_alone(monkeypatch, capsys):
+    # g's threshold from 1,000 condition numbers instead of 25,000: the same kind of mixing, sooner.
+    monkeypatch.setattr(invertible_network_utils, "construct_invertible_mlp",
+                        functools.partial(invertible_network_utils.construct_invertible_mlp, n_iter_cond_thresh=1000))
+    benchmark.main(["--device", "cpu", "--batch-sizes", "8", "--repeats", "1", "--warmup", "0",
+                    "--startup-repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = table(lines, "precision | batch | GEMM")
+    assert [(r[0], r[1]) for r in rows] == [("float32", "8")] and len(rows[0]) == len(header) == 10
+    assert not any(line.startswith("precision | batch | syncs/step") for line in lines)
 
 
 # ------------------------------------------------------------ gpu_check.sh
