@@ -1,12 +1,7 @@
 """Count the calls that make the host wait for the device (on a GPU: a pipeline stall each).
 
-On a GPU a training step is a queue of kernels that the host fills ahead of
-the device; every call that needs a value back on the host (``.item()``,
-``bool(t)``, ``nonzero``, a boolean mask, a copy to the CPU) stops the host
-until the queue has drained. ``count_host_syncs`` counts those calls on any
-device, the CPU included, so a test on a CPU-only machine can hold the step
-to its count; on CUDA, ``count_cuda_syncs`` counts what the driver itself
-reports (``torch.cuda.set_sync_debug_mode``).
+``count_host_syncs`` counts them on any device, the CPU included, so that a CPU test can hold a step to its
+count; ``count_cuda_syncs`` counts what the CUDA runtime reports.
 
     with count_host_syncs() as syncs:
         step()
@@ -16,6 +11,7 @@ reports (``torch.cuda.set_sync_debug_mode``).
 import collections
 import contextlib
 import warnings
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -24,12 +20,8 @@ aten = torch.ops.aten
 # Operators whose result (or whose output's size) must come back to the host.
 ALWAYS_SYNC = {
     aten._local_scalar_dense.default,  # .item(), bool(t), int(t), float(t)
-    aten.nonzero.default,
-    aten.masked_select.default,
-    aten.equal.default,
-    aten._unique2.default,
-    aten.unique_consecutive.default,
-    aten.unique_dim.default,
+    aten.nonzero.default, aten.masked_select.default, aten.equal.default,
+    aten._unique2.default, aten.unique_consecutive.default, aten.unique_dim.default,
     aten.repeat_interleave.Tensor,  # its output size is a sum of the input
 }
 # Indexing operators: a sync only when an index is a boolean mask (it becomes nonzero).
@@ -40,24 +32,14 @@ COPIES = {aten._to_copy.default, aten.copy_.default}
 READ_BACK_METHODS = ("cpu", "tolist")
 
 
-def _is_mask(index):
-    return isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)
-
-
 def _to_host(func, args, kwargs):
     """A copy from a device other than the CPU into the CPU (aten._to_copy or aten.copy_)."""
-    if func is aten._to_copy.default:
-        target = kwargs.get("device")
-        return target is not None and torch.device(target).type == "cpu" and args[0].device.type != "cpu"
-    dst, src = args[0], args[1]
-    return dst.device.type == "cpu" and src.device.type != "cpu"
+    src, dst = (args[0], kwargs.get("device")) if func is aten._to_copy.default else (args[1], args[0].device)
+    return dst is not None and torch.device(dst).type == "cpu" and src.device.type != "cpu"
 
 
 class HostSyncCounter(TorchDispatchMode):
-    """A dispatch mode that counts the operators which wait for the device (see the module's docstring).
-
-    ``calls`` maps each operator's (or method's) name to its count; ``total`` is their sum.
-    """
+    """Counts the operators that wait for the device: ``calls`` by name, ``total`` their sum."""
 
     def __init__(self):
         super().__init__()
@@ -71,7 +53,8 @@ class HostSyncCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in ALWAYS_SYNC:
             self.calls[str(func)] += 1
-        elif func in MASK_INDEXED and any(_is_mask(i) for i in args[1] if i is not None):
+        elif func in MASK_INDEXED and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                                          for i in args[1]):
             self.calls[str(func) + " (boolean mask)"] += 1
         elif func in COPIES and _to_host(func, args, kwargs):
             self.calls[str(func) + " (to the CPU)"] += 1
@@ -80,9 +63,8 @@ class HostSyncCounter(TorchDispatchMode):
 
 def _counting(method, name, counter):
     def wrapper(self, *args, **kwargs):
-        # On the CPU these are free and reach no operator; they stand for the
-        # device-to-host copy the same call is on a GPU. Off the CPU the
-        # dispatch mode sees the copy itself.
+        # Free on the CPU, where they reach no operator: they count for the copy the same call is
+        # on a GPU (off the CPU the dispatch mode sees that copy itself).
         if self.device.type == "cpu":
             counter.calls[f"Tensor.{name}"] += 1
         return method(self, *args, **kwargs)
@@ -94,23 +76,15 @@ def _counting(method, name, counter):
 def count_host_syncs():
     """Count, inside the block, the calls that would make the host wait for a GPU. Yields a HostSyncCounter."""
     counter = HostSyncCounter()
-    saved = {name: getattr(torch.Tensor, name) for name in READ_BACK_METHODS}
-    try:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, _counting(method, name, counter))
-        with counter:
-            yield counter
-    finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
+    methods = {name: _counting(getattr(torch.Tensor, name), name, counter) for name in READ_BACK_METHODS}
+    with mock.patch.multiple(torch.Tensor, **methods), counter:
+        yield counter
 
 
 @contextlib.contextmanager
 def count_cuda_syncs():
-    """Count the synchronising CUDA calls inside the block, as the CUDA runtime reports them.
-
-    Yields a list that holds one entry per synchronisation once the block ends.
-    """
+    """Count the synchronising CUDA calls inside the block, as the CUDA runtime reports them: yields a list
+    that holds one entry per synchronisation once the block ends."""
     found = []
     previous = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:

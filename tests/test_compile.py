@@ -6,32 +6,29 @@ without one it is skipped.
 
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cli_util import env_for_cli, parse_log, run_cli
+from cli_util import env_for_cli, finish, parse_log, run_main, start_cli
 from test_cli import README
 
-pytestmark = pytest.mark.slow  # subprocess runs of the CLI
+pytestmark = pytest.mark.slow  # a subprocess run of the CLI
 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
                                     reason="torch.compile on CPU needs a C++ compiler")
 
 
 @needs_compiler
-def test_compiled_run_matches_the_eager_run(tmp_path):
+def test_compiled_run_matches_the_eager_run(tmp_path, capsys, monkeypatch):
     args = README + ["--device", "cpu"]
-    env = env_for_cli(CUDA_VISIBLE_DEVICES="")
-    dirs = [tmp_path / "eager", tmp_path / "compiled"]
-    for d in dirs:
-        d.mkdir()
-    with ThreadPoolExecutor(2) as pool:
-        eager, compiled = pool.map(lambda a: run_cli(a[0], cwd=a[1], env=env, timeout=600),
-                                   [(args, dirs[0]), (args + ["--compile"], dirs[1])])
-    for res in (eager, compiled):
-        assert res.returncode == 0, res.stderr
-    (e_phase,), (c_phase,) = parse_log(eager.stdout)["phases"], parse_log(compiled.stdout)["phases"]
+    monkeypatch.chdir(tmp_path)
+    # The compiled run in a subprocess; the eager one meanwhile in this process, where torch is imported.
+    compiled = start_cli(args + ["--compile"], cwd=tmp_path, env=env_for_cli(CUDA_VISIBLE_DEVICES=""))
+    eager_code, eager_out, eager_err = run_main(args, capsys)
+    compiled_code, compiled_out, compiled_err = finish(compiled, timeout=600)
+    assert eager_code == 0, eager_err
+    assert compiled_code == 0, compiled_err
+    (e_phase,), (c_phase,) = parse_log(eager_out)["phases"], parse_log(compiled_out)["phases"]
     e_steps, c_steps = e_phase["steps"], c_phase["steps"]
     assert [s["step"] for s in c_steps] == [s["step"] for s in e_steps] == [1, 4, 6, 11]
     for e, c in zip(e_steps, c_steps):
