@@ -36,16 +36,12 @@ positive_int = bounded(int, at_least=1)
 
 
 def tolerant_output():
-    """Let stdout and stderr take any write: a stream closed when the program started (``>&-``,
-    ``2>&-``; Python then has None for it) becomes /dev/null, and where a stream's encoding lacks a
-    character (PYTHONIOENCODING=ascii, an ASCII locale), λ or ± come out as ``\\u03bb`` escapes
-    instead of a UnicodeEncodeError."""
+    """Let stdout and stderr take any write: a closed one becomes /dev/null, and a character their
+    encoding lacks (an ASCII locale) comes out as a ``\\u03bb`` escape instead of a UnicodeEncodeError."""
     reopen_closed_streams()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):  # not a text stream of ours
             stream.reconfigure(errors="backslashreplace")
-        except (AttributeError, ValueError, io.UnsupportedOperation):  # not a text stream of ours to change
-            pass
 
 
 def write_stdout(text):

@@ -299,13 +299,10 @@ def available_memory(device):
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
@@ -513,15 +510,19 @@ def config_fingerprint(args, device):
 def read_checkpoint(path, flag="--resume-training"):
     """The checkpoint at ``path``; InputError when it cannot be read, is damaged or is not one of ours
     (``weights_only``: a file that would run code when unpickled is refused, not run)."""
+    def refused(why):
+        return InputError(f"argument {flag}: {path} {why}")
+
+    older = ("was written by an older version of main_mlp.py ({}) that this one cannot resume; start over "
+             "with --overwrite")
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(outer, dict) and {"config", "phase", "step"} <= set(outer):
-            raise InputError(f"argument {flag}: {path} was written by an older version of main_mlp.py "
-                             f"(without a checksum) that this one cannot resume; start over with --overwrite")
+            raise refused(older.format("without a checksum"))
         if not (isinstance(outer, dict) and isinstance(outer.get("payload"), bytes) and "sha256" in outer):
-            raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
+            raise refused("is not a checkpoint of main_mlp.py")
         if hashlib.sha256(outer["payload"]).hexdigest() != outer["sha256"]:
-            raise InputError(f"argument {flag}: {path} is damaged (its checksum does not match)")
+            raise refused("is damaged (its checksum does not match)")
         # On the CPU: the generators' states must be CPU tensors; load_state_dict moves the rest.
         state = torch.load(io.BytesIO(outer["payload"]), map_location="cpu", weights_only=True)
     except InputError:
@@ -529,18 +530,17 @@ def read_checkpoint(path, flag="--resume-training"):
     except Exception as exc:  # a damaged or foreign file: say which, not a traceback
         raise InputError(f"argument {flag}: cannot read {path} ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not {"config", "seed", "phase", "step"} <= set(state):
-        raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
+        raise refused("is not a checkpoint of main_mlp.py")
     version = state.get("format", 1)
     if type(version) is not int or version < 1:  # type: True is an int too
-        raise InputError(f"argument {flag}: {path} is of no known checkpoint format ({version!r}); this "
-                         f"version of main_mlp.py reads formats 1 to {CHECKPOINT_FORMAT}")
+        raise refused(f"is of no known checkpoint format ({version!r}); this version of main_mlp.py reads "
+                      f"formats 1 to {CHECKPOINT_FORMAT}")
     if version > CHECKPOINT_FORMAT:
-        raise InputError(f"argument {flag}: {path} is of checkpoint format {version!r}, written by a newer "
-                         f"version of main_mlp.py; this one reads formats 1 to {CHECKPOINT_FORMAT}")
+        raise refused(f"is of checkpoint format {version!r}, written by a newer version of main_mlp.py; this one "
+                      f"reads formats 1 to {CHECKPOINT_FORMAT}")
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if missing:
-        raise InputError(f"argument {flag}: {path} was written by an older version of main_mlp.py (it has no "
-                         f"{', '.join(missing[:3])}) that this one cannot resume; start over with --overwrite")
+        raise refused(older.format(f"it has no {', '.join(missing[:3])}"))
     return state
 
 
