@@ -184,12 +184,9 @@ def restated_prefix(path, offset, args, metrics=False):
 
 
 def continue_files(prog, args, state, checkpoint_path, locks):
-    """The RunLog of a resumed run: its files cut back to the checkpoint, their arguments restated.
-
-    ``state["file_checks"]`` holds the checks the files matched (``load_resume_state``). Every moment
-    stays resumable: the checkpoint is rewritten first to accept the restated files as well as the
-    present ones, then each file is replaced atomically.
-    """
+    """The RunLog of a resumed run: its files cut back to the checkpoint, their arguments restated. Every
+    moment stays resumable: the checkpoint first accepts the restated files as well as the present ones
+    (``state["file_checks"]``: those they matched), then each file is replaced atomically."""
     paths = (args.log_file, args.metrics_file)
     checks = list(state["file_checks"])
     new = [restated_prefix(path, check["offset"], args, metrics=k == 1) if check else None
@@ -209,11 +206,8 @@ def continue_files(prog, args, state, checkpoint_path, locks):
 
 
 class RunLog:
-    """stdout (and --log-file), stderr, and the --metrics-file JSON lines of one run.
-
-    Each file keeps a running SHA-256 of its content, so that a checkpoint records the whole file at no
-    cost of reading it back. ``truncate_at``: (log offset, metrics offset) to continue from (resume).
-    """
+    """stdout (and --log-file), stderr, and the --metrics-file JSON lines of one run. Each file keeps a running
+    SHA-256 of its content for the checkpoints. ``truncate_at``: (log offset, metrics offset) of a resume."""
 
     def __init__(self, prog, log_file=None, metrics_file=None, truncate_at=None):
         self.prog = prog
