@@ -431,12 +431,9 @@ def remove_previous_run(save_dir):
 
 
 def refuse_files_of_others(args, beginnings):
-    """A fresh run never writes over a file it did not create, unless --overwrite says so.
-
-    An existing --log-file or --metrics-file that holds anything is refused, unless it is a beginning
-    of what this very command writes first (``beginnings``: the (log, metrics) bytes): the command's own
-    files, left by a kill before its first checkpoint. Call with the files' locks held.
-    """
+    """Without --overwrite, refuse a --log-file or --metrics-file that holds anything but a beginning of what
+    this very command writes first (``beginnings``: (log, metrics) bytes; its own files, left by a kill
+    before its first checkpoint). Call with the files' locks held."""
     if args.resume_training or args.overwrite:
         return
     for flag, path, own in (("--log-file", args.log_file, beginnings[0]),
@@ -591,10 +588,8 @@ class Survival:
     """What keeps a run's work through kills, signals and divergence: the training loop calls
     ``resume(phase)`` once, ``after_step`` after every step and ``check_finite`` before it logs.
 
-    A phase (main_mlp.Phase) has ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring of
-    its last losses). ``run``: main_mlp.Run (``resume``: the checkpoint's state or None); ``flag``:
-    ``remember_signals()``'s. A diverged run is never checkpointed.
-    """
+    A phase (main_mlp.Phase) has ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring of its
+    last losses); ``run``: main_mlp.Run; ``flag``: ``remember_signals()``'s."""
 
     def __init__(self, run, flag):
         self.args, self.device, self.seed, self.log = run.args, run.device, run.seed, run.log
