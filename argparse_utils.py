@@ -3,6 +3,7 @@ types, and output that neither an ASCII-only terminal, a closed pipe nor a close
 turns into a traceback."""
 
 import argparse
+import contextlib
 import io
 import math
 import os
@@ -12,11 +13,8 @@ EXIT_BAD_INPUT = 2
 
 
 def bounded(kind, at_least=None, above=None, at_most=None):
-    """An argparse type: a number of ``kind`` (int, or float: then finite) within the bounds given.
-
-    ``bounded(int, at_least=1)`` is a count, ``bounded(float, above=0)`` a size; the error names the
-    bounds (``must be an integer >= 1, got 0``).
-    """
+    """An argparse type: a number of ``kind`` (int, or float: then finite) within the bounds given; the
+    error names them (``bounded(int, at_least=1)``: ``must be an integer >= 1, got 0``)."""
     what = "an integer" if kind is int else "a finite number"
     bounds = [f"{sign} {limit}" for sign, limit in ((">=", at_least), (">", above), ("<=", at_most))
               if limit is not None]
@@ -38,23 +36,17 @@ positive_int = bounded(int, at_least=1)
 
 
 def tolerant_output():
-    """Let stdout and stderr take any write: a stream closed when the program started (``>&-``,
-    ``2>&-``; Python then has None for it) becomes /dev/null, and where a stream's encoding lacks a
-    character (PYTHONIOENCODING=ascii, an ASCII locale), λ or ± come out as ``\\u03bb`` escapes
-    instead of a UnicodeEncodeError."""
+    """Let stdout and stderr take any write: a closed one becomes /dev/null, and a character their
+    encoding lacks (an ASCII locale) comes out as a ``\\u03bb`` escape instead of a UnicodeEncodeError."""
     reopen_closed_streams()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):  # not a text stream of ours
             stream.reconfigure(errors="backslashreplace")
-        except (AttributeError, ValueError, io.UnsupportedOperation):  # not a text stream of ours to change
-            pass
-
-
 
 
 def write_stdout(text):
-    """Write ``text`` to stdout and flush it. A reader that went away (``| head``, ``| true``) is not an
-    error of the program: stdout then goes to /dev/null, and the program goes on to its exit status."""
+    """Write ``text`` to stdout and flush it; False when the reader went away (``| head``, ``| true``): not
+    an error of the program, stdout then goes to /dev/null and the program goes on to its exit status."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -62,21 +54,18 @@ def write_stdout(text):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the buffered rest and the exit's flush go nowhere, quietly
         os.close(devnull)
+        return False
+    return True
 
 
 def reopen_closed_streams():
-    """Put /dev/null where the shell closed a standard stream (``>&-``, ``2>&-``, ``<&-``); call it first.
-
-    Python leaves ``sys.stderr`` None for a closed descriptor 2 (a refusal then ends in an
-    AttributeError, exit 1), and the next file opened would take the free descriptor (a log that
-    receives whatever is written to "stderr"). /dev/null keeps both from happening.
-    """
+    """Put /dev/null where the shell closed a standard stream (``>&-``, ``2>&-``, ``<&-``); call it first:
+    else ``sys.stderr`` is None (a refusal ends in an AttributeError) and the next file opened takes the
+    free descriptor (a log that receives whatever is written to "stderr")."""
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
-        try:
+        with contextlib.suppress(OSError):
             os.fstat(fd)
             continue
-        except OSError:
-            pass
         null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: fd itself
         if null != fd:
             os.dup2(null, fd)
@@ -96,11 +85,8 @@ def same_file(path, other):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error on stderr (``prog: error: ...``, no usage block) and exit 2.
-
-    Making one also makes stdout and stderr tolerant (:func:`tolerant_output`): every script
-    builds its parser first, and our help and results have λ, Λ̂ and ± in them.
-    """
+    """argparse with a one-line error on stderr (``prog: error: ...``, no usage block) and exit 2. Making
+    one makes stdout and stderr tolerant (every script builds its parser first; our output has λ and ±)."""
 
     def __init__(self, *args, **kwargs):
         tolerant_output()

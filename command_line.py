@@ -1,11 +1,8 @@
 """The command line of main_mlp.py: its parser, the checks of what it was given, ``parse_args``.
 
-The reference's flags come first, in the reference's order (a log's ``Arguments:``
-block prints them in this order), then ours. Every refusal is one line naming the
-flag, exit status 2, before anything runs. Imports the tables it offers as choices
-as names (settings) and nothing heavy: no torch, so that sweep.py checks its runs' arguments
-in-process with ``read_args``. The table of losses (losses.LOSSES, which needs torch) is handed
-in by main_mlp.py; without it ``--loss`` takes any name and the run refuses an unknown one.
+Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables
+it offers as choices are named in settings), so that sweep.py checks its runs' arguments in-process
+with ``read_args``.
 """
 
 import math
@@ -33,13 +30,9 @@ def number(text):
 
 
 def build_parser(loss_table=None):
-    """The command line: the reference's flags first, in its order, then ours.
-
-    Args:
-        loss_table: losses.LOSSES, which gives ``--loss`` its choices and help (main_mlp.py passes it).
-            Without it (a caller that must not import torch) ``--loss`` takes any name, and the run's
-            own parser refuses an unknown one when it starts.
-    """
+    """The command line: the reference's flags first, in its order (a log's ``Arguments:`` block), then
+    ours. ``loss_table``: losses.LOSSES, for ``--loss``'s choices and help; without it (a caller that must
+    not import torch) ``--loss`` takes any name, and the run's own parser refuses an unknown one."""
     parser = ArgumentParser(prog=PROG, description=DESCRIPTION)
     _add_reference_flags(parser)
     _add_our_flags(parser, loss_table)
@@ -55,39 +48,32 @@ def loss_options(loss_table):
 
 
 def _add_reference_flags(parser):
-    """The reference's flags, in the reference's order (the log's Arguments block)."""
     parser.add_argument("--sphere-r", type=float, default=1.0, help="radius of the sphere space")
     parser.add_argument("--box-min", type=float, default=0.0, help="lower bound of the box space")
     parser.add_argument("--box-max", type=float, default=1.0, help="upper bound of the box space")
-    parser.add_argument("--sphere-norm", action="store_true",
-                        help="encoder output on a sphere of learnable radius")
+    parser.add_argument("--sphere-norm", action="store_true", help="encoder output on a sphere of learnable radius")
     parser.add_argument("--box-norm", action="store_true",
                         help="encoder output: sigmoid scaled by learnable per-dimension bounds")
     parser.add_argument("--only-supervised", action="store_true", help="run only the supervised (MSE) training")
     parser.add_argument("--only-unsupervised", action="store_true", help="run only the contrastive training")
     parser.add_argument("--more-unsupervised", type=int, default=3,
                         help="the contrastive run has n_steps * this many steps")
-    parser.add_argument("--save-dir", type=str, default="",
-                        help="directory for g, the encoders and the resumable checkpoint")
+    parser.add_argument("--save-dir", default="", help="directory for g, the encoders and the resumable checkpoint")
     parser.add_argument("--num-eval-batches", type=int, default=10,
                         help="batches of the final evaluation (mean and std reported)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of every random draw; drawn and reported on stderr when omitted")
-    parser.add_argument("--act-fct", type=str, default="leaky_relu",
+    parser.add_argument("--seed", type=int, help="seed of every random draw; drawn and reported on stderr when omitted")
+    parser.add_argument("--act-fct", default="leaky_relu",
                         choices=settings.ACTIVATION_NAMES, help="activation inside the mixing g")
     parser.add_argument("--c-param", type=float, default=0.05,
                         help="scale of the conditional (vMF concentration for --c-p 0 on sphere)")
     parser.add_argument("--m-param", type=float, default=1.0, help="scale of the marginal (when --m-p is not 0)")
     parser.add_argument("--tau", type=float, default=1.0, help="temperature of the Lp, dot-product and infonce-fixed losses")
-    parser.add_argument("--n-mixing-layer", type=int, default=3,
-                        help="linear layers in the mixing g (0: the identity)")
+    parser.add_argument("--n-mixing-layer", type=int, default=3, help="linear layers in the mixing g (0: the identity)")
     parser.add_argument("--n", type=int, default=10, help="latent dimension")
-    parser.add_argument("--space-type", type=str, default="box",
-                        choices=settings.SPACE_NAMES, help="latent space")
+    parser.add_argument("--space-type", default="box", choices=settings.SPACE_NAMES, help="latent space")
     parser.add_argument("--m-p", type=number, default=0,
                         help="marginal: 0 uniform, 1 Laplace, 2 normal, other p generalised normal")
-    parser.add_argument("--c-p", type=number, default=2,
-                        help=settings.conditional_help())
+    parser.add_argument("--c-p", type=number, default=2, help=settings.conditional_help())
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the encoder")
     parser.add_argument("--p", type=number, default=2,
                         help="loss: p > 0 the Lp form; 0 the dot-product form (AnInfoNCE on extended_sphere)")
@@ -95,8 +81,7 @@ def _add_reference_flags(parser):
     parser.add_argument("--n-log-steps", type=int, default=250, help="log every this many steps")
     parser.add_argument("--n-steps", type=int, default=100001,
                         help="supervised steps (the contrastive run does n_steps * more_unsupervised)")
-    parser.add_argument("--resume-training", action="store_true",
-                        help="continue from the checkpoint in --save-dir")
+    parser.add_argument("--resume-training", action="store_true", help="continue from the checkpoint in --save-dir")
     # Integer defaults under type=float, as the reference: printed "5" when omitted, "5.0" when passed.
     parser.add_argument("--gt-lambda-1", type=float, default=5,
                         help="ground-truth λ of the last n - floor(n/2) dimensions (bimodal), or the start of "
@@ -112,33 +97,30 @@ def _add_reference_flags(parser):
 
 
 def _add_our_flags(parser, loss_table):
-    parser.add_argument("--device", type=str, default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: CUDA when available")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     loss_choices, loss_help = loss_options(loss_table)
-    parser.add_argument("--loss", type=str, default=settings.DEFAULT_LOSS, choices=loss_choices, help=loss_help)
-    parser.add_argument("--negatives", type=str, default="reference", choices=("reference", "symmetric"),
+    parser.add_argument("--loss", default=settings.DEFAULT_LOSS, choices=loss_choices, help=loss_help)
+    parser.add_argument("--negatives", default="reference", choices=("reference", "symmetric"),
                         help="reference: the authors' negatives for the second view; symmetric: NT-Xent")
-    parser.add_argument("--log-file", type=str, default=None,
-                        help="also write the log here, flushed at every line")
-    parser.add_argument("--metrics-file", type=str, default=None,
-                        help="JSON lines: the configuration, then one record per logged step")
-    parser.add_argument("--precision", type=str, default="float32", choices=("float32", "bf16"),
+    parser.add_argument("--log-file", help="also write the log here, flushed at every line")
+    parser.add_argument("--metrics-file", help="JSON lines: the configuration, then one record per logged step")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bf16"),
                         help="bf16: autocast the encoder to bfloat16 (AMX CPUs, GPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and the loss")
     parser.add_argument("--allow-tf32", action="store_true", help="allow TF32 matmuls on CUDA")
-    parser.add_argument("--checkpoint-every", type=int, default=None,
+    parser.add_argument("--checkpoint-every", type=int,
                         help="also checkpoint every this many steps (one is always written in --save-dir "
                              "at every log step and at the end)")
     parser.add_argument("--resume-if-exists", action="store_true",
                         help="resume when --save-dir holds a checkpoint, start fresh when not (for requeued jobs)")
-    parser.add_argument("--checkpoint-minutes", type=float, default=None,
+    parser.add_argument("--checkpoint-minutes", type=float,
                         help="checkpoint every this many minutes instead of at every log step (and on a "
                              "signal, and at the end)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a fresh run over an earlier one: in a --save-dir that holds a checkpoint "
                              "(its checkpoint and models removed), into a --log-file / --metrics-file that holds "
                              "another run's output (replaced)")
-    parser.add_argument("--lambda-param", type=str, default=settings.LAMBDA_PARAM_CHOICES[0],
+    parser.add_argument("--lambda-param", default=settings.LAMBDA_PARAM_CHOICES[0],
                         choices=settings.LAMBDA_PARAM_CHOICES,
                         help="how the learned Λ̂ is parametrised: softplus(θ) as the reference, or exp(θ) "
                              "(log space; the same initial Λ̂)")
@@ -179,8 +161,8 @@ def _check_writable_dir(parser, flag, path, create):
 
 
 def _save_dir_holding(path, save_dir):
-    """The --save-dir of which ``path`` is one of the files (by its name, or where its links lead): this
-    run's, or another run's (a directory with a run's lock file); None when it is none."""
+    """The --save-dir (this run's, or a directory with a run's lock file) that ``path`` is one of the
+    files of, by its name or where its links lead; None when it is none."""
     if not path:
         return None
     named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
@@ -211,11 +193,9 @@ def validate_numbers(err, args):
     for flag, value in (("--lr", args.lr), ("--lr-lambda", args.lr_lambda), ("--tau", args.tau),
                         ("--c-param", args.c_param), ("--m-param", args.m_param),
                         ("--sphere-r", args.sphere_r), ("--gt-lambda-1", args.gt_lambda_1),
-                        ("--gt-lambda-2", args.gt_lambda_2)):
+                        ("--gt-lambda-2", args.gt_lambda_2), ("--threshold", args.threshold)):
         if not _positive_finite(value):
             err(f"argument {flag}: must be a positive finite number, got {value}")
-    if not _positive_finite(args.threshold):
-        err(f"argument --threshold: must be a positive finite number, got {args.threshold}")
     # Values that become float32 tensors must fit one.
     for flag, value in (("--sphere-r", args.sphere_r), ("--box-min", args.box_min), ("--box-max", args.box_max),
                         ("--c-param", args.c_param), ("--m-param", args.m_param), ("--tau", args.tau),
@@ -300,8 +280,7 @@ def _parse(parser, argv):
 
 
 def parse_args(argv=None, loss_table=None):
-    """Returns (parser, args, derived): ``derived`` holds what the flags imply (settings.Derived).
-    ``loss_table``: see ``build_parser``."""
+    """(parser, args, derived), the files checked as well; ``derived``: settings.Derived."""
     parser = build_parser(loss_table)
     args, derived = _parse(parser, argv)
     validate_files(parser, args)
@@ -313,12 +292,8 @@ def _raise(message):
 
 
 def read_args(argv):
-    """What main_mlp.py makes of ``argv``, its values checked as ``parse_args`` checks them, no file
-    touched: ``{dest: value}`` as the log's ``Arguments:`` block prints it.
-
-    Raises:
-        ValueError: the one-line refusal main_mlp.py would give (without ``main_mlp.py: error: ``).
-    """
+    """``{dest: value}`` as the log's ``Arguments:`` block prints what main_mlp.py makes of ``argv``, its
+    values checked, no file touched; ValueError: main_mlp.py's refusal (without ``main_mlp.py: error: ``)."""
     parser = build_parser()
     parser.error = _raise  # argparse calls self.error: a refusal becomes an exception, not an exit
     args, _ = _parse(parser, argv)

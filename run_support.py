@@ -1,17 +1,13 @@
-"""The plumbing of a run, apart from the experiment: output files, signals, checkpoints, errors.
+"""The plumbing of a run, apart from the experiment: output files, locks, signals, checkpoints, errors.
 
-- ``RunLog``: stdout in the reference format, mirrored to ``--log-file``;
-  extras on stderr; JSON lines in ``--metrics-file``.
-- Signals (``startup_signals``): at once during start-up, then noted so the loop finishes its step.
-- ``SaveDirLock``: one run at a time in a ``--save-dir`` (an flock held for
-  the run's lifetime, released by the OS when the process dies).
-- Checkpoints: written atomically (temporary file, then rename); on resume
-  the checkpoint must be of the same configuration and the log files must
-  still hold what it says they held, or nothing is touched.
+Checkpoints are written atomically (a temporary file, then a rename); on resume the checkpoint must be
+of the same configuration and the log files must still hold what it says they held, or nothing is
+touched (docs/resume.md).
 """
 
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import io
@@ -26,7 +22,7 @@ import torch
 
 import settings
 import startup_signals
-from argparse_utils import EXIT_BAD_INPUT
+from argparse_utils import EXIT_BAD_INPUT, write_stdout
 from file_lock import try_lock
 
 CHECKPOINT_NAME, LOCK_NAME, MODEL_NAMES = settings.CHECKPOINT_NAME, settings.LOCK_NAME, settings.MODEL_NAMES
@@ -45,6 +41,14 @@ EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: a file could not be written (full 
 # SIGHUP (a closed terminal or ssh session) and SIGUSR2 (what SLURM sends before a
 # time limit or preemption, and submitit passes on) are treated like SIGTERM.
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGUSR2: 140}
+# Resumable arguments that change what the run is (its length, its final evaluation): a resumed
+# run's files are updated to say their new values. The others (paths, --resume-training) stay as written.
+RESTATED_ON_RESUME = ("n_steps", "more_unsupervised", "num_eval_batches", "checkpoint_every")
+# The flags that decide a phase's length (main_mlp.phase_steps), named when a resume would change it.
+LENGTH_FLAGS = {"supervised": "--n-steps", "unsupervised": "--n-steps/--more-unsupervised"}
+# The temporary file of ``write_atomically`` for NAME is NAME + TEMPORARY_MARK + the writer's pid: a
+# name no one else gives a file, so that the clean-up beside a log (a user's directory) removes only ours.
+TEMPORARY_MARK = ".tmp-main_mlp-"
 
 
 class InputError(ValueError):
@@ -56,7 +60,7 @@ class Diverged(RuntimeError):
 
 
 class WriteError(OSError):
-    """An output file (log, metrics, checkpoint, model) could not be written."""
+    """An output file (log, metrics, checkpoint, model, lock) could not be written."""
 
 
 class Stop(Exception):
@@ -75,13 +79,12 @@ def remember_signals():
     return startup_signals.remember()
 
 
-# --------------------------------------------------------------------------
-# Output files
+def _cannot_write(path, exc):
+    return WriteError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def _hash_prefix(handle, offset):
-    """A running SHA-256 of the next ``offset`` bytes of ``handle``, read in 1 MiB chunks; None when the
-    file ends before them."""
+    """A running SHA-256 of the next ``offset`` bytes of ``handle``; None when the file ends before them."""
     digest = hashlib.sha256()
     left = offset
     while left > 0:
@@ -102,7 +105,7 @@ def prefix_sha256(path, offset):
 
 def file_check(path, offset, sha256=None):
     """What a checkpoint remembers of a log file: its path, the offset, the SHA-256 of every byte before it
-    (``sha256`` when the caller has it already, else read from the file)."""
+    (``sha256`` when the caller has it already)."""
     if path is None:
         return None
     if not os.path.isfile(path):  # /dev/null, a terminal, a pipe: nothing to cut back or to verify
@@ -126,13 +129,9 @@ def _holds(path, check):
 
 
 def verify_file(flag, path, check):
-    """The check (``check``, or one of its alternatives when it is a list) that ``path`` holds now.
-
-    Raises InputError unless ``path`` holds what the checkpoint's run had written. The content
-    decides, not the name: a run directory copied or moved elsewhere resumes; another file, a cut
-    one, or one edited anywhere before the checkpoint's offset is refused untouched. A list of
-    alternatives is what an extended run's checkpoint holds while its files are being restated.
-    """
+    """The check (``check``, or one of its alternatives when it is a list: an extended run's while its
+    files are being restated) that ``path`` holds now; InputError unless it holds what the checkpoint's
+    run wrote. The content decides, not the name: a run directory copied or moved elsewhere resumes."""
     alternatives = check if isinstance(check, list) else [check]
     first = alternatives[0]
     if first is None:
@@ -159,18 +158,9 @@ def verify_file(flag, path, check):
                      f"{first['offset']}); give that file, or start over with --overwrite")
 
 
-# Resumable arguments that change what the run is (its length, its final evaluation): a resumed
-# run's files are updated to say their new values. The others (paths, --resume-training) stay as written.
-RESTATED_ON_RESUME = ("n_steps", "more_unsupervised", "num_eval_batches", "checkpoint_every")
-
-
 def restated_prefix(path, offset, args, metrics=False):
-    """The part of a log (or metrics file) that a checkpoint continues (up to ``offset``), with the
-    RESTATED_ON_RESUME arguments given their values in ``args``; None when nothing changes.
-
-    A finished run extended by ``--n-steps`` then says its new length, as an
-    uninterrupted run of that length would.
-    """
+    """The first ``offset`` bytes of a log (or metrics file) with the RESTATED_ON_RESUME arguments given
+    their values in ``args`` (an extended run says its new length); None when nothing changes."""
     if path is None or not os.path.isfile(path):
         return None
     with open(path, "rb") as handle:
@@ -190,19 +180,13 @@ def restated_prefix(path, offset, args, metrics=False):
             if key in values:
                 value = values[key]
                 changed[k] = f"\t{key}: {value if value is not None else 'None'}\n"
-    if changed == lines:
-        return None
-    return "".join(changed).encode("utf-8")
+    return None if changed == lines else "".join(changed).encode("utf-8")
 
 
 def continue_files(prog, args, state, checkpoint_path, locks):
-    """Open the log and metrics files of a resumed run: cut back to the checkpoint, their arguments restated.
-
-    ``state["file_checks"]`` holds the checks the files matched (``load_resume_state``). The order
-    keeps every moment resumable: first the checkpoint is rewritten to accept the restated files
-    as well as the present ones, then each file is replaced atomically (a kill between the two
-    leaves files the checkpoint accepts). Returns the RunLog.
-    """
+    """The RunLog of a resumed run: its files cut back to the checkpoint, their arguments restated. Every
+    moment stays resumable: the checkpoint first accepts the restated files as well as the present ones
+    (``state["file_checks"]``: those they matched), then each file is replaced atomically."""
     paths = (args.log_file, args.metrics_file)
     checks = list(state["file_checks"])
     new = [restated_prefix(path, check["offset"], args, metrics=k == 1) if check else None
@@ -222,14 +206,8 @@ def continue_files(prog, args, state, checkpoint_path, locks):
 
 
 class RunLog:
-    """stdout (and --log-file), stderr, and the --metrics-file JSON lines of one run.
-
-    Each file keeps a running SHA-256 of everything in it, so that a checkpoint records the whole
-    file it continues at no cost of reading it back.
-
-    Args:
-        truncate_at: (log offset, metrics offset) to continue the files from (resume).
-    """
+    """stdout (and --log-file), stderr, and the --metrics-file JSON lines of one run. Each file keeps a running
+    SHA-256 of its content for the checkpoints. ``truncate_at``: (log offset, metrics offset) of a resume."""
 
     def __init__(self, prog, log_file=None, metrics_file=None, truncate_at=None):
         self.prog = prog
@@ -245,11 +223,10 @@ class RunLog:
         """(binary handle, running hash of its content), or (None, None)."""
         if path is None:
             return None, None
-        digest = hashlib.sha256()
         if offset is None:
-            return open(path, "wb"), digest
+            return open(path, "wb"), hashlib.sha256()
         if not os.path.isfile(path):  # a stream (e.g. /dev/null): nothing to cut back
-            return open(path, "ab"), digest
+            return open(path, "ab"), hashlib.sha256()
         handle = open(path, "r+b")
         digest = _hash_prefix(handle, offset)
         if digest is None:  # verified on resume; shorter now only if something else cut it
@@ -260,15 +237,10 @@ class RunLog:
         return handle, digest
 
     def line(self, text):
-        if not self.stdout_gone:
-            try:
-                print(text, flush=True)
-            except BrokenPipeError:  # e.g. `python main_mlp.py ... | head`: keep training, keep the files
-                self.stdout_gone = True
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush does not fail either
-                os.close(devnull)
-                self.info(f"{self.prog}: stdout was closed; the run goes on and writes only its files")
+        # A closed stdout (`main_mlp.py ... | head`) does not stop the run: it goes on writing its files.
+        if not self.stdout_gone and not write_stdout(text + "\n"):
+            self.stdout_gone = True
+            self.info(f"{self.prog}: stdout was closed; the run goes on and writes only its files")
         if self.log is not None and self.to_file:
             self._write(self.log, self.log_hash, self.paths[0], text + "\n")
 
@@ -288,7 +260,7 @@ class RunLog:
             handle.flush()
         except OSError as exc:
             self.failed = True
-            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise _cannot_write(path, exc) from None
         digest.update(data)
 
     def offsets(self):
@@ -301,9 +273,8 @@ class RunLog:
                 file_check(self.paths[1], metrics_offset, self.metrics_hash.hexdigest()) if self.metrics else None)
 
     def close(self):
-        """Close both files. Closing flushes again what a failed write left in the buffer: that failure
-        was reported already and is not raised twice; one no write reported (a deferred write error)
-        raises WriteError."""
+        """Close both files. A failure a write reported already (closing flushes its leftover again) is not
+        raised twice; one no write reported (a deferred write error) raises WriteError."""
         error = None
         for handle, path in zip((self.log, self.metrics), self.paths):
             if handle is None:
@@ -311,7 +282,7 @@ class RunLog:
             try:
                 handle.close()  # closes the descriptor even when its flush fails
             except OSError as exc:
-                error = error or WriteError(f"cannot write {path}: {exc.strerror or exc}")
+                error = error or _cannot_write(path, exc)
         if error is not None and not self.failed:
             self.failed = True
             raise error
@@ -322,129 +293,80 @@ def available_memory(device):
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         return None
 
 
-# --------------------------------------------------------------------------
-# The save directory and its checkpoint
+def refuse_if_too_big(need, device):
+    """InputError when a run's estimated peak memory exceeds what ``device`` has available."""
+    have = available_memory(device)
+    if have is not None and need > have:
+        raise InputError(f"arguments --n/--batch-size: this run needs about {need / 2**30:.1f} GiB at its "
+                         f"peak, the {device.type} has {have / 2**30:.1f} GiB available; lower --batch-size "
+                         f"or --n")
 
 
-class SaveDirLock:
-    """An exclusive flock on ``DIR/.lock`` for the run's lifetime; the file holds the holder's pid."""
+def _open_for_lock(flag, path, what, flags):
+    """``os.open`` of a file to lock: no room to create it is a write failure (exit 74), anything else
+    refuses ``flag``."""
+    try:
+        return os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _cannot_write(path, exc) from None
+        raise InputError(f"argument {flag}: cannot open {what} ({exc.strerror or type(exc).__name__})") from None
+
+
+class _Lock:
+    """An exclusive flock held for the run's lifetime on the descriptor ``fd``; closing it lets go."""
+
+    fd = None
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class SaveDirLock(_Lock):
+    """The lock of ``DIR/.lock``, which holds the holder's pid: one run at a time in a --save-dir."""
 
     def __init__(self, save_dir):
         self.path = os.path.join(save_dir, LOCK_NAME)
-        try:
-            self.handle = open(self.path, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"argument --save-dir: cannot open its lock file {self.path} "
-                             f"({exc.strerror or type(exc).__name__})") from None
-        if not try_lock(self.handle):
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "unknown"
-            self.handle.close()
+        self.fd = _open_for_lock("--save-dir", self.path, f"its lock file {self.path}", os.O_RDWR | os.O_CREAT)
+        if not try_lock(self.fd):
+            holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+            self.release()
             raise InputError(f"argument --save-dir: {save_dir} is in use by another run (pid {holder}); "
-                             f"wait for it or use another directory") from None
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"{os.getpid()}\n")
-        self.handle.flush()
-
-    def release(self):
-        if self.handle is not None:
-            self.handle.close()  # closing drops the flock
-            self.handle = None
-
-
-# The temporary file of ``write_atomically`` for NAME is NAME + TEMPORARY_MARK + the writer's pid: a
-# name no one else gives a file, so that the clean-up beside a log (a user's directory) removes only ours.
-TEMPORARY_MARK = ".tmp-main_mlp-"
-
-
-def temporary_name(path, pid):
-    """The temporary file ``write_atomically`` writes for ``path`` in the process ``pid``."""
-    return f"{path}{TEMPORARY_MARK}{pid}"
-
-
-def _stale_temporaries(directory, name, legacy=False):
-    """The temporary files ``write_atomically`` leaves for ``directory/name`` when killed. ``legacy``:
-    also NAME.tmp<pid>, as earlier versions named them (only in a --save-dir, where the names are ours)."""
-    marks = (TEMPORARY_MARK, ".tmp") if legacy else (TEMPORARY_MARK,)
-    pattern = re.compile(re.escape(name) + "(?:" + "|".join(map(re.escape, marks)) + r")\d+")
-    return [os.path.join(directory, other) for other in os.listdir(directory) if pattern.fullmatch(other)]
-
-
-def remove_stale_temporaries(save_dir):
-    """A run killed while writing a checkpoint or a model leaves its temporary file behind (call under the
-    directory's lock)."""
-    for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
-        for path in _stale_temporaries(save_dir, name, legacy=True):
-            os.remove(path)
-
-
-def remove_previous_run(save_dir):
-    """The checkpoint and models of the run a fresh --overwrite run replaces, removed before it writes
-    its own g: the directory never holds one run's encoder beside another's mixing."""
-    for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(save_dir, name))
-
-
-def refuse_files_of_others(args, beginnings):
-    """A fresh run never writes over a file it did not create, unless --overwrite says so.
-
-    An existing --log-file or --metrics-file that holds anything is refused, except when it begins
-    with what this very command writes first (``beginnings``: the (log, metrics) bytes a fresh run of
-    these arguments starts its files with), or is a beginning of that: the command's own files, left
-    by a kill before its first checkpoint, which it writes again. Call with the files' locks held.
-    """
-    if args.resume_training or args.overwrite:
-        return
-    for flag, path, own in (("--log-file", args.log_file, beginnings[0]),
-                            ("--metrics-file", args.metrics_file, beginnings[1])):
-        if path is None or not os.path.isfile(path):  # none yet, or a stream (/dev/null)
-            continue
+                             f"wait for it or use another directory")
         try:
-            with open(path, "rb") as handle:
-                head = handle.read(len(own))
-        except OSError:  # write-only to us: whose it is cannot be told, so not ours
-            head = None
-        if head is None or not own.startswith(head):
-            raise InputError(f"argument {flag}: {path} already holds {os.path.getsize(path)} bytes that this "
-                             f"run did not write; give another file, or pass --overwrite to replace it")
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            self.release()
+            raise _cannot_write(self.path, exc) from None
 
 
-class OutputLock:
-    """An exclusive flock on an output file (--log-file, --metrics-file) for the run's lifetime, as the
-    save-dir's: a second run writing the same file is refused before it touches it.
-
-    Streams (/dev/null, a pipe) are not locked: any number of runs may write to them.
-    """
+class OutputLock(_Lock):
+    """The lock of an output file (--log-file, --metrics-file): a second run writing the same file is
+    refused before it touches it. Streams (/dev/null, a pipe) are not locked."""
 
     def __init__(self, flag, path, create):
-        self.flag, self.path, self.fd = flag, path, None
         if path is None or (os.path.exists(path) and not os.path.isfile(path)) or \
                 (not create and not os.path.exists(path)):
             return
         for _ in range(3):  # the file may be replaced (restated by its holder) while we lock it
-            try:
-                fd = os.open(path, os.O_RDONLY | (os.O_CREAT if create else 0), 0o666)
-            except OSError as exc:
-                raise InputError(f"argument {flag}: cannot open {path} ({exc.strerror})") from None
+            fd = _open_for_lock(flag, path, path, os.O_RDONLY | (os.O_CREAT if create else 0))
             if not try_lock(fd):
                 os.close(fd)
                 raise InputError(f"argument {flag}: {path} is being written by another run; wait for it "
-                                 f"or give another file") from None
+                                 f"or give another file")
             if os.path.exists(path) and os.fstat(fd).st_ino == os.stat(path).st_ino:
                 self.fd = fd
                 break
@@ -462,17 +384,76 @@ class OutputLock:
         os.close(self.fd)
         self.fd = fd
 
-    def release(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+
+class RunLocks(contextlib.ExitStack):
+    """The locks of a run's --save-dir and output files, held from start-up to exit (a context manager)."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.outputs = []
+        try:
+            if args.save_dir:
+                self.callback(SaveDirLock(args.save_dir).release)
+            for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+                self.outputs.append(OutputLock(flag, path, create=not args.resume_training))
+                self.callback(self.outputs[-1].release)
+        except BaseException:
+            self.close()
+            raise
+
+
+def temporary_name(path, pid):
+    """The temporary file ``write_atomically`` writes for ``path`` in the process ``pid``."""
+    return f"{path}{TEMPORARY_MARK}{pid}"
+
+
+def _stale_temporaries(directory, name, legacy=False):
+    """The temporary files ``write_atomically`` leaves for ``directory/name`` when killed. ``legacy``:
+    also NAME.tmp<pid>, as earlier versions named them (only in a --save-dir, where the names are ours)."""
+    marks = (TEMPORARY_MARK, ".tmp") if legacy else (TEMPORARY_MARK,)
+    pattern = re.compile(re.escape(name) + "(?:" + "|".join(map(re.escape, marks)) + r")\d+")
+    return [os.path.join(directory, other) for other in os.listdir(directory) if pattern.fullmatch(other)]
+
+
+def remove_stale_temporaries(save_dir):
+    """Remove the temporary files of a checkpoint or model a killed run left (call under the directory's lock)."""
+    for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
+        for path in _stale_temporaries(save_dir, name, legacy=True):
+            os.remove(path)
+
+
+def remove_previous_run(save_dir):
+    """Remove the checkpoint and models of the run a fresh --overwrite run replaces, before it writes its
+    own g: the directory never holds one run's encoder beside another's mixing."""
+    for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(save_dir, name))
+
+
+def refuse_files_of_others(args, beginnings):
+    """Without --overwrite, refuse a --log-file or --metrics-file that holds anything but a beginning of what
+    this very command writes first (``beginnings``: (log, metrics) bytes; its own files, left by a kill
+    before its first checkpoint). Call with the files' locks held."""
+    if args.resume_training or args.overwrite:
+        return
+    for flag, path, own in (("--log-file", args.log_file, beginnings[0]),
+                            ("--metrics-file", args.metrics_file, beginnings[1])):
+        if path is None or not os.path.isfile(path):  # none yet, or a stream (/dev/null)
+            continue
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(len(own))
+        except OSError:  # write-only to us: whose it is cannot be told, so not ours
+            head = None
+        if head is None or not own.startswith(head):
+            raise InputError(f"argument {flag}: {path} already holds {os.path.getsize(path)} bytes that this "
+                             f"run did not write; give another file, or pass --overwrite to replace it")
 
 
 def write_atomically(path, write, lock=None):
-    """``write(tmp)`` to a temporary file renamed into place: ``path`` is the old file or the new, never
-    a cut one. A symbolic link is kept: its target is replaced. ``lock`` (an OutputLock) moves to the
-    new file before it takes the name. Raises WriteError (the temporary file removed) when it cannot
-    be written."""
+    """``write(tmp)`` to a temporary file renamed into place: ``path`` is the old file or the new, never a
+    cut one. A symbolic link is kept (its target is replaced); ``lock`` (an OutputLock) moves to the new
+    file. Raises WriteError (the temporary file removed) when it cannot be written."""
     path = os.path.realpath(path)
     tmp = temporary_name(path, os.getpid())
     try:
@@ -492,20 +473,21 @@ def _write_bytes(data, path):
         handle.write(data)
 
 
-def save_atomically(obj, path):
-    """torch.save ``obj`` to ``path`` through ``write_atomically``. Serialised in memory first, so that a
-    failed write says what the system says (``No space left on device``), not torch's serialiser
-    (``[enforce fail at inline_container.cc...] unexpected pos``)."""
+def _torch_bytes(obj):
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    write_atomically(path, functools.partial(_write_bytes, buffer.getvalue()))
+    return buffer.getvalue()
+
+
+def save_atomically(obj, path):
+    """torch.save ``obj`` to ``path`` through ``write_atomically``. Serialised in memory first, so that a
+    failed write says what the system says (``No space left on device``), not torch's serialiser."""
+    write_atomically(path, functools.partial(_write_bytes, _torch_bytes(obj)))
 
 
 def save_checkpoint_file(state, path):
     """A checkpoint: the pickled state with its SHA-256, so flipped bytes are found on load."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
+    payload = _torch_bytes(state)
     save_atomically({"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, path)
 
 
@@ -517,19 +499,21 @@ def config_fingerprint(args, device):
 
 
 def read_checkpoint(path, flag="--resume-training"):
-    """The checkpoint at ``path``; InputError when it cannot be read, is damaged or is not one of ours.
+    """The checkpoint at ``path``; InputError when it cannot be read, is damaged or is not one of ours
+    (``weights_only``: a file that would run code when unpickled is refused, not run)."""
+    def refused(why):
+        return InputError(f"argument {flag}: {path} {why}")
 
-    Loaded with ``weights_only=True``: a file that would run code when unpickled is refused, not run.
-    """
+    older = ("was written by an older version of main_mlp.py ({}) that this one cannot resume; start over "
+             "with --overwrite")
     try:
         outer = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(outer, dict) and {"config", "phase", "step"} <= set(outer):
-            raise InputError(f"argument {flag}: {path} was written by an older version of main_mlp.py "
-                             f"(without a checksum) that this one cannot resume; start over with --overwrite")
+            raise refused(older.format("without a checksum"))
         if not (isinstance(outer, dict) and isinstance(outer.get("payload"), bytes) and "sha256" in outer):
-            raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
+            raise refused("is not a checkpoint of main_mlp.py")
         if hashlib.sha256(outer["payload"]).hexdigest() != outer["sha256"]:
-            raise InputError(f"argument {flag}: {path} is damaged (its checksum does not match)")
+            raise refused("is damaged (its checksum does not match)")
         # On the CPU: the generators' states must be CPU tensors; load_state_dict moves the rest.
         state = torch.load(io.BytesIO(outer["payload"]), map_location="cpu", weights_only=True)
     except InputError:
@@ -537,18 +521,17 @@ def read_checkpoint(path, flag="--resume-training"):
     except Exception as exc:  # a damaged or foreign file: say which, not a traceback
         raise InputError(f"argument {flag}: cannot read {path} ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not {"config", "seed", "phase", "step"} <= set(state):
-        raise InputError(f"argument {flag}: {path} is not a checkpoint of main_mlp.py")
+        raise refused("is not a checkpoint of main_mlp.py")
     version = state.get("format", 1)
     if type(version) is not int or version < 1:  # type: True is an int too
-        raise InputError(f"argument {flag}: {path} is of no known checkpoint format ({version!r}); this "
-                         f"version of main_mlp.py reads formats 1 to {CHECKPOINT_FORMAT}")
+        raise refused(f"is of no known checkpoint format ({version!r}); this version of main_mlp.py reads "
+                      f"formats 1 to {CHECKPOINT_FORMAT}")
     if version > CHECKPOINT_FORMAT:
-        raise InputError(f"argument {flag}: {path} is of checkpoint format {version!r}, written by a newer "
-                         f"version of main_mlp.py; this one reads formats 1 to {CHECKPOINT_FORMAT}")
+        raise refused(f"is of checkpoint format {version!r}, written by a newer version of main_mlp.py; this one "
+                      f"reads formats 1 to {CHECKPOINT_FORMAT}")
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if missing:
-        raise InputError(f"argument {flag}: {path} was written by an older version of main_mlp.py (it has no "
-                         f"{', '.join(missing[:3])}) that this one cannot resume; start over with --overwrite")
+        raise refused(older.format(f"it has no {', '.join(missing[:3])}"))
     return state
 
 
@@ -566,18 +549,9 @@ def refuse_existing_checkpoint(args):
                      f"--resume-training, or start over with --overwrite")
 
 
-# The flags that decide a phase's length (main_mlp.phase_steps), named when a resume would change it.
-LENGTH_FLAGS = {"supervised": "--n-steps", "unsupervised": "--n-steps/--more-unsupervised"}
-
-
 def load_resume_state(args, device, paths_total):
-    """The checkpoint to resume, checked against this run's arguments and log files.
-
-    Args:
-        paths_total: function (phase) -> the number of steps this run's phase has.
-    Raises:
-        InputError naming the flag when it cannot be resumed.
-    """
+    """The checkpoint to resume, checked against this run's arguments and log files (InputError naming
+    the flag when it cannot be resumed). ``paths_total``: function (phase) -> the steps of this run's phase."""
     path = os.path.join(args.save_dir, CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise InputError(f"argument --resume-training: no checkpoint {path}")
@@ -610,30 +584,16 @@ def load_resume_state(args, device, paths_total):
     return state
 
 
-# --------------------------------------------------------------------------
-# Survival: checkpoints, their resumption, divergence, signals, how a run ends
-
-
 class Survival:
-    """What keeps a run's work through kills, signals and divergence; the training loop calls
-    ``resume(phase)`` once, ``after_step(phase, step, is_log)`` after every step and ``check_finite``
-    before it logs.
+    """What keeps a run's work through kills, signals and divergence: the training loop calls
+    ``resume(phase)`` once, ``after_step`` after every step and ``check_finite`` before it logs.
 
-    A phase (main_mlp.Phase) has ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring
-    of its last losses). A checkpoint is written at every log step (or every --checkpoint-minutes
-    instead), every --checkpoint-every steps, at the end of a phase and on a signal; never of a
-    diverged run.
-
-    Args:
-        run: main_mlp.Run: its ``args``, ``device``, ``seed``, ``exp`` (the mixing ``g`` and the
-            ``loss_fn``), the data's ``generator``, the opened ``log``, and ``resume``, the
-            checkpoint's state to continue (``load_resume_state``) or None.
-        flag: ``remember_signals()``'s, whose ``signum`` says a signal has come.
-    """
+    A phase (main_mlp.Phase) has ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring of its
+    last losses); ``run``: main_mlp.Run; ``flag``: ``remember_signals()``'s."""
 
     def __init__(self, run, flag):
-        self.args, self.device, self.seed, self.log, self.generator = run.args, run.device, run.seed, run.log, \
-            run.generator
+        self.args, self.device, self.seed, self.log = run.args, run.device, run.seed, run.log
+        self.generator = run.generator
         self.g, self.loss_fn, self.flag = run.exp.g, run.exp.loss_fn, flag
         self.pending = run.resume
         self.finished = dict(run.resume.get("finished", {})) if run.resume else {}  # {phase: its steps}, once it ended
@@ -641,10 +601,7 @@ class Survival:
         self.last_checkpoint = time.monotonic()
 
     def resume(self, phase):
-        """Restore the checkpoint into this phase (encoder, optimiser, Λ̂, loss ring, generators).
-
-        Returns the first step to run: 1 unless the checkpoint is of this phase.
-        """
+        """Restore the checkpoint into this phase; returns the first step to run (1 unless it is of this phase)."""
         state = self.pending
         if state is None or state["phase"] != phase.name:
             return 1
@@ -665,15 +622,13 @@ class Survival:
     def after_step(self, phase, step, is_log):
         """Checkpoint when due; on a signal, checkpoint and raise Stop. ``is_log``: the step was just
         logged (and so checked finite)."""
-        if self.flag.signum is not None:
+        signalled = self.flag.signum is not None
+        if signalled or self._due(phase, step, is_log):
             if not is_log:  # a diverged run keeps its last finite checkpoint
                 self.check_finite(phase, step)
             self.save(phase, step)
+        if signalled:
             raise Stop(self.flag.signum, f"step {step} of the {phase.name} run")
-        if self._due(phase, step, is_log):
-            if not is_log:
-                self.check_finite(phase, step)
-            self.save(phase, step)
 
     def stop_if_signalled(self, where):
         """Raise Stop when a signal has come (outside the loop: its last checkpoint is on disk)."""
@@ -723,24 +678,13 @@ class Survival:
         """The checkpoint of ``phase`` after ``step`` (nothing without --save-dir)."""
         if not self.args.save_dir:
             return
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": config_fingerprint(self.args, self.device),
-            "seed": self.seed,
-            "phase": phase.name,
-            "step": step,
-            "g": self.g.state_dict(),
-            "encoder": phase.f.state_dict(),
-            "loss_fn": self.loss_fn.state_dict() if self.loss_fn is not None else None,
-            "optimizer": phase.optimizer.state_dict(),
-            "loss_buffer": phase.losses.cpu(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_data": self.generator.get_state(),
-            "offsets": self.log.offsets(),
-            "file_checks": self.log.checks(),
-            "last_logged": self.last_logged,
-            "finished": dict(self.finished),
-        }
+        state = {"format": CHECKPOINT_FORMAT, "config": config_fingerprint(self.args, self.device), "seed": self.seed,
+                 "phase": phase.name, "step": step, "g": self.g.state_dict(), "encoder": phase.f.state_dict(),
+                 "loss_fn": self.loss_fn.state_dict() if self.loss_fn is not None else None,
+                 "optimizer": phase.optimizer.state_dict(), "loss_buffer": phase.losses.cpu(),
+                 "rng_cpu": torch.get_rng_state(), "rng_data": self.generator.get_state(),
+                 "offsets": self.log.offsets(), "file_checks": self.log.checks(), "last_logged": self.last_logged,
+                 "finished": dict(self.finished)}
         save_checkpoint_file(state, os.path.join(self.args.save_dir, CHECKPOINT_NAME))
         self.last_checkpoint = time.monotonic()
 
@@ -763,62 +707,19 @@ def exit_status(body, prog, save_dir, extra_errors=()):
         RunLog.info(f"{prog}: stopped by {name} after {stop.where}; {where}. "
                     + ("Resume with the same command plus --resume-training." if save_dir else ""))
         return EXIT_SIGNAL[stop.signum]
-    except Diverged as exc:
-        RunLog.info(f"{prog}: error: {exc}")
-        return EXIT_DIVERGED
     except WriteError as exc:
         RunLog.info(f"{prog}: error: {exc}" + ("; the last checkpoint written is intact" if save_dir else ""))
         return EXIT_WRITE_FAILED
-    except extra_errors as exc:
+    except (Diverged, *extra_errors) as exc:
         RunLog.info(f"{prog}: error: {exc}")
-        return EXIT_BAD_INPUT
+        return EXIT_DIVERGED if isinstance(exc, Diverged) else EXIT_BAD_INPUT
     return 0
 
 
-def refuse_if_too_big(need, device):
-    """InputError when a run's estimated peak memory exceeds what ``device`` has available."""
-    have = available_memory(device)
-    if have is not None and need > have:
-        raise InputError(f"arguments --n/--batch-size: this run needs about {need / 2**30:.1f} GiB at its "
-                         f"peak, the {device.type} has {have / 2**30:.1f} GiB available; lower --batch-size "
-                         f"or --n")
-
-
-class RunLocks:
-    """The locks of a run's --save-dir and output files, held from start-up to exit (a context manager)."""
-
-    def __init__(self, args):
-        self.save_dir = SaveDirLock(args.save_dir) if args.save_dir else None
-        self.outputs = []
-        try:
-            for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
-                self.outputs.append(OutputLock(flag, path, create=not args.resume_training))
-        except InputError:
-            self.release()
-            raise
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def release(self):
-        for lock in self.outputs:
-            lock.release()
-        if self.save_dir is not None:
-            self.save_dir.release()
-            self.save_dir = None
-
-
 def keep_freed_memory():
-    """Let glibc keep freed buffers instead of returning them to the OS.
-
-    A CPU step allocates and frees the same activations every time; with
-    glibc's defaults those come back from the OS as fresh pages, one page
-    fault per 4 KB (what that cost: training_logs/speed.md). No effect
-    elsewhere (another libc, macOS, Windows).
-    """
+    """Let glibc keep freed buffers instead of returning them to the OS: a CPU step frees and allocates the
+    same activations every time, otherwise one page fault per 4 KB (training_logs/speed.md). No effect
+    elsewhere (another libc, macOS, Windows)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

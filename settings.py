@@ -1,11 +1,6 @@
-"""What the flags imply, decided once, right after parsing; the table of conditionals by their flags.
-
-Several flags combine into one decision ("is this AnInfoNCE?", "is the
-conditional the rejected anisotropic normal?"). Each is made here and read
-everywhere else, so the copies cannot drift. Plain Python (no torch at
-import): the tools read a log's ``Arguments:`` block (strings) through the
-same function.
-"""
+"""What the flags imply, decided once here and read everywhere else; the table of conditionals by their
+flags; the names of the tables that need torch. Plain Python: the tools read a log's ``Arguments:``
+block (strings) through the same functions."""
 
 import dataclasses
 
@@ -19,19 +14,13 @@ LP_LOSS, DOT_LOSS = "lp", "dot"
 
 @dataclasses.dataclass(frozen=True)
 class ConditionalChoice:
-    """Which flags pick a conditional p(z~ | z); its sampler is latent_spaces.CONDITIONALS[same name].
+    """Which flags pick a conditional p(z~ | z); its sampler is latent_spaces.CONDITIONALS[same name]."""
 
-    words: how ``--c-p``'s help names it.
-    c_p: the ``--c-p`` that picks it; None: any ``--c-p`` that no entry names.
-    spaces: the ``--space-type``s it is defined on (None: all); its ``--c-p`` on another space is refused.
-    ground_truth_lambda: its positives are drawn with the ground-truth Λ (``--gt-lambda-1``,
-        ``--gt-lambda-2``, ``--linearly-spaced-lambda``): the log prints ``ground truth Lambda``, and
-        the latents fall into groups of equal λ (the block score's blocks, the tools' λ groups).
-    """
-
-    words: str
-    c_p: float = None
-    spaces: tuple = None
+    words: str  # how --c-p's help names it
+    c_p: float = None  # the --c-p that picks it; None: any --c-p that no entry names
+    spaces: tuple = None  # the --space-types it is defined on (None: all); elsewhere its --c-p is refused
+    # Its positives are drawn with the ground-truth Λ (--gt-lambda-1/-2, --linearly-spaced-lambda): the log
+    # prints it, and the latents fall into groups of equal λ (the block score's blocks, the tools' λ groups).
     ground_truth_lambda: bool = False
 
 
@@ -61,8 +50,7 @@ def conditional_candidates(c_p):
 
 
 def conditional_name(space_type, c_p):
-    """The conditional ``--space-type`` and ``--c-p`` pick; None when none of the ``--c-p``'s is defined
-    on the space (command_line refuses the run)."""
+    """The conditional ``--space-type`` and ``--c-p`` pick; None when the ``--c-p``'s are not defined on it."""
     for name in conditional_candidates(c_p):
         if CONDITIONALS[name].spaces is None or space_type in CONDITIONALS[name].spaces:
             return name
@@ -81,7 +69,6 @@ LAMBDA_PARAM_CHOICES = ("softplus", "exp")
 # Flags added after runs were checkpointed without them: a checkpoint that lacks one ran with this value.
 ADDED_FLAG_DEFAULTS = {"lambda_param": "softplus"}
 
-
 # The files a run keeps in its --save-dir (named here, torch-free, for the tools as well).
 CHECKPOINT_NAME = "checkpoint.pth"
 LOCK_NAME = ".lock"
@@ -98,36 +85,23 @@ def is_save_dir_file(name):
 SPACE_NAMES = ("box", "sphere", "unbounded", "extended_sphere")
 ACTIVATION_NAMES = ("relu", "leaky_relu", "elu", "smooth_leaky_relu", "softplus")
 
-
 # The encoder's output normalisations by name (see encoders.NORMALIZATION_LAYERS).
 NORMALIZATIONS = ("fixed_sphere", "learnable_sphere", "learnable_box", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class Derived:
-    """The decisions the flags imply.
+    """The decisions the flags imply."""
 
-    loss: a key of losses.LOSSES (what the loss learns and needs: that entry).
-    loss_from_flag: ``--loss`` picked it (extended_sphere with --p 0); elsewhere --p and the space do.
-    conditional: a key of CONDITIONALS (None: its --c-p is not defined on the space).
-    anisotropic: the conditional draws its positives with the ground-truth Λ
-        (CONDITIONALS[conditional].ground_truth_lambda; extended_sphere with --c-p 0):
-        Λ exists and is printed as ``ground truth Lambda``.
-    normalization: the encoder's output normalisation, one of NORMALIZATIONS.
-    """
-
-    loss: str
-    loss_from_flag: bool
-    conditional: str
-    anisotropic: bool
-    normalization: str
+    loss: str  # a key of losses.LOSSES
+    loss_from_flag: bool  # --loss picked it (extended_sphere with --p 0); elsewhere --p and the space do
+    conditional: str  # a key of CONDITIONALS (None: its --c-p is not defined on the space)
+    anisotropic: bool  # CONDITIONALS[conditional].ground_truth_lambda: Λ exists, printed as ground truth Lambda
+    normalization: str  # the encoder's output normalisation, one of NORMALIZATIONS
 
 
 def derive(space_type, p, c_p, loss=DEFAULT_LOSS, box_norm=False, sphere_norm=False):
-    """The decisions of a run from its flags (numbers or their printed strings).
-
-    ``--loss`` picks the loss on extended_sphere with --p 0 only; elsewhere ``--p`` decides.
-    """
+    """The decisions of a run from its flags (numbers or their printed strings)."""
     p, c_p = float(p), float(c_p)
     from_flag = space_type == "extended_sphere" and p == 0
     if p > 0:

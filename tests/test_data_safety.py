@@ -179,27 +179,51 @@ def test_a_full_disk_under_the_metrics_file_ends_in_one_line(tmp_path):
     assert "checkpoint" not in errors[0]  # there is none: no --save-dir
 
 
-@pytest.mark.slow
-def test_a_full_disk_at_the_checkpoint_says_so(tmp_path):
-    """The save-dir on a 200 kB file system (a tmpfs mounted in a user namespace): g.pth fits, the
-    checkpoint does not. One line naming the checkpoint and ENOSPC in the system's words, exit 74."""
+def run_on_small_tmpfs(tmp_path, argv, options="size=200k", fill=""):
+    """main_mlp.py ``argv`` (BASE first) with tmp_path/small a tmpfs of ``options`` mounted in a user
+    namespace, after the shell command ``fill`` (run in tmp_path) has filled it."""
     import shlex
     import shutil
     if shutil.which("unshare") is None or subprocess.run(
             ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("no unprivileged mount namespace here")
-    save_dir = tmp_path / "small"
-    save_dir.mkdir()
-    run = shlex.join([sys.executable, os.path.join(ROOT, "main_mlp.py"), *BASE, "--save-dir", str(save_dir),
-                      "--log-file", str(tmp_path / "run.log")])
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c",
-                           f"mount -t tmpfs -o size=200k tmpfs {shlex.quote(str(save_dir))} && {run}"],
+    (tmp_path / "small").mkdir()
+    run = shlex.join([sys.executable, os.path.join(ROOT, "main_mlp.py"), *BASE, *argv])
+    return subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o {options} tmpfs small && {fill}{run}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_checkpoint_says_so(tmp_path):
+    """The save-dir on a 200 kB file system: g.pth fits, the checkpoint does not. One line naming the
+    checkpoint and ENOSPC in the system's words, exit 74."""
+    proc = run_on_small_tmpfs(tmp_path, ["--save-dir", "small", "--log-file", "run.log"])
     assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and main_mlp.CHECKPOINT_NAME in errors[0], proc.stderr
     assert "No space left on device" in errors[0] and "enforce fail" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options, fill, argv, name", [
+    # no block left for the pid the lock file holds
+    ("size=200k", "mkdir small/ckpt && (dd if=/dev/zero of=small/fill bs=4k 2>/dev/null; true) && ",
+     ["--save-dir", "small/ckpt"], ".lock"),
+    # no inode left for the lock file itself (the root and ckpt take the four)
+    ("size=200k,nr_inodes=4", "mkdir small/ckpt && (touch small/a small/b 2>/dev/null; true) && ",
+     ["--save-dir", "small/ckpt"], ".lock"),
+    ("size=200k,nr_inodes=4", "(touch small/a small/b small/c 2>/dev/null; true) && ",
+     ["--log-file", "small/run.log"], "run.log"),
+], ids=["no-block-for-the-pid", "no-inode-for-the-save-dir-lock", "no-inode-for-the-log-file"])
+def test_a_full_disk_at_the_lock_files_ends_in_one_line(tmp_path, options, fill, argv, name):
+    """The disk is full when the run creates its lock files at start-up: a write failure (exit 74, one
+    line naming the file and ENOSPC), not a refused flag or a traceback."""
+    proc = run_on_small_tmpfs(tmp_path, argv, options, fill)
+    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and name in errors[0] and "No space left on device" in errors[0], proc.stderr
 
 
 @pytest.mark.slow

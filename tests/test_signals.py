@@ -3,9 +3,9 @@
 One command (a tiny contrastive run with --save-dir, --log-file and
 --metrics-file, all relative paths) runs four times at once in four
 directories: to the end (the reference), and stopped by SIGINT, SIGTERM and
-SIGKILL once its log holds two Step lines. Then, again at once: the SIGINT
-and SIGKILL runs are resumed with the same command plus --resume-training,
-and a copy of the finished run is extended with a larger --n-steps. On the
+SIGKILL once its log holds two Step lines. Then the SIGINT and SIGKILL runs
+are resumed with the same command plus --resume-training, and a copy of the
+finished run is extended with a larger --n-steps. On the
 CPU with a seed, a resumed run must print after its checkpoint step exactly
 what the run that was never stopped printed, and leave the same log and
 metrics files.
@@ -20,7 +20,7 @@ import pytest
 
 import logparse
 import run_support
-from cli_util import TINY, finish_all, parse_log, start_cli, step_lines
+from cli_util import TINY, finish, parse_log, signal_after_steps, start_cli, step_lines
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -40,25 +40,35 @@ def load_checkpoint(cwd):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{name: (returncode, stdout, stderr, directory)} of all the runs of this module."""
+    """{name: (returncode, stdout, stderr, directory)} of all the runs of this module.
+
+    Each run of the second round starts as soon as the run it continues has ended (on two cores the
+    resumptions start up while the uninterrupted run finishes).
+    """
     dirs = {name: tmp_path_factory.mktemp(name) for name in
             ("full", "sigint", "sigterm", "sigkill", "resume_sigint", "resume_sigkill", "extend")}
-    out = {}
+    extend = CMD[:CMD.index("--n-steps") + 1] + [str(EXTENDED)] + CMD[CMD.index("--n-steps") + 2:]
+    # Each first-round run, and what continues it: (its name, its command) or None.
+    after = {"sigint": ("resume_sigint", RESUME), "sigkill": ("resume_sigkill", RESUME), "sigterm": None,
+             "full": ("extend", extend + ["--resume-training"])}
     procs = {name: start_cli(CMD, dirs[name]) for name in ("full", "sigint", "sigterm", "sigkill")}
-    out.update(finish_all(procs, dirs, [("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM),
-                                        ("sigkill", signal.SIGKILL)]))
-
-    # Second round: resume the SIGINT and SIGKILL runs, extend a copy of the finished one.
-    for stopped, resumed in (("sigint", "resume_sigint"), ("sigkill", "resume_sigkill")):
-        shutil.rmtree(dirs[resumed])
-        shutil.copytree(dirs[stopped], dirs[resumed])  # keep the stopped run's files to inspect
-    shutil.rmtree(dirs["extend"])
-    shutil.copytree(dirs["full"], dirs["extend"])
-    procs = {"resume_sigint": start_cli(RESUME, dirs["resume_sigint"]),
-             "resume_sigkill": start_cli(RESUME, dirs["resume_sigkill"]),
-             "extend": start_cli(CMD[:CMD.index("--n-steps") + 1] + [str(EXTENDED)]
-                                 + CMD[CMD.index("--n-steps") + 2:] + ["--resume-training"], dirs["extend"])}
-    out.update(finish_all(procs, dirs))
+    out = {}
+    try:
+        signal_after_steps([(procs[name], dirs[name] / "run.log", signum) for name, signum in
+                            (("sigint", signal.SIGINT), ("sigterm", signal.SIGTERM), ("sigkill", signal.SIGKILL))], 2)
+        for name, then in after.items():
+            out[name] = (*finish(procs[name]), dirs[name])
+            if then is not None:
+                shutil.rmtree(dirs[then[0]])
+                shutil.copytree(dirs[name], dirs[then[0]])  # keep the first run's files to inspect
+                procs[then[0]] = start_cli(then[1], dirs[then[0]])
+        for name in ("resume_sigint", "resume_sigkill", "extend"):
+            out[name] = (*finish(procs[name]), dirs[name])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return out
 
 
