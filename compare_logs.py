@@ -94,11 +94,6 @@ def differing_args(log_a, log_b):
     return [(k, log_a.args[k], log_b.args[k]) for k in keys if log_a.args[k] != log_b.args[k]]
 
 
-def rjust(text, width):
-    """``str.rjust`` by displayed width: the hat of Λ̂ is a combining character."""
-    return " " * max(0, width - sum(1 for ch in text if not unicodedata.combining(ch))) + text
-
-
 def fmt(value, digits=4, signed=False):
     """A number for the tables: fixed decimals, ``nan``/``inf`` as they are."""
     sign = "+" if signed and math.isfinite(value) else ""
@@ -197,7 +192,9 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
         err_b = metrics_io.match_sorted(values_b, truth)[2]
         columns[:2] = [("λ true", truth_sorted, ".2f"), columns[0], ("rel.err", err_a, ".3f"), columns[1],
                        ("rel.err", err_b, ".3f")]
-    out.write(rjust("rank", 5) + "".join(" " + rjust(header, 8) for header, _, _ in columns) + "\n")
+    # Each header right-aligned by its displayed width: the hat of Λ̂ is a combining character.
+    out.write(" ".join(f"{header:>{width + sum(1 for ch in header if unicodedata.combining(ch))}}"
+                       for header, width in [("rank", 5)] + [(header, 8) for header, _, _ in columns]) + "\n")
     for i in range(len(sorted_a)):
         out.write(f"{i + 1:>5}" + "".join(f" {values[i]:>8{spec}}" for _, values, spec in columns) + "\n")
     if truth is not None:

@@ -1,10 +1,9 @@
 """Read a training log in the reference format (ours or the authors' published ones).
 
-The lines, and the rules that make two readers of a log agree on what it says (a line that starts
-like a line type must parse; unknown lines are skipped; a cut log is read up to its last complete
-line; a repeated step keeps its last record), are docs/log-format.md. Step records are dicts with
-the keys of the run's metrics file: ``step``, ``loss``, ``mean_loss``, ``lin``, ``perm``, ``r`` and
-``lambda`` (a list of floats, or None when no ``learned lambda values`` line followed the step).
+The lines, and the rules that make two readers of a log agree on what it says, are docs/log-format.md.
+Step records are dicts with the keys of the run's metrics file: ``step``, ``loss``, ``mean_loss``,
+``lin``, ``perm``, ``r`` and ``lambda`` (a list of floats, or None when no ``learned lambda values``
+line followed the step).
 """
 
 import dataclasses
@@ -285,40 +284,14 @@ MAX_LOG_BYTES = 1 << 30
 MAX_LINE_BYTES = 1 << 20
 
 
-def _feed(reader, lines):
-    """Feed ``reader`` each complete line of ``lines`` (str); returns whether the last was cut (dropped)."""
-    for line_no, line in enumerate(lines, start=1):
-        if not line.endswith("\n"):  # its writer was stopped mid-line
-            return True
-        reader.feed(line_no, line)
-    return False
-
-
 def parse_text(text, path="<log>"):
     """Parse the text of a log; ``path`` only names it in errors. Returns a :class:`ParsedLog`."""
     parser = _Parser(path)
-    return parser.done(_feed(parser, io.StringIO(text, newline="\n")))  # lines end at "\n" only, as in a file
-
-
-def text_lines(path, handle):
-    """The lines of the binary file ``handle`` as str, each checked to be a line of a log or metrics file."""
-    line_no = total = 0
-    while raw := handle.readline(MAX_LINE_BYTES + 1):
-        line_no += 1
-        total += len(raw)
-        if len(raw) > MAX_LINE_BYTES:
-            raise LogParseError(path, line_no,
-                                f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log or metrics file")
-        if total > MAX_LOG_BYTES:
-            raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log or metrics file")
-        if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: the reader drops it
-            yield raw.decode("utf-8", errors="replace")
-            return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise LogParseError(path, line_no, "not UTF-8 text") from None
-        yield text
+    for line_no, line in enumerate(io.StringIO(text, newline="\n"), start=1):  # lines end at "\n", as in a file
+        if not line.endswith("\n"):  # its writer was stopped mid-line: dropped
+            return parser.done(True)
+        parser.feed(line_no, line)
+    return parser.done(False)
 
 
 def read_lines(path, reader):
@@ -326,11 +299,28 @@ def read_lines(path, reader):
     metrics file); returns whether its last line was cut. LogParseError when the file is missing or
     unreadable, is not UTF-8 text, is larger than MAX_LOG_BYTES, has a line longer than MAX_LINE_BYTES, or
     (a log) has a line that does not parse."""
+    line_no = total = 0
     try:
         with open(path, "rb") as handle:
-            return _feed(reader, text_lines(path, handle))
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                line_no += 1
+                total += len(raw)
+                if len(raw) > MAX_LINE_BYTES:
+                    raise LogParseError(path, line_no, f"a line longer than {MAX_LINE_BYTES >> 20} MiB: "
+                                                       f"not a log or metrics file")
+                if total > MAX_LOG_BYTES:
+                    raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log or "
+                                                       f"metrics file")
+                if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: dropped
+                    return True
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise LogParseError(path, line_no, "not UTF-8 text") from None
+                reader.feed(line_no, text)
     except OSError as exc:
         raise LogParseError(path, None, f"cannot read the file ({exc.strerror or exc})") from None
+    return False
 
 
 def parse_log(path):
