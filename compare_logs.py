@@ -88,52 +88,16 @@ def pick_lambda(phase_a, phase_b, common, how):
     return None, None
 
 
-def rank_agreement(learned, truth):
-    """Spearman ρ between Λ̂ and λ matched by sorting (the log does not record which output is which
-    latent): 1 exactly when Λ̂ separates every pair of distinct λ; nan when Λ̂ is constant."""
-    import scipy.stats  # here: it takes longer to import than the rest of the tool, and few logs need it
-
-    learned, truth, _ = metrics_io.match_sorted(learned, truth)
-    if np.ptp(learned) == 0:
-        return float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(scipy.stats.spearmanr(learned, truth).statistic)
-
-
 def differing_args(log_a, log_b):
     """``[(name, value in A, value in B)]`` for the arguments both logs list with different values."""
     keys = [k for k in log_a.args if k in log_b.args and k not in settings.INCIDENTAL_FLAGS]  # where/how it ran
     return [(k, log_a.args[k], log_b.args[k]) for k in keys if log_a.args[k] != log_b.args[k]]
 
 
-def rjust(text, width):
-    """``str.rjust`` by displayed width: the hat of Λ̂ is a combining character."""
-    return " " * max(0, width - sum(1 for ch in text if not unicodedata.combining(ch))) + text
-
-
 def fmt(value, digits=4, signed=False):
     """A number for the tables: fixed decimals, ``nan``/``inf`` as they are."""
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
-
-
-def compare(log_a, log_b, args, out):
-    """Print the comparison of two parsed logs to ``out``; returns the list of disagreements."""
-    phases = []
-    for label, log in (("A", log_a), ("B", log_b)):
-        phase = logparse.require_steps(log, args.phase)
-        phases.append(phase)
-        out.write(f"{label}: {log.path}\n   {args.phase} phase: {len(phase.steps)} logged steps, last "
-                  f"{phase.steps[-1]['step']}{'; final scores' if phase.has_final() else ''}"
-                  f"{'; cut off (last line incomplete)' if log.truncated else ''}\n")
-    diffs = differing_args(log_a, log_b)
-    if diffs:
-        out.write("arguments that differ (A | B): " + "; ".join(f"{k}: {a!r} | {b!r}" for k, a, b in diffs) + "\n")
-    common = sorted(set(phases[0].by_step()) & set(phases[1].by_step()))
-    return (compare_steps(*phases, common, args, out) + compare_finals(*phases, args, out)
-            + compare_lambda(log_a, log_b, *phases, common, args, out))
+    sign = "+" if signed and math.isfinite(value) else ""
+    return f"{value:{sign}.{digits}f}"
 
 
 def compare_steps(phase_a, phase_b, common, args, out):
@@ -219,16 +183,22 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     if truth is not None and len(truth) != len(values_a):
         out.write(f"\nthe ground truth has {len(truth)} entries, Λ̂ {len(values_a)}: shown without it\n")
         truth = None
-    sorted_a, sorted_b = np.sort(values_a), np.sort(values_b)
-    rel_ab = np.abs(sorted_a - sorted_b) / np.abs(sorted_b)
+    sorted_a, sorted_b, rel_ab = metrics_io.match_sorted(values_a, values_b)
     out.write(f"\nlearned Λ̂ of A at step {step_a}, of B at step {step_b}, sorted: the encoder's outputs are the "
               f"latents up to an unrecorded permutation, so Λ̂ is matched to λ by sorting\n")
+    columns = [("Λ̂ A", sorted_a, ".2f"), ("Λ̂ B", sorted_b, ".2f"), ("A vs B", rel_ab, ".3f")]
     if truth is not None:
-        lambda_table((values_a, sorted_a), (values_b, sorted_b), truth, rel_ab, out)
-    else:
-        out.write(" ".join(rjust(h, w) for h, w in (("rank", 5), ("Λ̂ A", 8), ("Λ̂ B", 8), ("A vs B", 8))) + "\n")
-        for i in range(len(sorted_a)):
-            out.write(f"{i + 1:>5} {sorted_a[i]:>8.2f} {sorted_b[i]:>8.2f} {rel_ab[i]:>8.3f}\n")
+        _, truth_sorted, err_a = metrics_io.match_sorted(values_a, truth)
+        err_b = metrics_io.match_sorted(values_b, truth)[2]
+        columns[:2] = [("λ true", truth_sorted, ".2f"), columns[0], ("rel.err", err_a, ".3f"), columns[1],
+                       ("rel.err", err_b, ".3f")]
+    # Each header right-aligned by its displayed width: the hat of Λ̂ is a combining character.
+    out.write(" ".join(f"{header:>{width + sum(1 for ch in header if unicodedata.combining(ch))}}"
+                       for header, width in [("rank", 5)] + [(header, 8) for header, _, _ in columns]) + "\n")
+    for i in range(len(sorted_a)):
+        out.write(f"{i + 1:>5}" + "".join(f" {values[i]:>8{spec}}" for _, values, spec in columns) + "\n")
+    if truth is not None:
+        rank_lines(sorted_a, sorted_b, truth_sorted, err_a, err_b, out)
     worst = int(np.argmax(np.where(np.isfinite(rel_ab), rel_ab, np.inf)))
     ok = bool(np.all(rel_ab <= args.lambda_rtol))
     out.write(f"largest relative difference of sorted Λ̂ (A vs B): {rel_ab[worst]:.3f} at rank {worst + 1} "
@@ -239,22 +209,22 @@ def compare_lambda(log_a, log_b, phase_a, phase_b, common, args, out):
     return problems
 
 
-def lambda_table(lam_a, lam_b, truth, rel_ab, out):
-    """Λ̂ of A and B (each ``(values, sorted)``) against the sorted ground truth, with the rank agreement."""
-    (values_a, sorted_a), (values_b, sorted_b) = lam_a, lam_b
-    _, truth_sorted, err_a = metrics_io.match_sorted(values_a, truth)
-    _, _, err_b = metrics_io.match_sorted(values_b, truth)
-    out.write(" ".join(rjust(h, w) for h, w in (("rank", 5), ("λ true", 8), ("Λ̂ A", 8), ("rel.err", 8),
-                                                ("Λ̂ B", 8), ("rel.err", 8), ("A vs B", 8))) + "\n")
-    for i in range(len(sorted_a)):
-        out.write(f"{i + 1:>5} {truth_sorted[i]:>8.2f} {sorted_a[i]:>8.2f} {err_a[i]:>8.3f} "
-                  f"{sorted_b[i]:>8.2f} {err_b[i]:>8.3f} {rel_ab[i]:>8.3f}\n")
+def rank_lines(sorted_a, sorted_b, truth_sorted, err_a, err_b, out):
+    """Each log's mean relative error of sorted Λ̂ to sorted λ, and their rank agreement (Spearman ρ; the log
+    does not record which output is which latent): 1 exactly when Λ̂ separates every pair of distinct λ; nan
+    when Λ̂ is constant."""
     out.write(f"mean relative error to λ: A {np.mean(err_a):.3f}, B {np.mean(err_b):.3f}\n")
-    if len(set(truth)) == len(truth):
-        out.write(f"rank agreement with λ (Spearman ρ after sorting; 1 when every distinct λ is separated): "
-                  f"A {fmt(rank_agreement(values_a, truth), 3)}, B {fmt(rank_agreement(values_b, truth), 3)}\n")
-    else:
+    if len(set(truth_sorted)) < len(truth_sorted):
         out.write("rank agreement: not applicable (the ground-truth λ are not distinct)\n")
+        return
+    import scipy.stats  # here: it takes longer to import than the rest of the tool, and few logs need it
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = [float(scipy.stats.spearmanr(learned, truth_sorted).statistic) if np.ptp(learned) else math.nan
+               for learned in (sorted_a, sorted_b)]
+    out.write(f"rank agreement with λ (Spearman ρ after sorting; 1 when every distinct λ is separated): "
+              f"A {fmt(rho[0], 3)}, B {fmt(rho[1], 3)}\n")
 
 
 def compare_per_dimension(run_a, run_b, args, out):
@@ -282,14 +252,22 @@ def main(argv=None):
             compare_per_dimension(runs[0], runs[1], args, out)
             write_stdout(out.getvalue())
             return EXIT_AGREE
-        log_a, log_b = logparse.parse_log(args.log_a), logparse.parse_log(args.log_b)
+        logs = logparse.parse_log(args.log_a), logparse.parse_log(args.log_b)
         # Both phases checked before anything is printed: an unusable input is one line on stderr, no stdout.
-        logparse.require_steps(log_a, args.phase)
-        logparse.require_steps(log_b, args.phase)
+        phases = [logparse.require_steps(log, args.phase) for log in logs]
     except logparse.LogParseError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_UNREADABLE
-    problems = compare(log_a, log_b, args, out)
+    for label, log, phase in zip("AB", logs, phases):
+        out.write(f"{label}: {log.path}\n   {args.phase} phase: {len(phase.steps)} logged steps, last "
+                  f"{phase.steps[-1]['step']}{'; final scores' if phase.has_final() else ''}"
+                  f"{'; cut off (last line incomplete)' if log.truncated else ''}\n")
+    diffs = differing_args(*logs)
+    if diffs:
+        out.write("arguments that differ (A | B): " + "; ".join(f"{k}: {a!r} | {b!r}" for k, a, b in diffs) + "\n")
+    common = sorted(set(phases[0].by_step()) & set(phases[1].by_step()))
+    problems = (compare_steps(*phases, common, args, out) + compare_finals(*phases, args, out)
+                + compare_lambda(*logs, *phases, common, args, out))
     if problems:
         out.write(f"\nverdict: DISAGREE ({'; '.join(problems)})\n")
     else:

@@ -1,10 +1,9 @@
 """Read a training log in the reference format (ours or the authors' published ones).
 
-The lines, and the rules that make two readers of a log agree on what it says (a line that starts
-like a line type must parse; unknown lines are skipped; a cut log is read up to its last complete
-line; a repeated step keeps its last record), are docs/log-format.md. Step records are dicts with
-the keys of the run's metrics file: ``step``, ``loss``, ``mean_loss``, ``lin``, ``perm``, ``r`` and
-``lambda`` (a list of floats, or None when no ``learned lambda values`` line followed the step).
+The lines, and the rules that make two readers of a log agree on what it says, are docs/log-format.md.
+Step records are dicts with the keys of the run's metrics file: ``step``, ``loss``, ``mean_loss``,
+``lin``, ``perm``, ``r`` and ``lambda`` (a list of floats, or None when no ``learned lambda values``
+line followed the step).
 """
 
 import dataclasses
@@ -151,8 +150,10 @@ class _Parser:
             self.error(line_no, f"{what} before any 'supervised test:' line")
         return self.current
 
-    def feed(self, line_no, text):
-        """Read line ``line_no`` (1-based), without its newline."""
+    def feed(self, line_no, line):
+        """Read line ``line_no`` (1-based), with its newline."""
+        text = line[:-1].rstrip("\r")
+        self.log.n_lines = line_no
         if self.block is not None:
             self.continue_block(line_no, text)
         elif self.radius_next:
@@ -270,6 +271,12 @@ class _Parser:
         if self.current is not None:
             self.current.steps = [self.steps[k] for k in sorted(self.steps)]
 
+    def done(self, truncated):
+        """The ParsedLog read; ``truncated``: the last line was cut (or a repr is still open: cut there)."""
+        self.log.truncated = truncated or self.block is not None
+        self.finish_phase()
+        return self.log
+
 
 # A log of a full-length run logged at every step is ~100 MB; anything far beyond, or a
 # "line" of megabytes (/dev/zero, a binary file), is not a log: refuse it rather than read it all.
@@ -277,64 +284,49 @@ MAX_LOG_BYTES = 1 << 30
 MAX_LINE_BYTES = 1 << 20
 
 
-def _parse_lines(path, lines):
-    """The ParsedLog of ``lines`` (str, each with its newline); a last line without one is dropped."""
-    parser = _Parser(path)
-    for line_no, line in enumerate(lines, start=1):
-        if not line.endswith("\n"):  # its writer was stopped mid-line
-            parser.log.truncated = True
-            break
-        parser.feed(line_no, line[:-1].rstrip("\r"))
-        parser.log.n_lines = line_no
-    if parser.block is not None:  # a repr still open at the end: the log was cut there
-        parser.log.truncated = True
-    parser.finish_phase()
-    return parser.log
-
-
 def parse_text(text, path="<log>"):
     """Parse the text of a log; ``path`` only names it in errors. Returns a :class:`ParsedLog`."""
-    return _parse_lines(path, io.StringIO(text, newline="\n"))  # lines end at "\n" only, as in a file
+    parser = _Parser(path)
+    for line_no, line in enumerate(io.StringIO(text, newline="\n"), start=1):  # lines end at "\n", as in a file
+        if not line.endswith("\n"):  # its writer was stopped mid-line: dropped
+            return parser.done(True)
+        parser.feed(line_no, line)
+    return parser.done(False)
 
 
-def text_lines(path, handle):
-    """The lines of the binary file ``handle`` as str, each checked to be a line of a text file of a
-    run (its log or its metrics file); a last line without its newline is yielded as it is."""
+def read_lines(path, reader):
+    """Feed ``reader.feed(line_no, line)`` each complete line of the text file at ``path`` (a log or a
+    metrics file); returns whether its last line was cut. LogParseError when the file is missing or
+    unreadable, is not UTF-8 text, is larger than MAX_LOG_BYTES, has a line longer than MAX_LINE_BYTES, or
+    (a log) has a line that does not parse."""
     line_no = total = 0
-    while raw := handle.readline(MAX_LINE_BYTES + 1):
-        line_no += 1
-        total += len(raw)
-        if len(raw) > MAX_LINE_BYTES:
-            raise LogParseError(path, line_no,
-                                f"a line longer than {MAX_LINE_BYTES >> 20} MiB: not a log or metrics file")
-        if total > MAX_LOG_BYTES:
-            raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log or metrics file")
-        if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: the reader drops it
-            yield raw.decode("utf-8", errors="replace")
-            return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise LogParseError(path, line_no, "not UTF-8 text") from None
-        yield text
-
-
-def unreadable(path, exc):
-    """The LogParseError for a file that cannot be read: ``exc`` is the OSError (or UnicodeDecodeError)."""
-    return LogParseError(path, None, f"cannot read the file ({getattr(exc, 'strerror', None) or exc})")
+    try:
+        with open(path, "rb") as handle:
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                line_no += 1
+                total += len(raw)
+                if len(raw) > MAX_LINE_BYTES:
+                    raise LogParseError(path, line_no, f"a line longer than {MAX_LINE_BYTES >> 20} MiB: "
+                                                       f"not a log or metrics file")
+                if total > MAX_LOG_BYTES:
+                    raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log or "
+                                                       f"metrics file")
+                if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: dropped
+                    return True
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise LogParseError(path, line_no, "not UTF-8 text") from None
+                reader.feed(line_no, text)
+    except OSError as exc:
+        raise LogParseError(path, None, f"cannot read the file ({exc.strerror or exc})") from None
+    return False
 
 
 def parse_log(path):
-    """The :class:`ParsedLog` of the log file at ``path``, read line by line.
-
-    Raises LogParseError when the file is missing or unreadable, is not UTF-8 text, is larger than
-    MAX_LOG_BYTES or has a line longer than MAX_LINE_BYTES, or has a line that does not parse.
-    """
-    try:
-        with open(path, "rb") as handle:
-            return _parse_lines(path, text_lines(path, handle))
-    except OSError as exc:
-        raise unreadable(path, exc) from None
+    """The :class:`ParsedLog` of the log file at ``path`` (LogParseError: see :func:`read_lines`)."""
+    parser = _Parser(path)
+    return parser.done(read_lines(path, parser))
 
 
 def require_steps(log, phase_name):

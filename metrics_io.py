@@ -65,6 +65,8 @@ class _Reader:
         raise logparse.LogParseError(self.records.path, line_no, message)
 
     def feed(self, line_no, text):
+        if not text.strip():
+            return
         try:
             record = json.loads(text)
         except ValueError:
@@ -136,16 +138,7 @@ class _Reader:
 def read(path):
     """The records of the metrics file at ``path``, checked (LogParseError: unreadable, or breaks a rule)."""
     reader = _Reader(path)
-    try:
-        with open(path, "rb") as handle:
-            for line_no, line in enumerate(logparse.text_lines(path, handle), start=1):
-                if not line.endswith("\n"):
-                    reader.records.truncated = True
-                    break
-                if line.strip():
-                    reader.feed(line_no, line)
-    except OSError as exc:
-        raise logparse.unreadable(path, exc) from None
+    reader.records.truncated = logparse.read_lines(path, reader)
     return reader.finish()
 
 
@@ -219,15 +212,12 @@ def read_per_dimension(paths, phase):
             raise logparse.LogParseError(path, None, f"no {phase} step with per-dimension scores")
         groups = lambda_groups(records.gt_lambda, records.n)
         if runs and groups != runs[0][1]:
-            raise logparse.LogParseError(path, None, f"its latents are not those of {paths[0]}: "
-                                                     f"{_latents(groups)} against {_latents(runs[0][1])}")
+            # the latents of each run, as its λ groups say: n 10 (content (λ = 25), style (λ = 5))
+            a, b = (f"n {sum(len(dims) for _, dims in g)} ({', '.join(label for label, _ in g)})"
+                    for g in (groups, runs[0][1]))
+            raise logparse.LogParseError(path, None, f"its latents are not those of {paths[0]}: {a} against {b}")
         runs.append((records, groups))
     return runs
-
-
-def _latents(groups):
-    """``n 10 (content (λ = 25), style (λ = 5))``: the latents of a run, as its λ groups say."""
-    return f"n {sum(len(dims) for _, dims in groups)} ({', '.join(label for label, _ in groups)})"
 
 
 def match_sorted(learned, truth):

@@ -65,31 +65,11 @@ def parse_args(argv=None):
     return args
 
 
-def labels_for(paths):
-    """Legend labels: file names, or the paths as given where two file names coincide."""
-    names = [os.path.basename(p) for p in paths]
-    return [p if names.count(n) > 1 else n for p, n in zip(paths, names)]
-
-
 def _curve(ax, steps, key, **style):
     """Plot ``key`` of the step records that have it."""
     points = [(r["step"], r[key]) for r in steps if metrics_io.is_number(r.get(key))]
     if points:
         ax.plot(*zip(*points), **style)
-
-
-def _lambda_curves(ax, steps, colour, label):
-    """The trajectories of the learned Λ̂ entries; returns whether the run logged any."""
-    with_lambda = [r for r in steps if isinstance(r.get("lambda"), list)]
-    if not with_lambda:
-        return False
-    n_entries = len(with_lambda[-1]["lambda"])
-    # Only records with the full vector: a run changes its length nowhere, but a hand-made file could.
-    full = [r for r in with_lambda if len(r["lambda"]) == n_entries]
-    for j in range(n_entries):
-        ax.plot([r["step"] for r in full], [r["lambda"][j] for r in full], color=colour, linewidth=1.0, alpha=0.8,
-                label=label if j == 0 else None)
-    return True
 
 
 def _finish(fig, axes, titles, title):
@@ -114,7 +94,14 @@ def plot(runs, labels, phase_name, size, dpi, title):
         colour, steps = colours[i % len(colours)], run.steps(phase_name)
         for ax, (key, _, _) in zip(axes, SCORE_PANELS):
             _curve(ax, steps, key, color=colour, label=label)
-        any_lambda |= _lambda_curves(axes[3], steps, colour, label)
+        with_lambda = [r for r in steps if isinstance(r.get("lambda"), list)]  # the learned Λ̂ entries' trajectories
+        any_lambda |= bool(with_lambda)
+        n_entries = len(with_lambda[-1]["lambda"]) if with_lambda else 0
+        # Only records with the full vector: a run changes its length nowhere, but a hand-made file could.
+        full = [r for r in with_lambda if len(r["lambda"]) == n_entries]
+        for j in range(n_entries):
+            axes[3].plot([r["step"] for r in full], [r["lambda"][j] for r in full], color=colour, linewidth=1.0,
+                         alpha=0.8, label=label if j == 0 else None)
         if with_block:
             _curve(axes[4], steps, "block", color=colour, linestyle="-", label=label)
             _curve(axes[4], steps, "block_orth", color=colour, linestyle=":", label=f"{label} (block_orth)")
@@ -174,8 +161,10 @@ def main(argv=None):
     except logparse.LogParseError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_BAD_INPUT
+    names = [os.path.basename(p) for p in args.logs]  # the legend's labels; the paths where two names coincide
+    labels = [p if names.count(n) > 1 else n for p, n in zip(args.logs, names)]
     draw = plot_per_dimension if args.per_dimension else plot
-    fig = draw(inputs, labels_for(args.logs), args.phase, tuple(args.size), args.dpi,
+    fig = draw(inputs, labels, args.phase, tuple(args.size), args.dpi,
                args.title if args.title is not None else f"{args.phase} phase")
     try:
         # No bbox_inches="tight": the pixel size stays exactly size x dpi; format="png": the file has

@@ -19,8 +19,6 @@ from argparse_utils import EXIT_BAD_INPUT, same_file, write_stdout
 PROG = "sweep.py"
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 GLOB_CHARACTERS = "*?[]"
-# A list field that is not per latent: Λ̂ is per encoder output, which no record matches to a latent.
-NOT_PER_LATENT = ("lambda",)
 # More λ groups than this (linearly spaced λ: one per latent) make the section unreadable: left out.
 MAX_GROUPS_SHOWN = 5
 REFERENCE_KEYS = (("mean_loss", "<Loss>", 4), ("lin", "Lin.", 4), ("perm", "Perm.", 4), ("lambda_error", "Λ̂ error", 3))
@@ -90,15 +88,6 @@ def loss_label(args):
     return losses.loss_label(derived.loss, args.get("p", "?"))
 
 
-def lambda_label(records):
-    """The ground-truth Λ of the run in words, from its arguments."""
-    if records.gt_lambda is None:
-        return "-"
-    low, high = records.args.get("gt_lambda_1", "?"), records.args.get("gt_lambda_2", "?")
-    linear = records.args.get("linearly_spaced_lambda") in (True, "True")
-    return f"linear {low}..{high}" if linear else f"bimodal {high} / {low}"
-
-
 def planned_steps(args, phase):
     """The steps the run was asked for, from its arguments, or None when they are not there."""
     try:
@@ -118,10 +107,13 @@ def summarize_run(name, seed, path, group_steps=()):
     last, final = steps[-1], records.final or {}
     finished = "lin_mean" in final and "perm_mean" in final  # numbers: metrics_io checked them
     last_lambda = next((r["lambda"] for r in reversed(steps) if isinstance(r.get("lambda"), list)), None)
+    low, high = records.args.get("gt_lambda_1", "?"), records.args.get("gt_lambda_2", "?")  # the ground-truth Λ
+    linear = records.args.get("linearly_spaced_lambda") in (True, "True")
+    truth = "-" if records.gt_lambda is None else f"linear {low}..{high}" if linear else f"bimodal {high} / {low}"
     fields = {("last", key): value for key, value in last.items() if metrics_io.is_number(value) and key != "step"}
     fields.update({("final", key): value for key, value in final.items() if metrics_io.is_number(value)})
     return {"name": name, "seed": seed, "path": path, "records": records, "loss": loss_label(records.args),
-            "lambda": lambda_label(records), "steps": last["step"], "finished": finished,
+            "lambda": truth, "steps": last["step"], "finished": finished,
             "planned": planned_steps(records.args, records.main_phase()),
             "lin": final["lin_mean"] if finished else last.get("lin"),
             "perm": final["perm_mean"] if finished else last.get("perm"),
@@ -145,8 +137,9 @@ def group_scores(records, steps=()):
         places.append(("final", records.final))
     at = {}
     for where, record in places:
+        # Not Λ̂: it is per encoder output, which no record matches to a latent.
         values = {key: metrics_io.per_group(value, groups) for key, value in record.items()
-                  if metrics_io.is_number_list(value) and key not in NOT_PER_LATENT}
+                  if metrics_io.is_number_list(value) and key != "lambda"}
         at[where] = {key: value for key, value in values.items() if value is not None}
         if metrics_io.is_number(record.get("perm")):
             at[where]["Perm."] = [record["perm"]]
@@ -191,11 +184,6 @@ def aggregate(name, rows):
     return result
 
 
-def step_value(record, key, gt_lambda):
-    """A logged step's figure for the reference table (Λ̂ error None when it cannot be computed)."""
-    return metrics_io.lambda_error(record.get("lambda"), gt_lambda) if key == "lambda_error" else record.get(key)
-
-
 def reference_row(name, rows, ref_path):
     """The reference table's row of the runs of one configuration against a reference log, at the last
     step all of them logged (LogParseError: the reference cannot be read, or shares no step with every run)."""
@@ -208,12 +196,14 @@ def reference_row(name, rows, ref_path):
         raise logparse.LogParseError(ref_path, None, f"no step logged by the reference and every {name} run")
     step = common[-1]
     cells = [name, os.path.basename(ref_path), f"{step:,}", str(len(rows))]
+    truths = [ref.gt_lambda] + [row["records"].gt_lambda for row in rows]
     for key, _, digits in REFERENCE_KEYS:
-        ours = [step_value(steps[step], key, row["records"].gt_lambda) for steps, row in zip(by_step[1:], rows)]
-        ours = [v for v in ours if v is not None]
+        # The reference's figure, then each run's (Λ̂ error None when it cannot be computed).
+        values = [metrics_io.lambda_error(s[step].get("lambda"), gt) if key == "lambda_error" else s[step].get(key)
+                  for s, gt in zip(by_step, truths)]
+        ours = [v for v in values[1:] if v is not None]
         bounds = f" [{min(ours):.{digits}f}, {max(ours):.{digits}f}]" if ours else ""
-        theirs = step_value(by_step[0][step], key, ref.gt_lambda)
-        cells += [pm(*mean_std(ours), digits) + bounds, number(theirs, digits)]
+        cells += [pm(*mean_std(ours), digits) + bounds, number(values[0], digits)]
     return "| " + " | ".join(cells) + " |"
 
 
