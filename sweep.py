@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import command_line
 import logparse
 import settings
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int, reopen_closed_streams
+from argparse_utils import ArgumentParser, bounded, positive_int, reopen_closed_streams
 from file_lock import try_lock
-from sweep_summary import GLOB_CHARACTERS, say, summarize
+from sweep_summary import GLOB_CHARACTERS, error, say, summarize
 from sweep_task import THREAD_VARS, RunTask, exit_text
 
 PROG = "sweep.py"
@@ -418,8 +418,7 @@ def main(argv=None):
         except OSError as exc:
             raise Refused(f"argument --out-dir: cannot make {args.out_dir} ({exc.strerror or exc})") from None
     except Refused as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return EXIT_BAD_INPUT
+        return error(exc)
     for run in skipped:
         say(f"{run.label}: already finished, skipped")
     if args.executor == "slurm":
