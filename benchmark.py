@@ -115,8 +115,8 @@ def build_training(args, device, batch_size, precision, compile_):
     return t
 
 
-def bench_batch(args, device, batch_size, opts, precision):
-    """One row of the speed table and one of the host syncs per step (empty without --sync-count)."""
+def bench_batch(args, device, batch_size, opts, precision, startup):
+    """One row of the speed table and one of the host syncs per step (None without --sync-count)."""
     t = build_training(args, device, batch_size, precision, opts.compile)
     latent, gen = t.exp.latent, t.gen
     h = torch.nn.Sequential(t.exp.g, t.f)
@@ -136,7 +136,7 @@ def bench_batch(args, device, batch_size, opts, precision):
     ratio = median(s / g for s, g in zip(step_times, gemm_times)) * floor_flops / step_flops
     evaluation = median(turn_times([log_eval], max(3, opts.repeats // 4), warmup=1)[0])
     logs = FULL_STEPS // LOG_EVERY + 1
-    total = FULL_STEPS * step + logs * evaluation + opts.startup
+    total = FULL_STEPS * step + logs * evaluation + startup
     overhead = (FULL_STEPS * sampler + logs * evaluation) / total
     row = (precision, str(batch_size), f"{gemm_rate / 1e9:.0f}", f"{step_flops / gemm_rate * 1e3:.2f}",
            f"{step * 1e3:.2f}", f"{ratio:.2f}", f"{sampler * 1e3:.2f}", f"{evaluation * 1e3:.1f}",
@@ -243,7 +243,7 @@ def print_table(header, rows):
 
 
 def print_header(args, device, opts):
-    """The lines above the tables: the device and timer, the floor, the start-up time (into opts.startup)."""
+    """The lines above the tables (the device and timer, the floor, the start-up); returns the start-up seconds."""
     name = "CPU"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -252,26 +252,27 @@ def print_header(args, device, opts):
           f"{' '.join(opts.precision)}{', compiled' if opts.compile else ''}; timer: wall clock"
           f"{', the GPU synchronised around each block' if device.type == 'cuda' else ''}, {opts.warmup} warm-up calls")
     # Timed by hand: each repetition builds with another seed, where a Timer repeats one statement.
-    opts.startup = median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
+    startup = median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
     width = WIDEST_FACTOR * args.n
     print(f"floor: the encoder's matmul FLOPs at the float32 rate of its widest product, (2B×{width}) @ "
           f"({width}×{width}), timed in turns with the step; step/floor: median over {opts.repeats} turns "
           "of the turn's ratio")
     print(f"start-up (mixing g with {invertible_network_utils.N_COND_SAMPLES:,} condition numbers, "
-          f"sampler check), median of {opts.startup_repeats} seeds: {opts.startup:.3f} s")
+          f"sampler check), median of {opts.startup_repeats} seeds: {startup:.3f} s")
+    return startup
 
 
 def main(argv=None):
     opts, device = parse_options(argv)
     run_support.keep_freed_memory()  # as a run does: without it a CPU step page-faults ~3,000 times
     _, args, _ = main_mlp.parse_args(README_ARGS + ["--device", device.type])
-    print_header(args, device, opts)
+    startup = print_header(args, device, opts)
     syncs = []
 
     def rows():
         for precision, batch_size in itertools.product(opts.precision, opts.batch_sizes):
             with tf32_matmuls(precision == "tf32"):  # the whole row, as main_mlp.py --allow-tf32 sets it
-                row, sync_row = bench_batch(args, device, batch_size, opts, precision)
+                row, sync_row = bench_batch(args, device, batch_size, opts, precision, startup)
             syncs.append(sync_row)  # None without --sync-count, which prints no sync table
             yield row
 
