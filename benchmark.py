@@ -6,6 +6,7 @@
 
 import contextlib
 import functools
+import itertools
 import time
 import types
 from statistics import mean, median
@@ -34,10 +35,8 @@ MIN_BLOCK_S = 1e-3
 
 
 def turn_times(fns, repeats, warmup=2):
-    """Seconds per call of each function, timed in turns (a Timer block each) so that all see the same load.
-
-    Returns one list of ``repeats`` times per function, entry i of each from turn i.
-    """
+    """Seconds per call of each function, timed in turns (a Timer block each) so that all see the same load:
+    one list of ``repeats`` times per function, entry i of each from turn i."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -116,20 +115,8 @@ def build_training(args, device, batch_size, precision, compile_):
     return t
 
 
-def count_syncs(step, device, steps):
-    """Host synchronisations of each of ``steps`` calls of ``step``: on CUDA as the runtime reports them,
-    elsewhere the calls that would wait for a GPU (host_sync). Returns a list of counts."""
-    cuda = device.type == "cuda"
-    counts = []
-    for _ in range(steps):
-        with (host_sync.count_cuda_syncs() if cuda else host_sync.count_host_syncs()) as found:
-            step()
-        counts.append(len(found) if cuda else found.total)
-    return counts
-
-
-def bench_batch(args, device, batch_size, opts, precision):
-    """One row of the speed table and one of the host syncs per step (empty without --sync-count)."""
+def bench_batch(args, device, batch_size, opts, precision, startup):
+    """One row of the speed table and one of the host syncs per step (None without --sync-count)."""
     t = build_training(args, device, batch_size, precision, opts.compile)
     latent, gen = t.exp.latent, t.gen
     h = torch.nn.Sequential(t.exp.g, t.f)
@@ -149,23 +136,26 @@ def bench_batch(args, device, batch_size, opts, precision):
     ratio = median(s / g for s, g in zip(step_times, gemm_times)) * floor_flops / step_flops
     evaluation = median(turn_times([log_eval], max(3, opts.repeats // 4), warmup=1)[0])
     logs = FULL_STEPS // LOG_EVERY + 1
-    total = FULL_STEPS * step + logs * evaluation + opts.startup
+    total = FULL_STEPS * step + logs * evaluation + startup
     overhead = (FULL_STEPS * sampler + logs * evaluation) / total
     row = (precision, str(batch_size), f"{gemm_rate / 1e9:.0f}", f"{step_flops / gemm_rate * 1e3:.2f}",
            f"{step * 1e3:.2f}", f"{ratio:.2f}", f"{sampler * 1e3:.2f}", f"{evaluation * 1e3:.1f}",
            f"{100 * overhead:.1f}", f"{total / 3600:.2f} h")
     if not opts.sync_count:
         return row, None
-    counts = count_syncs(t.step, device, opts.sync_steps)
+    # Host syncs per step: on CUDA as the runtime reports them, elsewhere the calls that would wait for a GPU.
+    cuda, counts = device.type == "cuda", []
+    for _ in range(opts.sync_steps):
+        with (host_sync.count_cuda_syncs() if cuda else host_sync.count_host_syncs()) as found:
+            t.step()
+        counts.append(len(found) if cuda else found.total)
     return row, (precision, str(batch_size), f"{mean(counts):.2f}", str(min(counts)), str(max(counts)))
 
 
 def encoder_gemms_op(f, x, grad_out, dtype):
-    """The encoder's matrix products alone, in a step's order, without bias, activation, autograd or Adam.
-
-    Forward h_l = h_(l-1) W_lᵀ; backward dW_l = g_lᵀ h_(l-1) and g_(l-1) = g_l W_l
-    (none for the input). x (2B, n) the input, grad_out (2B, n) the gradient at the last Linear.
-    """
+    """The encoder's matrix products alone, in a step's order, without bias, activation, autograd or Adam:
+    forward h_l = h_(l-1) W_lᵀ; backward dW_l = g_lᵀ h_(l-1) and g_(l-1) = g_l W_l (none for the input).
+    x (2B, n) the input, grad_out (2B, n) the gradient at the last Linear."""
     weights = [m.weight.detach().to(dtype) for m in f if isinstance(m, torch.nn.Linear)]
     x, grad_out = x.to(dtype), grad_out.to(dtype)
 
@@ -212,32 +202,29 @@ def breakdown(args, device, batch_size, opts, precision):
     encoder()  # with --compile, the compilations happen here, not in the timing
     loss()
     times = turn_times([fn for _, fn in stages], opts.repeats, opts.warmup)
-    ratios = [median(a / b for a, b in zip(ts, times[0])) for ts in times]
-    return [(name, f"{median(ts) * 1e3:.2f}", f"{ratio:.3f}")
-            for (name, _), ts, ratio in zip(stages, times, ratios)]
+    return [(name, f"{median(ts) * 1e3:.2f}", f"{median(a / b for a, b in zip(ts, times[0])):.3f}")
+            for (name, _), ts in zip(stages, times)]
 
 
 def parse_options(argv=None):
     """The benchmark's flags, validated (one-line errors naming the flag, exit 2). Returns (options, device)."""
-    count = argparse_utils.positive_int
     parser = argparse_utils.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-sizes", type=argparse_utils.bounded(int, at_least=2), nargs="+",
-                        default=[1000, 256], help="batch sizes to time (the first one is the README's 1000)")
-    parser.add_argument("--repeats", type=count, default=15, help="timed turns per figure (median)")
-    parser.add_argument("--warmup", type=argparse_utils.bounded(int, at_least=0), default=3,
-                        help="untimed calls before each figure (allocator, cuBLAS and --compile's first calls)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to time")
-    parser.add_argument("--precision", choices=PRECISIONS, nargs="+", default=["float32"],
-                        help="one row each: float32; tf32: float32 with TF32 matmuls (main_mlp.py --allow-tf32, "
-                             "CUDA only); bf16: autocast the encoder to bfloat16 (main_mlp.py --precision bf16)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the encoder and the loss, as main_mlp.py --compile does")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also time each stage of the step against the floor (first batch size and precision)")
-    parser.add_argument("--sync-count", action="store_true",
-                        help="also count the host synchronisations of a step that does not log")
-    parser.add_argument("--sync-steps", type=count, default=20, help="steps whose synchronisations --sync-count counts")
-    parser.add_argument("--startup-repeats", type=count, default=3, help="repetitions of the start-up timing")
+    add, count = parser.add_argument, argparse_utils.positive_int
+    add("--batch-sizes", type=argparse_utils.bounded(int, at_least=2), nargs="+", default=[1000, 256],
+        help="batch sizes to time (the first one is the README's 1000)")
+    add("--repeats", type=count, default=15, help="timed turns per figure (median)")
+    add("--warmup", type=argparse_utils.bounded(int, at_least=0), default=3,
+        help="untimed calls before each figure (allocator, cuBLAS and --compile's first calls)")
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to time")
+    add("--precision", choices=PRECISIONS, nargs="+", default=["float32"],
+        help="one row each: float32; tf32: float32 with TF32 matmuls (main_mlp.py --allow-tf32, CUDA only); "
+             "bf16: autocast the encoder to bfloat16 (main_mlp.py --precision bf16)")
+    add("--compile", action="store_true", help="torch.compile the encoder and the loss, as main_mlp.py --compile does")
+    add("--breakdown", action="store_true",
+        help="also time each stage of the step against the floor (first batch size and precision)")
+    add("--sync-count", action="store_true", help="also count the host synchronisations of a step that does not log")
+    add("--sync-steps", type=count, default=20, help="steps whose synchronisations --sync-count counts")
+    add("--startup-repeats", type=count, default=3, help="repetitions of the start-up timing")
     opts = parser.parse_args(argv)
     if opts.compile and "bf16" in opts.precision:
         parser.error("arguments --compile and --precision bf16: choose at most one")
@@ -256,7 +243,7 @@ def print_table(header, rows):
 
 
 def print_header(args, device, opts):
-    """The lines above the tables: the device and timer, the floor, the start-up time (into opts.startup)."""
+    """The lines above the tables (the device and timer, the floor, the start-up); returns the start-up seconds."""
     name = "CPU"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -265,30 +252,29 @@ def print_header(args, device, opts):
           f"{' '.join(opts.precision)}{', compiled' if opts.compile else ''}; timer: wall clock"
           f"{', the GPU synchronised around each block' if device.type == 'cuda' else ''}, {opts.warmup} warm-up calls")
     # Timed by hand: each repetition builds with another seed, where a Timer repeats one statement.
-    opts.startup = median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
+    startup = median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
     width = WIDEST_FACTOR * args.n
     print(f"floor: the encoder's matmul FLOPs at the float32 rate of its widest product, (2B×{width}) @ "
           f"({width}×{width}), timed in turns with the step; step/floor: median over {opts.repeats} turns "
           "of the turn's ratio")
     print(f"start-up (mixing g with {invertible_network_utils.N_COND_SAMPLES:,} condition numbers, "
-          f"sampler check), median of {opts.startup_repeats} seeds: {opts.startup:.3f} s")
+          f"sampler check), median of {opts.startup_repeats} seeds: {startup:.3f} s")
+    return startup
 
 
 def main(argv=None):
     opts, device = parse_options(argv)
     run_support.keep_freed_memory()  # as a run does: without it a CPU step page-faults ~3,000 times
     _, args, _ = main_mlp.parse_args(README_ARGS + ["--device", device.type])
-    print_header(args, device, opts)
+    startup = print_header(args, device, opts)
     syncs = []
 
     def rows():
-        for precision in opts.precision:
-            for batch_size in opts.batch_sizes:
-                with tf32_matmuls(precision == "tf32"):  # the whole row, as main_mlp.py --allow-tf32 sets it
-                    row, sync_row = bench_batch(args, device, batch_size, opts, precision)
-                if sync_row:
-                    syncs.append(sync_row)
-                yield row
+        for precision, batch_size in itertools.product(opts.precision, opts.batch_sizes):
+            with tf32_matmuls(precision == "tf32"):  # the whole row, as main_mlp.py --allow-tf32 sets it
+                row, sync_row = bench_batch(args, device, batch_size, opts, precision, startup)
+            syncs.append(sync_row)  # None without --sync-count, which prints no sync table
+            yield row
 
     print_table(("precision", "batch", "GEMM GFLOP/s", "floor ms", "step ms", "step/floor", "sampler ms",
                  "eval ms", "log+sampler %", "projected 300,003 steps"), rows())

@@ -1,7 +1,6 @@
-"""Count the calls that make the host wait for the device (on a GPU: a pipeline stall each).
-
-``count_host_syncs`` counts them on any device, the CPU included, so that a CPU test can hold a step to its
-count; ``count_cuda_syncs`` counts what the CUDA runtime reports.
+"""Count the calls that make the host wait for the device (on a GPU: a pipeline stall each): ``count_host_syncs``
+on any device, the CPU included, so that a CPU test can hold a step to its count; ``count_cuda_syncs`` as the
+CUDA runtime reports them.
 
     with count_host_syncs() as syncs:
         step()

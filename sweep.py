@@ -14,15 +14,15 @@ import shlex
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 
 import command_line
 import logparse
 import settings
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int, reopen_closed_streams
+from argparse_utils import ArgumentParser, bounded, positive_int, reopen_closed_streams
 from file_lock import try_lock
-from sweep_summary import GLOB_CHARACTERS, say, summarize
-from sweep_task import RunTask, exit_text
+from sweep_summary import GLOB_CHARACTERS, error, say, summarize
+from sweep_task import THREAD_VARS, RunTask, exit_text
 
 PROG = "sweep.py"
 EXIT_OK, EXIT_RUN_FAILED = 0, 1
@@ -334,7 +334,7 @@ def settle_failure(run, how):
 
 def run_all(args, pending):
     """Run ``pending`` here, ``--jobs`` at a time; returns ``(failed runs, the stop signal or None)``."""
-    stopped, failed = [], []
+    stopped = []
 
     def stop(signum, frame):  # the first signal is passed on; the runs checkpoint and stop
         if not stopped:
@@ -342,29 +342,27 @@ def run_all(args, pending):
             for run in pending:
                 run.task.stop(signum)
 
-    def work(run):  # returns the run's minutes
+    def work(run):  # runs and reports ``run`` in a worker thread; True when it failed
         t0 = time.perf_counter()
         if run.task.stopped is None:
             say(f"{run.label}: started ({args.threads} threads), log {run.files['log']}")
-        run.task()
-        return (time.perf_counter() - t0) / 60
+        try:
+            run.task()
+        except Exception as exc:  # the run failed, did not start, or was stopped
+            if stopped:
+                say(f"{run.label}: stopped ({exit_text(run.task.returncode)})")
+                return False
+            if run.task.returncode is None:  # it did not start
+                say(f"{run.label}: FAILED: {exc} (see {run.files['err']})")
+                return True
+            return settle_failure(run, exit_text(run.task.returncode))
+        say(f"{run.label}: done in {(time.perf_counter() - t0) / 60:.1f} min")
+        return False
 
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
         with ThreadPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(work, run): run for run in pending}
-            for future in as_completed(futures):
-                run = futures[future]
-                try:
-                    say(f"{run.label}: done in {future.result():.1f} min")
-                except Exception as exc:  # the run failed, did not start, or was stopped
-                    if stopped:
-                        say(f"{run.label}: stopped ({exit_text(run.task.returncode)})")
-                    elif run.task.returncode is None:  # it did not start
-                        say(f"{run.label}: FAILED: {exc} (see {run.files['err']})")
-                        failed.append(run)
-                    elif settle_failure(run, exit_text(run.task.returncode)):
-                        failed.append(run)
+            failed = [run for run, failure in zip(pending, pool.map(work, pending)) if failure]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -409,7 +407,7 @@ def main(argv=None):
     try:
         runs = build_runs(args)
         if args.executor == "print":
-            env = [f"{var}={args.threads}" for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if args.threads]
+            env = [f"{var}={args.threads}" for var in THREAD_VARS if args.threads]
             for run in runs:
                 files = [">", shlex.quote(run.files["out"]), "2>", shlex.quote(run.files["err"])]
                 say(" ".join(env + [shlex.join(run.task.argv)] + files))
@@ -420,8 +418,7 @@ def main(argv=None):
         except OSError as exc:
             raise Refused(f"argument --out-dir: cannot make {args.out_dir} ({exc.strerror or exc})") from None
     except Refused as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return EXIT_BAD_INPUT
+        return error(exc)
     for run in skipped:
         say(f"{run.label}: already finished, skipped")
     if args.executor == "slurm":

@@ -13,6 +13,7 @@ try:  # needed on the cluster only; the local executor runs the same task withou
 except ImportError:
     Checkpointable, DelayedSubmission = object, None
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # set to a run's threads
 CHECKPOINT_WAIT_S = 120  # how long the child may take to finish its step and write its checkpoint
 
 
@@ -50,9 +51,7 @@ class RunTask(Checkpointable):
         # sweep.submit starts submitit's tasks with SIGUSR2 blocked (one sent before submitit has set up
         # its handler waits); let through here, it checkpoints and requeues, and the child gets it too.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
-        env = dict(os.environ)
-        if self.threads:
-            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        env = dict(os.environ, **{var: str(self.threads) for var in THREAD_VARS if self.threads})
         if self.stopped is None:  # a task stopped before it started does not start
             with open(self.out_path, "a", encoding="utf-8") as out, \
                     open(self.err_path, "a", encoding="utf-8") as err:
