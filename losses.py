@@ -180,32 +180,21 @@ class DotSimCLRLoss(nn.Module):
         return contrastive_cross_entropy(positive, [torch.logsumexp(neg, dim=1), positive])
 
 
-# --------------------------------------------------------------------------
-# The table of losses
-
-
 @dataclasses.dataclass(frozen=True)
 class Loss:
-    """One contrastive loss: everything the rest of the project needs to know of it.
+    """One contrastive loss: everything the rest of the project needs to know of it."""
 
-    description: the ``--loss`` help. build: ``build(args, init_gen) -> nn.Module`` (its parameters
-    drawn from ``init_gen``). learns_lambda: it has a learnable Λ̂ (``theta`` and ``lambdas()``, logged
-    as ``lambda init`` and ``learned lambda values``). blocks: the (B, B) float32 blocks it holds at
-    its peak (the memory estimate). selectable: a ``--loss`` choice (the others settings.derive picks
-    from ``--p`` and the space). label: its name in sweep summaries, ``{p}`` replaced by ``--p``.
-    """
-
-    description: str
-    build: object
-    learns_lambda: bool
-    blocks: int
-    selectable: bool = True
-    label: str = None
+    description: str  # the --loss help
+    build: object  # build(args, init_gen) -> nn.Module, its parameters drawn from init_gen
+    learns_lambda: bool  # it has a learnable Λ̂ (``theta`` and ``lambdas()``), logged
+    blocks: int  # the (B, B) float32 blocks it holds at its peak (the memory estimate)
+    selectable: bool = True  # a --loss choice (settings.derive picks the others from --p and the space)
+    label: str = None  # its name in sweep summaries, ``{p}`` replaced by --p
 
 
-def _aninfonce(args, init_gen, isotropic=False):
-    return AnInfoNCELoss(args.n, isotropic=isotropic, symmetric=args.negatives == "symmetric",
-                         generator=init_gen, param=args.lambda_param)
+def _aninfonce(args, init_gen, **kwargs):
+    return AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", generator=init_gen,
+                         param=args.lambda_param, **kwargs)
 
 
 # The losses by name (settings.derive picks one: --loss on extended_sphere with --p 0, else --p and the
@@ -215,8 +204,7 @@ LOSSES = {
     "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ",
                     functools.partial(_aninfonce, isotropic=True), learns_lambda=True, blocks=4),
     "infonce-fixed": Loss("the textbook InfoNCE: fixed temperature --tau (Λ̂ = I / τ, nothing learned)",
-                          lambda args, init_gen: AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric",
-                                                               fixed_lambda=1.0 / args.tau),
+                          lambda args, init_gen: _aninfonce(args, init_gen, fixed_lambda=1.0 / args.tau),
                           learns_lambda=False, blocks=4),
     "lp": Loss("the Lp form (--p > 0)", lambda args, init_gen: LpSimCLRLoss(args.p, args.tau),
                learns_lambda=False, blocks=3, selectable=False, label="Lp (p={p})"),

@@ -53,10 +53,6 @@ def parse_args(argv=None):
     return command_line.parse_args(argv, losses.LOSSES)
 
 
-# --------------------------------------------------------------------------
-# Building the experiment
-
-
 @dataclasses.dataclass
 class Experiment:
     """What a run draws before training: the latent space, the mixing g and the loss."""
@@ -123,15 +119,10 @@ def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals
 def build_optimizer(args, f, loss_fn=None):
     """Adam: --lr for the encoder, --lr-lambda for the loss's parameters (θ of Λ̂)."""
     groups = [{"params": list(f.parameters()), "lr": args.lr}]
-    loss_params = list(loss_fn.parameters()) if loss_fn is not None else []
-    if loss_params:
-        groups.append({"params": loss_params, "lr": args.lr_lambda})
+    if loss_fn is not None and list(loss_fn.parameters()):
+        groups.append({"params": list(loss_fn.parameters()), "lr": args.lr_lambda})
     # fused: one kernel for all ~1M parameters instead of a dozen per tensor.
     return torch.optim.Adam(groups, fused=True)
-
-
-# --------------------------------------------------------------------------
-# Training and evaluation
 
 
 def identifiability_scores(z, hz, groups):
@@ -214,18 +205,11 @@ def optimise(f, loss_fn, optimizer, x, target, autocast):
     with autocast():
         h = f(x)
     h = h.float()
-    if target is not None:
-        loss = F.mse_loss(h, target)
-    else:
-        loss = loss_fn(*h.chunk(2))  # the two views' (B, n) halves
+    loss = F.mse_loss(h, target) if target is not None else loss_fn(*h.chunk(2))  # the two views' (B, n) halves
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
-
-
-# --------------------------------------------------------------------------
-# The training loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,10 +345,6 @@ def train(run, survival):
     for name in phases:
         f = train_phase(run, survival, name)
     final_evaluation(run, survival, torch.nn.Sequential(run.exp.g, f))  # once, after the last phase, as the reference
-
-
-# --------------------------------------------------------------------------
-# Running it
 
 
 def argument_lines(args):

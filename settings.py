@@ -104,24 +104,14 @@ def derive(space_type, p, c_p, loss=DEFAULT_LOSS, box_norm=False, sphere_norm=Fa
     """The decisions of a run from its flags (numbers or their printed strings)."""
     p, c_p = float(p), float(c_p)
     from_flag = space_type == "extended_sphere" and p == 0
-    if p > 0:
-        kind = LP_LOSS
-    elif from_flag:
-        kind = loss
+    kind = LP_LOSS if p > 0 else (loss if from_flag else DOT_LOSS)
+    if box_norm or sphere_norm:
+        normalization = "learnable_box" if box_norm else "learnable_sphere"
     else:
-        kind = DOT_LOSS
-    if box_norm:
-        normalization = "learnable_box"
-    elif sphere_norm:
-        normalization = "learnable_sphere"
-    elif p == 0:
-        normalization = "fixed_sphere"
-    else:
-        normalization = "none"
+        normalization = "fixed_sphere" if p == 0 else "none"
     conditional = conditional_name(space_type, c_p)
     anisotropic = conditional is not None and CONDITIONALS[conditional].ground_truth_lambda
-    return Derived(loss=kind, loss_from_flag=from_flag, conditional=conditional, anisotropic=anisotropic,
-                   normalization=normalization)
+    return Derived(kind, from_flag, conditional, anisotropic, normalization)
 
 
 def derive_from_args(args):

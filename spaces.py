@@ -105,9 +105,9 @@ def von_mises_fisher(mean, kappa, generator):
     return x.to(dtype)
 
 
-class Space:
-    """A set in R^n; a concrete space defines ``around(mean, scale, kind, generator, p)``, samples
-    of ``mean + scale * noise`` restricted to the space."""
+class NRealSpace:
+    """R^n (``--space-type unbounded``), and the base of the spaces in it: ``around(mean, scale, kind,
+    generator, p)`` samples ``mean + scale * noise``, which they restrict to themselves."""
 
     def __init__(self, n):
         self.n = n
@@ -118,15 +118,11 @@ class Space:
     def von_mises_fisher(self, mean, kappa, generator):
         raise ValueError(f"{type(self).__name__} has no von Mises-Fisher distribution")
 
-
-class NRealSpace(Space):
-    """R^n (``--space-type unbounded``)."""
-
     def around(self, mean, scale, kind, generator, p=None):
         return mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype)
 
 
-class NBoxSpace(Space):
+class NBoxSpace(NRealSpace):
     """The box [min_, max_]^n; conditionals are redrawn coordinate-wise until inside."""
 
     def __init__(self, n, min_=0.0, max_=1.0):
@@ -138,7 +134,7 @@ class NBoxSpace(Space):
         return self.min_ + (self.max_ - self.min_) * u
 
     def around(self, mean, scale, kind, generator, p=None):
-        out = mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype)
+        out = super().around(mean, scale, kind, generator, p)
         for _ in range(MAX_REDRAW_ROUNDS):
             outside = (out < self.min_) | (out > self.max_)
             idx = outside.nonzero(as_tuple=True)
@@ -150,7 +146,7 @@ class NBoxSpace(Space):
                            "check --c-param against --box-min/--box-max")
 
 
-class NSphereSpace(Space):
+class NSphereSpace(NRealSpace):
     """The sphere of radius r in R^n."""
 
     def __init__(self, n, r=1.0):
@@ -164,7 +160,7 @@ class NSphereSpace(Space):
         return self.project(torch.randn(size, self.n, generator=generator, device=device))
 
     def around(self, mean, scale, kind, generator, p=None):
-        return self.project(mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype))
+        return self.project(super().around(mean, scale, kind, generator, p))
 
     def von_mises_fisher(self, mean, kappa, generator):
         return self.r * von_mises_fisher(mean / self.r, kappa, generator)
