@@ -146,9 +146,8 @@ def construct_invertible_mlp(n, n_layers, act_fct, cond_thresh_ratio, generator,
         threshold = condition_threshold(n, cond_thresh_ratio, generator, pool, n_iter_cond_thresh)
         for i in range(n_layers):
             w, c = well_conditioned_matrix(n, threshold, generator, pool)
-            lin = nn.Linear(n, n, bias=False)
-            with torch.no_grad():
-                lin.weight.copy_(w)
+            lin = nn.Linear(n, n, bias=False)  # its unused initialisation is part of the seeded draws
+            lin.weight = nn.Parameter(w)
             layers.append(lin)
             conds.append(c)
             if i < n_layers - 1:

@@ -1,7 +1,5 @@
-"""Contrastive losses: AnInfoNCE / InfoNCE, the Lp form and the dot-product form.
-
-All end in ``contrastive_cross_entropy``; ``LOSSES`` (at the end) declares each by name.
-"""
+"""Contrastive losses: AnInfoNCE / InfoNCE, the Lp form and the dot-product form. All end in
+``contrastive_cross_entropy``; ``LOSSES`` (at the end) declares each by name."""
 
 import dataclasses
 import functools
@@ -77,20 +75,15 @@ class AnInfoNCELoss(nn.Module):
     (a learnable output radius gets no gradient through the loss). Each of the 2B views of B pairs
     (a_i, b_i) is an anchor: its positive is s(a_i, b_i), its negatives the other 2B - 2 views (NT-Xent).
 
-    Args:
-        isotropic: one shared λ (InfoNCE with temperature 1/λ) instead of n.
-        symmetric: textbook negatives s(b_i, a_k) for the second view's anchors; by default the
-            reference's layout, which reuses the first view's cross block: s(a_i, b_k).
-        generator: draws θ ~ N(0, 0.1²).
-        fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (InfoNCE with τ = 1 / fixed_lambda).
-        param: a key of LAMBDA_PARAMS, how θ becomes Λ̂; the initial Λ̂ is always softplus of
-            the reference's draw of θ.
+    isotropic: one shared λ (InfoNCE with temperature 1/λ). symmetric: textbook negatives s(b_i, a_k) for the
+    second view's anchors (by default the reference's reuse of the first view's cross block, s(a_i, b_k)).
+    generator: draws θ ~ N(0, 0.1²). fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (InfoNCE, τ = 1 /
+    fixed_lambda). param: a key of LAMBDA_PARAMS; the initial Λ̂ is always softplus of the reference's θ.
     """
 
     def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None, param="softplus"):
         super().__init__()
-        self.n, self.symmetric = n, symmetric
-        self.fixed_lambda = fixed_lambda
+        self.n, self.symmetric, self.fixed_lambda = n, symmetric, fixed_lambda
         self.to_lambda, from_lambda = LAMBDA_PARAMS[param]
         if fixed_lambda is None:
             size = 1 if isotropic else n

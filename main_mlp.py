@@ -1,16 +1,13 @@
-"""Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss.
-
-The synthetic experiments of "Contrastive Learning: Reducing the Gap Between Theory and Practice"
-(Rusak et al.), with the command line and log format of the authors' main_mlp.py. Reads as: parse
-(command_line.py) -> build the latent space, g, f and the loss -> train -> final evaluation; what
-keeps a run's work through kills and signals is in run_support.py.
+"""Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss: the synthetic
+experiments of "Contrastive Learning: Reducing the Gap Between Theory and Practice" (Rusak et al.), with the
+command line and log format of the authors' main_mlp.py. Reads as: parse (command_line.py) -> build the latent
+space, g, f and the loss -> train -> final evaluation; run_support.py keeps a run's work through kills and signals.
 """
 
 import sys
 
 if __name__ == "__main__":
-    # Before torch is imported (the imports below come after this on purpose): a signal now ends
-    # the run at once, without a traceback.
+    # Before torch is imported (hence the imports below): a signal now ends the run at once, without a traceback.
     import startup_signals
     startup_signals.exit_at_once()
     import argparse_utils
@@ -42,8 +39,7 @@ from run_support import CHECKPOINT_NAME, Diverged, InputError, RunLog, WriteErro
 
 # Fresh marginal samples behind every logged Lin./Perm. score.
 N_EVAL_SAMPLES = 4096
-# Below this estimated acceptance rate the rejection sampler would need more than 10,000 proposals
-# per row: we refuse to start.
+# Below this estimated acceptance rate the rejection sampler would need over 10,000 proposals a row: refused.
 MIN_ACCEPTANCE = 1e-4
 ACCEPTANCE_PROPOSALS = 20_000
 
@@ -97,9 +93,8 @@ def build_experiment(args, derived, device, init_gen, data_gen):
 
 
 def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals=ACCEPTANCE_PROPOSALS):
-    """A generous estimate of a run's largest memory use, in bytes, from its sizes and tables alone:
-    the largest of g's condition-number search, the sampler's acceptance check, a training step and
-    an evaluation, plus the loss ring."""
+    """A generous estimate of a run's largest memory use in bytes, from its sizes and tables alone: the largest
+    of g's condition-number search, the acceptance check, a training step and an evaluation, plus the loss ring."""
     n, bsz = args.n, args.batch_size
     dims = encoders.layer_widths(n)
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
@@ -126,8 +121,7 @@ def build_optimizer(args, f, loss_fn=None):
 
 
 def identifiability_scores(z, hz, groups):
-    """Lin. and Perm. (the reference's two scores, printed on every Step line), and per dimension of z
-    its R² and its matched |corr| (their means are Lin. and Perm.)."""
+    """Lin. and Perm. (the reference's scores, on every Step line), their per-dimension R² and matched |corr|."""
     lin_dims = disentanglement_utils.linear_r2_per_dimension(z, hz)
     perm_dims = disentanglement_utils.matched_correlations(z, hz)
     return {"lin": float(np.mean(lin_dims)), "perm": float(np.mean(perm_dims)),
@@ -272,8 +266,7 @@ def train_phase(run, survival, name):
         x, target = sample_views(exp.latent, exp.g, args.batch_size, run.generator, device, supervised)
         loss = optimise(f_step, loss_step, phase.optimizer, x, target, autocast)
         phase.losses[(step - 1) % phase.losses.numel()] = loss
-        # The reference's rule: step % n_log == 1 or step == n_steps (which crashes it for
-        # n_log == 1; there we log every step).
+        # The reference's rule (which crashes it for n_log == 1; there we log every step).
         is_log = args.n_log_steps == 1 or step % args.n_log_steps == 1 or step == args.n_steps
         if is_log:
             log_step(run, survival, phase, step, h, clock)

@@ -25,6 +25,17 @@ def settle_round(out, rows, done, values):
     return rows[(~done).nonzero(as_tuple=True)[0]]
 
 
+def fill_by_rejection(out, propose, what):
+    """Fill the (N,) ``out`` in rounds of ``propose(m) -> (accepted (m,) bool, values (m,))`` for its m
+    entries still open; SamplerError naming ``what`` after MAX_REDRAW_ROUNDS rounds."""
+    todo = torch.arange(out.numel(), device=out.device)
+    for _ in range(MAX_REDRAW_ROUNDS):
+        todo = settle_round(out, todo, *propose(todo.numel()))
+        if todo.numel() == 0:
+            return out
+    raise SamplerError(f"{what} sampler did not converge")
+
+
 def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
     """A tensor of ``size`` of Gamma(shape_param, 1) samples (Marsaglia & Tsang 2000), vectorised, as
     ``torch._standard_gamma`` takes no generator. For shape a < 1: G(a) = G(a+1) U^(1/a)."""
@@ -33,23 +44,17 @@ def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
     d = (a + 1.0 if boost else a) - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     numel = math.prod(size)
-    out = torch.empty(numel, device=device, dtype=dtype)
-    todo = torch.arange(numel, device=device)
-    for _ in range(MAX_REDRAW_ROUNDS):
-        m = todo.numel()
+
+    def propose(m):
         # Two candidates per open entry: acceptance is > 95 %, so the loop almost always ends at once.
         x = torch.randn(m, 2, generator=generator, device=device, dtype=dtype)
         u = torch.rand(m, 2, generator=generator, device=device, dtype=dtype)
         v = (1.0 + c * x) ** 3
         ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-        any_ok = ok.any(dim=1)
         first = ok.to(torch.int8).argmax(dim=1)
-        val = d * v.gather(1, first[:, None]).squeeze(1)
-        todo = settle_round(out, todo, any_ok, val)
-        if todo.numel() == 0:
-            break
-    else:
-        raise SamplerError("gamma sampler did not converge")
+        return ok.any(dim=1), d * v.gather(1, first[:, None]).squeeze(1)
+
+    out = fill_by_rejection(torch.empty(numel, device=device, dtype=dtype), propose, "gamma")
     if boost:
         u = torch.rand(numel, generator=generator, device=device, dtype=dtype)
         out = out * u.clamp_min(1e-30) ** (1.0 / a)
@@ -80,21 +85,16 @@ def von_mises_fisher(mean, kappa, generator):
     b = m1 / (2.0 * kappa + math.sqrt(4.0 * kappa * kappa + m1 * m1))
     x0 = (1.0 - b) / (1.0 + b)
     c = kappa * x0 + m1 * math.log(1.0 - x0 * x0)
-    w = torch.empty(bsz, device=device, dtype=torch.float64)
-    todo = torch.arange(bsz, device=device)
-    for _ in range(MAX_REDRAW_ROUNDS):
-        m = todo.numel()
+
+    def propose(m):
         g1 = standard_gamma(m1 / 2.0, (m,), generator, device, torch.float64)
         g2 = standard_gamma(m1 / 2.0, (m,), generator, device, torch.float64)
         beta = g1 / (g1 + g2)
         cand = (1.0 - (1.0 + b) * beta) / (1.0 - (1.0 - b) * beta)
         u = torch.rand(m, generator=generator, device=device, dtype=torch.float64)
-        ok = kappa * cand + m1 * torch.log1p(-x0 * cand) - c >= torch.log(u)
-        todo = settle_round(w, todo, ok, cand)
-        if todo.numel() == 0:
-            break
-    else:
-        raise SamplerError("von Mises-Fisher sampler did not converge")
+        return kappa * cand + m1 * torch.log1p(-x0 * cand) - c >= torch.log(u), cand
+
+    w = fill_by_rejection(torch.empty(bsz, device=device, dtype=torch.float64), propose, "von Mises-Fisher")
     # A uniform direction orthogonal to the mean.
     v = torch.randn(bsz, n, generator=generator, device=device, dtype=torch.float64)
     mu = mean.to(torch.float64)
