@@ -128,8 +128,7 @@ def well_conditioned_matrix(n, threshold, generator, pool):
             exact = condition_numbers_exact(w[cand])
             ok = (exact <= threshold).nonzero(as_tuple=True)[0]
             if ok.numel():
-                i = ok[0]
-                return unit_columns(w[cand[i]]), exact[i].item()
+                return unit_columns(w[cand[ok[0]]]), exact[ok[0]].item()
     raise RuntimeError("no matrix under the condition-number threshold; "
                        "raise --cond-thresh-ratio")
 

@@ -11,14 +11,10 @@ import torch.nn.functional as F
 THETA_INIT_STD = 0.1
 
 
-def _inverse_softplus(lam):
-    return lam + torch.log(-torch.expm1(-lam))
-
-
 # How θ becomes Λ̂ (--lambda-param): name -> (θ -> Λ̂, Λ̂ -> θ). softplus is the reference's; exp puts
 # Λ̂ in log space, where Adam's steps of roughly constant size in θ scale Λ̂ by a factor.
 LAMBDA_PARAMS = {
-    "softplus": (F.softplus, _inverse_softplus),
+    "softplus": (F.softplus, lambda lam: lam + torch.log(-torch.expm1(-lam))),
     "exp": (torch.exp, torch.log),
 }
 # Floor of |x| in the Lp form for p < 1, where d|x|^p/dx is infinite at 0.
@@ -62,8 +58,7 @@ class _ShiftedExpRowSums(torch.autograd.Function):
         left, right, e, rows = ctx.saved_tensors
         weight = (grad / rows)[:, None]  # (B, 1)
         grad_left = weight * (e @ right)
-        # Eᵀ X as (Xᵀ E)ᵀ: reads E row by row, faster on CPU than a GEMM with a transposed (B, B)
-        # operand (training_logs/speed.md).
+        # Eᵀ X as (Xᵀ E)ᵀ reads E row by row: faster on CPU than a GEMM of a transposed (B, B) (training_logs/speed.md).
         grad_right = ((weight * left).T @ e).T
         return grad_left, grad_right, None
 
@@ -110,8 +105,7 @@ class AnInfoNCELoss(nn.Module):
         ones = torch.ones_like(a[:, :1])
         qa = (a * a * lam).sum(1, keepdim=True)  # (B, 1)  aᵀΛa
         qb = (b * b * lam).sum(1, keepdim=True)
-        # s(u, v) = uᵀΛv - ½uᵀΛu - ½vᵀΛv as one matmul of augmented rows:
-        # [uΛ, -½uᵀΛu, -½] · [v, 1, vᵀΛv].
+        # s(u, v) = uᵀΛv - ½uᵀΛu - ½vᵀΛv as one matmul of augmented rows: [uΛ, -½uᵀΛu, -½] · [v, 1, vᵀΛv].
         left_a = torch.cat([a * lam, -0.5 * qa, -0.5 * ones], dim=1)  # (B, n+2)
         left_b = torch.cat([b * lam, -0.5 * qb, -0.5 * ones], dim=1)
         right_a = torch.cat([a, ones, qa], dim=1)
@@ -121,8 +115,7 @@ class AnInfoNCELoss(nn.Module):
         ab = _ShiftedExpRowSums.apply(left_a, right_b, False)  # s(a_i, b_k), positive included
         aa = _ShiftedExpRowSums.apply(left_a, right_a, True)  # s(a_i, a_k), k ≠ i
         bb = _ShiftedExpRowSums.apply(left_b, right_b, True)  # s(b_i, b_k), k ≠ i
-        # The reference reuses row i of the cross block for anchor b_i; the
-        # textbook layout takes s(b_i, a_k), a block of its own.
+        # The reference reuses row i of the cross block for anchor b_i; the textbook takes s(b_i, a_k), its own block.
         cross_b = _ShiftedExpRowSums.apply(left_b, right_a, False) if self.symmetric else ab
         loss_a = contrastive_cross_entropy(positive, [aa, ab])
         loss_b = contrastive_cross_entropy(positive, [bb, cross_b])

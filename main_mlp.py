@@ -86,10 +86,9 @@ def build_experiment(args, derived, device, init_gen, data_gen):
                              f"positives nearer the sphere)")
     g, threshold, conds = invertible_network_utils.construct_invertible_mlp(
         args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
-    g = g.to(device)
     latent = latent_spaces.build_latent_space(args, space, derived.conditional, positive_std, acceptance)
     groups = disentanglement_utils.lambda_groups(gt_lambda.numpy()) if gt_lambda is not None else None
-    return Experiment(latent, g, loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
+    return Experiment(latent, g.to(device), loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
 
 
 def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals=ACCEPTANCE_PROPOSALS):
@@ -166,21 +165,6 @@ def evaluate(latent, h, num_samples, generator, device, groups=None):
     for metric in METRICS:
         scores.update(metric.score(z, hz, groups) or {})
     return scores
-
-
-def over_batches(batches):
-    """The final record's fields from the scores of the final evaluation's batches (see Metric)."""
-    spread = {field for metric in METRICS for field in metric.spread}
-    fields = {}
-    for key, first in batches[0].items():
-        values = [scores[key] for scores in batches]
-        if isinstance(first, list):
-            fields[key] = np.mean(values, axis=0).tolist()
-        else:
-            fields[f"{key}_mean"] = float(np.mean(values))
-            if key in spread:
-                fields[f"{key}_std"] = float(np.std(values))
-    return fields
 
 
 def sample_views(latent, g, batch_size, generator, device, supervised):
@@ -279,10 +263,9 @@ def log_step(run, survival, phase, step, h, clock):
     """The Step line (and r, Λ̂) of ``step``, its metrics record, progress on stderr."""
     survival.check_finite(phase, step)
     ring = phase.losses.numel()
-    count = min(step, ring)
     values = phase.losses.cpu()
     loss = values[(step - 1) % ring].item()
-    mean_loss = (values.sum() / count).item() if count == ring else values[:count].mean().item()
+    mean_loss = (values.sum() / ring).item() if step >= ring else values[:step].mean().item()
     scores = evaluate(run.exp.latent, h, N_EVAL_SAMPLES, run.generator, run.device, run.exp.groups)
     if scores is None:
         raise Diverged(f"the {phase.name} run diverged at step {step}: the encoder's output is not finite "
@@ -316,7 +299,16 @@ def final_evaluation(run, survival, h):
         if scores is None:
             raise Diverged("the encoder's output is not finite in the final evaluation")
         batches.append(scores)
-    record = over_batches(batches)
+    spread = {field for metric in METRICS for field in metric.spread}
+    record = {}
+    for key, first in batches[0].items():  # the fields of the final record (see Metric)
+        values = [scores[key] for scores in batches]
+        if isinstance(first, list):
+            record[key] = np.mean(values, axis=0).tolist()
+        else:
+            record[f"{key}_mean"] = float(np.mean(values))
+            if key in spread:
+                record[f"{key}_std"] = float(np.std(values))
     run.log.line(f"linear mean: {record['lin_mean']} std: {record['lin_std']}")
     run.log.line(f"perm mean: {record['perm_mean']} std: {record['perm_std']}")
     run.log.record(type="final", **record)
@@ -395,8 +387,7 @@ def prepare(args, derived, device):
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         torch.backends.cudnn.allow_tf32 = args.allow_tf32
     run_support.refuse_if_too_big(peak_memory(args, derived), device)
-    # All randomness: the global CPU generator (encoder initialisation), one CPU generator for g and θ,
-    # one generator on the device for the data.
+    # All randomness: the global CPU generator (encoder init), a CPU one for g and θ, one on the device for the data.
     torch.manual_seed(seed)
     init_gen = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator(device=device).manual_seed(seed)

@@ -5,8 +5,7 @@ import math
 
 import torch
 
-# Rounds of a redraw loop (box truncation, rejection samplers) before we give up: reaching it means
-# the configuration cannot be sampled, and an error beats a hang.
+# Rounds of a redraw loop before we give up: then the configuration cannot be sampled, and an error beats a hang.
 MAX_REDRAW_ROUNDS = 10_000
 # Largest proposal tensor of the rejection sampler (elements).
 MAX_PROPOSAL_ELEMENTS = 1 << 24
@@ -94,15 +93,13 @@ def von_mises_fisher(mean, kappa, generator):
         u = torch.rand(m, generator=generator, device=device, dtype=torch.float64)
         return kappa * cand + m1 * torch.log1p(-x0 * cand) - c >= torch.log(u), cand
 
-    w = fill_by_rejection(torch.empty(bsz, device=device, dtype=torch.float64), propose, "von Mises-Fisher")
+    w = fill_by_rejection(torch.empty(bsz, device=device, dtype=torch.float64), propose, "von Mises-Fisher")[:, None]
     # A uniform direction orthogonal to the mean.
     v = torch.randn(bsz, n, generator=generator, device=device, dtype=torch.float64)
     mu = mean.to(torch.float64)
     v = v - (v * mu).sum(dim=1, keepdim=True) * mu
     v = v / v.norm(dim=1, keepdim=True)
-    w = w[:, None]
-    x = w * mu + torch.sqrt((1.0 - w * w).clamp_min(0.0)) * v
-    return x.to(dtype)
+    return (w * mu + torch.sqrt((1.0 - w * w).clamp_min(0.0)) * v).to(dtype)
 
 
 class NRealSpace:
@@ -197,8 +194,7 @@ class ExtendedSphereSpace(NSphereSpace):
             if rows.numel() == 0:
                 return out
             z = mean[rows]
-            # The rows left are few: more proposals each cost little and save rounds (each round is a
-            # dozen small kernel launches).
+            # The rows left are few: more proposals each cost little and save rounds (of a dozen kernel launches each).
             k *= 2
         raise SamplerError("rejection sampler did not converge; "
                            "raise --threshold or --gt-lambda-1/--gt-lambda-2")
