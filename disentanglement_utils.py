@@ -48,8 +48,7 @@ def lambda_groups(lam):
     """The groups of equal values of a ground-truth Λ's diagonal: a list of index arrays, in order of
     first appearance (bimodal: two groups; linearly spaced: one per dimension)."""
     lam = np.asarray(lam, dtype=np.float64)
-    values = list(dict.fromkeys(lam.tolist()))
-    return [np.flatnonzero(lam == value) for value in values]
+    return [np.flatnonzero(lam == value) for value in dict.fromkeys(lam.tolist())]
 
 
 def _orthonormal_basis(x):

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 N_COND_SAMPLES = 25_000
 # Matrices drawn per round while searching for one under the threshold.
 COND_CHUNK = 25_000
-# float32 screening is accurate to ~1e-6 relative for well-conditioned matrices; everything within
-# this margin of the threshold is re-checked exactly in float64.
+# float32 screening errs by ~1e-6 (relative): the matrices this near the threshold are re-checked in float64.
 SCREEN_MARGIN = 1e-4
 MAX_COND_ROUNDS = 400
 POWER_ITERATIONS = 4

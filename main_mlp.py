@@ -236,8 +236,7 @@ def train_phase(run, survival, name):
     total = phase_steps(args, name)
     f = encoders.build_encoder(args.n, run.derived.normalization).to(device)
     phase = Phase(name, total, f, build_optimizer(args, f, None if supervised else exp.loss_fn),
-                  # never longer than the phase (--n-log-steps may be huge)
-                  torch.zeros(max(1, min(args.n_log_steps, total)), device=device))
+                  torch.zeros(max(1, min(args.n_log_steps, total)), device=device))  # no longer than the phase
     run.log.line(f"supervised test: {supervised}")
     run.log.line(f"f:  {f!r}")
     start = survival.resume(phase)

@@ -54,8 +54,7 @@ def conditional_name(space_type, c_p):
                  if CONDITIONALS[name].spaces is None or space_type in CONDITIONALS[name].spaces), None)
 
 
-# Flags that say where or how a run ran, not what it computed: they may differ between a run and
-# its resumption (run_support), and are not differences between two logs (compare_logs.py).
+# How or where a run ran, not what it computed: a resumption may change them (run_support); compare_logs ignores them.
 INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrite", "log_file", "metrics_file",
                     "device", "compile", "checkpoint_every", "checkpoint_minutes", "num_eval_batches", "seed")
 

@@ -171,9 +171,9 @@ class ExtendedSphereSpace(NSphereSpace):
         (std: (n,), 1/sqrt(λ)) accepted only when | ‖z+δ‖ − 1 | < threshold: ``candidates`` proposals
         per row, the first accepted kept; the rows with none redrawn alone, with twice the proposals."""
         rows = None  # None: all rows still open (saves an index on the first round)
-        z = mean
         k = candidates
         for _ in range(MAX_REDRAW_ROUNDS):
+            z = mean if rows is None else mean[rows]
             m = z.shape[0]
             k = max(1, min(k, MAX_PROPOSAL_ELEMENTS // (m * self.n)))  # bounds the proposals' size
             delta = torch.randn(m, k, self.n, generator=generator,
@@ -193,7 +193,6 @@ class ExtendedSphereSpace(NSphereSpace):
                 rows = settle_round(out, rows, done, pick)
             if rows.numel() == 0:
                 return out
-            z = mean[rows]
             # The rows left are few: more proposals each cost little and save rounds (of a dozen kernel launches each).
             k *= 2
         raise SamplerError("rejection sampler did not converge; "
