@@ -137,5 +137,4 @@ def build_latent_space(args, space, conditional, positive_std=None, acceptance=N
         if isinstance(space, spaces.NSphereSpace):
             center[0] = space.r  # η = e_1 on the sphere
         marginal = Marginal(noise_kind(args.m_p), args.m_param, args.m_p, center)
-    sampler = CONDITIONALS[conditional].build(args, positive_std, acceptance)
-    return LatentSpace(space, marginal, sampler)
+    return LatentSpace(space, marginal, CONDITIONALS[conditional].build(args, positive_std, acceptance))

@@ -81,8 +81,7 @@ class AnInfoNCELoss(nn.Module):
         self.n, self.symmetric, self.fixed_lambda = n, symmetric, fixed_lambda
         self.to_lambda, from_lambda = LAMBDA_PARAMS[param]
         if fixed_lambda is None:
-            size = 1 if isotropic else n
-            theta = torch.randn(size, generator=generator) * THETA_INIT_STD
+            theta = torch.randn(1 if isotropic else n, generator=generator) * THETA_INIT_STD
             if param != "softplus":
                 theta = from_lambda(F.softplus(theta))
             self.theta = nn.Parameter(theta)

@@ -91,7 +91,7 @@ def build_experiment(args, derived, device, init_gen, data_gen):
     return Experiment(latent, g.to(device), loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
 
 
-def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals=ACCEPTANCE_PROPOSALS):
+def peak_memory(args, derived):
     """A generous estimate of a run's largest memory use in bytes, from its sizes and tables alone: the largest
     of g's condition-number search, the acceptance check, a training step and an evaluation, plus the loss ring."""
     n, bsz = args.n, args.batch_size
@@ -99,13 +99,13 @@ def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
     width = sum(dims)
     mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
-    acceptance = 3 * acceptance_proposals * n * 4 if derived.anisotropic else 0
+    acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if derived.anisotropic else 0
     blocks = losses.LOSSES[derived.loss].blocks
     proposals = 3 * latent_spaces.CONDITIONALS[derived.conditional].proposal_elements(args) * 4
     # the encoder with its gradients and Adam's two moments, the 2B rows of activations kept for the
     # backward pass, the loss's (B, B) blocks, the conditional's proposals
     step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals
-    evaluation = 2 * max(eval_samples, bsz) * width * 4
+    evaluation = 2 * max(N_EVAL_SAMPLES, bsz) * width * 4
     ring = min(args.n_log_steps, args.n_steps * max(1, args.more_unsupervised)) * 4
     return max(mixing, acceptance, step, evaluation) + ring
 
@@ -316,7 +316,7 @@ def final_evaluation(run, survival, h):
 def train(run, survival):
     """Print the header, train every phase, evaluate once."""
     args, resume = run.args, run.resume
-    print_header(args, run.device, run.seed, run.exp, run.id_scores, run.log)
+    print_header(run)
     if args.save_dir and resume is None:
         if args.overwrite:
             run_support.remove_previous_run(args.save_dir)
@@ -344,23 +344,24 @@ def file_beginnings(args):
     return log.encode("utf-8"), metrics.encode("utf-8")
 
 
-def print_header(args, device, seed, exp, id_scores, log):
+def print_header(run):
     """Everything the reference prints before training: the arguments, Λ, g and the identity scores."""
+    args, exp, log = run.args, run.exp, run.log
     for line in argument_lines(args):
         log.line(line)
-    log.record(type="config", args=vars(args), seed=seed, device=str(device), torch=torch.__version__,
+    log.record(type="config", args=vars(args), seed=run.seed, device=str(run.device), torch=torch.__version__,
                numpy=np.__version__, python=platform.python_version())
     if exp.acceptance is not None:
         log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
     if exp.theta_init is not None:
         log.line(f"lambda init:  {exp.theta_init!r}")
     if exp.gt_lambda is not None:
-        log.line(f"ground truth Lambda:  {exp.gt_lambda.to(device)!r}")
+        log.line(f"ground truth Lambda:  {exp.gt_lambda.to(run.device)!r}")
     log.line(f"condition number threshold: {exp.threshold:.6f}")
     for i, c in enumerate(exp.conds):
         log.line(f"layer {i + 1}/{len(exp.conds)},  condition number: {c!r}")
-    log.line(f"Id. Lin. Disentanglement: {id_scores['lin']:.4f}")
-    log.line(f"Id. Perm. Disentanglement: {id_scores['perm']:.4f}")
+    log.line(f"Id. Lin. Disentanglement: {run.id_scores['lin']:.4f}")
+    log.line(f"Id. Perm. Disentanglement: {run.id_scores['perm']:.4f}")
 
 
 def resolve_device(name):
