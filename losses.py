@@ -171,7 +171,7 @@ class Loss:
 
     description: str  # the --loss help
     build: object  # build(args, init_gen) -> nn.Module, its parameters drawn from init_gen
-    learns_lambda: bool  # it has a learnable Λ̂ (``theta`` and ``lambdas()``), logged
+    learns_lambda: bool  # a learnable Λ̂ (``theta``, ``lambdas()``), logged as lambda init / learned lambda values
     blocks: int  # the (B, B) float32 blocks it holds at its peak (the memory estimate)
     selectable: bool = True  # a --loss choice (settings.derive picks the others from --p and the space)
     label: str = None  # its name in sweep summaries, ``{p}`` replaced by --p
