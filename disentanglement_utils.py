@@ -26,10 +26,8 @@ def linear_r2_per_dimension(z, hz):
 def correlation_matrix(z, hz):
     """(n, m) Pearson correlations between the columns of z and of hz."""
     z, hz = _as_numpy(z), _as_numpy(hz)
-    zc = z - z.mean(0)
-    hc = hz - hz.mean(0)
-    zs = np.sqrt((zc * zc).sum(0))
-    hs = np.sqrt((hc * hc).sum(0))
+    zc, hc = z - z.mean(0), hz - hz.mean(0)
+    zs, hs = np.sqrt((zc * zc).sum(0)), np.sqrt((hc * hc).sum(0))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = (zc.T @ hc) / np.outer(zs, hs)
     # A constant column correlates with nothing.
@@ -50,8 +48,7 @@ def lambda_groups(lam):
     """The groups of equal values of a ground-truth Λ's diagonal: a list of index arrays, in order of
     first appearance (bimodal: two groups; linearly spaced: one per dimension)."""
     lam = np.asarray(lam, dtype=np.float64)
-    values = list(dict.fromkeys(lam.tolist()))
-    return [np.flatnonzero(lam == value) for value in values]
+    return [np.flatnonzero(lam == value) for value in dict.fromkeys(lam.tolist())]
 
 
 def _orthonormal_basis(x):
@@ -77,22 +74,21 @@ BlockScores = collections.namedtuple("BlockScores", "score orth groups")
 
 
 def block_identifiability(z, hz, groups):
-    """How well h maps z to hz = h(z) in the theorem's block-orthogonal form, the blocks being the
-    groups of latents of equal ground-truth λ.
+    """How well h maps z to hz = h(z) in the theorem's block-orthogonal form, the blocks being the groups of
+    latents of equal ground-truth λ.
 
-    1. |G_b| outputs are assigned to group b by the one-to-one matching (Hungarian, on the group
-       columns repeated |G_b| times) that maximises the sum of the multiple correlations
-       R(hz_j | z_{G_b}), the square root of the R² of the least-squares fit of output j from z_{G_b}.
-    2. Per group, the canonical correlations ρ_1..ρ_d between z_{G_b} and its outputs hz_{A_b} alone:
-       all 1 when the block's latents are an affine function of those outputs.
-    3. Per group, the least-squares map W_b with hz_{A_b} ≈ W_b z_{G_b} + c; the singular values of
-       all W_b together say how far h is from one orthogonal map (times a scale).
+    1. |G_b| outputs are assigned to group b by the one-to-one matching (Hungarian, on the group columns
+       repeated |G_b| times) that maximises the sum of the multiple correlations R(hz_j | z_{G_b}), the
+       square root of the R² of the least-squares fit of output j from z_{G_b}.
+    2. Per group, the canonical correlations ρ_1..ρ_d between z_{G_b} and its outputs hz_{A_b} alone: all 1
+       when the block's latents are an affine function of those outputs.
+    3. Per group, the least-squares map W_b with hz_{A_b} ≈ W_b z_{G_b} + c; the singular values of all W_b
+       together say how far h is from one orthogonal map (times a scale).
 
-    Returns:
-        BlockScores: score = the mean of all n canonical correlations (1 for any block-orthogonal h;
-        with all λ distinct every group is one latent, ρ = |corr(z_i, hz_{a(i)})| and the score is
-        the matched correlation, Perm.); orth = σ_min / σ_max of all W_b's singular values (1 for
-        an orthogonal map up to one scale); groups = the mean ρ of each group, in ``groups``' order.
+    Returns BlockScores: score, the mean of all n canonical correlations (1 for any block-orthogonal h; with
+    all λ distinct each group is one latent, ρ = |corr(z_i, hz_{a(i)})|, and the score is Perm.); orth,
+    σ_min / σ_max of all W_b's singular values (1 for an orthogonal map up to one scale); groups, the mean ρ
+    of each group, in ``groups``' order.
     """
     z, hz = _as_numpy(z), _as_numpy(hz)
     n = z.shape[1]

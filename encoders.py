@@ -1,12 +1,6 @@
-"""The encoder f: an MLP n -> 10n -> 50n -> 50n -> 50n -> 50n -> 10n -> n.
-
-Its last module normalises the output (names, repr and parameter names the reference's, so its state
-dict loads in either program):
-    RescaleLayer()                  fixed unit sphere (``--p 0`` without a learnable norm)
-    RescaleLayer(), parameter r     sphere of learnable radius (``--sphere-norm``)
-    SoftclipLayer(), max_abs_bound  sigmoid scaled by learnable bounds (``--box-norm``)
-    none                            (``--p`` > 0 without a learnable norm)
-"""
+"""The encoder f: an MLP n -> 10n -> 50n -> 50n -> 50n -> 50n -> 10n -> n, its last module normalising the
+output (settings.derive picks which from the flags). Names, reprs and parameter names are the reference's, so
+its state dict loads in either program."""
 
 import torch
 from torch import nn
@@ -28,8 +22,8 @@ class LeakyReLU(nn.LeakyReLU):
 
 
 class RescaleLayer(nn.Module):
-    """Project every row onto the unit sphere, or one of learnable radius ``r`` ((1,), init 1; as
-    the reference's, the fixed radius is not in the state dict)."""
+    """Project every row onto the unit sphere, or one of learnable radius ``r`` ((1,), init 1; a fixed
+    radius is not in the state dict, as the reference's)."""
 
     def __init__(self, learnable=False):
         super().__init__()

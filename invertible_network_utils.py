@@ -12,8 +12,7 @@ import torch.nn.functional as F
 N_COND_SAMPLES = 25_000
 # Matrices drawn per round while searching for one under the threshold.
 COND_CHUNK = 25_000
-# float32 screening is accurate to ~1e-6 relative for well-conditioned matrices; everything within
-# this margin of the threshold is re-checked exactly in float64.
+# float32 screening errs by ~1e-6 (relative): the matrices this near the threshold are re-checked in float64.
 SCREEN_MARGIN = 1e-4
 MAX_COND_ROUNDS = 400
 POWER_ITERATIONS = 4
@@ -128,8 +127,7 @@ def well_conditioned_matrix(n, threshold, generator, pool):
             exact = condition_numbers_exact(w[cand])
             ok = (exact <= threshold).nonzero(as_tuple=True)[0]
             if ok.numel():
-                i = ok[0]
-                return unit_columns(w[cand[i]]), exact[i].item()
+                return unit_columns(w[cand[ok[0]]]), exact[ok[0]].item()
     raise RuntimeError("no matrix under the condition-number threshold; "
                        "raise --cond-thresh-ratio")
 
@@ -146,9 +144,8 @@ def construct_invertible_mlp(n, n_layers, act_fct, cond_thresh_ratio, generator,
         threshold = condition_threshold(n, cond_thresh_ratio, generator, pool, n_iter_cond_thresh)
         for i in range(n_layers):
             w, c = well_conditioned_matrix(n, threshold, generator, pool)
-            lin = nn.Linear(n, n, bias=False)
-            with torch.no_grad():
-                lin.weight.copy_(w)
+            lin = nn.Linear(n, n, bias=False)  # its unused initialisation is part of the seeded draws
+            lin.weight = nn.Parameter(w)
             layers.append(lin)
             conds.append(c)
             if i < n_layers - 1:

@@ -109,21 +109,11 @@ def build_space(args):
 
 @dataclasses.dataclass(frozen=True)
 class ConditionalSampler:
-    """How a conditional (its flags: settings.CONDITIONALS) is built.
+    """How a conditional (its flags: settings.CONDITIONALS) is built. ``positive_std`` (n,) is 1/sqrt(λ) of
+    the ground-truth Λ on the device, ``acceptance`` its sampler's (both None but for ground_truth_lambda)."""
 
-    build: ``build(args, positive_std, acceptance) -> sampler`` with ``sample(space, z, generator)``
-        (a class above); ``positive_std`` (n,) is 1/sqrt(λ) of the ground-truth Λ on the device,
-        ``acceptance`` the positives' sampler's (both None but for settings' ground_truth_lambda).
-    proposal_elements: ``proposal_elements(args)``, the elements of its largest proposal tensor in a
-        step (the memory estimate).
-    """
-
-    build: object
-    proposal_elements: object = lambda args: 0
-
-
-def _anisotropic_proposals(args):
-    return min(MAX_CANDIDATES * args.batch_size * args.n, spaces.MAX_PROPOSAL_ELEMENTS)
+    build: object  # build(args, positive_std, acceptance) -> a sampler with sample(space, z, generator)
+    proposal_elements: object = lambda args: 0  # of its largest proposal tensor in a step (the memory estimate)
 
 
 # The conditionals' samplers by name (settings.CONDITIONALS: the flags that pick each).
@@ -132,7 +122,8 @@ CONDITIONALS = {
     "normal": ConditionalSampler(Around),
     "generalized_normal": ConditionalSampler(Around),
     "vmf": ConditionalSampler(VonMisesFisher),
-    "anisotropic": ConditionalSampler(AnisotropicNormal, _anisotropic_proposals),
+    "anisotropic": ConditionalSampler(AnisotropicNormal, lambda args: min(MAX_CANDIDATES * args.batch_size * args.n,
+                                                                          spaces.MAX_PROPOSAL_ELEMENTS)),
 }
 
 
@@ -146,5 +137,4 @@ def build_latent_space(args, space, conditional, positive_std=None, acceptance=N
         if isinstance(space, spaces.NSphereSpace):
             center[0] = space.r  # η = e_1 on the sphere
         marginal = Marginal(noise_kind(args.m_p), args.m_param, args.m_p, center)
-    sampler = CONDITIONALS[conditional].build(args, positive_std, acceptance)
-    return LatentSpace(space, marginal, sampler)
+    return LatentSpace(space, marginal, CONDITIONALS[conditional].build(args, positive_std, acceptance))

@@ -1,7 +1,5 @@
-"""Contrastive losses: AnInfoNCE / InfoNCE, the Lp form and the dot-product form.
-
-All end in ``contrastive_cross_entropy``; ``LOSSES`` (at the end) declares each by name.
-"""
+"""Contrastive losses: AnInfoNCE / InfoNCE, the Lp form and the dot-product form. All end in
+``contrastive_cross_entropy``; ``LOSSES`` (at the end) declares each by name."""
 
 import dataclasses
 import functools
@@ -13,14 +11,10 @@ import torch.nn.functional as F
 THETA_INIT_STD = 0.1
 
 
-def _inverse_softplus(lam):
-    return lam + torch.log(-torch.expm1(-lam))
-
-
 # How θ becomes Λ̂ (--lambda-param): name -> (θ -> Λ̂, Λ̂ -> θ). softplus is the reference's; exp puts
 # Λ̂ in log space, where Adam's steps of roughly constant size in θ scale Λ̂ by a factor.
 LAMBDA_PARAMS = {
-    "softplus": (F.softplus, _inverse_softplus),
+    "softplus": (F.softplus, lambda lam: lam + torch.log(-torch.expm1(-lam))),
     "exp": (torch.exp, torch.log),
 }
 # Floor of |x| in the Lp form for p < 1, where d|x|^p/dx is infinite at 0.
@@ -64,8 +58,7 @@ class _ShiftedExpRowSums(torch.autograd.Function):
         left, right, e, rows = ctx.saved_tensors
         weight = (grad / rows)[:, None]  # (B, 1)
         grad_left = weight * (e @ right)
-        # Eᵀ X as (Xᵀ E)ᵀ: reads E row by row, faster on CPU than a GEMM with a transposed (B, B)
-        # operand (training_logs/speed.md).
+        # Eᵀ X as (Xᵀ E)ᵀ reads E row by row: faster on CPU than a GEMM of a transposed (B, B) (training_logs/speed.md).
         grad_right = ((weight * left).T @ e).T
         return grad_left, grad_right, None
 
@@ -77,24 +70,18 @@ class AnInfoNCELoss(nn.Module):
     (a learnable output radius gets no gradient through the loss). Each of the 2B views of B pairs
     (a_i, b_i) is an anchor: its positive is s(a_i, b_i), its negatives the other 2B - 2 views (NT-Xent).
 
-    Args:
-        isotropic: one shared λ (InfoNCE with temperature 1/λ) instead of n.
-        symmetric: textbook negatives s(b_i, a_k) for the second view's anchors; by default the
-            reference's layout, which reuses the first view's cross block: s(a_i, b_k).
-        generator: draws θ ~ N(0, 0.1²).
-        fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (InfoNCE with τ = 1 / fixed_lambda).
-        param: a key of LAMBDA_PARAMS, how θ becomes Λ̂; the initial Λ̂ is always softplus of
-            the reference's draw of θ.
+    isotropic: one shared λ (InfoNCE with temperature 1/λ). symmetric: textbook negatives s(b_i, a_k) for the
+    second view's anchors (by default the reference's reuse of the first view's cross block, s(a_i, b_k)).
+    generator: draws θ ~ N(0, 0.1²). fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (InfoNCE, τ = 1 /
+    fixed_lambda). param: a key of LAMBDA_PARAMS; the initial Λ̂ is always softplus of the reference's θ.
     """
 
     def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None, param="softplus"):
         super().__init__()
-        self.n, self.symmetric = n, symmetric
-        self.fixed_lambda = fixed_lambda
+        self.n, self.symmetric, self.fixed_lambda = n, symmetric, fixed_lambda
         self.to_lambda, from_lambda = LAMBDA_PARAMS[param]
         if fixed_lambda is None:
-            size = 1 if isotropic else n
-            theta = torch.randn(size, generator=generator) * THETA_INIT_STD
+            theta = torch.randn(1 if isotropic else n, generator=generator) * THETA_INIT_STD
             if param != "softplus":
                 theta = from_lambda(F.softplus(theta))
             self.theta = nn.Parameter(theta)
@@ -117,8 +104,7 @@ class AnInfoNCELoss(nn.Module):
         ones = torch.ones_like(a[:, :1])
         qa = (a * a * lam).sum(1, keepdim=True)  # (B, 1)  aᵀΛa
         qb = (b * b * lam).sum(1, keepdim=True)
-        # s(u, v) = uᵀΛv - ½uᵀΛu - ½vᵀΛv as one matmul of augmented rows:
-        # [uΛ, -½uᵀΛu, -½] · [v, 1, vᵀΛv].
+        # s(u, v) = uᵀΛv - ½uᵀΛu - ½vᵀΛv as one matmul of augmented rows: [uΛ, -½uᵀΛu, -½] · [v, 1, vᵀΛv].
         left_a = torch.cat([a * lam, -0.5 * qa, -0.5 * ones], dim=1)  # (B, n+2)
         left_b = torch.cat([b * lam, -0.5 * qb, -0.5 * ones], dim=1)
         right_a = torch.cat([a, ones, qa], dim=1)
@@ -128,8 +114,7 @@ class AnInfoNCELoss(nn.Module):
         ab = _ShiftedExpRowSums.apply(left_a, right_b, False)  # s(a_i, b_k), positive included
         aa = _ShiftedExpRowSums.apply(left_a, right_a, True)  # s(a_i, a_k), k ≠ i
         bb = _ShiftedExpRowSums.apply(left_b, right_b, True)  # s(b_i, b_k), k ≠ i
-        # The reference reuses row i of the cross block for anchor b_i; the
-        # textbook layout takes s(b_i, a_k), a block of its own.
+        # The reference reuses row i of the cross block for anchor b_i; the textbook takes s(b_i, a_k), its own block.
         cross_b = _ShiftedExpRowSums.apply(left_b, right_a, False) if self.symmetric else ab
         loss_a = contrastive_cross_entropy(positive, [aa, ab])
         loss_b = contrastive_cross_entropy(positive, [bb, cross_b])
@@ -180,32 +165,21 @@ class DotSimCLRLoss(nn.Module):
         return contrastive_cross_entropy(positive, [torch.logsumexp(neg, dim=1), positive])
 
 
-# --------------------------------------------------------------------------
-# The table of losses
-
-
 @dataclasses.dataclass(frozen=True)
 class Loss:
-    """One contrastive loss: everything the rest of the project needs to know of it.
+    """One contrastive loss: everything the rest of the project needs to know of it."""
 
-    description: the ``--loss`` help. build: ``build(args, init_gen) -> nn.Module`` (its parameters
-    drawn from ``init_gen``). learns_lambda: it has a learnable Λ̂ (``theta`` and ``lambdas()``, logged
-    as ``lambda init`` and ``learned lambda values``). blocks: the (B, B) float32 blocks it holds at
-    its peak (the memory estimate). selectable: a ``--loss`` choice (the others settings.derive picks
-    from ``--p`` and the space). label: its name in sweep summaries, ``{p}`` replaced by ``--p``.
-    """
-
-    description: str
-    build: object
-    learns_lambda: bool
-    blocks: int
-    selectable: bool = True
-    label: str = None
+    description: str  # the --loss help
+    build: object  # build(args, init_gen) -> nn.Module, its parameters drawn from init_gen
+    learns_lambda: bool  # a learnable Λ̂ (``theta``, ``lambdas()``), logged as lambda init / learned lambda values
+    blocks: int  # the (B, B) float32 blocks it holds at its peak (the memory estimate)
+    selectable: bool = True  # a --loss choice (settings.derive picks the others from --p and the space)
+    label: str = None  # its name in sweep summaries, ``{p}`` replaced by --p
 
 
-def _aninfonce(args, init_gen, isotropic=False):
-    return AnInfoNCELoss(args.n, isotropic=isotropic, symmetric=args.negatives == "symmetric",
-                         generator=init_gen, param=args.lambda_param)
+def _aninfonce(args, init_gen, **kwargs):
+    return AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", generator=init_gen,
+                         param=args.lambda_param, **kwargs)
 
 
 # The losses by name (settings.derive picks one: --loss on extended_sphere with --p 0, else --p and the
@@ -215,8 +189,7 @@ LOSSES = {
     "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ",
                     functools.partial(_aninfonce, isotropic=True), learns_lambda=True, blocks=4),
     "infonce-fixed": Loss("the textbook InfoNCE: fixed temperature --tau (Λ̂ = I / τ, nothing learned)",
-                          lambda args, init_gen: AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric",
-                                                               fixed_lambda=1.0 / args.tau),
+                          lambda args, init_gen: _aninfonce(args, init_gen, fixed_lambda=1.0 / args.tau),
                           learns_lambda=False, blocks=4),
     "lp": Loss("the Lp form (--p > 0)", lambda args, init_gen: LpSimCLRLoss(args.p, args.tau),
                learns_lambda=False, blocks=3, selectable=False, label="Lp (p={p})"),

@@ -1,16 +1,13 @@
-"""Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss.
-
-The synthetic experiments of "Contrastive Learning: Reducing the Gap Between Theory and Practice"
-(Rusak et al.), with the command line and log format of the authors' main_mlp.py. Reads as: parse
-(command_line.py) -> build the latent space, g, f and the loss -> train -> final evaluation; what
-keeps a run's work through kills and signals is in run_support.py.
+"""Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss: the synthetic
+experiments of "Contrastive Learning: Reducing the Gap Between Theory and Practice" (Rusak et al.), with the
+command line and log format of the authors' main_mlp.py. Reads as: parse (command_line.py) -> build the latent
+space, g, f and the loss -> train -> final evaluation; run_support.py keeps a run's work through kills and signals.
 """
 
 import sys
 
 if __name__ == "__main__":
-    # Before torch is imported (the imports below come after this on purpose): a signal now ends
-    # the run at once, without a traceback.
+    # Before torch is imported (hence the imports below): a signal now ends the run at once, without a traceback.
     import startup_signals
     startup_signals.exit_at_once()
     import argparse_utils
@@ -42,8 +39,7 @@ from run_support import CHECKPOINT_NAME, Diverged, InputError, RunLog, WriteErro
 
 # Fresh marginal samples behind every logged Lin./Perm. score.
 N_EVAL_SAMPLES = 4096
-# Below this estimated acceptance rate the rejection sampler would need more than 10,000 proposals
-# per row: we refuse to start.
+# Below this estimated acceptance rate the rejection sampler would need over 10,000 proposals a row: refused.
 MIN_ACCEPTANCE = 1e-4
 ACCEPTANCE_PROPOSALS = 20_000
 
@@ -51,10 +47,6 @@ ACCEPTANCE_PROPOSALS = 20_000
 def parse_args(argv=None):
     """command_line.parse_args, with ``--loss``'s choices and help from losses.LOSSES."""
     return command_line.parse_args(argv, losses.LOSSES)
-
-
-# --------------------------------------------------------------------------
-# Building the experiment
 
 
 @dataclasses.dataclass
@@ -94,28 +86,26 @@ def build_experiment(args, derived, device, init_gen, data_gen):
                              f"positives nearer the sphere)")
     g, threshold, conds = invertible_network_utils.construct_invertible_mlp(
         args.n, args.n_mixing_layer, args.act_fct, args.cond_thresh_ratio, init_gen)
-    g = g.to(device)
     latent = latent_spaces.build_latent_space(args, space, derived.conditional, positive_std, acceptance)
     groups = disentanglement_utils.lambda_groups(gt_lambda.numpy()) if gt_lambda is not None else None
-    return Experiment(latent, g, loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
+    return Experiment(latent, g.to(device), loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
 
 
-def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals=ACCEPTANCE_PROPOSALS):
-    """A generous estimate of a run's largest memory use, in bytes, from its sizes and tables alone:
-    the largest of g's condition-number search, the sampler's acceptance check, a training step and
-    an evaluation, plus the loss ring."""
+def peak_memory(args, derived):
+    """A generous estimate of a run's largest memory use in bytes, from its sizes and tables alone: the largest
+    of g's condition-number search, the acceptance check, a training step and an evaluation, plus the loss ring."""
     n, bsz = args.n, args.batch_size
     dims = encoders.layer_widths(n)
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
     width = sum(dims)
     mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
-    acceptance = 3 * acceptance_proposals * n * 4 if derived.anisotropic else 0
+    acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if derived.anisotropic else 0
     blocks = losses.LOSSES[derived.loss].blocks
     proposals = 3 * latent_spaces.CONDITIONALS[derived.conditional].proposal_elements(args) * 4
     # the encoder with its gradients and Adam's two moments, the 2B rows of activations kept for the
     # backward pass, the loss's (B, B) blocks, the conditional's proposals
     step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals
-    evaluation = 2 * max(eval_samples, bsz) * width * 4
+    evaluation = 2 * max(N_EVAL_SAMPLES, bsz) * width * 4
     ring = min(args.n_log_steps, args.n_steps * max(1, args.more_unsupervised)) * 4
     return max(mixing, acceptance, step, evaluation) + ring
 
@@ -123,20 +113,14 @@ def peak_memory(args, derived, eval_samples=N_EVAL_SAMPLES, acceptance_proposals
 def build_optimizer(args, f, loss_fn=None):
     """Adam: --lr for the encoder, --lr-lambda for the loss's parameters (θ of Λ̂)."""
     groups = [{"params": list(f.parameters()), "lr": args.lr}]
-    loss_params = list(loss_fn.parameters()) if loss_fn is not None else []
-    if loss_params:
-        groups.append({"params": loss_params, "lr": args.lr_lambda})
+    if loss_fn is not None and list(loss_fn.parameters()):
+        groups.append({"params": list(loss_fn.parameters()), "lr": args.lr_lambda})
     # fused: one kernel for all ~1M parameters instead of a dozen per tensor.
     return torch.optim.Adam(groups, fused=True)
 
 
-# --------------------------------------------------------------------------
-# Training and evaluation
-
-
 def identifiability_scores(z, hz, groups):
-    """Lin. and Perm. (the reference's two scores, printed on every Step line), and per dimension of z
-    its R² and its matched |corr| (their means are Lin. and Perm.)."""
+    """Lin. and Perm. (the reference's scores, on every Step line), their per-dimension R² and matched |corr|."""
     lin_dims = disentanglement_utils.linear_r2_per_dimension(z, hz)
     perm_dims = disentanglement_utils.matched_correlations(z, hz)
     return {"lin": float(np.mean(lin_dims)), "perm": float(np.mean(perm_dims)),
@@ -183,21 +167,6 @@ def evaluate(latent, h, num_samples, generator, device, groups=None):
     return scores
 
 
-def over_batches(batches):
-    """The final record's fields from the scores of the final evaluation's batches (see Metric)."""
-    spread = {field for metric in METRICS for field in metric.spread}
-    fields = {}
-    for key, first in batches[0].items():
-        values = [scores[key] for scores in batches]
-        if isinstance(first, list):
-            fields[key] = np.mean(values, axis=0).tolist()
-        else:
-            fields[f"{key}_mean"] = float(np.mean(values))
-            if key in spread:
-                fields[f"{key}_std"] = float(np.std(values))
-    return fields
-
-
 def sample_views(latent, g, batch_size, generator, device, supervised):
     """The inputs of one step, drawn fresh: ``(x, target)``: contrastive, x = g([z; z~]) (2B, n),
     both views in one pass, and None; supervised, x = g(z) (B, n) and z."""
@@ -214,18 +183,11 @@ def optimise(f, loss_fn, optimizer, x, target, autocast):
     with autocast():
         h = f(x)
     h = h.float()
-    if target is not None:
-        loss = F.mse_loss(h, target)
-    else:
-        loss = loss_fn(*h.chunk(2))  # the two views' (B, n) halves
+    loss = F.mse_loss(h, target) if target is not None else loss_fn(*h.chunk(2))  # the two views' (B, n) halves
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
-
-
-# --------------------------------------------------------------------------
-# The training loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,8 +236,7 @@ def train_phase(run, survival, name):
     total = phase_steps(args, name)
     f = encoders.build_encoder(args.n, run.derived.normalization).to(device)
     phase = Phase(name, total, f, build_optimizer(args, f, None if supervised else exp.loss_fn),
-                  # never longer than the phase (--n-log-steps may be huge)
-                  torch.zeros(max(1, min(args.n_log_steps, total)), device=device))
+                  torch.zeros(max(1, min(args.n_log_steps, total)), device=device))  # no longer than the phase
     run.log.line(f"supervised test: {supervised}")
     run.log.line(f"f:  {f!r}")
     start = survival.resume(phase)
@@ -288,8 +249,7 @@ def train_phase(run, survival, name):
         x, target = sample_views(exp.latent, exp.g, args.batch_size, run.generator, device, supervised)
         loss = optimise(f_step, loss_step, phase.optimizer, x, target, autocast)
         phase.losses[(step - 1) % phase.losses.numel()] = loss
-        # The reference's rule: step % n_log == 1 or step == n_steps (which crashes it for
-        # n_log == 1; there we log every step).
+        # The reference's rule (which crashes it for n_log == 1; there we log every step).
         is_log = args.n_log_steps == 1 or step % args.n_log_steps == 1 or step == args.n_steps
         if is_log:
             log_step(run, survival, phase, step, h, clock)
@@ -302,10 +262,9 @@ def log_step(run, survival, phase, step, h, clock):
     """The Step line (and r, Λ̂) of ``step``, its metrics record, progress on stderr."""
     survival.check_finite(phase, step)
     ring = phase.losses.numel()
-    count = min(step, ring)
     values = phase.losses.cpu()
     loss = values[(step - 1) % ring].item()
-    mean_loss = (values.sum() / count).item() if count == ring else values[:count].mean().item()
+    mean_loss = (values.sum() / ring).item() if step >= ring else values[:step].mean().item()
     scores = evaluate(run.exp.latent, h, N_EVAL_SAMPLES, run.generator, run.device, run.exp.groups)
     if scores is None:
         raise Diverged(f"the {phase.name} run diverged at step {step}: the encoder's output is not finite "
@@ -339,7 +298,16 @@ def final_evaluation(run, survival, h):
         if scores is None:
             raise Diverged("the encoder's output is not finite in the final evaluation")
         batches.append(scores)
-    record = over_batches(batches)
+    spread = {field for metric in METRICS for field in metric.spread}
+    record = {}
+    for key, first in batches[0].items():  # the fields of the final record (see Metric)
+        values = [scores[key] for scores in batches]
+        if isinstance(first, list):
+            record[key] = np.mean(values, axis=0).tolist()
+        else:
+            record[f"{key}_mean"] = float(np.mean(values))
+            if key in spread:
+                record[f"{key}_std"] = float(np.std(values))
     run.log.line(f"linear mean: {record['lin_mean']} std: {record['lin_std']}")
     run.log.line(f"perm mean: {record['perm_mean']} std: {record['perm_std']}")
     run.log.record(type="final", **record)
@@ -348,7 +316,7 @@ def final_evaluation(run, survival, h):
 def train(run, survival):
     """Print the header, train every phase, evaluate once."""
     args, resume = run.args, run.resume
-    print_header(args, run.device, run.seed, run.exp, run.id_scores, run.log)
+    print_header(run)
     if args.save_dir and resume is None:
         if args.overwrite:
             run_support.remove_previous_run(args.save_dir)
@@ -361,10 +329,6 @@ def train(run, survival):
     for name in phases:
         f = train_phase(run, survival, name)
     final_evaluation(run, survival, torch.nn.Sequential(run.exp.g, f))  # once, after the last phase, as the reference
-
-
-# --------------------------------------------------------------------------
-# Running it
 
 
 def argument_lines(args):
@@ -380,23 +344,24 @@ def file_beginnings(args):
     return log.encode("utf-8"), metrics.encode("utf-8")
 
 
-def print_header(args, device, seed, exp, id_scores, log):
+def print_header(run):
     """Everything the reference prints before training: the arguments, Λ, g and the identity scores."""
+    args, exp, log = run.args, run.exp, run.log
     for line in argument_lines(args):
         log.line(line)
-    log.record(type="config", args=vars(args), seed=seed, device=str(device), torch=torch.__version__,
+    log.record(type="config", args=vars(args), seed=run.seed, device=str(run.device), torch=torch.__version__,
                numpy=np.__version__, python=platform.python_version())
     if exp.acceptance is not None:
         log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
     if exp.theta_init is not None:
         log.line(f"lambda init:  {exp.theta_init!r}")
     if exp.gt_lambda is not None:
-        log.line(f"ground truth Lambda:  {exp.gt_lambda.to(device)!r}")
+        log.line(f"ground truth Lambda:  {exp.gt_lambda.to(run.device)!r}")
     log.line(f"condition number threshold: {exp.threshold:.6f}")
     for i, c in enumerate(exp.conds):
         log.line(f"layer {i + 1}/{len(exp.conds)},  condition number: {c!r}")
-    log.line(f"Id. Lin. Disentanglement: {id_scores['lin']:.4f}")
-    log.line(f"Id. Perm. Disentanglement: {id_scores['perm']:.4f}")
+    log.line(f"Id. Lin. Disentanglement: {run.id_scores['lin']:.4f}")
+    log.line(f"Id. Perm. Disentanglement: {run.id_scores['perm']:.4f}")
 
 
 def resolve_device(name):
@@ -422,8 +387,7 @@ def prepare(args, derived, device):
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         torch.backends.cudnn.allow_tf32 = args.allow_tf32
     run_support.refuse_if_too_big(peak_memory(args, derived), device)
-    # All randomness: the global CPU generator (encoder initialisation), one CPU generator for g and θ,
-    # one generator on the device for the data.
+    # All randomness: the global CPU generator (encoder init), a CPU one for g and θ, one on the device for the data.
     torch.manual_seed(seed)
     init_gen = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator(device=device).manual_seed(seed)

@@ -5,8 +5,7 @@ block (strings) through the same functions."""
 import dataclasses
 
 
-# The loss of a run whose log predates --loss, and --loss's default: the reference's AnInfoNCE. The losses
-# themselves, and which of them --loss offers, are losses.LOSSES.
+# --loss's default and the loss of a log that predates --loss: the reference's AnInfoNCE (the losses: losses.LOSSES).
 DEFAULT_LOSS = "aninfonce"
 # The losses derive picks from --p and the space instead of --loss (keys of losses.LOSSES).
 LP_LOSS, DOT_LOSS = "lp", "dot"
@@ -51,17 +50,13 @@ def conditional_candidates(c_p):
 
 def conditional_name(space_type, c_p):
     """The conditional ``--space-type`` and ``--c-p`` pick; None when the ``--c-p``'s are not defined on it."""
-    for name in conditional_candidates(c_p):
-        if CONDITIONALS[name].spaces is None or space_type in CONDITIONALS[name].spaces:
-            return name
-    return None
+    return next((name for name in conditional_candidates(c_p)
+                 if CONDITIONALS[name].spaces is None or space_type in CONDITIONALS[name].spaces), None)
 
 
-# Flags that say where or how a run ran, not what it computed: they may differ between a run and
-# its resumption (run_support), and are not differences between two logs (compare_logs.py).
+# How or where a run ran, not what it computed: a resumption may change them (run_support); compare_logs ignores them.
 INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrite", "log_file", "metrics_file",
                     "device", "compile", "checkpoint_every", "checkpoint_minutes", "num_eval_batches", "seed")
-
 
 # How θ becomes Λ̂ (--lambda-param; the functions are losses.LAMBDA_PARAMS), the reference's first.
 LAMBDA_PARAM_CHOICES = ("softplus", "exp")
@@ -104,24 +99,14 @@ def derive(space_type, p, c_p, loss=DEFAULT_LOSS, box_norm=False, sphere_norm=Fa
     """The decisions of a run from its flags (numbers or their printed strings)."""
     p, c_p = float(p), float(c_p)
     from_flag = space_type == "extended_sphere" and p == 0
-    if p > 0:
-        kind = LP_LOSS
-    elif from_flag:
-        kind = loss
+    kind = LP_LOSS if p > 0 else (loss if from_flag else DOT_LOSS)
+    if box_norm or sphere_norm:
+        normalization = "learnable_box" if box_norm else "learnable_sphere"
     else:
-        kind = DOT_LOSS
-    if box_norm:
-        normalization = "learnable_box"
-    elif sphere_norm:
-        normalization = "learnable_sphere"
-    elif p == 0:
-        normalization = "fixed_sphere"
-    else:
-        normalization = "none"
+        normalization = "fixed_sphere" if p == 0 else "none"
     conditional = conditional_name(space_type, c_p)
     anisotropic = conditional is not None and CONDITIONALS[conditional].ground_truth_lambda
-    return Derived(loss=kind, loss_from_flag=from_flag, conditional=conditional, anisotropic=anisotropic,
-                   normalization=normalization)
+    return Derived(kind, from_flag, conditional, anisotropic, normalization)
 
 
 def derive_from_args(args):

@@ -5,8 +5,7 @@ import math
 
 import torch
 
-# Rounds of a redraw loop (box truncation, rejection samplers) before we give up: reaching it means
-# the configuration cannot be sampled, and an error beats a hang.
+# Rounds of a redraw loop before we give up: then the configuration cannot be sampled, and an error beats a hang.
 MAX_REDRAW_ROUNDS = 10_000
 # Largest proposal tensor of the rejection sampler (elements).
 MAX_PROPOSAL_ELEMENTS = 1 << 24
@@ -25,6 +24,17 @@ def settle_round(out, rows, done, values):
     return rows[(~done).nonzero(as_tuple=True)[0]]
 
 
+def fill_by_rejection(out, propose, what):
+    """Fill the (N,) ``out`` in rounds of ``propose(m) -> (accepted (m,) bool, values (m,))`` for its m
+    entries still open; SamplerError naming ``what`` after MAX_REDRAW_ROUNDS rounds."""
+    todo = torch.arange(out.numel(), device=out.device)
+    for _ in range(MAX_REDRAW_ROUNDS):
+        todo = settle_round(out, todo, *propose(todo.numel()))
+        if todo.numel() == 0:
+            return out
+    raise SamplerError(f"{what} sampler did not converge")
+
+
 def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
     """A tensor of ``size`` of Gamma(shape_param, 1) samples (Marsaglia & Tsang 2000), vectorised, as
     ``torch._standard_gamma`` takes no generator. For shape a < 1: G(a) = G(a+1) U^(1/a)."""
@@ -33,23 +43,17 @@ def standard_gamma(shape_param, size, generator, device, dtype=torch.float32):
     d = (a + 1.0 if boost else a) - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     numel = math.prod(size)
-    out = torch.empty(numel, device=device, dtype=dtype)
-    todo = torch.arange(numel, device=device)
-    for _ in range(MAX_REDRAW_ROUNDS):
-        m = todo.numel()
+
+    def propose(m):
         # Two candidates per open entry: acceptance is > 95 %, so the loop almost always ends at once.
         x = torch.randn(m, 2, generator=generator, device=device, dtype=dtype)
         u = torch.rand(m, 2, generator=generator, device=device, dtype=dtype)
         v = (1.0 + c * x) ** 3
         ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-        any_ok = ok.any(dim=1)
         first = ok.to(torch.int8).argmax(dim=1)
-        val = d * v.gather(1, first[:, None]).squeeze(1)
-        todo = settle_round(out, todo, any_ok, val)
-        if todo.numel() == 0:
-            break
-    else:
-        raise SamplerError("gamma sampler did not converge")
+        return ok.any(dim=1), d * v.gather(1, first[:, None]).squeeze(1)
+
+    out = fill_by_rejection(torch.empty(numel, device=device, dtype=dtype), propose, "gamma")
     if boost:
         u = torch.rand(numel, generator=generator, device=device, dtype=dtype)
         out = out * u.clamp_min(1e-30) ** (1.0 / a)
@@ -80,34 +84,27 @@ def von_mises_fisher(mean, kappa, generator):
     b = m1 / (2.0 * kappa + math.sqrt(4.0 * kappa * kappa + m1 * m1))
     x0 = (1.0 - b) / (1.0 + b)
     c = kappa * x0 + m1 * math.log(1.0 - x0 * x0)
-    w = torch.empty(bsz, device=device, dtype=torch.float64)
-    todo = torch.arange(bsz, device=device)
-    for _ in range(MAX_REDRAW_ROUNDS):
-        m = todo.numel()
+
+    def propose(m):
         g1 = standard_gamma(m1 / 2.0, (m,), generator, device, torch.float64)
         g2 = standard_gamma(m1 / 2.0, (m,), generator, device, torch.float64)
         beta = g1 / (g1 + g2)
         cand = (1.0 - (1.0 + b) * beta) / (1.0 - (1.0 - b) * beta)
         u = torch.rand(m, generator=generator, device=device, dtype=torch.float64)
-        ok = kappa * cand + m1 * torch.log1p(-x0 * cand) - c >= torch.log(u)
-        todo = settle_round(w, todo, ok, cand)
-        if todo.numel() == 0:
-            break
-    else:
-        raise SamplerError("von Mises-Fisher sampler did not converge")
+        return kappa * cand + m1 * torch.log1p(-x0 * cand) - c >= torch.log(u), cand
+
+    w = fill_by_rejection(torch.empty(bsz, device=device, dtype=torch.float64), propose, "von Mises-Fisher")[:, None]
     # A uniform direction orthogonal to the mean.
     v = torch.randn(bsz, n, generator=generator, device=device, dtype=torch.float64)
     mu = mean.to(torch.float64)
     v = v - (v * mu).sum(dim=1, keepdim=True) * mu
     v = v / v.norm(dim=1, keepdim=True)
-    w = w[:, None]
-    x = w * mu + torch.sqrt((1.0 - w * w).clamp_min(0.0)) * v
-    return x.to(dtype)
+    return (w * mu + torch.sqrt((1.0 - w * w).clamp_min(0.0)) * v).to(dtype)
 
 
-class Space:
-    """A set in R^n; a concrete space defines ``around(mean, scale, kind, generator, p)``, samples
-    of ``mean + scale * noise`` restricted to the space."""
+class NRealSpace:
+    """R^n (``--space-type unbounded``), and the base of the spaces in it: ``around(mean, scale, kind,
+    generator, p)`` samples ``mean + scale * noise``, which they restrict to themselves."""
 
     def __init__(self, n):
         self.n = n
@@ -118,15 +115,11 @@ class Space:
     def von_mises_fisher(self, mean, kappa, generator):
         raise ValueError(f"{type(self).__name__} has no von Mises-Fisher distribution")
 
-
-class NRealSpace(Space):
-    """R^n (``--space-type unbounded``)."""
-
     def around(self, mean, scale, kind, generator, p=None):
         return mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype)
 
 
-class NBoxSpace(Space):
+class NBoxSpace(NRealSpace):
     """The box [min_, max_]^n; conditionals are redrawn coordinate-wise until inside."""
 
     def __init__(self, n, min_=0.0, max_=1.0):
@@ -138,7 +131,7 @@ class NBoxSpace(Space):
         return self.min_ + (self.max_ - self.min_) * u
 
     def around(self, mean, scale, kind, generator, p=None):
-        out = mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype)
+        out = super().around(mean, scale, kind, generator, p)
         for _ in range(MAX_REDRAW_ROUNDS):
             outside = (out < self.min_) | (out > self.max_)
             idx = outside.nonzero(as_tuple=True)
@@ -150,7 +143,7 @@ class NBoxSpace(Space):
                            "check --c-param against --box-min/--box-max")
 
 
-class NSphereSpace(Space):
+class NSphereSpace(NRealSpace):
     """The sphere of radius r in R^n."""
 
     def __init__(self, n, r=1.0):
@@ -164,7 +157,7 @@ class NSphereSpace(Space):
         return self.project(torch.randn(size, self.n, generator=generator, device=device))
 
     def around(self, mean, scale, kind, generator, p=None):
-        return self.project(mean + scale * noise(kind, mean.shape, generator, mean.device, p, mean.dtype))
+        return self.project(super().around(mean, scale, kind, generator, p))
 
     def von_mises_fisher(self, mean, kappa, generator):
         return self.r * von_mises_fisher(mean / self.r, kappa, generator)
@@ -178,9 +171,9 @@ class ExtendedSphereSpace(NSphereSpace):
         (std: (n,), 1/sqrt(λ)) accepted only when | ‖z+δ‖ − 1 | < threshold: ``candidates`` proposals
         per row, the first accepted kept; the rows with none redrawn alone, with twice the proposals."""
         rows = None  # None: all rows still open (saves an index on the first round)
-        z = mean
         k = candidates
         for _ in range(MAX_REDRAW_ROUNDS):
+            z = mean if rows is None else mean[rows]
             m = z.shape[0]
             k = max(1, min(k, MAX_PROPOSAL_ELEMENTS // (m * self.n)))  # bounds the proposals' size
             delta = torch.randn(m, k, self.n, generator=generator,
@@ -200,9 +193,7 @@ class ExtendedSphereSpace(NSphereSpace):
                 rows = settle_round(out, rows, done, pick)
             if rows.numel() == 0:
                 return out
-            z = mean[rows]
-            # The rows left are few: more proposals each cost little and save rounds (each round is a
-            # dozen small kernel launches).
+            # The rows left are few: more proposals each cost little and save rounds (of a dozen kernel launches each).
             k *= 2
         raise SamplerError("rejection sampler did not converge; "
                            "raise --threshold or --gt-lambda-1/--gt-lambda-2")
