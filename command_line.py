@@ -1,8 +1,7 @@
 """The command line of main_mlp.py: its parser, the checks of what it was given, ``parse_args``.
 
-Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables
-it offers as choices are named in settings), so that sweep.py checks its runs' arguments in-process
-with ``read_args``.
+Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables it offers
+as choices are named in settings), so that sweep.py checks its runs' arguments in-process with ``read_args``.
 """
 
 import argparse
@@ -68,14 +67,6 @@ def build_parser(loss_table=None):
     return parser
 
 
-def loss_options(loss_table):
-    """``--loss``'s choices and help from the table of losses (None: any name, a generic help)."""
-    if loss_table is None:
-        return None, "the contrastive loss on extended_sphere with --p 0 (main_mlp.py --help lists them)"
-    choices = tuple(name for name, loss in loss_table.items() if loss.selectable)
-    return choices, "; ".join(f"{name}: {loss_table[name].description}" for name in choices)
-
-
 def _add_reference_flags(parser):
     parser.add_argument("--sphere-r", type=_positive_float32, default=1.0, help="radius of the sphere space")
     parser.add_argument("--box-min", type=_float32, default=0.0, help="lower bound of the box space")
@@ -131,7 +122,10 @@ def _add_reference_flags(parser):
 
 def _add_our_flags(parser, loss_table):
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-    loss_choices, loss_help = loss_options(loss_table)
+    loss_choices = None if loss_table is None else tuple(name for name, loss in loss_table.items() if loss.selectable)
+    loss_help = "the contrastive loss on extended_sphere with --p 0 (main_mlp.py --help lists them)"
+    if loss_table is not None:
+        loss_help = "; ".join(f"{name}: {loss_table[name].description}" for name in loss_choices)
     parser.add_argument("--loss", default=settings.DEFAULT_LOSS, choices=loss_choices, help=loss_help)
     parser.add_argument("--negatives", default="reference", choices=("reference", "symmetric"),
                         help="reference: the authors' negatives for the second view; symmetric: NT-Xent")
@@ -193,8 +187,6 @@ def _check_writable_dir(parser, flag, path, create):
 def _save_dir_holding(path, save_dir):
     """The --save-dir (this run's, or a directory with a run's lock file) that ``path`` is one of the
     files of, by its name or where its links lead; None when it is none."""
-    if not path:
-        return None
     named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
     for candidate in (named, os.path.realpath(path)):
         directory, name = os.path.split(candidate)
@@ -248,8 +240,9 @@ def validate_files(parser, args):
     if args.save_dir:
         _check_writable_dir(parser, "--save-dir", args.save_dir, create=not args.resume_training)
     for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
-        if path is not None:
-            _check_writable_file(parser, flag, path)
+        if path is None:
+            continue
+        _check_writable_file(parser, flag, path)
         where = _save_dir_holding(path, args.save_dir)
         if where is not None:
             err(f"argument {flag}: {path} is a file a run keeps in its --save-dir {where}; give another name")
@@ -291,7 +284,7 @@ def read_args(argv):
     parser = build_parser()
     parser.error = _raise  # argparse calls self.error: a refusal becomes an exception, not an exit
     args, _ = _parse(parser, argv)
-    return {key: "None" if value is None else str(value) for key, value in vars(args).items()}
+    return {key: str(value) for key, value in vars(args).items()}
 
 
 def flags():

@@ -1,8 +1,7 @@
 """The plumbing of a run, apart from the experiment: output files, locks, signals, checkpoints, errors.
 
-Checkpoints are written atomically (a temporary file, then a rename); on resume the checkpoint must be
-of the same configuration and the log files must still hold what it says they held, or nothing is
-touched (docs/resume.md).
+Checkpoints are written atomically (a temporary file, then a rename); on resume the checkpoint must be of the
+same configuration and the log files must still hold what it says they held, or nothing is touched (docs/resume.md).
 """
 
 import contextlib
@@ -74,9 +73,8 @@ def exit_on_signals(prog):
     startup_signals.exit_at_once(f"{prog}: stopped by {{name}} during start-up; nothing of the run to save yet")
 
 
-def remember_signals():
-    """From here on a signal is noted (``.signum`` of the returned flag), so the loop finishes its step."""
-    return startup_signals.remember()
+# From here on a signal is noted (``.signum`` of the returned flag), so the loop finishes its step.
+remember_signals = startup_signals.remember
 
 
 def _cannot_write(path, exc):
@@ -84,8 +82,7 @@ def _cannot_write(path, exc):
 
 
 def file_check(path, offset, digest):
-    """What a checkpoint remembers of a log file: its path, the offset, the SHA-256 of every byte before it
-    (``digest``: the running hash of those bytes)."""
+    """A checkpoint's record of a log file: its path, the offset, the SHA-256 (``digest``) of the bytes before it."""
     if path is None:
         return None
     if not os.path.isfile(path):  # /dev/null, a terminal, a pipe: nothing to cut back or to verify
@@ -199,10 +196,8 @@ class RunLog:
     def _open(path, offset):
         if path is None:
             return None, None
-        if offset is None:
-            return open(path, "wb"), hashlib.sha256()
-        if not os.path.isfile(path):  # a stream (e.g. /dev/null): nothing to cut back
-            return open(path, "ab"), hashlib.sha256()
+        if offset is None or not os.path.isfile(path):  # a fresh run, or a stream (e.g. /dev/null) to append to
+            return open(path, "wb" if offset is None else "ab"), hashlib.sha256()
         handle = open(path, "r+b")
         prefix = handle.read(offset)
         if len(prefix) < offset:  # verified on resume; shorter now only if something else cut it
@@ -228,7 +223,6 @@ class RunLog:
         self._write(1, json.dumps(fields) + "\n")
 
     def _write(self, k, text):
-        """Append ``text`` to the log (``k`` 0) or the metrics file (1), when there is one and it is written."""
         if self.handles[k] is None or not self.to_file:
             return
         data = text.encode("utf-8")
@@ -266,8 +260,7 @@ class RunLog:
 def available_memory(device):
     """Bytes the run may still allocate on ``device``, or None when it cannot be told."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
+        return torch.cuda.mem_get_info(device)[0]  # (free, total)
     with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as handle:
         for line in handle:
             if line.startswith("MemAvailable:"):
@@ -288,8 +281,7 @@ def refuse_if_too_big(need, device):
 
 
 def _open_for_lock(flag, path, what, flags):
-    """``os.open`` of a file to lock: no room to create it is a write failure (exit 74), anything else
-    refuses ``flag``."""
+    """``os.open`` of a file to lock: no room to create it is a write failure (exit 74), all else refuses ``flag``."""
     try:
         return os.open(path, flags, 0o666)
     except OSError as exc:
@@ -423,9 +415,8 @@ def refuse_files_of_others(args, beginnings):
 
 
 def write_atomically(path, data, lock=None):
-    """Write the bytes ``data`` to a temporary file renamed into place: ``path`` is the old file or the new,
-    never a cut one. A symbolic link is kept (its target is replaced); ``lock`` (an OutputLock) moves to the
-    new file. Raises WriteError (the temporary file removed) when it cannot be written."""
+    """Write ``data`` to a temporary file renamed into place: ``path`` is the old file or the new, never a cut one.
+    A symbolic link is kept (its target is replaced); ``lock`` (an OutputLock) moves to the new file."""
     path = os.path.realpath(path)
     tmp = temporary_name(path, os.getpid())
     try:
@@ -461,8 +452,7 @@ def save_checkpoint_file(state, path):
 def config_fingerprint(args, device):
     """The arguments that must match for a checkpoint to be resumed."""
     config = {k: v for k, v in vars(args).items() if k not in RESUMABLE_DIFFERENCES}
-    config["device_type"] = device.type
-    return config
+    return dict(config, device_type=device.type)
 
 
 def read_checkpoint(path, flag="--resume-training"):
@@ -541,19 +531,16 @@ def load_resume_state(args, device, paths_total):
     if state["step"] > total:
         raise InputError(f"argument --n-steps: the checkpoint is at step {state['step']} of the "
                          f"{state['phase']} run, beyond this run's {total} steps")
-    checks = state["file_checks"]
     # The checks the files hold now (of the alternatives an interrupted restatement leaves).
-    state["file_checks"] = (verify_file("--log-file", args.log_file, checks[0]),
-                            verify_file("--metrics-file", args.metrics_file, checks[1]))
+    state["file_checks"] = tuple(map(verify_file, ("--log-file", "--metrics-file"), (args.log_file, args.metrics_file),
+                                     state["file_checks"]))
     return state
 
 
 class Survival:
-    """What keeps a run's work through kills, signals and divergence: the training loop calls
-    ``resume(phase)`` once, ``after_step`` after every step and ``check_finite`` before it logs.
-
-    A phase (main_mlp.Phase) has ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring of its
-    last losses); ``run``: main_mlp.Run; ``flag``: ``remember_signals()``'s."""
+    """What keeps a run's work through kills, signals and divergence: the training loop calls ``resume(phase)``
+    once, ``after_step`` after every step and ``check_finite`` before it logs. A phase (main_mlp.Phase) has
+    ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring of its last losses)."""
 
     def __init__(self, run, flag):
         self.args, self.device, self.seed, self.log = run.args, run.device, run.seed, run.log
@@ -584,8 +571,7 @@ class Survival:
         return state["step"] + 1
 
     def after_step(self, phase, step, is_log):
-        """Checkpoint when due; on a signal, checkpoint and raise Stop. ``is_log``: the step was just
-        logged (and so checked finite)."""
+        """Checkpoint when due; on a signal, checkpoint and raise Stop (``is_log``: logged, so checked finite)."""
         signalled = self.flag.signum is not None  # once: a signal during the save stops after the next step
         minutes, every = self.args.checkpoint_minutes, self.args.checkpoint_every
         due = is_log if minutes is None else time.monotonic() - self.last_checkpoint >= 60 * minutes
@@ -667,12 +653,8 @@ def exit_status(body, prog, save_dir, extra_errors=()):
 
 def keep_freed_memory():
     """Let glibc keep freed buffers instead of returning them to the OS: a CPU step frees and allocates the
-    same activations every time, otherwise one page fault per 4 KB (training_logs/speed.md). No effect
-    elsewhere (another libc, macOS, Windows)."""
-    try:
+    same activations every time, otherwise one page fault per 4 KB (training_logs/speed.md)."""
+    with contextlib.suppress(OSError):  # no libc.so.6: another libc, macOS, Windows
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
-    libc.mallopt(m_trim_threshold, 1 << 30)
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's maximum on 64-bit
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
