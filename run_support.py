@@ -637,9 +637,8 @@ def exit_status(body, prog, save_dir, extra_errors=()):
     try:
         body()
     except Stop as stop:
-        name = signal.Signals(stop.signum).name
         where = f"checkpoint in {save_dir}" if save_dir else "no checkpoint (no --save-dir)"
-        RunLog.info(f"{prog}: stopped by {name} after {stop.where}; {where}. "
+        RunLog.info(f"{prog}: stopped by {signal.Signals(stop.signum).name} after {stop.where}; {where}. "
                     + ("Resume with the same command plus --resume-training." if save_dir else ""))
         return EXIT_SIGNAL[stop.signum]
     except WriteError as exc:
