@@ -280,20 +280,21 @@ def refuse_if_too_big(need, device):
                          f"or --n")
 
 
-def _open_for_lock(flag, path, what, flags):
-    """``os.open`` of a file to lock: no room to create it is a write failure (exit 74), all else refuses ``flag``."""
-    try:
-        return os.open(path, flags, 0o666)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _cannot_write(path, exc) from None
-        raise InputError(f"argument {flag}: cannot open {what} ({exc.strerror or type(exc).__name__})") from None
-
-
 class _Lock:
     """An exclusive flock held for the run's lifetime on the descriptor ``fd``; closing it lets go."""
 
     fd = None
+
+    def _take(self, flag, path, what, flags):
+        """Open ``path`` and try to flock it (False: another run holds it). No room to create the file is a
+        write failure (exit 74), anything else refuses ``flag``."""
+        try:
+            self.fd = os.open(path, flags, 0o666)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _cannot_write(path, exc) from None
+            raise InputError(f"argument {flag}: cannot open {what} ({exc.strerror or type(exc).__name__})") from None
+        return try_lock(self.fd)
 
     def release(self):
         if self.fd is not None:
@@ -306,8 +307,7 @@ class SaveDirLock(_Lock):
 
     def __init__(self, save_dir):
         self.path = os.path.join(save_dir, LOCK_NAME)
-        self.fd = _open_for_lock("--save-dir", self.path, f"its lock file {self.path}", os.O_RDWR | os.O_CREAT)
-        if not try_lock(self.fd):
+        if not self._take("--save-dir", self.path, f"its lock file {self.path}", os.O_RDWR | os.O_CREAT):
             holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
             self.release()
             raise InputError(f"argument --save-dir: {save_dir} is in use by another run (pid {holder}); "
@@ -328,15 +328,13 @@ class OutputLock(_Lock):
         if path is None or not (os.path.isfile(path) or create and not os.path.exists(path)):
             return
         for _ in range(3):  # the file may be replaced (restated by its holder) while we lock it
-            fd = _open_for_lock(flag, path, path, os.O_RDONLY | (os.O_CREAT if create else 0))
-            if not try_lock(fd):
-                os.close(fd)
+            if not self._take(flag, path, path, os.O_RDONLY | (os.O_CREAT if create else 0)):
+                self.release()
                 raise InputError(f"argument {flag}: {path} is being written by another run; wait for it "
                                  f"or give another file")
-            if os.path.exists(path) and os.fstat(fd).st_ino == os.stat(path).st_ino:
-                self.fd = fd
+            if os.path.exists(path) and os.fstat(self.fd).st_ino == os.stat(path).st_ino:
                 break
-            os.close(fd)
+            self.release()
         _remove_temporaries(*os.path.split(os.path.realpath(path)))
 
     def adopt(self, path):
