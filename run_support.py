@@ -1,17 +1,16 @@
 """The plumbing of a run, apart from the experiment: output files, locks, signals, checkpoints, errors.
 
-Checkpoints are written atomically (a temporary file, then a rename); on resume the checkpoint must be
-of the same configuration and the log files must still hold what it says they held, or nothing is
-touched (docs/resume.md).
+Checkpoints are written atomically (a temporary file, then a rename); on resume the checkpoint must be of the
+same configuration and the log files must still hold what it says they held, or nothing is touched (docs/resume.md).
 """
 
 import contextlib
 import ctypes
 import errno
-import functools
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -74,58 +73,33 @@ def exit_on_signals(prog):
     startup_signals.exit_at_once(f"{prog}: stopped by {{name}} during start-up; nothing of the run to save yet")
 
 
-def remember_signals():
-    """From here on a signal is noted (``.signum`` of the returned flag), so the loop finishes its step."""
-    return startup_signals.remember()
+# From here on a signal is noted (``.signum`` of the returned flag), so the loop finishes its step.
+remember_signals = startup_signals.remember
 
 
 def _cannot_write(path, exc):
     return WriteError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-def _hash_prefix(handle, offset):
-    """A running SHA-256 of the next ``offset`` bytes of ``handle``; None when the file ends before them."""
-    digest = hashlib.sha256()
-    left = offset
-    while left > 0:
-        chunk = handle.read(min(left, 1 << 20))
-        if not chunk:
-            return None
-        digest.update(chunk)
-        left -= len(chunk)
-    return digest
-
-
-def prefix_sha256(path, offset):
-    """SHA-256 of the first ``offset`` bytes of ``path`` (None when it is shorter)."""
-    with open(path, "rb") as handle:
-        digest = _hash_prefix(handle, offset)
-    return None if digest is None else digest.hexdigest()
-
-
-def file_check(path, offset, sha256=None):
-    """What a checkpoint remembers of a log file: its path, the offset, the SHA-256 of every byte before it
-    (``sha256`` when the caller has it already)."""
+def file_check(path, offset, digest):
+    """A checkpoint's record of a log file: its path, the offset, the SHA-256 (``digest``) of the bytes before it."""
     if path is None:
         return None
     if not os.path.isfile(path):  # /dev/null, a terminal, a pipe: nothing to cut back or to verify
         return {"path": os.path.abspath(path), "offset": offset, "stream": True}
-    return {"path": os.path.abspath(path), "offset": offset,
-            "sha256": sha256 if sha256 is not None else prefix_sha256(path, offset)}
+    return {"path": os.path.abspath(path), "offset": offset, "sha256": digest.hexdigest()}
 
 
 def _holds(path, check):
     """Whether the regular file ``path`` begins with what ``check`` describes."""
     if os.path.getsize(path) < check["offset"]:
         return False
-    if "sha256" in check:
-        return prefix_sha256(path, check["offset"]) == check["sha256"]
-    # Checkpoints of format 1 kept the hash of the last TAIL_BYTES before the offset only.
-    start = max(0, check["offset"] - TAIL_BYTES)
     with open(path, "rb") as handle:
-        handle.seek(start)
-        tail = handle.read(check["offset"] - start)
-    return hashlib.sha256(tail).hexdigest() == check.get("tail_sha256")
+        prefix = handle.read(check["offset"])
+    if "sha256" in check:
+        return hashlib.sha256(prefix).hexdigest() == check["sha256"]
+    # Checkpoints of format 1 kept the hash of the last TAIL_BYTES before the offset only.
+    return hashlib.sha256(prefix[-TAIL_BYTES:]).hexdigest() == check.get("tail_sha256")
 
 
 def verify_file(flag, path, check):
@@ -142,12 +116,12 @@ def verify_file(flag, path, check):
     if path is None:
         raise InputError(f"argument {flag}: the checkpoint's run wrote {first['path']}; pass {flag} "
                          f"again to continue it")
-    if first.get("stream") or not os.path.isfile(path):
-        if first.get("stream") and os.path.exists(path) and not os.path.isfile(path):
+    if first.get("stream"):
+        if os.path.exists(path) and not os.path.isfile(path):
             return first  # a stream again (e.g. /dev/null): written to, never cut
-        if first.get("stream"):
-            raise InputError(f"argument {flag}: the checkpoint's run wrote to the stream {first['path']}, "
-                             f"not a file; give a stream again")
+        raise InputError(f"argument {flag}: the checkpoint's run wrote to the stream {first['path']}, "
+                         f"not a file; give a stream again")
+    if not os.path.isfile(path):
         raise InputError(f"argument {flag}: {path} is missing; the checkpoint continues it after byte "
                          f"{first['offset']}")
     for candidate in alternatives:
@@ -178,8 +152,7 @@ def restated_prefix(path, offset, args, metrics=False):
                 break
             key = changed[k][1:].split(":", 1)[0]
             if key in values:
-                value = values[key]
-                changed[k] = f"\t{key}: {value if value is not None else 'None'}\n"
+                changed[k] = f"\t{key}: {values[key]}\n"  # None as the block prints it: "None"
     return None if changed == lines else "".join(changed).encode("utf-8")
 
 
@@ -195,13 +168,13 @@ def continue_files(prog, args, state, checkpoint_path, locks):
                     for check, data in zip(checks, new))
     if any(data is not None for data in new):
         state["file_checks"] = tuple(
-            check if data is None else [check, file_check(path, len(data), hashlib.sha256(data).hexdigest())]
+            check if data is None else [check, file_check(path, len(data), hashlib.sha256(data))]
             for path, check, data in zip(paths, checks, new))
         state["offsets"] = offsets
         save_checkpoint_file(state, checkpoint_path)
         for path, data, lock in zip(paths, new, locks):
             if data is not None:
-                write_atomically(path, functools.partial(_write_bytes, data), lock)
+                write_atomically(path, data, lock)
     return RunLog(prog, args.log_file, args.metrics_file, offsets)
 
 
@@ -215,34 +188,31 @@ class RunLog:
         self.paths = (log_file, metrics_file)
         self.stdout_gone = False
         self.failed = False  # a write failed (and was reported): closing may fail the same way again
-        self.log, self.log_hash = self._open(log_file, truncate_at[0] if truncate_at else None)
-        self.metrics, self.metrics_hash = self._open(metrics_file, truncate_at[1] if truncate_at else None)
+        # (log, metrics): the binary handles (None without the file) and the running hashes of their content
+        self.handles, self.hashes = zip(*(self._open(path, offset)
+                                          for path, offset in zip(self.paths, truncate_at or (None, None))))
 
     @staticmethod
     def _open(path, offset):
-        """(binary handle, running hash of its content), or (None, None)."""
         if path is None:
             return None, None
-        if offset is None:
-            return open(path, "wb"), hashlib.sha256()
-        if not os.path.isfile(path):  # a stream (e.g. /dev/null): nothing to cut back
-            return open(path, "ab"), hashlib.sha256()
+        if offset is None or not os.path.isfile(path):  # a fresh run, or a stream (e.g. /dev/null) to append to
+            return open(path, "wb" if offset is None else "ab"), hashlib.sha256()
         handle = open(path, "r+b")
-        digest = _hash_prefix(handle, offset)
-        if digest is None:  # verified on resume; shorter now only if something else cut it
+        prefix = handle.read(offset)
+        if len(prefix) < offset:  # verified on resume; shorter now only if something else cut it
             handle.close()
             raise WriteError(f"cannot continue {path}: it is shorter than the checkpoint's {offset} bytes")
         handle.truncate(offset)
         handle.seek(offset)
-        return handle, digest
+        return handle, hashlib.sha256(prefix)
 
     def line(self, text):
         # A closed stdout (`main_mlp.py ... | head`) does not stop the run: it goes on writing its files.
         if not self.stdout_gone and not write_stdout(text + "\n"):
             self.stdout_gone = True
             self.info(f"{self.prog}: stdout was closed; the run goes on and writes only its files")
-        if self.log is not None and self.to_file:
-            self._write(self.log, self.log_hash, self.paths[0], text + "\n")
+        self._write(0, text + "\n")
 
     @staticmethod
     def info(text):
@@ -250,33 +220,32 @@ class RunLog:
             print(text, file=sys.stderr, flush=True)
 
     def record(self, **fields):
-        if self.metrics is not None and self.to_file:
-            self._write(self.metrics, self.metrics_hash, self.paths[1], json.dumps(fields) + "\n")
+        self._write(1, json.dumps(fields) + "\n")
 
-    def _write(self, handle, digest, path, text):
+    def _write(self, k, text):
+        if self.handles[k] is None or not self.to_file:
+            return
         data = text.encode("utf-8")
         try:
-            handle.write(data)
-            handle.flush()
+            self.handles[k].write(data)
+            self.handles[k].flush()
         except OSError as exc:
             self.failed = True
-            raise _cannot_write(path, exc) from None
-        digest.update(data)
+            raise _cannot_write(self.paths[k], exc) from None
+        self.hashes[k].update(data)
 
     def offsets(self):
-        return (self.log.tell() if self.log else 0, self.metrics.tell() if self.metrics else 0)
+        return tuple(handle.tell() if handle else 0 for handle in self.handles)
 
     def checks(self):
         """(log check, metrics check) for a checkpoint: see ``file_check``."""
-        log_offset, metrics_offset = self.offsets()
-        return (file_check(self.paths[0], log_offset, self.log_hash.hexdigest()) if self.log else None,
-                file_check(self.paths[1], metrics_offset, self.metrics_hash.hexdigest()) if self.metrics else None)
+        return tuple(map(file_check, self.paths, self.offsets(), self.hashes))
 
     def close(self):
         """Close both files. A failure a write reported already (closing flushes its leftover again) is not
         raised twice; one no write reported (a deferred write error) raises WriteError."""
         error = None
-        for handle, path in zip((self.log, self.metrics), self.paths):
+        for handle, path in zip(self.handles, self.paths):
             if handle is None:
                 continue
             try:
@@ -291,8 +260,7 @@ class RunLog:
 def available_memory(device):
     """Bytes the run may still allocate on ``device``, or None when it cannot be told."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
+        return torch.cuda.mem_get_info(device)[0]  # (free, total)
     with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as handle:
         for line in handle:
             if line.startswith("MemAvailable:"):
@@ -312,21 +280,21 @@ def refuse_if_too_big(need, device):
                          f"or --n")
 
 
-def _open_for_lock(flag, path, what, flags):
-    """``os.open`` of a file to lock: no room to create it is a write failure (exit 74), anything else
-    refuses ``flag``."""
-    try:
-        return os.open(path, flags, 0o666)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _cannot_write(path, exc) from None
-        raise InputError(f"argument {flag}: cannot open {what} ({exc.strerror or type(exc).__name__})") from None
-
-
 class _Lock:
     """An exclusive flock held for the run's lifetime on the descriptor ``fd``; closing it lets go."""
 
     fd = None
+
+    def _take(self, flag, path, what, flags):
+        """Open ``path`` and try to flock it (False: another run holds it). No room to create the file is a
+        write failure (exit 74), anything else refuses ``flag``."""
+        try:
+            self.fd = os.open(path, flags, 0o666)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _cannot_write(path, exc) from None
+            raise InputError(f"argument {flag}: cannot open {what} ({exc.strerror or type(exc).__name__})") from None
+        return try_lock(self.fd)
 
     def release(self):
         if self.fd is not None:
@@ -339,8 +307,7 @@ class SaveDirLock(_Lock):
 
     def __init__(self, save_dir):
         self.path = os.path.join(save_dir, LOCK_NAME)
-        self.fd = _open_for_lock("--save-dir", self.path, f"its lock file {self.path}", os.O_RDWR | os.O_CREAT)
-        if not try_lock(self.fd):
+        if not self._take("--save-dir", self.path, f"its lock file {self.path}", os.O_RDWR | os.O_CREAT):
             holder = os.pread(self.fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
             self.release()
             raise InputError(f"argument --save-dir: {save_dir} is in use by another run (pid {holder}); "
@@ -358,22 +325,17 @@ class OutputLock(_Lock):
     refused before it touches it. Streams (/dev/null, a pipe) are not locked."""
 
     def __init__(self, flag, path, create):
-        if path is None or (os.path.exists(path) and not os.path.isfile(path)) or \
-                (not create and not os.path.exists(path)):
+        if path is None or not (os.path.isfile(path) or create and not os.path.exists(path)):
             return
         for _ in range(3):  # the file may be replaced (restated by its holder) while we lock it
-            fd = _open_for_lock(flag, path, path, os.O_RDONLY | (os.O_CREAT if create else 0))
-            if not try_lock(fd):
-                os.close(fd)
+            if not self._take(flag, path, path, os.O_RDONLY | (os.O_CREAT if create else 0)):
+                self.release()
                 raise InputError(f"argument {flag}: {path} is being written by another run; wait for it "
                                  f"or give another file")
-            if os.path.exists(path) and os.fstat(fd).st_ino == os.stat(path).st_ino:
-                self.fd = fd
+            if os.path.exists(path) and os.fstat(self.fd).st_ino == os.stat(path).st_ino:
                 break
-            os.close(fd)
-        real = os.path.realpath(path)
-        for stale in _stale_temporaries(os.path.dirname(real), os.path.basename(real)):
-            os.remove(stale)
+            self.release()
+        _remove_temporaries(*os.path.split(os.path.realpath(path)))
 
     def adopt(self, path):
         """Hold the lock on ``path`` (the file about to replace ours) instead."""
@@ -407,19 +369,19 @@ def temporary_name(path, pid):
     return f"{path}{TEMPORARY_MARK}{pid}"
 
 
-def _stale_temporaries(directory, name, legacy=False):
-    """The temporary files ``write_atomically`` leaves for ``directory/name`` when killed. ``legacy``:
+def _remove_temporaries(directory, *names, legacy=False):
+    """Remove the temporary files ``write_atomically`` leaves for ``directory/NAME`` when killed. ``legacy``:
     also NAME.tmp<pid>, as earlier versions named them (only in a --save-dir, where the names are ours)."""
-    marks = (TEMPORARY_MARK, ".tmp") if legacy else (TEMPORARY_MARK,)
-    pattern = re.compile(re.escape(name) + "(?:" + "|".join(map(re.escape, marks)) + r")\d+")
-    return [os.path.join(directory, other) for other in os.listdir(directory) if pattern.fullmatch(other)]
+    marks = re.escape(TEMPORARY_MARK) + (r"|\.tmp" if legacy else "")
+    pattern = re.compile(f"(?:{'|'.join(map(re.escape, names))})(?:{marks})\\d+")
+    for other in os.listdir(directory):
+        if pattern.fullmatch(other):
+            os.remove(os.path.join(directory, other))
 
 
 def remove_stale_temporaries(save_dir):
     """Remove the temporary files of a checkpoint or model a killed run left (call under the directory's lock)."""
-    for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
-        for path in _stale_temporaries(save_dir, name, legacy=True):
-            os.remove(path)
+    _remove_temporaries(save_dir, CHECKPOINT_NAME, *MODEL_NAMES, legacy=True)
 
 
 def remove_previous_run(save_dir):
@@ -450,39 +412,33 @@ def refuse_files_of_others(args, beginnings):
                              f"run did not write; give another file, or pass --overwrite to replace it")
 
 
-def write_atomically(path, write, lock=None):
-    """``write(tmp)`` to a temporary file renamed into place: ``path`` is the old file or the new, never a
-    cut one. A symbolic link is kept (its target is replaced); ``lock`` (an OutputLock) moves to the new
-    file. Raises WriteError (the temporary file removed) when it cannot be written."""
+def write_atomically(path, data, lock=None):
+    """Write ``data`` to a temporary file renamed into place: ``path`` is the old file or the new, never a cut one.
+    A symbolic link is kept (its target is replaced); ``lock`` (an OutputLock) moves to the new file."""
     path = os.path.realpath(path)
     tmp = temporary_name(path, os.getpid())
     try:
-        write(tmp)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
         if lock is not None:
             lock.adopt(tmp)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+    except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-        raise WriteError(f"cannot write {path}: {cause}") from None
+        raise _cannot_write(path, exc) from None
 
 
-def _write_bytes(data, path):
-    with open(path, "wb") as handle:
-        handle.write(data)
+def save_atomically(obj, path):
+    """torch.save ``obj`` to ``path`` through ``write_atomically``. Serialised in memory first, so that a
+    failed write says what the system says (``No space left on device``), not torch's serialiser."""
+    write_atomically(path, _torch_bytes(obj))
 
 
 def _torch_bytes(obj):
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-def save_atomically(obj, path):
-    """torch.save ``obj`` to ``path`` through ``write_atomically``. Serialised in memory first, so that a
-    failed write says what the system says (``No space left on device``), not torch's serialiser."""
-    write_atomically(path, functools.partial(_write_bytes, _torch_bytes(obj)))
 
 
 def save_checkpoint_file(state, path):
@@ -494,8 +450,7 @@ def save_checkpoint_file(state, path):
 def config_fingerprint(args, device):
     """The arguments that must match for a checkpoint to be resumed."""
     config = {k: v for k, v in vars(args).items() if k not in RESUMABLE_DIFFERENCES}
-    config["device_type"] = device.type
-    return config
+    return dict(config, device_type=device.type)
 
 
 def read_checkpoint(path, flag="--resume-training"):
@@ -558,14 +513,11 @@ def load_resume_state(args, device, paths_total):
     state = read_checkpoint(path)
     if args.seed is None:
         args.seed = state["seed"]
-    mine = config_fingerprint(args, device)
-    theirs = {**settings.ADDED_FLAG_DEFAULTS, **state["config"]}
-    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if state["seed"] != args.seed:
-        diff.insert(0, "seed")
+    mine = {"seed": args.seed, **config_fingerprint(args, device)}
+    theirs = {**settings.ADDED_FLAG_DEFAULTS, **state["config"], "seed": state["seed"]}
+    diff = sorted((k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)), key=lambda k: (k != "seed", k))
     if diff:
-        shown = ", ".join(f"{k} ({theirs.get(k, state['seed'] if k == 'seed' else None)!r} there, "
-                          f"{mine.get(k, args.seed if k == 'seed' else None)!r} here)" for k in diff[:4])
+        shown = ", ".join(f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} here)" for k in diff[:4])
         raise InputError(f"argument --resume-training: the checkpoint in {args.save_dir} is from another "
                          f"configuration: {shown}")
     for name, steps in state.get("finished", {}).items():
@@ -577,19 +529,16 @@ def load_resume_state(args, device, paths_total):
     if state["step"] > total:
         raise InputError(f"argument --n-steps: the checkpoint is at step {state['step']} of the "
                          f"{state['phase']} run, beyond this run's {total} steps")
-    checks = state["file_checks"]
     # The checks the files hold now (of the alternatives an interrupted restatement leaves).
-    state["file_checks"] = (verify_file("--log-file", args.log_file, checks[0]),
-                            verify_file("--metrics-file", args.metrics_file, checks[1]))
+    state["file_checks"] = tuple(map(verify_file, ("--log-file", "--metrics-file"), (args.log_file, args.metrics_file),
+                                     state["file_checks"]))
     return state
 
 
 class Survival:
-    """What keeps a run's work through kills, signals and divergence: the training loop calls
-    ``resume(phase)`` once, ``after_step`` after every step and ``check_finite`` before it logs.
-
-    A phase (main_mlp.Phase) has ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring of its
-    last losses); ``run``: main_mlp.Run; ``flag``: ``remember_signals()``'s."""
+    """What keeps a run's work through kills, signals and divergence: the training loop calls ``resume(phase)``
+    once, ``after_step`` after every step and ``check_finite`` before it logs. A phase (main_mlp.Phase) has
+    ``name``, ``total``, ``f``, ``optimizer`` and ``losses`` (the ring of its last losses)."""
 
     def __init__(self, run, flag):
         self.args, self.device, self.seed, self.log = run.args, run.device, run.seed, run.log
@@ -620,10 +569,11 @@ class Survival:
         return state["step"] + 1
 
     def after_step(self, phase, step, is_log):
-        """Checkpoint when due; on a signal, checkpoint and raise Stop. ``is_log``: the step was just
-        logged (and so checked finite)."""
-        signalled = self.flag.signum is not None
-        if signalled or self._due(phase, step, is_log):
+        """Checkpoint when due; on a signal, checkpoint and raise Stop (``is_log``: logged, so checked finite)."""
+        signalled = self.flag.signum is not None  # once: a signal during the save stops after the next step
+        minutes, every = self.args.checkpoint_minutes, self.args.checkpoint_every
+        due = is_log if minutes is None else time.monotonic() - self.last_checkpoint >= 60 * minutes
+        if signalled or due or step == phase.total or (every is not None and step % every == 0):
             if not is_log:  # a diverged run keeps its last finite checkpoint
                 self.check_finite(phase, step)
             self.save(phase, step)
@@ -635,44 +585,27 @@ class Survival:
         if self.flag.signum is not None:
             raise Stop(self.flag.signum, where)
 
-    def _due(self, phase, step, is_log):
-        args = self.args
-        if args.checkpoint_minutes is None:
-            due = is_log
-        else:
-            due = time.monotonic() - self.last_checkpoint >= 60 * args.checkpoint_minutes
-        return due or step == phase.total or (args.checkpoint_every is not None and step % args.checkpoint_every == 0)
-
     def check_finite(self, phase, step):
         """Raise Diverged, naming the step of divergence, when a loss or a parameter is not finite."""
         ring = phase.losses.numel()
-        window = min(step, ring)
-        steps = torch.arange(step - window + 1, step + 1)
-        recent = phase.losses.cpu()[(steps - 1) % ring]
-        bad = (~torch.isfinite(recent)).nonzero()
-        params = list(phase.f.parameters()) + (list(self.loss_fn.parameters()) if self.loss_fn else [])
-        if len(bad) == 0 and all(bool(torch.isfinite(p).all()) for p in params):
+        start = max(1, step - ring + 1)  # the first step whose loss the ring still holds
+        recent = phase.losses.cpu()[(torch.arange(start, step + 1) - 1) % ring].tolist()
+        bad = next((start + k for k, loss in enumerate(recent) if not math.isfinite(loss)), None)
+        params = [*phase.f.parameters(), *(self.loss_fn.parameters() if self.loss_fn else ())]
+        if bad is None and all(bool(torch.isfinite(p).all()) for p in params):
             return
-        first_index = int(bad[0, 0]) if len(bad) else window - 1
-        first = int(steps[first_index]) if len(bad) else step
+        first, last = step if bad is None else bad, self.last_logged
+        if first > start:  # the last finite loss: in the ring before the first bad one, else the last logged
+            finite = f"last finite loss {recent[first - start - 1]:.4f} at step {first - 1}"
+        elif last is not None:
+            finite = f"last finite loss {last['loss']:.4f} at step {last['step']}"
+        else:
+            finite = "no finite loss before it"
+        if last is not None:
+            finite += (f"; last logged step {last['step']}: Loss {last['loss']:.4f}, <Loss> {last['mean_loss']:.4f}, "
+                       f"Lin. {last['lin']:.4f}, Perm. {last['perm']:.4f}")
         raise Diverged(f"the {phase.name} run diverged at step {first}: non-finite "
-                       f"{'loss' if len(bad) else 'parameters'} ({self._last_finite(recent[:first_index], first)}"
-                       f"{self._last_logged_words()}); try a smaller --lr / --lr-lambda")
-
-    def _last_finite(self, before, first):
-        """The last finite loss: in the window before the first bad one, else the last logged step's."""
-        if len(before):
-            return f"last finite loss {before[-1].item():.4f} at step {first - 1}"
-        if self.last_logged is not None:
-            return f"last finite loss {self.last_logged['loss']:.4f} at step {self.last_logged['step']}"
-        return "no finite loss before it"
-
-    def _last_logged_words(self):
-        rec = self.last_logged
-        if rec is None:
-            return ""
-        return (f"; last logged step {rec['step']}: Loss {rec['loss']:.4f}, <Loss> {rec['mean_loss']:.4f}, "
-                f"Lin. {rec['lin']:.4f}, Perm. {rec['perm']:.4f}")
+                       f"{'parameters' if bad is None else 'loss'} ({finite}); try a smaller --lr / --lr-lambda")
 
     def save(self, phase, step):
         """The checkpoint of ``phase`` after ``step`` (nothing without --save-dir)."""
@@ -702,9 +635,8 @@ def exit_status(body, prog, save_dir, extra_errors=()):
     try:
         body()
     except Stop as stop:
-        name = signal.Signals(stop.signum).name
         where = f"checkpoint in {save_dir}" if save_dir else "no checkpoint (no --save-dir)"
-        RunLog.info(f"{prog}: stopped by {name} after {stop.where}; {where}. "
+        RunLog.info(f"{prog}: stopped by {signal.Signals(stop.signum).name} after {stop.where}; {where}. "
                     + ("Resume with the same command plus --resume-training." if save_dir else ""))
         return EXIT_SIGNAL[stop.signum]
     except WriteError as exc:
@@ -718,12 +650,8 @@ def exit_status(body, prog, save_dir, extra_errors=()):
 
 def keep_freed_memory():
     """Let glibc keep freed buffers instead of returning them to the OS: a CPU step frees and allocates the
-    same activations every time, otherwise one page fault per 4 KB (training_logs/speed.md). No effect
-    elsewhere (another libc, macOS, Windows)."""
-    try:
+    same activations every time, otherwise one page fault per 4 KB (training_logs/speed.md)."""
+    with contextlib.suppress(OSError):  # no libc.so.6: another libc, macOS, Windows
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum on 64-bit
-    libc.mallopt(m_trim_threshold, 1 << 30)
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's maximum on 64-bit
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
