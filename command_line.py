@@ -1,10 +1,10 @@
 """The command line of main_mlp.py: its parser, the checks of what it was given, ``parse_args``.
 
-Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables it offers
-as choices are named in settings), so that sweep.py checks its runs' arguments in-process with ``read_args``.
+Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables
+it offers as choices are named in settings), so that sweep.py checks its runs' arguments in-process
+with ``read_args``.
 """
 
-import argparse
 import math
 import os
 
@@ -29,34 +29,6 @@ def number(text):
     return int(value) if value.is_integer() else value
 
 
-def _checked(kind, *rules):
-    """An argparse type: ``kind(text)`` (argparse says ``invalid KIND value`` when that fails), refused with
-    ``must be WANTED, got VALUE`` unless ``ok(value)`` for each rule ``(wanted, ok)``, in order."""
-    def parse(text):
-        value = kind(text)
-        for wanted, ok in rules:
-            if not ok(value):
-                raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _at_least(low):
-    return _checked(int, (f"an integer >= {low}", lambda value: value >= low))
-
-
-_IS_POSITIVE = ("a positive finite number", lambda value: math.isfinite(value) and value > 0)
-# Values that become float32 tensors must fit one.
-_FITS_FLOAT32 = (f"at most {FLOAT32_MAX:.3g} in magnitude (float32)",
-                 lambda value: not (math.isfinite(value) and abs(value) > FLOAT32_MAX))
-_positive = _checked(float, _IS_POSITIVE)
-_positive_float32 = _checked(float, _IS_POSITIVE, _FITS_FLOAT32)
-_float32 = _checked(float, _FITS_FLOAT32)
-_non_negative = _checked(number, ("a finite number >= 0", lambda value: math.isfinite(value) and value >= 0))
-
-
 def build_parser(loss_table=None):
     """The command line: the reference's flags first, in its order (a log's ``Arguments:`` block), then
     ours. ``loss_table``: losses.LOSSES, for ``--loss``'s choices and help; without it (a caller that must
@@ -67,65 +39,67 @@ def build_parser(loss_table=None):
     return parser
 
 
+def loss_options(loss_table):
+    """``--loss``'s choices and help from the table of losses (None: any name, a generic help)."""
+    if loss_table is None:
+        return None, "the contrastive loss on extended_sphere with --p 0 (main_mlp.py --help lists them)"
+    choices = tuple(name for name, loss in loss_table.items() if loss.selectable)
+    return choices, "; ".join(f"{name}: {loss_table[name].description}" for name in choices)
+
+
 def _add_reference_flags(parser):
-    parser.add_argument("--sphere-r", type=_positive_float32, default=1.0, help="radius of the sphere space")
-    parser.add_argument("--box-min", type=_float32, default=0.0, help="lower bound of the box space")
-    parser.add_argument("--box-max", type=_float32, default=1.0, help="upper bound of the box space")
+    parser.add_argument("--sphere-r", type=float, default=1.0, help="radius of the sphere space")
+    parser.add_argument("--box-min", type=float, default=0.0, help="lower bound of the box space")
+    parser.add_argument("--box-max", type=float, default=1.0, help="upper bound of the box space")
     parser.add_argument("--sphere-norm", action="store_true", help="encoder output on a sphere of learnable radius")
     parser.add_argument("--box-norm", action="store_true",
                         help="encoder output: sigmoid scaled by learnable per-dimension bounds")
     parser.add_argument("--only-supervised", action="store_true", help="run only the supervised (MSE) training")
     parser.add_argument("--only-unsupervised", action="store_true", help="run only the contrastive training")
-    parser.add_argument("--more-unsupervised", type=_at_least(0), default=3,
+    parser.add_argument("--more-unsupervised", type=int, default=3,
                         help="the contrastive run has n_steps * this many steps")
     parser.add_argument("--save-dir", default="", help="directory for g, the encoders and the resumable checkpoint")
-    parser.add_argument("--num-eval-batches", type=_at_least(1), default=10,
+    parser.add_argument("--num-eval-batches", type=int, default=10,
                         help="batches of the final evaluation (mean and std reported)")
-    parser.add_argument("--seed", type=_checked(int, ("in [0, 2^63)", lambda value: 0 <= value < 2 ** 63)),
-                        help="seed of every random draw; drawn and reported on stderr when omitted")
+    parser.add_argument("--seed", type=int, help="seed of every random draw; drawn and reported on stderr when omitted")
     parser.add_argument("--act-fct", default="leaky_relu",
                         choices=settings.ACTIVATION_NAMES, help="activation inside the mixing g")
-    parser.add_argument("--c-param", type=_positive_float32, default=0.05,
+    parser.add_argument("--c-param", type=float, default=0.05,
                         help="scale of the conditional (vMF concentration for --c-p 0 on sphere)")
-    parser.add_argument("--m-param", type=_positive_float32, default=1.0,
-                        help="scale of the marginal (when --m-p is not 0)")
-    parser.add_argument("--tau", type=_positive_float32, default=1.0,
+    parser.add_argument("--m-param", type=float, default=1.0, help="scale of the marginal (when --m-p is not 0)")
+    parser.add_argument("--tau", type=float, default=1.0,
                         help="temperature of the Lp, dot-product and infonce-fixed losses")
-    parser.add_argument("--n-mixing-layer", type=_at_least(0), default=3,
-                        help="linear layers in the mixing g (0: the identity)")
-    parser.add_argument("--n", type=_at_least(2), default=10, help="latent dimension")
+    parser.add_argument("--n-mixing-layer", type=int, default=3, help="linear layers in the mixing g (0: the identity)")
+    parser.add_argument("--n", type=int, default=10, help="latent dimension")
     parser.add_argument("--space-type", default="box", choices=settings.SPACE_NAMES, help="latent space")
-    parser.add_argument("--m-p", type=_non_negative, default=0,
+    parser.add_argument("--m-p", type=number, default=0,
                         help="marginal: 0 uniform, 1 Laplace, 2 normal, other p generalised normal")
-    parser.add_argument("--c-p", type=_non_negative, default=2, help=settings.conditional_help())
-    parser.add_argument("--lr", type=_positive, default=1e-4, help="Adam learning rate of the encoder")
-    parser.add_argument("--p", type=_non_negative, default=2,
+    parser.add_argument("--c-p", type=number, default=2, help=settings.conditional_help())
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the encoder")
+    parser.add_argument("--p", type=number, default=2,
                         help="loss: p > 0 the Lp form; 0 the dot-product form (AnInfoNCE on extended_sphere)")
-    parser.add_argument("--batch-size", type=_at_least(2), default=6144, help="pairs per step")
-    parser.add_argument("--n-log-steps", type=_at_least(1), default=250, help="log every this many steps")
-    parser.add_argument("--n-steps", type=_at_least(1), default=100001,
+    parser.add_argument("--batch-size", type=int, default=6144, help="pairs per step")
+    parser.add_argument("--n-log-steps", type=int, default=250, help="log every this many steps")
+    parser.add_argument("--n-steps", type=int, default=100001,
                         help="supervised steps (the contrastive run does n_steps * more_unsupervised)")
     parser.add_argument("--resume-training", action="store_true", help="continue from the checkpoint in --save-dir")
     # Integer defaults under type=float, as the reference: printed "5" when omitted, "5.0" when passed.
-    parser.add_argument("--gt-lambda-1", type=_positive_float32, default=5,
+    parser.add_argument("--gt-lambda-1", type=float, default=5,
                         help="ground-truth λ of the last n - floor(n/2) dimensions (bimodal), or the start of "
                              "the linear spacing")
-    parser.add_argument("--gt-lambda-2", type=_positive_float32, default=25,
+    parser.add_argument("--gt-lambda-2", type=float, default=25,
                         help="ground-truth λ of the first floor(n/2) dimensions (bimodal), or the end of "
                              "the linear spacing")
     parser.add_argument("--linearly-spaced-lambda", action="store_true",
                         help="ground-truth Λ = linspace(gt_lambda_1, gt_lambda_2, n)")
-    parser.add_argument("--lr-lambda", type=_positive, default=1e-3, help="Adam learning rate of the learned Λ̂")
-    parser.add_argument("--threshold", type=_positive, default=0.1,
+    parser.add_argument("--lr-lambda", type=float, default=1e-3, help="Adam learning rate of the learned Λ̂")
+    parser.add_argument("--threshold", type=float, default=0.1,
                         help="acceptance band | ‖z+δ‖ - 1 | < threshold of the positive sampler")
 
 
 def _add_our_flags(parser, loss_table):
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-    loss_choices = None if loss_table is None else tuple(name for name, loss in loss_table.items() if loss.selectable)
-    loss_help = "the contrastive loss on extended_sphere with --p 0 (main_mlp.py --help lists them)"
-    if loss_table is not None:
-        loss_help = "; ".join(f"{name}: {loss_table[name].description}" for name in loss_choices)
+    loss_choices, loss_help = loss_options(loss_table)
     parser.add_argument("--loss", default=settings.DEFAULT_LOSS, choices=loss_choices, help=loss_help)
     parser.add_argument("--negatives", default="reference", choices=("reference", "symmetric"),
                         help="reference: the authors' negatives for the second view; symmetric: NT-Xent")
@@ -135,12 +109,12 @@ def _add_our_flags(parser, loss_table):
                         help="bf16: autocast the encoder to bfloat16 (AMX CPUs, GPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and the loss")
     parser.add_argument("--allow-tf32", action="store_true", help="allow TF32 matmuls on CUDA")
-    parser.add_argument("--checkpoint-every", type=_at_least(1),
+    parser.add_argument("--checkpoint-every", type=int,
                         help="also checkpoint every this many steps (one is always written in --save-dir "
                              "at every log step and at the end)")
     parser.add_argument("--resume-if-exists", action="store_true",
                         help="resume when --save-dir holds a checkpoint, start fresh when not (for requeued jobs)")
-    parser.add_argument("--checkpoint-minutes", type=_checked(float, ("a positive number", _IS_POSITIVE[1])),
+    parser.add_argument("--checkpoint-minutes", type=float,
                         help="checkpoint every this many minutes instead of at every log step (and on a "
                              "signal, and at the end)")
     parser.add_argument("--overwrite", action="store_true",
@@ -151,9 +125,12 @@ def _add_our_flags(parser, loss_table):
                         choices=settings.LAMBDA_PARAM_CHOICES,
                         help="how the learned Λ̂ is parametrised: softplus(θ) as the reference, or exp(θ) "
                              "(log space; the same initial Λ̂)")
-    parser.add_argument("--cond-thresh-ratio", type=_checked(float, ("in [0, 1]", lambda value: 0 <= value <= 1)),
-                        default=0.0,
+    parser.add_argument("--cond-thresh-ratio", type=float, default=0.0,
                         help="quantile of 25,000 random condition numbers that g's layers must not exceed")
+
+
+def _positive_finite(value):
+    return value is not None and math.isfinite(value) and value > 0
 
 
 def _check_writable_file(parser, flag, path):
@@ -187,6 +164,8 @@ def _check_writable_dir(parser, flag, path, create):
 def _save_dir_holding(path, save_dir):
     """The --save-dir (this run's, or a directory with a run's lock file) that ``path`` is one of the
     files of, by its name or where its links lead; None when it is none."""
+    if not path:
+        return None
     named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
     for candidate in (named, os.path.realpath(path)):
         directory, name = os.path.split(candidate)
@@ -199,18 +178,53 @@ def _save_dir_holding(path, save_dir):
     return None
 
 
-def validate_args(parser, args, derived):
-    """Refuse what cannot run, with a one-line error naming the flag (exit 2), from the values alone
-    (no file is looked at: sweep.py checks its runs with it before it makes their directories)."""
-    err = parser.error
+def validate_numbers(err, args):
+    """Refuse numbers out of range (``err``: the parser's one-line error, exit 2)."""
+    for flag, value, low in (("--n", args.n, 2), ("--batch-size", args.batch_size, 2),
+                             ("--n-steps", args.n_steps, 1), ("--n-log-steps", args.n_log_steps, 1),
+                             ("--num-eval-batches", args.num_eval_batches, 1),
+                             ("--more-unsupervised", args.more_unsupervised, 0),
+                             ("--n-mixing-layer", args.n_mixing_layer, 0)):
+        if value < low:
+            err(f"argument {flag}: must be an integer >= {low}, got {value}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        err(f"argument --checkpoint-every: must be an integer >= 1, got {args.checkpoint_every}")
+    if args.checkpoint_minutes is not None and not _positive_finite(args.checkpoint_minutes):
+        err(f"argument --checkpoint-minutes: must be a positive number, got {args.checkpoint_minutes}")
+    for flag, value in (("--lr", args.lr), ("--lr-lambda", args.lr_lambda), ("--tau", args.tau),
+                        ("--c-param", args.c_param), ("--m-param", args.m_param),
+                        ("--sphere-r", args.sphere_r), ("--gt-lambda-1", args.gt_lambda_1),
+                        ("--gt-lambda-2", args.gt_lambda_2), ("--threshold", args.threshold)):
+        if not _positive_finite(value):
+            err(f"argument {flag}: must be a positive finite number, got {value}")
+    # Values that become float32 tensors must fit one.
+    for flag, value in (("--sphere-r", args.sphere_r), ("--box-min", args.box_min), ("--box-max", args.box_max),
+                        ("--c-param", args.c_param), ("--m-param", args.m_param), ("--tau", args.tau),
+                        ("--gt-lambda-1", args.gt_lambda_1), ("--gt-lambda-2", args.gt_lambda_2)):
+        if math.isfinite(value) and abs(value) > FLOAT32_MAX:
+            err(f"argument {flag}: must be at most {FLOAT32_MAX:.3g} in magnitude (float32), got {value}")
     if settings.conditional_name(args.space_type, args.c_p) == "vmf" and args.c_param > MAX_VMF_KAPPA:
         err(f"argument --c-param: the von Mises-Fisher concentration must be at most {MAX_VMF_KAPPA:g} "
             f"(beyond, float32 cannot tell the samples from their mean), got {args.c_param}")
+    if not (math.isfinite(args.cond_thresh_ratio) and 0 <= args.cond_thresh_ratio <= 1):
+        err(f"argument --cond-thresh-ratio: must be in [0, 1], got {args.cond_thresh_ratio}")
+    for flag, value in (("--p", args.p), ("--m-p", args.m_p), ("--c-p", args.c_p)):
+        if not (math.isfinite(value) and value >= 0):
+            err(f"argument {flag}: must be a finite number >= 0, got {value}")
     if args.p > MAX_P:
         err(f"argument --p: must be at most {MAX_P} (beyond, |x|^p overflows float32 for coordinate differences "
             f"below 2), got {args.p:g}")
     if not (math.isfinite(args.box_min) and math.isfinite(args.box_max)) or args.box_min >= args.box_max:
         err(f"arguments --box-min/--box-max: need box_min < box_max, got {args.box_min} >= {args.box_max}")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
+        err(f"argument --seed: must be in [0, 2^63), got {args.seed}")
+
+
+def validate_args(parser, args, derived):
+    """Refuse what cannot run, with a one-line error naming the flag (exit 2), from the values alone
+    (no file is looked at: sweep.py checks its runs with it before it makes their directories)."""
+    err = parser.error
+    validate_numbers(err, args)
     if args.only_supervised and args.only_unsupervised:
         err("arguments --only-supervised and --only-unsupervised: choose at most one")
     if args.sphere_norm and args.box_norm:
@@ -240,9 +254,9 @@ def validate_files(parser, args):
     if args.save_dir:
         _check_writable_dir(parser, "--save-dir", args.save_dir, create=not args.resume_training)
     for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
-        if path is None:
-            continue
-        _check_writable_file(parser, flag, path)
+        if path is not None:
+            _check_writable_file(parser, flag, path)
+    for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
         where = _save_dir_holding(path, args.save_dir)
         if where is not None:
             err(f"argument {flag}: {path} is a file a run keeps in its --save-dir {where}; give another name")
@@ -284,7 +298,7 @@ def read_args(argv):
     parser = build_parser()
     parser.error = _raise  # argparse calls self.error: a refusal becomes an exception, not an exit
     args, _ = _parse(parser, argv)
-    return {key: str(value) for key, value in vars(args).items()}
+    return {key: "None" if value is None else str(value) for key, value in vars(args).items()}
 
 
 def flags():

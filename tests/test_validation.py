@@ -195,3 +195,15 @@ def test_the_command_lines_names_are_the_tables():
     choices = {action.dest: tuple(action.choices) for action in command_line.build_parser()._actions if action.choices}
     assert choices["space_type"] == tuple(latent_spaces.SPACES)
     assert choices["act_fct"] == tuple(invertible_network_utils.ACTIVATIONS)
+
+
+@pytest.mark.parametrize("flags, dest, value", [(["--n", "1", "--n", "5"], "n", 5),
+                                                (["--batch-size", "0", "--batch-size", "8"], "batch_size", 8),
+                                                (["--lr", "-1", "--lr", "0.01"], "lr", 0.01)])
+def test_a_repeated_flag_is_its_last_value(flags, dest, value):
+    """As with argparse (and the authors' main_mlp.py), the last of a repeated flag is the one that counts:
+    an earlier value out of range is not refused (a launcher appends its overrides to a base command)."""
+    import command_line
+
+    _, args, _ = command_line.parse_args(flags)
+    assert getattr(args, dest) == value
