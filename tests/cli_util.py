@@ -7,6 +7,8 @@ line types, in the exact format of our numbers (logparse's strict shapes), or it
 """
 
 import contextlib
+import importlib
+import io
 import math
 import os
 import re
@@ -269,3 +271,16 @@ def run_main(argv, capsys):
             code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_tool_main(tool, *argv, cwd=None):
+    """A tool's ``main(argv)`` in-process, as ``python TOOL ARGV`` runs it (in ``cwd``): a CompletedProcess
+    (text) with its exit status (an argparse refusal's SystemExit included), its stdout and its stderr."""
+    module = importlib.import_module(tool.removesuffix(".py"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main([str(arg) for arg in argv])
+        except SystemExit as exc:
+            code = 0 if exc.code is None else exc.code
+    return subprocess.CompletedProcess([tool, *argv], code, out.getvalue(), err.getvalue())

@@ -6,8 +6,10 @@ sweep.py, plot_logs.py, learning_check.py: 2 and one line naming the flag for ba
 tool writes over a file it reads; sweep.py never overwrites a finished run's log, and skips a
 finished run only when its log's arguments are those it would run now.
 
-The logs are written by test_tools' helpers (synthetic) or by tiny real sweeps; the tools run
-through subprocess, as a user runs them.
+The logs are written by test_tools' helpers (synthetic) or by tiny real sweeps. The tools run
+through subprocess, as a user runs them, where the process is the point (closed streams, encodings,
+limits, kills, locks) and for the first case of each kind of check; the other cases call their
+``main(argv)`` in-process (``run_tool_main``), which answers the same.
 """
 
 import fcntl
@@ -20,11 +22,11 @@ import time
 
 import pytest
 
-from cli_util import TINY_RUN, assert_refused
+from cli_util import TINY_RUN, assert_refused, run_tool_main
 from test_tools import (FAKE_TRAINER, PY, ROOT, _early_runs, _metrics_file, _write_runs, make_steps, pair,
                         render_log, run_tool, write)
 
-pytestmark = pytest.mark.slow  # every test here runs a tool through subprocess
+pytestmark = pytest.mark.slow  # most tests here run a tool or a tiny training through subprocess
 
 
 def one_line_error(result, *needles):
@@ -52,7 +54,7 @@ def test_compare_logs_of_different_n_disagree_without_a_traceback(tmp_path):
     four = [25.0, 25.0, 5.0, 5.0]
     a = write(tmp_path / "a.log", render_log(make_steps(n_logged=5)))
     b = write(tmp_path / "b.log", render_log(make_steps(n_logged=5, lam_end=four), gt=four))
-    result = run_tool("compare_logs.py", a, b)
+    result = run_tool_main("compare_logs.py", a, b)
     assert result.returncode == 1 and result.stderr == "", result.stderr
     assert "verdict: DISAGREE" in result.stdout and "Λ̂ has a different number of entries" in result.stdout
     assert "ground truth differs" in result.stdout
@@ -133,18 +135,18 @@ def _metrics_of_n(path, n):
 
 def test_per_dimension_refuses_foreign_records_in_one_line(tmp_path):
     good = _metrics_file(tmp_path / "good.jsonl", 0.9, 0.5)
-    for bad in _foreign_metrics(tmp_path):
-        one_line_error(run_tool("compare_logs.py", "--per-dimension", good, bad), str(bad))
-        one_line_error(run_tool("plot_logs.py", "--per-dimension", good, bad, "-o", tmp_path / "x.png"), str(bad))
+    for i, bad in enumerate(_foreign_metrics(tmp_path)):
+        run = run_tool if i == 0 else run_tool_main
+        one_line_error(run("compare_logs.py", "--per-dimension", good, bad), str(bad))
+        one_line_error(run("plot_logs.py", "--per-dimension", good, bad, "-o", tmp_path / "x.png"), str(bad))
     assert not (tmp_path / "x.png").exists()
 
 
 def test_per_dimension_refuses_files_of_different_latents(tmp_path):
     four, six = _metrics_of_n(tmp_path / "four.jsonl", 4), _metrics_of_n(tmp_path / "six.jsonl", 6)
-    for a, b in ((four, six), (six, four)):
-        one_line_error(run_tool("compare_logs.py", "--per-dimension", a, b), str(b), "n 4", "n 6")
-        one_line_error(run_tool("plot_logs.py", "--per-dimension", a, b, "-o", tmp_path / "x.png"),
-                       str(b), "n 4", "n 6")
+    for run, (a, b) in ((run_tool, (four, six)), (run_tool_main, (six, four))):
+        one_line_error(run("compare_logs.py", "--per-dimension", a, b), str(b), "n 4", "n 6")
+        one_line_error(run("plot_logs.py", "--per-dimension", a, b, "-o", tmp_path / "x.png"), str(b), "n 4", "n 6")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -158,7 +160,7 @@ def test_the_summary_averages_lambda_groups_of_one_kind_only(tmp_path):
         step = {"type": "step", "phase": "unsupervised", "step": 1, "lin": 0.5, "perm": 0.5, "lin_dims": [0.5] * 4}
         (out_dir / f"mixed_seed{seed}.jsonl").write_text(json.dumps({"type": "config", "args": args}) + "\n"
                                                          + json.dumps(step) + "\n")
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "mixed")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "mixed")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "R² by ground-truth λ" not in (out_dir / "mixed_summary.md").read_text()
 
@@ -169,7 +171,7 @@ def test_the_summary_leaves_foreign_metrics_out(tmp_path):
     out_dir.mkdir()
     write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
     (out_dir / "a_seed0.jsonl").write_text(_foreign_metrics(tmp_path)[1].read_text())
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "R² by ground-truth λ" not in (out_dir / "a_summary.md").read_text()
 
@@ -182,10 +184,11 @@ def test_plot_logs_does_not_write_over_its_input(tmp_path):
     log = write(tmp_path / "run.log", render_log(make_steps(n_logged=4)))
     before = log.read_bytes()
     os.symlink(log, tmp_path / "link.log")
-    for output in (log, tmp_path / "link.log", f"{tmp_path}/./run.log"):
-        one_line_error(run_tool("plot_logs.py", log, "-o", output), "-o", "run.log")
+    for run, output in ((run_tool, log), (run_tool_main, tmp_path / "link.log"),
+                        (run_tool_main, f"{tmp_path}/./run.log")):
+        one_line_error(run("plot_logs.py", log, "-o", output), "-o", "run.log")
     metrics = _metrics_file(tmp_path / "m.jsonl", 0.9, 0.5)
-    one_line_error(run_tool("plot_logs.py", "--per-dimension", metrics, "-o", metrics), "-o")
+    one_line_error(run_tool_main("plot_logs.py", "--per-dimension", metrics, "-o", metrics), "-o")
     assert log.read_bytes() == before and metrics.read_text().startswith('{"type": "config"')
 
 
@@ -195,8 +198,8 @@ def test_sweep_summary_does_not_write_over_a_reference(tmp_path):
     write(out_dir / "an_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
     reference = write(out_dir / "an_summary.md", render_log(make_steps(n_logged=3, seed=5)))
     before = reference.read_text()
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
-                      "--reference", f"an={reference}")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+                           "--reference", f"an={reference}")
     one_line_error(result, "an_summary.md")
     assert reference.read_text() == before and not (out_dir / "an_summary.csv").exists()
 
@@ -205,16 +208,17 @@ def test_sweep_summary_does_not_write_over_a_reference(tmp_path):
 # sweep.py / learning_check.py: bad names and output directories
 
 
-def _fake_sweep(tmp_path, *sweep_args):
+def _fake_sweep(tmp_path, *sweep_args, run=run_tool):
     script = write(tmp_path / "fake_trainer.py", textwrap.dedent(FAKE_TRAINER))
     template = write(tmp_path / "template.log", render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
-    return run_tool("sweep.py", "--seeds", "0", "--threads", "1", "--script", script, *sweep_args,
+    return run("sweep.py", "--seeds", "0", "--threads", "1", "--script", script, *sweep_args,
                     "--", "--template", template)
 
 
 @pytest.mark.parametrize("name", ["exp[1]", "", "a*", "b?"])
 def test_sweep_refuses_a_name_it_could_not_find_again(tmp_path, name):
-    result = _fake_sweep(tmp_path, "--out-dir", tmp_path / "sw", "--name", name)
+    result = _fake_sweep(tmp_path, "--out-dir", tmp_path / "sw", "--name", name,
+                         run=run_tool if name == "exp[1]" else run_tool_main)
     one_line_error(result, "--name")
     assert not (tmp_path / "sw").exists()
 
@@ -224,17 +228,17 @@ def test_sweep_refuses_a_summary_name_that_is_not_a_file_name(tmp_path, summary_
     out_dir = tmp_path / "sw"
     out_dir.mkdir()
     write(out_dir / "an_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
-                      "--summary-name", summary_name)
+    run = run_tool if summary_name == "" else run_tool_main
+    result = run("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an", "--summary-name", summary_name)
     one_line_error(result, "--summary-name")
     assert os.listdir(out_dir) == ["an_seed0.log"]
 
 
 def test_out_dir_that_is_a_file_or_cannot_be_made(tmp_path):
     a_file = write(tmp_path / "a_file", "not a directory\n")
-    for out_dir in (a_file, a_file / "sub"):
-        one_line_error(_fake_sweep(tmp_path, "--out-dir", out_dir), "--out-dir")
-        one_line_error(run_tool("learning_check.py", "--seeds", "1", "2", "--out-dir", out_dir), "--out-dir")
+    for run, out_dir in ((run_tool, a_file), (run_tool_main, a_file / "sub")):
+        one_line_error(_fake_sweep(tmp_path, "--out-dir", out_dir, run=run), "--out-dir")
+        one_line_error(run("learning_check.py", "--seeds", "1", "2", "--out-dir", out_dir), "--out-dir")
     assert a_file.read_text() == "not a directory\n"
 
 
@@ -244,9 +248,9 @@ def test_out_dir_that_is_not_writable(tmp_path):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        for out_dir in (locked, locked / "sub"):
-            one_line_error(_fake_sweep(tmp_path, "--out-dir", out_dir), "--out-dir")
-            one_line_error(run_tool("learning_check.py", "--out-dir", out_dir), "--out-dir")
+        for run, out_dir in ((run_tool, locked), (run_tool_main, locked / "sub")):
+            one_line_error(_fake_sweep(tmp_path, "--out-dir", out_dir, run=run), "--out-dir")
+            one_line_error(run("learning_check.py", "--out-dir", out_dir), "--out-dir")
     finally:
         locked.chmod(0o700)
 
@@ -257,8 +261,12 @@ def test_out_dir_that_is_not_writable(tmp_path):
 SWEEP = os.path.join(ROOT, "sweep.py")
 
 
-def sweep_in(cwd, *sweep_args, after=()):
-    """sweep.py in ``cwd``, out-dir ``out``, name ``a``, seed 0, the tiny run plus ``after``."""
+def sweep_in(cwd, *sweep_args, after=(), in_process=False):
+    """sweep.py in ``cwd``, out-dir ``out``, name ``a``, seed 0, the tiny run plus ``after``: through
+    subprocess, or its ``main`` in-process (its runs of main_mlp.py are subprocesses either way)."""
+    if in_process:
+        return run_tool_main("sweep.py", "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+                             *sweep_args, "--", *TINY_RUN, *after, cwd=cwd)
     return subprocess.run([PY, SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
                            *sweep_args, "--", *TINY_RUN, *after], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -280,11 +288,11 @@ def copy_of(finished_sweep, cwd):
 
 
 def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
-    def grid(*items, after=()):
+    def grid(*items, after=(), in_process=True):
         return sweep_in(tmp_path, "--executor", "print", *[a for item in items for a in ("--grid", item)],
-                        after=after)
+                        after=after, in_process=in_process)
 
-    one_line_error(grid("see=1,2"), "--grid", "see", "--seed")  # an abbreviation: argparse would take it
+    one_line_error(grid("see=1,2", in_process=False), "--grid", "see", "--seed")  # an abbreviation: argparse would take it
     one_line_error(grid("nope=1,2"), "--grid", "nope", "main_mlp.py")
     one_line_error(grid("seed=1,2"), "--grid", "--seed")  # the sweep's own
     one_line_error(grid("only-unsupervised=1,2"), "--grid", "switch")
@@ -292,7 +300,7 @@ def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
     one_line_error(grid("lr=0.1,0.01", after=["--lr", "0.5"]), "--grid", "--lr", "after '--'")
     one_line_error(grid("lr=0.1", "lr=0.2"), "--grid", "twice")
     one_line_error(grid("act-fct=a/b,a-b"), "--grid", "same name")
-    result = grid("lr_lambda=0.1,0.01", "linearly-spaced-lambda=on,off")  # a dest name, a flag's name
+    result = grid("lr_lambda=0.1,0.01", "linearly-spaced-lambda=on,off", in_process=False)  # dest, flag name
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 4 and not (tmp_path / "out").exists()
@@ -300,7 +308,8 @@ def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
     assert "--lr-lambda 0.1 --save-dir" in lines[1] and "out/a_lr_lambda-0.1_linearly-spaced-lambda-off" in lines[1]
     assert "--lr-lambda 0.01" in lines[3]
     # Every configuration over every seed (test_cluster runs a grid under submitit at one seed).
-    seeds = sweep_in(tmp_path, "--executor", "print", "--seeds", "0", "1", "--grid", "loss=aninfonce,infonce")
+    seeds = sweep_in(tmp_path, "--executor", "print", "--seeds", "0", "1", "--grid", "loss=aninfonce,infonce",
+                     in_process=True)
     assert seeds.returncode == 0, seeds.stderr
     logs = [line.split("--log-file ")[1].split()[0] for line in seeds.stdout.splitlines()]
     assert logs == [f"out/a_loss-{loss}_seed{seed}.log" for loss in ("aninfonce", "infonce") for seed in (0, 1)]
@@ -314,7 +323,7 @@ def test_skip_done_skips_only_a_run_of_the_same_arguments(tmp_path, finished_swe
 
     again = sweep_in(tmp_path, "--skip-done")
     assert again.returncode == 0 and "a seed 0: already finished, skipped" in again.stdout, again.stderr
-    changed = sweep_in(tmp_path, "--skip-done", after=["--lr", "0.01"])
+    changed = sweep_in(tmp_path, "--skip-done", after=["--lr", "0.01"], in_process=True)
     one_line_error(changed, "a seed 0", "out/a_seed0.log", "lr 0.0001", "lr 0.01", "--name", "--out-dir")
     assert "skipped" not in changed.stdout
     assert log.read_bytes() == before and summary.read_bytes() == summary_before
@@ -323,7 +332,7 @@ def test_skip_done_skips_only_a_run_of_the_same_arguments(tmp_path, finished_swe
     # the arguments.
     os.rename(tmp_path / "out" / "checkpoints", tmp_path / "elsewhere")
     one_line_error(sweep_in(tmp_path), "a seed 0", "overwritten", "--skip-done")
-    one_line_error(sweep_in(tmp_path, after=["--lr", "0.01"]), "a seed 0", "lr 0.0001", "lr 0.01")
+    one_line_error(sweep_in(tmp_path, after=["--lr", "0.01"], in_process=True), "a seed 0", "lr 0.0001", "lr 0.01")
     assert log.read_bytes() == before and summary.read_bytes() == summary_before
 
 
@@ -400,7 +409,7 @@ def test_a_cut_metrics_file_keeps_its_lambda_groups_in_the_summary(tmp_path):
         write(out_dir / f"a_seed{seed}.log", render_log(make_steps(n_logged=3)))
         # Killed while writing its next record: the last line has no end.
         _jsonl(out_dir / f"a_seed{seed}.jsonl", _records(style=style), tail='{"type": "step", "phase": "unsu')
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert f"{out_dir / 'a_seed0.jsonl'}: its last line is cut off" in result.stderr
     md = (out_dir / "a_summary.md").read_text()
@@ -449,13 +458,14 @@ def test_records_no_run_writes_are_refused_naming_the_line(tmp_path, case, line)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     good = _jsonl(tmp_path / "good.jsonl", _records())
-    one_line_error(run_tool("compare_logs.py", "--per-dimension", good, bad), f"{bad}:{line}:")
+    run = run_tool if case == "not_an_object" else run_tool_main
+    one_line_error(run("compare_logs.py", "--per-dimension", good, bad), f"{bad}:{line}:")
     # The summary says which file and line it could not use, and reads the run's log instead.
     out_dir = tmp_path / "sw"
     out_dir.mkdir()
     write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3)))
     (out_dir / "a_seed0.jsonl").write_text(bad.read_text())
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    result = run("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert f"warning: {out_dir / 'a_seed0.jsonl'}:{line}:" in result.stderr
 
@@ -475,18 +485,18 @@ def test_one_bounded_number_type_for_every_tool(tmp_path):
         with pytest.raises(argparse.ArgumentTypeError, match=f"must be a finite number > 0, got {text}"):
             size(text)
     a, b = pair(tmp_path, n_logged=3)
-    for value in ("nan", "-0.1"):
-        one_line_error(run_tool("compare_logs.py", a, b, "--lin-tol", value), "--lin-tol", "finite number >= 0")
-    one_line_error(run_tool("plot_logs.py", a, "-o", tmp_path / "x.png", "--dpi", "0"), "--dpi", "> 0")
-    one_line_error(run_tool("compare_logs.py", a, b, "--rows", "0"), "--rows", "an integer >= 1")
+    for run, value in ((run_tool, "nan"), (run_tool_main, "-0.1")):
+        one_line_error(run("compare_logs.py", a, b, "--lin-tol", value), "--lin-tol", "finite number >= 0")
+    one_line_error(run_tool_main("plot_logs.py", a, "-o", tmp_path / "x.png", "--dpi", "0"), "--dpi", "> 0")
+    one_line_error(run_tool_main("compare_logs.py", a, b, "--rows", "0"), "--rows", "an integer >= 1")
 
 
 def test_a_bad_grid_value_or_seed_is_refused_before_anything_runs(tmp_path):
     one_line_error(sweep_in(tmp_path, "--grid", "lr=0.1,nan"), "--grid", "a_lr-nan", "--lr", "nan")
     assert not (tmp_path / "out").exists()  # the valid configuration did not run either
-    one_line_error(sweep_in(tmp_path, "--seeds", "9223372036854775808", "--executor", "print"), "--seeds",
-                   "9223372036854775808")
-    one_line_error(sweep_in(tmp_path, after=["--n", "1"]), "main_mlp.py", "--n")
+    one_line_error(sweep_in(tmp_path, "--seeds", "9223372036854775808", "--executor", "print", in_process=True),
+                   "--seeds", "9223372036854775808")
+    one_line_error(sweep_in(tmp_path, after=["--n", "1"], in_process=True), "main_mlp.py", "--n")
 
 
 def test_summarize_only_and_print_with_a_closed_stdout(tmp_path):
@@ -554,6 +564,6 @@ def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_d
                                        ("my notes\n", "", ("a seed 0", "(none)"))):
         write(tmp_path / "out" / "a_seed0.log", log)
         write(tmp_path / "out" / "a_seed0.jsonl", metrics_text)
-        one_line_error(sweep_in(tmp_path), *needles)
+        one_line_error(sweep_in(tmp_path, in_process=True), *needles)
         assert (tmp_path / "out" / "a_seed0.log").read_text() == log
         assert (tmp_path / "out" / "a_seed0.jsonl").read_text() == metrics_text
