@@ -292,7 +292,8 @@ def test_grid_keys_are_full_flag_names_of_main_mlp(tmp_path):
         return sweep_in(tmp_path, "--executor", "print", *[a for item in items for a in ("--grid", item)],
                         after=after, in_process=in_process)
 
-    one_line_error(grid("see=1,2", in_process=False), "--grid", "see", "--seed")  # an abbreviation: argparse would take it
+    # An abbreviation: argparse would take it.
+    one_line_error(grid("see=1,2", in_process=False), "--grid", "see", "--seed")
     one_line_error(grid("nope=1,2"), "--grid", "nope", "main_mlp.py")
     one_line_error(grid("seed=1,2"), "--grid", "--seed")  # the sweep's own
     one_line_error(grid("only-unsupervised=1,2"), "--grid", "switch")
