@@ -3,7 +3,8 @@
 Every log here is written by ``render_log`` into tmp_path, in the format of
 main_mlp.py (docs/log-format.md); no test reads the published
 reference logs or trains a model. The command-line tools run through
-subprocess, as a user runs them.
+subprocess, as a user runs them, in each test's first call; the further
+calls of a test call their ``main(argv)`` in-process (``run_tool_main``).
 """
 
 import csv
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import logparse  # noqa: E402
 import metrics_io  # noqa: E402
+from cli_util import run_tool_main  # noqa: E402
 
 PY = sys.executable
 BIMODAL = [25.0] * 5 + [5.0] * 5
@@ -319,7 +321,7 @@ def test_compare_altered_lin_disagrees(tmp_path):
 def test_compare_ignores_differences_before_min_step(tmp_path):
     path_a, path_b = pair(tmp_path, alter=lambda b: _bump_lin(b, 5001, 0.3))
     assert run_tool("compare_logs.py", path_a, path_b).returncode == 0
-    assert run_tool("compare_logs.py", path_a, path_b, "--min-step", "1").returncode == 1
+    assert run_tool_main("compare_logs.py", path_a, path_b, "--min-step", "1").returncode == 1
 
 
 def test_compare_altered_lambda_disagrees(tmp_path):
@@ -342,10 +344,10 @@ def test_compare_unreadable_inputs_exit_2(tmp_path):
     malformed = write(tmp_path / "malformed.log", good.read_text().replace("Loss: ", "Loss: x", 1))
     bad_line = _line_number(malformed.read_text(), next(
         line for line in malformed.read_text().split("\n") if "Loss: x" in line))
-    for other, where in ((garbage, f"{garbage}:1: not a log"),
-                         (malformed, f"{malformed}:{bad_line}: malformed Step line"),
-                         (tmp_path / "missing.log", f"{tmp_path / 'missing.log'}: cannot read")):
-        result = run_tool("compare_logs.py", good, other)
+    for run, other, where in ((run_tool, garbage, f"{garbage}:1: not a log"),
+                              (run_tool_main, malformed, f"{malformed}:{bad_line}: malformed Step line"),
+                              (run_tool_main, tmp_path / "missing.log", f"{tmp_path / 'missing.log'}: cannot read")):
+        result = run("compare_logs.py", good, other)
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stdout == "" and len(result.stderr.strip().split("\n")) == 1
         assert where in result.stderr and "Traceback" not in result.stderr
@@ -369,7 +371,7 @@ def test_plot_writes_png_of_expected_size(tmp_path):
     assert len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 20
 
     bad = write(tmp_path / "bad.log", "Step: 1 \t Loss: x\n")
-    result = run_tool("plot_logs.py", bad, "-o", tmp_path / "x.png", "--size", "3", "2", "--dpi", "50")
+    result = run_tool_main("plot_logs.py", bad, "-o", tmp_path / "x.png", "--size", "3", "2", "--dpi", "50")
     assert result.returncode == 2 and f"{bad}:1:" in result.stderr and not (tmp_path / "x.png").exists()
 
 
@@ -381,7 +383,7 @@ def test_plot_writes_the_name_it_prints_and_bounds_its_size(tmp_path):
     assert result.stdout.strip() == f"wrote {tmp_path / 'figure'}"
     assert (tmp_path / "figure").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "figure.png").exists()
     for size, dpi in ((["1000", "1000"], "100"), (["0.01", "0.01"], "100")):
-        result = run_tool("plot_logs.py", path_a, "-o", tmp_path / "big.png", "--size", *size, "--dpi", dpi)
+        result = run_tool_main("plot_logs.py", path_a, "-o", tmp_path / "big.png", "--size", *size, "--dpi", dpi)
         assert result.returncode == 2 and "--size/--dpi" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "big.png").exists()
 
@@ -415,9 +417,10 @@ def test_sweep_print_jobs(tmp_path):
         assert argv[argv.index("--save-dir") + 1] == f"ck/bi_seed{seed}"
         assert argv[-4:] == [">", f"{out_dir}/bi_seed{seed}.out", "2>", f"{out_dir}/bi_seed{seed}.err"]
         assert "OMP_NUM_THREADS" not in line
-    result = run_tool("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--threads", "4", "--executor", "print", "--")
+    result = run_tool_main("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--threads", "4", "--executor", "print",
+                           "--")
     assert result.stdout.startswith("OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 ")
-    result = run_tool("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--executor", "print", "--", "--seed", "3")
+    result = run_tool_main("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--executor", "print", "--", "--seed", "3")
     assert result.returncode == 2 and "sets --seed" in result.stderr
 
 
@@ -451,7 +454,7 @@ def test_sweep_summarize_only(tmp_path):
               for s in range(3)]
     assert float(rows[0]["lambda_error_mean"]) == pytest.approx(np.mean(errors))
 
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--names", "an", "in*")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--names", "an", "in*")
     assert result.returncode == 0, result.stderr
     assert "info_seed9.log has no logged step" in result.stderr
     rows = {r["name"]: r for r in csv.DictReader(open(out_dir / "sweep_summary.csv"))}
@@ -465,7 +468,7 @@ def test_sweep_summarize_only(tmp_path):
     _write_runs(out_dir, "mix", [(0.90, 0.01, 0.80, 0.01), (0.94, 0.01, 0.84, 0.01), None],
                 [0.9, 0.9, 0.2], [1.0] * 3, n_logged=4)
     write(out_dir / "mix_seed7.log", "Arguments:\n\tn: 10\nStep: 1 \t Loss: x\n")
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "mix")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "mix")
     assert result.returncode == 0, result.stderr
     assert "mix_seed7.log" in result.stderr and "left out of the summary" in result.stderr
     rows = list(csv.DictReader(open(out_dir / "mix_summary.csv")))
@@ -473,7 +476,7 @@ def test_sweep_summarize_only(tmp_path):
     assert float(rows[0]["lin_mean"]) == pytest.approx(0.92)
     assert "unfinished: " in (out_dir / "mix_summary.md").read_text()
 
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--names", "nothing*")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--names", "nothing*")
     assert result.returncode == 2 and "no log nothing*_seed<S>.log" in result.stderr
 
 
@@ -499,12 +502,12 @@ def test_sweep_reference_section(tmp_path):
     for bad, message in ((["--reference", "an"], "expected NAME=LOG"),
                          (["--reference", f"other={ref}"], "no run of configuration 'other'"),
                          (["--reference", f"an={tmp_path / 'missing.log'}"], "missing.log")):
-        result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an", *bad)
+        result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an", *bad)
         assert result.returncode == 2 and "--reference" in result.stderr and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     shifted = write(tmp_path / "shifted.log", render_log(make_steps(n_logged=10, every=777)[1:]))
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
-                      "--reference", f"an={shifted}")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+                           "--reference", f"an={shifted}")
     assert result.returncode == 2 and "no step logged by the reference and every an run" in result.stderr
 
 
@@ -545,15 +548,15 @@ def test_sweep_runs_jobs_in_parallel_and_summarizes(tmp_path):
     assert rows[0]["seeds"] == "2" and float(rows[0]["lin_mean"]) == pytest.approx(0.97)
 
 
-@pytest.mark.slow  # sweep.py through subprocess
+@pytest.mark.slow  # the stand-in trainer through subprocess
 def test_a_run_that_fails_after_its_final_scores_is_reported_as_the_summary_counts_it(tmp_path):
     """A run whose log has its final scores, written with its own arguments, has finished, whatever
     its exit status says: the sweep's report and its summary agree."""
     script = write(tmp_path / "fake_trainer.py", textwrap.dedent(FAKE_TRAINER))
     template = write(tmp_path / "template.log", render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
     out_dir = tmp_path / "sw"
-    result = run_tool("sweep.py", "--seeds", "0", "3", "--threads", "1", "--out-dir", out_dir, "--name", "fake",
-                      "--script", script, "--", "--template", template)
+    result = run_tool_main("sweep.py", "--seeds", "0", "3", "--threads", "1", "--out-dir", out_dir, "--name", "fake",
+                           "--script", script, "--", "--template", template)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fake seed 3: done: its log has its final scores (after them: exit 1)" in result.stdout
     rows = list(csv.DictReader(open(out_dir / "fake_summary.csv")))
@@ -584,9 +587,9 @@ def test_learning_check_against_the_authors_figures(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 of our runs" in result.stdout and "| 3,001 |" in result.stdout and "within" in result.stdout
     _early_runs(tmp_path / "slow", [-0.10, -0.09, -0.11])  # three sds below the authors' code
-    result = run_tool("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "slow")
+    result = run_tool_main("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "slow")
     assert result.returncode == 1 and "NOT within" in result.stdout
-    result = run_tool("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "missing")
+    result = run_tool_main("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "missing")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
 
 
@@ -633,7 +636,7 @@ def test_compare_and_plot_per_dimension(tmp_path):
     last = result.stdout.strip().splitlines()[-1].split()
     assert last == ["501", "0.9500", "0.9600", "0.9000", "0.0500"]
     assert "content (λ = 25) A" in result.stdout and "style (λ = 5) B" in result.stdout
-    result = run_tool("compare_logs.py", "--per-dimension", a, tmp_path / "missing.jsonl")
+    result = run_tool_main("compare_logs.py", "--per-dimension", a, tmp_path / "missing.jsonl")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     out = tmp_path / "collapse.png"
     result = run_tool("plot_logs.py", "--per-dimension", a, b, "-o", out, "--size", "6", "3", "--dpi", "50")
@@ -641,13 +644,13 @@ def test_compare_and_plot_per_dimension(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow  # sweep.py through subprocess
 def test_sweep_summary_groups_r2_by_lambda(tmp_path):
     out_dir = tmp_path / "sw"
     _write_runs(out_dir, "info", [(0.7, 0.01, 0.6, 0.01)] * 2, [0.7, 0.7], [1.0, 1.0])
     _metrics_file(out_dir / "info_seed0.jsonl", 0.96, 0.05)
     _metrics_file(out_dir / "info_seed1.jsonl", 0.94, 0.15)
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "info", "--group-steps", "251")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "info",
+                           "--group-steps", "251")
     assert result.returncode == 0, result.stderr
     md = (out_dir / "info_summary.md").read_text()
     assert "## R² by ground-truth λ" in md
@@ -692,13 +695,12 @@ def _run_with_block(path, seed, style, extra=0.0):
     return path
 
 
-@pytest.mark.slow  # sweep.py through subprocess
 def test_a_field_added_to_the_records_reaches_the_summary(tmp_path):
     out_dir = tmp_path / "sw"
     out_dir.mkdir()
     for seed, (style, extra) in enumerate(((0.4, 0.0), (0.6, 0.1))):
         _run_with_block(out_dir / f"b_seed{seed}.jsonl", seed, style, extra)
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "b")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "b")
     assert result.returncode == 0, result.stderr
     md = (out_dir / "b_summary.md").read_text()
     # The main table from the final records, not from the logs beside them.
@@ -740,6 +742,6 @@ def test_plot_draws_the_block_score_of_metrics_files(tmp_path):
     assert set(lines) == {"m", "m (block_orth)"}  # the log has no block score
     assert list(lines["m"].get_ydata()) == pytest.approx([0.501, 0.751, 1.001])
     out = tmp_path / "b.png"
-    result = run_tool("plot_logs.py", metrics, metrics.with_suffix(".log"), "-o", out, "--size", "6", "4",
-                      "--dpi", "50")
+    result = run_tool_main("plot_logs.py", metrics, metrics.with_suffix(".log"), "-o", out, "--size", "6", "4",
+                           "--dpi", "50")
     assert result.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG", result.stderr
