@@ -220,7 +220,8 @@ class RunLog:
             print(text, file=sys.stderr, flush=True)
 
     def record(self, **fields):
-        self._write(1, json.dumps(fields) + "\n")
+        if self.handles[1] is not None:  # no --metrics-file: nothing to serialise
+            self._write(1, json.dumps(fields) + "\n")
 
     def _write(self, k, text):
         if self.handles[k] is None or not self.to_file:
