@@ -2,6 +2,8 @@
 logs' Lin. and Perm. are the means of linear_r2_per_dimension and matched_correlations."""
 
 import collections
+import itertools
+import math
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -70,43 +72,153 @@ def canonical_correlations(x, y):
     return cc
 
 
-BlockScores = collections.namedtuple("BlockScores", "score orth groups")
+# At most this many ways of dealing the outputs into blocks are tried one by one; beyond it, a local search.
+EXACT_ASSIGNMENTS = 5_000
+# The local search starts from the Hungarian deal of single outputs and from this many random deals less one.
+LOCAL_SEARCH_STARTS = 16
 
 
-def block_identifiability(z, hz, groups):
-    """How well h maps z to hz = h(z) in the theorem's block-orthogonal form, the blocks being the groups of
-    latents of equal ground-truth λ.
+def _deals(sizes, outputs):
+    """Every way of dealing ``outputs`` into blocks of ``sizes``: tuples of index tuples, one per block."""
+    if not sizes:
+        yield ()
+        return
+    for first in itertools.combinations(outputs, sizes[0]):
+        rest = tuple(j for j in outputs if j not in first)
+        for tail in _deals(sizes[1:], rest):
+            yield (first,) + tail
 
-    1. |G_b| outputs are assigned to group b by the one-to-one matching (Hungarian, on the group columns
-       repeated |G_b| times) that maximises the sum of the multiple correlations R(hz_j | z_{G_b}), the
-       square root of the R² of the least-squares fit of output j from z_{G_b}.
-    2. Per group, the canonical correlations ρ_1..ρ_d between z_{G_b} and its outputs hz_{A_b} alone: all 1
-       when the block's latents are an affine function of those outputs.
-    3. Per group, the least-squares map W_b with hz_{A_b} ≈ W_b z_{G_b} + c; the singular values of all W_b
-       together say how far h is from one orthogonal map (times a scale).
 
-    Returns BlockScores: score, the mean of all n canonical correlations (1 for any block-orthogonal h; with
-    all λ distinct each group is one latent, ρ = |corr(z_i, hz_{a(i)})|, and the score is Perm.); orth,
-    σ_min / σ_max of all W_b's singular values (1 for an orthogonal map up to one scale); groups, the mean ρ
-    of each group, in ``groups``' order.
-    """
+def best_assignment(value, sizes, exact_limit=EXACT_ASSIGNMENTS):
+    """The outputs 0..n-1 dealt into blocks of ``sizes`` (Σ sizes = n) so that Σ_b value(b, outputs_b) is
+    largest: a tuple of sorted index tuples. Exact when every block has one output (Hungarian algorithm) or
+    when there are at most ``exact_limit`` deals (all tried); else a local search: the Hungarian deal of the
+    single outputs' values and from random deals (a fixed seed), each improved by the best swap of two
+    outputs between blocks while one gains; the best of these."""
+    n, k = sum(sizes), len(sizes)
+    cache = {}
+
+    def val(b, outputs):
+        key = (b, tuple(sorted(outputs)))
+        if key not in cache:
+            cache[key] = value(*key)
+        return cache[key]
+
+    if math.factorial(n) // math.prod(math.factorial(s) for s in sizes) <= exact_limit:
+        return max(_deals(tuple(sizes), tuple(range(n))), key=lambda d: sum(val(b, o) for b, o in enumerate(d)))
+    slots = np.repeat(np.arange(k), sizes)
+    single = np.array([[val(b, (j,)) for b in slots] for j in range(n)])
+    outputs, slot = linear_sum_assignment(single, maximize=True)
+    if max(sizes) == 1:
+        return tuple((int(outputs[slot == b][0]),) for b in range(k))
+    starts = [outputs[np.argsort(slot)]] + [rng.permutation(n) for rng in [np.random.default_rng(0)] for _ in
+                                             range(LOCAL_SEARCH_STARTS - 1)]
+    deals = [_improve(val, [sorted(order[slots == b].tolist()) for b in range(k)]) for order in starts]
+    return max(deals, key=lambda d: sum(val(b, o) for b, o in enumerate(d)))
+
+
+def _improve(val, deal):
+    """``deal`` (a list of lists) after the best swap of two outputs between blocks, while one gains."""
+    while True:
+        now = [val(b, o) for b, o in enumerate(deal)]
+        gain, best = 1e-12, None
+        for a, b in itertools.combinations(range(len(deal)), 2):
+            for i, j in itertools.product(deal[a], deal[b]):
+                new_a = [x for x in deal[a] if x != i] + [j]
+                new_b = [x for x in deal[b] if x != j] + [i]
+                delta = val(a, new_a) + val(b, new_b) - now[a] - now[b]
+                if delta > gain:
+                    gain, best = delta, (a, b, sorted(new_a), sorted(new_b))
+        if best is None:
+            return tuple(tuple(o) for o in deal)
+        a, b, deal[a], deal[b] = best
+
+
+def _centred(z, hz, groups):
     z, hz = _as_numpy(z), _as_numpy(hz)
-    n = z.shape[1]
-    fit = np.zeros((hz.shape[1], len(groups)))  # R(hz_j | z_{G_b})
-    for b, idx in enumerate(groups):
-        fit[:, b] = np.sqrt(np.clip(linear_r2_per_dimension(hz, z[:, idx]), 0.0, 1.0))
-    slots = np.concatenate([np.full(len(idx), b) for b, idx in enumerate(groups)])  # (n,) group of each slot
-    outputs, slot = linear_sum_assignment(fit[:, slots], maximize=True)
-    cc, sigma, per_group = [], [], []
-    for b, idx in enumerate(groups):
-        assigned = outputs[slots[slot] == b]
-        rho = canonical_correlations(z[:, idx], hz[:, assigned])
-        zc = z[:, idx] - z[:, idx].mean(0)
-        hc = hz[:, assigned] - hz[:, assigned].mean(0)
-        w = np.linalg.lstsq(zc, hc, rcond=None)[0]
-        sigma.extend(np.linalg.svd(w, compute_uv=False).tolist())
-        cc.extend(rho.tolist())
-        per_group.append(float(rho.mean()))
-    sigma = np.asarray(sigma)
-    orth = float(sigma.min() / sigma.max()) if sigma.size and sigma.max() > 0 else 0.0
-    return BlockScores(float(np.sum(cc) / n), orth, per_group)
+    if hz.shape[1] != z.shape[1] or sorted(np.concatenate(groups).tolist()) != list(range(z.shape[1])):
+        raise ValueError(f"the groups must split the {z.shape[1]} latents, and h must have as many outputs "
+                         f"(it has {hz.shape[1]})")
+    return z, hz, z - z.mean(0), hz - hz.mean(0)
+
+
+BlockOrthogonalFit = collections.namedtuple("BlockOrthogonalFit", "r2 assignment scale rotation shift")
+
+
+def block_orthogonal_fit(z, hz, groups):
+    """The theorem's form fitted to hz = h(z): hz ≈ c + s · z Q with one scale s, a shift c and Q (n, n)
+    orthogonal and block-diagonal up to the order of the outputs, the outputs ``assignment[b]`` being the
+    images of the latents ``groups[b]``.
+
+    For a fixed assignment, with Z, H centred and M_b = Z_{G_b}ᵀ H_{A_b} = U_b Σ_b V_bᵀ:
+        ‖H − s Z Q‖² = ‖H‖² + s² ‖Z‖² − 2 s Σ_b tr(Q_bᵀ M_b),
+    largest trace at Q_b = U_b V_bᵀ (orthogonal Procrustes), where it is the nuclear norm ‖M_b‖_*; then
+    s = Σ_b ‖M_b‖_* / ‖Z‖² and R² = 1 − min / ‖H‖² = (Σ_b ‖M_b‖_*)² / (‖Z‖² ‖H‖²). The assignment is the one
+    that maximises R² itself, i.e. Σ_b ‖M_b‖_* (best_assignment). Returns BlockOrthogonalFit: r2 on these
+    samples, the assignment, s, Q and c (hz ≈ c + s z Q)."""
+    z, hz, zc, hc = _centred(z, hz, groups)
+    cross = zc.T @ hc  # (n, n)
+    nuclear = lambda b, outputs: float(np.linalg.svd(cross[np.ix_(groups[b], outputs)], compute_uv=False).sum())
+    assignment = best_assignment(nuclear, [len(g) for g in groups])
+    q = np.zeros_like(cross)
+    for idx, outputs in zip(groups, assignment):
+        u, _, vt = np.linalg.svd(cross[np.ix_(idx, outputs)])
+        q[np.ix_(idx, outputs)] = u @ vt
+    total = sum(nuclear(b, outputs) for b, outputs in enumerate(assignment))
+    zz, hh = float((zc * zc).sum()), float((hc * hc).sum())
+    scale = total / zz
+    r2 = total * total / (zz * hh) if hh > 0 else 0.0
+    return BlockOrthogonalFit(r2, assignment, scale, q, hz.mean(0) - scale * z.mean(0) @ q)
+
+
+def block_orthogonal_r2(z, hz, groups, test=None):
+    """R²_BO: how much of hz = h(z) the theorem's form c + s · z Q explains (Q block-diagonal orthogonal over
+    ``groups``, the latents of equal ground-truth λ; one scale s; block_orthogonal_fit). 1 only for that
+    form; below 1 for a shear or unequal scales inside a block, mixing across blocks (by about 2 sin²θ / n
+    for a pair rotated by θ), a nonlinear h or a collapsed output. With all λ distinct, the best signed
+    permutation with one scale. Fitted on (z, hz); scored there, or on ``test`` = (z', hz') when given."""
+    fit = block_orthogonal_fit(z, hz, groups)
+    if test is None:
+        return fit.r2
+    z2, h2 = (_as_numpy(x) for x in test)
+    residual = h2 - fit.shift - fit.scale * z2 @ fit.rotation
+    total = ((h2 - h2.mean(0)) ** 2).sum()
+    return float(1 - (residual ** 2).sum() / total) if total > 0 else 0.0
+
+
+def _whitener(zc):
+    """W (d, d) with (zc W)ᵀ (zc W) = I on these samples (a symmetric inverse square root)."""
+    w, v = np.linalg.eigh(zc.T @ zc)
+    return v @ np.diag(1 / np.sqrt(np.maximum(w, w.max() * 1e-12))) @ v.T
+
+
+def block_linear_r2(z, hz, groups, test=None):
+    """The block-linear score on R²'s scale: per group b, the latents z_{G_b} (whitened on the fitting
+    samples) predicted by least squares from the |G_b| outputs assigned to it alone; on the fitting samples
+    this is the mean of the squared canonical correlations of z_{G_b} and h_{A_b}. 1 when every group is an
+    invertible *linear* (affine) map of its own outputs, whatever that map is (a shear or unequal scales
+    inside a block score 1: for the theorem's form see block_orthogonal_r2). Lin. minus it is the linear
+    information about the latents that sits in outputs of the wrong block. The assignment maximises the sum
+    of squared canonical correlations. Fitted on (z, hz); scored there, or on ``test`` = (z', hz').
+
+    Returns (score, per_group): the mean over the n latents and the value of each group, in ``groups``' order."""
+    z, hz, zc, hc = _centred(z, hz, groups)
+    white = [zc[:, idx] @ _whitener(zc[:, idx]) for idx in groups]  # (N, d_b) each
+    hh = hc.T @ hc
+
+    def squared_cc(b, outputs):  # Σ ρ² = tr(Wᵀ H (HᵀH)⁺ Hᵀ W), W whitened
+        cross = white[b].T @ hc[:, outputs]
+        return float(np.trace(cross @ np.linalg.pinv(hh[np.ix_(outputs, outputs)], rcond=1e-10,
+                                                     hermitian=True) @ cross.T))
+
+    assignment = best_assignment(squared_cc, [len(g) for g in groups])
+    z2, h2 = (z, hz) if test is None else (_as_numpy(x) for x in test)
+    per_group = []
+    for b, (idx, outputs) in enumerate(zip(groups, assignment)):
+        design = np.column_stack([np.ones(len(hz)), hz[:, outputs]])
+        coef = np.linalg.lstsq(design, white[b], rcond=None)[0]
+        target = (z2[:, idx] - z[:, idx].mean(0)) @ _whitener(zc[:, idx])
+        residual = target - np.column_stack([np.ones(len(h2)), h2[:, outputs]]) @ coef
+        per_group.append(float(1 - (residual ** 2).sum() / ((target - target.mean(0)) ** 2).sum()))
+    sizes = [len(idx) for idx in groups]
+    return float(np.dot(per_group, sizes) / sum(sizes)), per_group

@@ -128,33 +128,40 @@ def identifiability_scores(z, hz, groups):
 
 
 def block_scores(z, hz, groups):
-    """disentanglement_utils.block_identifiability where the ground-truth Λ gives the blocks (``groups``)."""
+    """Where the ground-truth Λ gives blocks (``groups``): the theorem's block-orthogonal R² and the
+    block-linear R² (with each group's value), fitted on the first half of the samples, scored on the second."""
     if not groups:
         return None
-    block = disentanglement_utils.block_identifiability(z, hz, groups)
-    return {"block": block.score, "block_orth": block.orth, "block_groups": block.groups}
+    half = len(z) // 2
+    fit, test = (z[:half], hz[:half]), (z[half:], hz[half:])
+    linear, per_group = disentanglement_utils.block_linear_r2(*fit, groups, test=test)
+    return {"block_orthogonal_r2": disentanglement_utils.block_orthogonal_r2(*fit, groups, test=test),
+            "block_linear_r2": linear, "block_linear_groups": per_group}
 
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
     """A score of h in every metrics record: ``score(z, hz, groups) -> {field: number or list}`` on (N, n)
     latents and encodings (``groups``: Experiment.groups), or None where it does not apply. The final
-    record keeps ``FIELD_mean`` of every number, ``FIELD_std`` of those in ``spread``, a list's mean."""
+    record keeps ``FIELD_mean`` of every number, ``FIELD_std`` of those in ``spread``, a list's mean.
+    ``reference``: computed, in the final record, as the reference does (--num-eval-batches batches of
+    --batch-size samples); otherwise on as many batches of at least N_EVAL_SAMPLES samples each."""
 
     score: object
     spread: tuple = ()
+    reference: bool = False
 
 
 # The scores of every logged evaluation and of the final one. A new metric is its function and one entry.
 METRICS = (
-    Metric(identifiability_scores, spread=("lin", "perm")),
-    Metric(block_scores, spread=("block",)),
+    Metric(identifiability_scores, spread=("lin", "perm"), reference=True),
+    Metric(block_scores, spread=("block_orthogonal_r2", "block_linear_r2")),
 )
 
 
 @torch.no_grad()
-def evaluate(latent, h, num_samples, generator, device, groups=None):
-    """{field: value} of the METRICS that apply, on ``num_samples`` fresh marginal samples (``groups``:
+def evaluate(latent, h, num_samples, generator, device, groups=None, metrics=None):
+    """{field: value} of the ``metrics`` (default: METRICS) that apply, on ``num_samples`` fresh marginal samples (``groups``:
     Experiment.groups), or None when h(z) is not finite."""
     z = latent.sample_marginal(num_samples, generator, device)
     hz = h(z).float()
@@ -162,7 +169,7 @@ def evaluate(latent, h, num_samples, generator, device, groups=None):
         return None
     z, hz = z.cpu().numpy(), hz.cpu().numpy()
     scores = {}
-    for metric in METRICS:
+    for metric in METRICS if metrics is None else metrics:
         scores.update(metric.score(z, hz, groups) or {})
     return scores
 
@@ -290,17 +297,33 @@ def log_step(run, survival, phase, step, h, clock):
 
 
 def final_evaluation(run, survival, h):
-    """``--num-eval-batches`` evaluations after the last phase: their mean and std, as the reference."""
-    batches = []
-    for _ in range(run.args.num_eval_batches):
-        survival.stop_if_signalled("the last step, in the final evaluation")
-        scores = evaluate(run.exp.latent, h, run.args.batch_size, run.generator, run.device, run.exp.groups)
-        if scores is None:
-            raise Diverged("the encoder's output is not finite in the final evaluation")
-        batches.append(scores)
-    spread = {field for metric in METRICS for field in metric.spread}
+    """``--num-eval-batches`` evaluations after the last phase: their mean and std, as the reference (the
+    block scores, where they apply, on as many further batches of at least N_EVAL_SAMPLES samples)."""
+    args = run.args
+    # The others' batches are drawn after the reference's, which so stay as the reference draws them.
+    protocols = [(args.batch_size, [m for m in METRICS if m.reference]),
+                 (max(N_EVAL_SAMPLES, args.batch_size), [m for m in METRICS if not m.reference])]
     record = {}
-    for key, first in batches[0].items():  # the fields of the final record (see Metric)
+    for num_samples, metrics in protocols:
+        batches = []
+        for _ in range(args.num_eval_batches):
+            survival.stop_if_signalled("the last step, in the final evaluation")
+            scores = evaluate(run.exp.latent, h, num_samples, run.generator, run.device, run.exp.groups, metrics)
+            if scores is None:
+                raise Diverged("the encoder's output is not finite in the final evaluation")
+            batches.append(scores)
+            if not scores:  # none of these metrics applies to this run
+                break
+        record.update(summarise_batches(batches, {field for metric in metrics for field in metric.spread}))
+    run.log.line(f"linear mean: {record['lin_mean']} std: {record['lin_std']}")
+    run.log.line(f"perm mean: {record['perm_mean']} std: {record['perm_std']}")
+    run.log.record(type="final", **record)
+
+
+def summarise_batches(batches, spread):
+    """The final record's fields of a list of evaluations (see Metric)."""
+    record = {}
+    for key, first in batches[0].items():
         values = [scores[key] for scores in batches]
         if isinstance(first, list):
             record[key] = np.mean(values, axis=0).tolist()
@@ -308,9 +331,7 @@ def final_evaluation(run, survival, h):
             record[f"{key}_mean"] = float(np.mean(values))
             if key in spread:
                 record[f"{key}_std"] = float(np.std(values))
-    run.log.line(f"linear mean: {record['lin_mean']} std: {record['lin_std']}")
-    run.log.line(f"perm mean: {record['perm_mean']} std: {record['perm_std']}")
-    run.log.record(type="final", **record)
+    return record
 
 
 def train(run, survival):

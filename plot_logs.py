@@ -5,8 +5,8 @@
 
 The inputs are metrics files (``--metrics-file``, ``.jsonl``) or text logs in the reference format (a
 published log), each run in its own colour: Lin., Perm., <Loss> and the learned Λ̂ entries (the
-ground-truth λ dashed) against step, and the block score (dotted: ``block_orth``) when a metrics file
-has it. With ``--per-dimension``, from metrics files: the R² of the latents against step, one panel
+ground-truth λ dashed) against step, and in a fifth panel every other score a metrics file records at
+each step (e.g. the block scores of a run with groups of equal λ), one line style per score. With ``--per-dimension``, from metrics files: the R² of the latents against step, one panel
 per group of equal ground-truth λ (bimodal: the high-λ "content" latents and the low-λ "style" ones;
 linearly spaced: one per latent). The image is exactly ``--size`` inches at ``--dpi``.
 
@@ -36,6 +36,9 @@ POSITIVE = bounded(float, above=0)
 SCORE_PANELS = (("lin", "Lin. disentanglement (R²)", "Lin. vs step"),
                 ("perm", "Perm. disentanglement", "Perm. vs step"),
                 ("mean_loss", "<Loss> (running mean of the loss)", "<Loss> vs step"))
+# Step-record numbers that are not scores of h, or that have a panel of their own.
+NOT_OTHER_SCORES = {"step", "loss", "r"} | {key for key, _, _ in SCORE_PANELS}
+STYLES = ("-", ":", "--", "-.")
 
 
 def parse_args(argv=None):
@@ -84,9 +87,10 @@ def _finish(fig, axes, titles, title):
 
 
 def plot(runs, labels, phase_name, size, dpi, title):
-    """Draw the panels (a fifth, the block score, when a run recorded it); returns the figure."""
-    with_block = any("block" in r for run in runs for r in run.steps(phase_name))
-    fig, axes = plt.subplots(2, 3 if with_block else 2, figsize=size, dpi=dpi, squeeze=False)
+    """Draw the panels (a fifth, of the other scores, when a run recorded any); returns the figure."""
+    others = list(dict.fromkeys(key for run in runs for r in run.steps(phase_name) for key, value in r.items()
+                                if key not in NOT_OTHER_SCORES and metrics_io.is_number(value)))
+    fig, axes = plt.subplots(2, 3 if others else 2, figsize=size, dpi=dpi, squeeze=False)
     axes = axes.ravel()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     any_lambda = False
@@ -102,9 +106,8 @@ def plot(runs, labels, phase_name, size, dpi, title):
         for j in range(n_entries):
             axes[3].plot([r["step"] for r in full], [r["lambda"][j] for r in full], color=colour, linewidth=1.0,
                          alpha=0.8, label=label if j == 0 else None)
-        if with_block:
-            _curve(axes[4], steps, "block", color=colour, linestyle="-", label=label)
-            _curve(axes[4], steps, "block_orth", color=colour, linestyle=":", label=f"{label} (block_orth)")
+        for k, key in enumerate(others):
+            _curve(axes[4], steps, key, color=colour, linestyle=STYLES[k % len(STYLES)], label=f"{label} ({key})")
     truths = sorted({value for run in runs if run.gt_lambda is not None for value in run.gt_lambda})
     for k, value in enumerate(truths):
         axes[3].axhline(value, color="black", linestyle="--", linewidth=0.9,
@@ -114,8 +117,8 @@ def plot(runs, labels, phase_name, size, dpi, title):
                      ha="center", va="center")
     titles = [(ylabel, panel_title) for _, ylabel, panel_title in SCORE_PANELS]
     titles.append((r"learned $\hat\Lambda$ entries", r"$\hat\Lambda$ trajectories; dashed: ground-truth $\lambda$"))
-    if with_block:
-        titles.append(("block score", "block score vs step; dotted: block_orth"))
+    if others:
+        titles.append(("score", "other scores vs step"))
         axes[5].set_visible(False)
     for ax in axes[:len(titles)]:
         if ax.get_legend_handles_labels()[0]:

@@ -11,6 +11,7 @@ import math
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from test_encoders import REFERENCE_REPR
@@ -127,13 +128,15 @@ def test_metrics_file_records_config_and_every_logged_step(runs):
         for key in ("loss", "mean_loss", "lin", "perm"):
             assert f"{rec[key]:.4f}" == f"{line[key]:.4f}"  # the printed value is the recorded one
         assert [round(v, 1) for v in rec["lambda"]] == line["lambda"]
-        # The block score of the two groups of equal λ (content 25, style 5): in [0, 1], the group means
-        # averaging to it (five latents each).
-        assert 0 <= rec["block"] <= 1 and 0 <= rec["block_orth"] <= 1
-        assert len(rec["block_groups"]) == 2 and abs(sum(rec["block_groups"]) / 2 - rec["block"]) < 1e-12
+        # The block scores of the two groups of equal λ (content 25, style 5), held out: at most 1, the
+        # block-linear score the mean of its two groups' values (five latents each).
+        assert rec["block_orthogonal_r2"] <= 1 and rec["block_linear_r2"] <= 1
+        assert len(rec["block_linear_groups"]) == 2
+        assert abs(sum(rec["block_linear_groups"]) / 2 - rec["block_linear_r2"]) < 1e-12
     assert records.index(steps[0]) == 1  # the config record comes first
     final = records[-1]
-    assert final["type"] == "final" and {"block_mean", "block_std", "block_orth_mean", "block_groups"} <= set(final)
+    assert final["type"] == "final" and {"block_orthogonal_r2_mean", "block_orthogonal_r2_std", "block_linear_r2_mean",
+                                         "block_linear_r2_std", "block_linear_groups"} <= set(final)
 
 
 def test_linspace_infonce_symmetric_every_step_logged(capsys):
@@ -171,8 +174,8 @@ def test_drawn_seed_is_reported_and_repeats_the_run(runs):
     assert again.stdout == res.stdout.replace("\tseed: None\n", f"\tseed: {seed}\n")
 
 
-def test_all_lambda_distinct_block_score_is_perm_and_exp_lambda_starts_alike(tmp_path, capsys):
-    """--linearly-spaced-lambda: every group one latent, so the block score is Perm. at every step;
+def test_all_lambda_distinct_blocks_are_the_latents_and_exp_lambda_starts_alike(tmp_path, capsys):
+    """--linearly-spaced-lambda: every group one latent, so the block-linear score has one value per latent;
     --lambda-param exp starts from the same Λ̂ as softplus (one Adam step later they still agree)."""
     lam = {}
     for param in ("softplus", "exp"):
@@ -186,7 +189,7 @@ def test_all_lambda_distinct_block_score_is_perm_and_exp_lambda_starts_alike(tmp
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
         steps = [r for r in records if r["type"] == "step"]
         for rec in steps:
-            assert abs(rec["block"] - rec["perm"]) < 1e-9
-            assert rec["block_groups"] == pytest.approx(rec["perm_dims"], abs=1e-9)
+            assert len(rec["block_linear_groups"]) == len(rec["perm_dims"])
+            assert rec["block_linear_r2"] == pytest.approx(np.mean(rec["block_linear_groups"]), abs=1e-12)
         lam[param] = steps[0]["lambda"]
     assert lam["exp"] == pytest.approx(lam["softplus"], abs=5e-3)

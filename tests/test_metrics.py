@@ -13,8 +13,9 @@ import torch
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
 
-from disentanglement_utils import (block_identifiability, canonical_correlations, correlation_matrix, lambda_groups,
-                                   linear_r2_per_dimension, matched_correlations)
+from disentanglement_utils import (best_assignment, block_linear_r2, block_orthogonal_fit, block_orthogonal_r2,
+                                   canonical_correlations, correlation_matrix, lambda_groups, linear_r2_per_dimension,
+                                   matched_correlations)
 
 N_SAMPLES = 4096  # the metric's sample count in the experiment
 N_DIM = 10
@@ -195,7 +196,21 @@ def test_the_metrics_file_holds_per_dimension_scores(tmp_path, capsys):
     assert final["type"] == "final" and len(final["lin_dims"]) == 4
 
 
-# The block score: the theorem's form, h block-orthogonal over the groups of equal λ
+# The theorem's form: h block-orthogonal over the groups of equal λ (block_orthogonal_r2), and the
+# block-linear score (block_linear_r2). Expected values are derived here in closed form: for latents whose
+# sample covariance is exactly the identity (_white) and a linear h = z A, R²_BO = (Σ_b ‖A_b‖_*)² / (n ‖A‖²_F),
+# A_b the block of A from the latents of group b to the outputs assigned to it.
+
+BIMODAL = [25] * 5 + [5] * 5
+
+
+def _white(seed, n=N_DIM, num=N_SAMPLES, extra=0):
+    """(num, n) centred latents with zᵀz = num · I exactly, and ``extra`` columns of noise as uncorrelated
+    with them (and each other) on these very samples."""
+    x = np.random.default_rng(seed).standard_normal((num, n + extra))
+    x -= x.mean(0)
+    x = x @ np.linalg.inv(np.linalg.cholesky(x.T @ x / num)).T
+    return (x[:, :n], x[:, n:]) if extra else x
 
 
 def _block_orthogonal(seed, sizes):
@@ -209,47 +224,198 @@ def _block_orthogonal(seed, sizes):
     return q
 
 
-@pytest.mark.parametrize("lam", [[25] * 5 + [5] * 5, [1, 1, 2, 2, 2, 3, 3, 3, 3, 3], [7] * 10])
+def _nuclear(a):
+    return np.linalg.svd(a, compute_uv=False).sum()
+
+
+@pytest.mark.parametrize("lam", [BIMODAL, [1, 1, 2, 2, 2, 3, 3, 3, 3, 3], [7] * 10, list(range(10))])
 def test_any_block_orthogonal_map_scores_one(lam):
     z, rng = _latents(11)
     groups = lambda_groups(lam)
     q = _block_orthogonal(5, [len(g) for g in groups])
-    perm = np.eye(N_DIM)[rng.permutation(N_DIM)]  # the outputs in any order, at any scale
-    scores = block_identifiability(z, 2.5 * z @ q @ perm + 0.3, groups)
-    assert abs(scores.score - 1) < 1e-6
-    assert abs(scores.orth - 1) < 1e-6
-    assert np.allclose(scores.groups, 1, atol=1e-6)
+    perm = np.eye(N_DIM)[rng.permutation(N_DIM)]  # the outputs in any order, at one scale, shifted
+    hz = 2.5 * z @ q @ perm + 0.3
+    assert block_orthogonal_r2(z, hz, groups) == pytest.approx(1.0, abs=1e-9)
+    score, per_group = block_linear_r2(z, hz, groups)
+    assert score == pytest.approx(1.0, abs=1e-9) and np.allclose(per_group, 1.0, atol=1e-9)
+    # Fitted on one half, scored on the other: still exactly the form.
+    half = N_SAMPLES // 2
+    test = (z[half:], hz[half:])
+    assert block_orthogonal_r2(z[:half], hz[:half], groups, test=test) == pytest.approx(1.0, abs=1e-9)
+    assert block_linear_r2(z[:half], hz[:half], groups, test=test)[0] == pytest.approx(1.0, abs=1e-9)
 
 
-def test_a_map_that_mixes_two_blocks_scores_less():
-    z, _ = _latents(12)
-    groups = lambda_groups([25] * 5 + [5] * 5)
+@pytest.mark.parametrize("k", [0.5, 1.0, 3.0])
+def test_a_shear_inside_a_block_is_not_the_theorems_form(k):
+    z = _white(20)
+    shear = np.eye(N_DIM)
+    shear[0, 1] = k  # inside the content block: singular values with σ1 σ2 = 1, σ1² + σ2² = 2 + k²
+    expected = (np.sqrt(4 + k * k) + N_DIM - 2) ** 2 / (N_DIM * (N_DIM + k * k))
+    groups = lambda_groups(BIMODAL)
+    assert block_orthogonal_r2(z, z @ shear, groups) == pytest.approx(expected, abs=1e-12)
+    assert expected < 0.99
+    # A linear map inside a block: the block-linear score and Lin. cannot see it.
+    assert block_linear_r2(z, z @ shear, groups)[0] == pytest.approx(1.0, abs=1e-12)
+    assert lin_score(z, z @ shear) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_unequal_output_scales_are_not_the_theorems_form():
+    z = _white(21)
+    scales = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0])  # each block orthogonal, two scales
+    hz = z @ _block_orthogonal(7, [5, 5]) * scales
+    expected = scales.sum() ** 2 / (N_DIM * (scales ** 2).sum())  # (Σ|d|)² / (n Σ d²) = 0.9
+    groups = lambda_groups(BIMODAL)
+    assert block_orthogonal_r2(z, hz, groups) == pytest.approx(expected, abs=1e-12)
+    assert block_linear_r2(z, hz, groups)[0] == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("degrees", [5.0, 20.0, 40.0])
+def test_a_content_style_pair_rotated_falls_by_about_two_sin_squared_over_n(degrees):
+    z = _white(22)
+    theta = np.radians(degrees)
+    c, s = np.cos(theta), np.sin(theta)
     mix = np.eye(N_DIM)
-    c, s = np.cos(0.6), np.sin(0.6)
-    mix[np.ix_([0, 7], [0, 7])] = [[c, -s], [s, c]]  # one content latent rotated into a style one
-    scores = block_identifiability(z, z @ _block_orthogonal(3, [5, 5]) @ mix, groups)
-    assert scores.score < 0.98
-    assert all(value < 0.98 for value in scores.groups)
-    # Within one block the same rotation is allowed.
-    inside = np.eye(N_DIM)
-    inside[np.ix_([0, 3], [0, 3])] = [[c, -s], [s, c]]
-    assert block_identifiability(z, z @ inside, groups).score > 1 - 1e-6
+    mix[np.ix_([0, 7], [0, 7])] = [[c, -s], [s, c]]  # content latent 0 rotated into style latent 7
+    groups = lambda_groups(BIMODAL)
+    # Each block keeps four outputs and |cos θ| of the fifth: Σ ‖A_b‖_* = 8 + 2 cos θ, ‖A‖² = n.
+    expected = ((N_DIM - 2 + 2 * c) / N_DIM) ** 2
+    assert block_orthogonal_r2(z, z @ mix, groups) == pytest.approx(expected, abs=1e-12)
+    assert abs((1 - expected) - 2 * s * s / N_DIM) < 0.25 * s * s / N_DIM + 1e-12  # ≈ 2 sin²θ / n
+    # Squared canonical correlations: 4 + cos²θ per block, exactly 1 - 2 sin²θ / n.
+    assert block_linear_r2(z, z @ mix, groups)[0] == pytest.approx(1 - 2 * s * s / N_DIM, abs=1e-12)
+    assert lin_score(z, z @ mix) == pytest.approx(1.0, abs=1e-12)  # Lin. sees nothing wrong
 
 
-def test_a_block_scaled_apart_from_the_other_is_not_orthogonal():
-    z, _ = _latents(13)
-    scale = np.diag([1.0] * 5 + [0.2] * 5)
-    scores = block_identifiability(z, z @ scale, lambda_groups([25] * 5 + [5] * 5))
-    assert abs(scores.score - 1) < 1e-6
-    assert abs(scores.orth - 0.2) < 1e-6
+def test_a_random_orthogonal_map_scores_its_best_deal_of_outputs():
+    from scipy.stats import ortho_group
+    z = _white(23)
+    q = ortho_group.rvs(N_DIM, random_state=4)
+    groups = lambda_groups(BIMODAL)
+    # Every one of the C(10, 5) deals of the outputs to the content block, tried here by brute force.
+    best = max(_nuclear(q[np.ix_(groups[0], a)]) + _nuclear(q[np.ix_(groups[1], [j for j in range(10) if j not in a])])
+               for a in itertools.combinations(range(N_DIM), 5))
+    expected = best ** 2 / N_DIM ** 2
+    assert block_orthogonal_r2(z, z @ q, groups) == pytest.approx(expected, abs=1e-12)
+    assert expected < 0.8 and lin_score(z, z @ q) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_with_all_lambda_distinct_it_is_the_matched_correlation():
-    z, rng = _latents(14)
-    hz = np.tanh(z @ rng.standard_normal((N_DIM, N_DIM)) * 2) + 0.1 * rng.standard_normal((N_SAMPLES, N_DIM))
-    scores = block_identifiability(z, hz, lambda_groups(np.linspace(5, 25, N_DIM)))
-    assert abs(scores.score - matched_correlations(z, hz).mean()) < 1e-9
-    assert np.allclose(scores.groups, matched_correlations(z, hz), atol=1e-9)
+def test_a_block_lost_to_noise_or_collapsed():
+    z, noise = _white(24, extra=5)
+    groups = lambda_groups(BIMODAL)
+    lost = np.column_stack([z[:, :5], noise])  # the style outputs hold noise uncorrelated with every latent
+    # Σ ‖A_b‖_* = 5 (content only), ‖z‖² = ‖h‖² = 10 N: 25 / 100.
+    assert block_orthogonal_r2(z, lost, groups) == pytest.approx(0.25, abs=1e-12)
+    score, per_group = block_linear_r2(z, lost, groups)
+    assert score == pytest.approx(0.5, abs=1e-12) and per_group == pytest.approx([1.0, 0.0], abs=1e-12)
+    assert lin_score(z, lost) == pytest.approx(0.5, abs=1e-12)
+    collapsed = np.column_stack([z[:, :5], np.zeros((N_SAMPLES, 5))])  # the style outputs constant: 25 / 50
+    assert block_orthogonal_r2(z, collapsed, groups) == pytest.approx(0.5, abs=1e-12)
+    assert block_orthogonal_r2(z, np.ones_like(z), groups) == 0.0
+
+
+def _gauss_expectation(f):
+    from scipy.integrate import quad
+    return quad(lambda u: f(u) * np.exp(-u * u / 2) / np.sqrt(2 * np.pi), -np.inf, np.inf)[0]
+
+
+@pytest.mark.parametrize("a", [0.5, 2.0])
+def test_tanh_of_a_block_orthogonal_map_falls_with_its_curvature(a):
+    # u = z Q is standard normal for Gaussian z and orthogonal Q; by Stein's lemma E[u tanh(a u)] = a E[sech²(a u)],
+    # so each block's cross-covariance is a E[sech²] · Q_b and R²_BO = a² E[sech²(a u)]² / E[tanh²(a u)].
+    rng = np.random.default_rng(25)
+    z = rng.standard_normal((100_000, N_DIM))
+    hz = np.tanh(a * z @ _block_orthogonal(9, [5, 5]))
+    expected = (a * _gauss_expectation(lambda u: 1 - np.tanh(a * u) ** 2)) ** 2 \
+        / _gauss_expectation(lambda u: np.tanh(a * u) ** 2)
+    assert expected < 0.99
+    groups = lambda_groups(BIMODAL)
+    assert block_orthogonal_r2(z, hz, groups) == pytest.approx(expected, abs=2e-3)
+    assert block_linear_r2(z, hz, groups)[0] == pytest.approx(expected, abs=2e-3)  # each ρ² the same value
+
+
+def test_with_all_lambda_distinct_it_is_the_best_signed_permutation_with_one_scale():
+    z, rng = _latents(26, n=5, num=512)
+    hz = np.tanh(z @ rng.standard_normal((5, 5)) * 2) + 0.1 * rng.standard_normal((512, 5))
+    zc, hc = z - z.mean(0), hz - hz.mean(0)
+    best = -np.inf
+    for perm in itertools.permutations(range(5)):  # every signed permutation, one scale fitted by least squares
+        for signs in itertools.product([-1.0, 1.0], repeat=5):
+            x = (zc * signs)[:, np.argsort(perm)].ravel()
+            s = x @ hc.ravel() / (x @ x)
+            best = max(best, 1 - ((hc.ravel() - s * x) ** 2).sum() / (hc ** 2).sum())
+    assert block_orthogonal_r2(z, hz, lambda_groups(np.linspace(5, 25, 5))) == pytest.approx(best, abs=1e-12)
+
+
+def test_the_closed_form_is_the_least_squares_optimum_found_numerically():
+    """An independent fit: Q's rotation angles (and reflection) per 2-block, s and c by numerical minimisation."""
+    from scipy.optimize import minimize
+    z, rng = _latents(27, n=4, num=256)
+    hz = np.sin(1.5 * z @ rng.standard_normal((4, 4))) + 0.05 * rng.standard_normal((256, 4))
+    groups = lambda_groups([3, 3, 1, 1])
+
+    def rot(t, flip):
+        c, s = np.cos(t), np.sin(t)
+        return np.array([[c, -s], [s, c]]) @ np.diag([1.0, -1.0 if flip else 1.0])
+
+    best = -np.inf
+    for content in itertools.combinations(range(4), 2):
+        order = list(content) + [j for j in range(4) if j not in content]
+        for f0, f1 in itertools.product([False, True], repeat=2):
+            def loss(p):
+                q = np.zeros((4, 4))
+                q[:2, :2], q[2:, 2:] = rot(p[0], f0), rot(p[1], f1)
+                pred = p[2] * z @ q
+                return ((hz[:, order] - pred - (hz[:, order] - pred).mean(0)) ** 2).sum()
+            for start in rng.uniform(-np.pi, np.pi, (2, 2)):
+                res = minimize(loss, [*start, 0.5], method="Nelder-Mead", options={"xatol": 1e-9, "fatol": 1e-13})
+                best = max(best, 1 - res.fun / ((hz - hz.mean(0)) ** 2).sum())
+    assert block_orthogonal_r2(z, hz, groups) == pytest.approx(best, abs=1e-7)
+
+
+def test_scoring_the_fitting_samples_again_gives_the_closed_form():
+    z, rng = _latents(28)
+    hz = np.tanh(z @ _block_orthogonal(2, [5, 5]) * 3) + 0.05 * rng.standard_normal((N_SAMPLES, N_DIM))
+    groups = lambda_groups(BIMODAL)
+    fit = block_orthogonal_fit(z, hz, groups)
+    assert block_orthogonal_r2(z, hz, groups, test=(z, hz)) == pytest.approx(fit.r2, abs=1e-12)
+    q = fit.rotation
+    assert np.allclose(q @ q.T, np.eye(N_DIM), atol=1e-12)  # orthogonal, and zero across blocks:
+    for b, outputs in enumerate(fit.assignment):
+        others = [j for j in range(N_DIM) if j not in outputs]
+        assert np.abs(q[np.ix_(groups[b], others)]).max() == 0
+    # Held out, a noisy fit scores less than on its own samples.
+    half = N_SAMPLES // 2
+    assert block_orthogonal_r2(z[:half], hz[:half], groups, test=(z[half:], hz[half:])) < fit.r2
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_the_local_search_finds_the_exact_best_deal(case):
+    """Beyond EXACT_ASSIGNMENTS deals the outputs are dealt by a local search; on these maps (the known-answer
+    table's and random ones) it finds the deal that the exhaustive search finds."""
+    from scipy.stats import ortho_group
+    z = _white(30 + case)
+    rng = np.random.default_rng(case)
+    shear, mix = np.eye(N_DIM), np.eye(N_DIM)
+    shear[0, 1] = 1.0
+    mix[np.ix_([0, 7], [0, 7])] = [[np.cos(0.35), -np.sin(0.35)], [np.sin(0.35), np.cos(0.35)]]
+    maps = [shear, mix, ortho_group.rvs(N_DIM, random_state=case), _block_orthogonal(case, [5, 5]) @ mix,
+            rng.standard_normal((N_DIM, N_DIM)), np.tanh(2 * rng.standard_normal((N_DIM, N_DIM)))]
+    groups = lambda_groups([1, 1, 1, 2, 2, 2, 3, 3, 3, 3] if case % 2 else BIMODAL)
+    cross = z.T @ (z @ maps[case] @ np.eye(N_DIM)[rng.permutation(N_DIM)])
+    value = lambda b, outputs: _nuclear(cross[np.ix_(groups[b], outputs)])
+    sizes = [len(g) for g in groups]
+    exact = best_assignment(value, sizes)
+    local = best_assignment(value, sizes, exact_limit=0)
+    total = lambda deal: sum(value(b, o) for b, o in enumerate(deal))
+    assert total(local) == pytest.approx(total(exact), abs=1e-9)
+
+
+def test_the_groups_must_cover_the_latents():
+    z, _ = _latents(29)
+    with pytest.raises(ValueError, match="groups"):
+        block_orthogonal_r2(z, z, [np.arange(5)])
+    with pytest.raises(ValueError, match="outputs"):
+        block_linear_r2(z, z[:, :9], lambda_groups(BIMODAL))
 
 
 def test_lambda_groups_are_the_equal_values_in_order():

@@ -685,11 +685,11 @@ def _run_with_block(path, seed, style, extra=0.0):
     for step in (1, 251, 501):
         records.append({"type": "step", "phase": "unsupervised", "step": step, "loss": 5.0, "mean_loss": 5.0,
                         "lin": 0.8, "perm": 0.7, "lin_dims": [0.9, 0.9, style, style], "perm_dims": [0.8] * 4,
-                        "lambda": [25.0, 25.0, 5.0, 5.0], "block": 0.5 + step / 1000, "block_orth": 0.3,
-                        "block_groups": [0.95, style], "new_metric": 0.25 + extra})
+                        "lambda": [25.0, 25.0, 5.0, 5.0], "block_orthogonal_r2": 0.5 + step / 1000,
+                        "block_linear_r2": 0.3, "block_linear_groups": [0.95, style], "new_metric": 0.25 + extra})
     records.append({"type": "final", "lin_mean": 0.8 + extra, "lin_std": 0.01, "perm_mean": 0.7, "perm_std": 0.01,
-                    "lin_dims": [0.9, 0.9, style, style], "perm_dims": [0.8] * 4, "block_mean": 0.99,
-                    "block_std": 0.01, "block_orth_mean": 0.3, "block_groups": [0.96, style], "final_metric": 1.5})
+                    "lin_dims": [0.9, 0.9, style, style], "perm_dims": [0.8] * 4, "block_orthogonal_r2_mean": 0.99,
+                    "block_orthogonal_r2_std": 0.01, "block_linear_r2_mean": 0.3, "block_linear_groups": [0.96, style], "final_metric": 1.5})
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     write(path.with_suffix(".log"), render_log(make_steps(n_logged=3), seed=seed))
     return path
@@ -706,15 +706,15 @@ def test_a_field_added_to_the_records_reaches_the_summary(tmp_path):
     # The main table from the final records, not from the logs beside them.
     assert "| b | aninfonce | bimodal 25 / 5 | 2 (2) | 501 | 0.8500 ± 0.0707 |" in md
     assert "| b | last | new_metric | 0.3000 ± 0.0707 | 2 |" in md
-    assert "| b | last | block | 1.0010 ± 0.0000 | 2 |" in md
+    assert "| b | last | block_orthogonal_r2 | 1.0010 ± 0.0000 | 2 |" in md
     assert "| b | final | final_metric | 1.5000 ± 0.0000 | 2 |" in md
-    assert "| b | final | block_mean | 0.9900 ± 0.0000 | 2 |" in md
+    assert "| b | final | block_orthogonal_r2_mean | 0.9900 ± 0.0000 | 2 |" in md
     # Per λ group: the R², Perm., and the block score of each group.
     assert ("- b (aninfonce), end: content (λ = 25) 0.9000 ± 0.0000; style (λ = 5) 0.5000 ± 0.1414; "
             "Perm. 0.7000 ± 0.0000;") in md
-    assert "block_groups: content (λ = 25) 0.9500 ± 0.0000, style (λ = 5) 0.5000 ± 0.1414" in md
+    assert "block_linear_groups: content (λ = 25) 0.9500 ± 0.0000, style (λ = 5) 0.5000 ± 0.1414" in md
     assert "- b (aninfonce), final: content (λ = 25) 0.9000 ± 0.0000" in md
-    assert "block_groups: content (λ = 25) 0.9600 ± 0.0000" in md
+    assert "block_linear_groups: content (λ = 25) 0.9600 ± 0.0000" in md
     [row] = csv.DictReader(open(out_dir / "b_summary.csv"))
     assert float(row["last.new_metric_mean"]) == pytest.approx(0.3) and float(row["final.final_metric_mean"]) == 1.5
 
@@ -730,17 +730,18 @@ def test_block_groups_follow_the_groups_first_latent():
 
 
 @pytest.mark.slow
-def test_plot_draws_the_block_score_of_metrics_files(tmp_path):
+def test_plot_draws_every_other_score_of_metrics_files(tmp_path):
     import plot_logs
 
     metrics = _run_with_block(tmp_path / "b_seed0.jsonl", 0, 0.5)
     runs = [metrics_io.read_any(metrics, "unsupervised"), metrics_io.read_any(metrics.with_suffix(".log"),
                                                                                "unsupervised")]
     fig = plot_logs.plot(runs, ["m", "log"], "unsupervised", (6, 4), 50, "t")
-    [block] = [ax for ax in fig.axes if ax.get_title().startswith("block score")]
-    lines = {line.get_label(): line for line in block.get_lines()}
-    assert set(lines) == {"m", "m (block_orth)"}  # the log has no block score
-    assert list(lines["m"].get_ydata()) == pytest.approx([0.501, 0.751, 1.001])
+    [other] = [ax for ax in fig.axes if ax.get_title().startswith("other scores")]
+    lines = {line.get_label(): line for line in other.get_lines()}
+    # every number of the step records without a panel of its own, the field no tool knows too; the log has none
+    assert set(lines) == {"m (block_orthogonal_r2)", "m (block_linear_r2)", "m (new_metric)"}
+    assert list(lines["m (block_orthogonal_r2)"].get_ydata()) == pytest.approx([0.501, 0.751, 1.001])
     out = tmp_path / "b.png"
     result = run_tool_main("plot_logs.py", metrics, metrics.with_suffix(".log"), "-o", out, "--size", "6", "4",
                            "--dpi", "50")
