@@ -1,0 +1,120 @@
+"""Score a finished run again, with every metric main_mlp.py records now, on fresh samples.
+
+    python rescore.py SAVE_DIR --seed 0 -o rescored.jsonl
+
+Reads the run's mixing (``g.pth``) and trained encoder (``unsup_f.pth``, or ``sup_f.pth`` with ``--phase
+supervised``) from its ``--save-dir``, and its configuration from the checkpoint there (or, where that was
+removed, from the config record of its ``--metrics-file``, given as ``--config``). Draws ``--batches``
+batches of ``--samples`` fresh latents from the run's marginal with ``--seed``, and writes one JSON record
+(``"type": "rescore"``: each metric's mean over the batches, the std of the spread ones, as the final
+record) to ``-o`` (appended) and to stdout. A metric added after a run finished so applies to it without
+training it again. Exit status: 0 written, 2 a file missing, unreadable or not a run's.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+import command_line
+import encoders
+import losses
+import main_mlp
+import metrics_io
+import run_support
+import settings
+from argparse_utils import ArgumentParser, bounded
+
+PROG = "rescore.py"
+ENCODER_FILES = {"unsupervised": "unsup_f.pth", "supervised": "sup_f.pth"}
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("save_dir", metavar="SAVE_DIR", help="the finished run's --save-dir")
+    add("--seed", type=int, required=True, help="seed of the fresh samples")
+    add("--samples", type=bounded(int, at_least=4, at_most=10_000_000), default=main_mlp.N_EVAL_SAMPLES,
+        help="samples per batch (default: %(default)s, as every logged step)")
+    add("--batches", type=bounded(int, at_least=1, at_most=1000), default=4, help="batches (default: %(default)s)")
+    add("--phase", choices=tuple(ENCODER_FILES), default="unsupervised", help="whose encoder (default: %(default)s)")
+    add("--config", metavar="METRICS.jsonl", help="the run's --metrics-file, for a save-dir without its checkpoint")
+    add("-o", "--output", required=True, metavar="OUT.jsonl", help="the file the record is appended to")
+    return parser, parser.parse_args(argv)
+
+
+def run_config(save_dir, metrics_file):
+    """The run's flags as main_mlp.py parsed them: the parser's defaults (flags added since the run),
+    then the checkpoint's configuration, or the metrics file's config record."""
+    args = command_line.build_parser(losses.LOSSES).parse_args([])
+    checkpoint = os.path.join(save_dir, run_support.CHECKPOINT_NAME)
+    if metrics_file is not None:
+        config = metrics_io.read(metrics_file).args
+    elif os.path.exists(checkpoint):
+        config = run_support.read_checkpoint(checkpoint, "SAVE_DIR")["config"]
+    else:
+        raise run_support.InputError(f"argument SAVE_DIR: no {checkpoint} to read the run's configuration "
+                                     f"from; give the run's --metrics-file as --config")
+    known = {k: v for k, v in config.items() if hasattr(args, k)}
+    vars(args).update(known)
+    return args
+
+
+def load_state(path):
+    """A state dict saved by main_mlp.py; InputError naming the file when it is missing or not one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise run_support.InputError(f"argument SAVE_DIR: no {path} (has the run finished?)") from None
+    except Exception as exc:
+        raise run_support.InputError(f"argument SAVE_DIR: cannot read {path} ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise run_support.InputError(f"argument SAVE_DIR: {path} is not a state dict of main_mlp.py")
+    return state
+
+
+def rescore(opts):
+    """The record of ``opts``' run, scored anew."""
+    args = run_config(opts.save_dir, opts.config)
+    derived = settings.derive_from_args(args)
+    device = torch.device("cpu")
+    init_gen, data_gen = torch.Generator().manual_seed(opts.seed), torch.Generator().manual_seed(opts.seed)
+    exp = main_mlp.build_experiment(args, derived, device, init_gen, data_gen)
+    f = encoders.build_encoder(args.n, derived.normalization)
+    for module, name in ((exp.g, "g.pth"), (f, ENCODER_FILES[opts.phase])):
+        try:
+            module.load_state_dict(load_state(os.path.join(opts.save_dir, name)))
+        except RuntimeError as exc:  # keys or shapes of another model
+            raise run_support.InputError(f"argument SAVE_DIR: {name} is not this run's model "
+                                         f"({str(exc).splitlines()[0]})") from None
+    h = torch.nn.Sequential(exp.g, f).eval()
+    batches = []
+    for _ in range(opts.batches):
+        scores = main_mlp.evaluate(exp.latent, h, opts.samples, data_gen, device, exp.groups)
+        if scores is None:
+            raise run_support.InputError("argument SAVE_DIR: the encoder's output is not finite")
+        batches.append(scores)
+    spread = {field for metric in main_mlp.METRICS for field in metric.spread}
+    return {"type": "rescore", "save_dir": os.path.abspath(opts.save_dir), "phase": opts.phase, "seed": opts.seed,
+            "samples": opts.samples, "batches": opts.batches, **main_mlp.summarise_batches(batches, spread)}
+
+
+def main(argv=None):
+    parser, opts = parse_args(argv)
+    try:
+        record = rescore(opts)
+    except (run_support.InputError, metrics_io.logparse.LogParseError) as exc:
+        parser.error(str(exc))
+    line = json.dumps(record) + "\n"
+    try:
+        with open(opts.output, "a", encoding="utf-8") as out:
+            out.write(line)
+    except OSError as exc:
+        parser.error(f"argument -o/--output: cannot write {opts.output} ({exc.strerror})")
+    sys.stdout.write(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
