@@ -127,6 +127,9 @@ def _add_our_flags(parser, loss_table):
                              "(log space; the same initial Λ̂)")
     parser.add_argument("--cond-thresh-ratio", type=float, default=0.0,
                         help="quantile of 25,000 random condition numbers that g's layers must not exceed")
+    parser.add_argument("--hn-beta", type=float, default=0.0,
+                        help="hard negatives (Robinson et al. 2021): each negative's term weighted by exp(β · its "
+                             "logit), normalised over the anchor's negatives; 0: the plain loss")
 
 
 def _positive_finite(value):
@@ -206,6 +209,9 @@ def validate_numbers(err, args):
     if settings.conditional_name(args.space_type, args.c_p) == "vmf" and args.c_param > MAX_VMF_KAPPA:
         err(f"argument --c-param: the von Mises-Fisher concentration must be at most {MAX_VMF_KAPPA:g} "
             f"(beyond, float32 cannot tell the samples from their mean), got {args.c_param}")
+    if not (math.isfinite(args.hn_beta) and 0 <= args.hn_beta <= FLOAT32_MAX):
+        err(f"argument --hn-beta: must be a finite number >= 0 (at most {FLOAT32_MAX:.3g}, float32), "
+            f"got {args.hn_beta}")
     if not (math.isfinite(args.cond_thresh_ratio) and 0 <= args.cond_thresh_ratio <= 1):
         err(f"argument --cond-thresh-ratio: must be in [0, 1], got {args.cond_thresh_ratio}")
     for flag, value in (("--p", args.p), ("--m-p", args.m_p), ("--c-p", args.c_p)):
@@ -239,6 +245,11 @@ def validate_args(parser, args, derived):
         err(f"argument --loss: {args.loss} applies to --space-type extended_sphere with --p 0 only")
     if not derived.loss_from_flag and args.negatives != "reference":
         err("argument --negatives: applies to --space-type extended_sphere with --p 0 only")
+    if args.hn_beta and not derived.loss_from_flag:
+        err(f"argument --hn-beta: applies to the AnInfoNCE / InfoNCE losses (--space-type extended_sphere with "
+            f"--p 0) only, not to the {derived.loss} loss of --space-type {args.space_type} with --p {args.p}")
+    if args.hn_beta and args.only_supervised:
+        err("argument --hn-beta: weights the contrastive loss's negatives; --only-supervised trains none")
     if derived.loss == "infonce-fixed" and 1 / args.tau > MAX_FIXED_LAMBDA:
         err(f"argument --tau: infonce-fixed needs --tau >= {1 / MAX_FIXED_LAMBDA:g} (Λ̂ = 1/τ at most "
             f"{MAX_FIXED_LAMBDA:g}), got {args.tau}")
@@ -298,7 +309,7 @@ def read_args(argv):
     parser = build_parser()
     parser.error = _raise  # argparse calls self.error: a refusal becomes an exception, not an exit
     args, _ = _parse(parser, argv)
-    return {key: "None" if value is None else str(value) for key, value in vars(args).items()}
+    return {key: "None" if value is None else str(value) for key, value in settings.printed_args(args).items()}
 
 
 def flags():

@@ -89,9 +89,12 @@ def pick_lambda(phase_a, phase_b, common, how):
 
 
 def differing_args(log_a, log_b):
-    """``[(name, value in A, value in B)]`` for the arguments both logs list with different values."""
-    keys = [k for k in log_a.args if k in log_b.args and k not in settings.INCIDENTAL_FLAGS]  # where/how it ran
-    return [(k, log_a.args[k], log_b.args[k]) for k in keys if log_a.args[k] != log_b.args[k]]
+    """``[(name, value in A, value in B)]`` for the arguments both logs list with different values (a flag
+    of settings.UNPRINTED_DEFAULTS that a log does not name has its default there)."""
+    unprinted = {k: str(v) for k, v in settings.UNPRINTED_DEFAULTS.items()}
+    args_a, args_b = {**unprinted, **log_a.args}, {**unprinted, **log_b.args}
+    keys = [k for k in args_a if k in args_b and k not in settings.INCIDENTAL_FLAGS]  # where/how it ran
+    return [(k, args_a[k], args_b[k]) for k in keys if args_a[k] != args_b[k]]
 
 
 def fmt(value, digits=4, signed=False):

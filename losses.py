@@ -28,6 +28,37 @@ def contrastive_cross_entropy(positive, row_lse):
     return (lse - positive).mean()
 
 
+# The (B, B) float32 blocks hard_negative_cross_entropy and AnInfoNCELoss.logits hold at their peak, forward and
+# backward (the memory estimate): several (2B, 2B) tensors, 22 blocks measured on a CPU at B = 2048.
+HARD_NEGATIVE_BLOCKS = 24
+
+
+def hard_negative_cross_entropy(logits, beta):
+    """The contrastive cross-entropy of the (2B, 2B) logits of 2B anchors with hard negatives (Robinson,
+    Chuang, Sra, Jegelka, "Contrastive learning with hard negative samples", ICLR 2021; no debiasing, τ⁺ = 0).
+
+    Row r's positive is column r ± B (its other view), its own column r is no candidate, the other M = 2B - 2
+    columns are its negatives, of logits s_k. Their sum Σ_k exp(s_k) becomes M Σ_k w_k exp(s_k), w_k =
+    exp(β s_k) / Σ_j exp(β s_j):
+        loss_r = -s_pos + log(exp(s_pos) + M Σ_k w_k exp(s_k)),
+    β = 0 the plain loss. The weights are part of the function, differentiated as Robinson et al.'s code
+    does (nothing detached). With m = max_k s_k, log(M Σ_k w_k exp(s_k)) = m + log(M Σ_k w_k exp(s_k - m)),
+    w = softmax(β (s - m)): no exponential overflows, and the sum is at least 1/M (the hardest negative has
+    the largest weight), whatever β and Λ̂. m only shifts, so it is a constant to the gradient.
+    """
+    rows, half = logits.shape[0], logits.shape[0] // 2
+    positive = torch.cat([logits.diagonal(half), logits.diagonal(-half)])  # (2B,)  s(r, r ± B)
+    own = torch.eye(rows, dtype=torch.bool, device=logits.device)
+    other = own | own.roll(half, dims=1)  # (2B, 2B)  a row's own column and its positive's: no negatives
+    top = logits.detach().masked_fill(other, float("-inf")).amax(dim=1, keepdim=True)  # (2B, 1)  m
+    shifted = logits - top
+    # -inf after the product, not before: β · (-inf) is nan for a β that rounds to 0 in float32.
+    weights = torch.softmax((beta * shifted).masked_fill(other, float("-inf")), dim=1)  # (2B, 2B)  w_k
+    terms = weights * shifted.masked_fill(other, float("-inf")).exp()  # (2B, 2B)  w_k exp(s_k - m), 0 off the negatives
+    weighted = top.squeeze(1) + torch.log((rows - 2) * terms.sum(dim=1))  # log(M Σ_k w_k exp(s_k))
+    return contrastive_cross_entropy(positive, [positive, weighted])
+
+
 class _ShiftedExpRowSums(torch.autograd.Function):
     """Row log-sum-exps of S = L Rᵀ, optionally without the diagonal, shifted by each row's max.
 
@@ -74,11 +105,14 @@ class AnInfoNCELoss(nn.Module):
     second view's anchors (by default the reference's reuse of the first view's cross block, s(a_i, b_k)).
     generator: draws θ ~ N(0, 0.1²). fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (InfoNCE, τ = 1 /
     fixed_lambda). param: a key of LAMBDA_PARAMS; the initial Λ̂ is always softplus of the reference's θ.
+    hn_beta: β > 0 weights the negatives (hard_negative_cross_entropy over ``logits``); 0 is the reference's loss,
+    computed as before (row log-sum-exps of the blocks, _ShiftedExpRowSums).
     """
 
-    def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None, param="softplus"):
+    def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None, param="softplus",
+                 hn_beta=0.0):
         super().__init__()
-        self.n, self.symmetric, self.fixed_lambda = n, symmetric, fixed_lambda
+        self.n, self.symmetric, self.fixed_lambda, self.hn_beta = n, symmetric, fixed_lambda, hn_beta
         self.to_lambda, from_lambda = LAMBDA_PARAMS[param]
         if fixed_lambda is None:
             theta = torch.randn(1 if isotropic else n, generator=generator) * THETA_INIT_STD
@@ -96,10 +130,32 @@ class AnInfoNCELoss(nn.Module):
             return self._lam().expand(self.n)
         return torch.full((self.n,), float(self.fixed_lambda))
 
+    def similarity(self, u, v):
+        """s(u_r, v_c) for every pair of rows: (R, n), (C, n) -> (R, C), as one matmul of augmented rows,
+        [uΛ̂, -½uᵀΛ̂u, -½] · [v, 1, vᵀΛ̂v] = uᵀΛ̂v - ½uᵀΛ̂u - ½vᵀΛ̂v (no (R, C) temporaries)."""
+        lam = self._lam()
+        ones_u, ones_v = torch.ones_like(u[:, :1]), torch.ones_like(v[:, :1])
+        left = torch.cat([u * lam, -0.5 * (u * u * lam).sum(1, keepdim=True), -0.5 * ones_u], dim=1)  # (R, n+2)
+        right = torch.cat([v, ones_v, (v * v * lam).sum(1, keepdim=True)], dim=1)  # (C, n+2)
+        return left @ right.T
+
+    def logits(self, a, b):
+        """The (2B, 2B) logits of the unit-norm views, rows and columns a_1..a_B, b_1..b_B: row r's positive
+        at column r ± B, its own at r. The rows of b_i as the ``symmetric`` option says."""
+        views = torch.cat([a, b])  # (2B, n)
+        logits = self.similarity(views, views)  # (2B, 2B)  s(x_r, x_c): the textbook's (NT-Xent) rows
+        if not self.symmetric:
+            # The reference's anchor b_i reuses the first view's row s(a_i, b_k) of the cross block.
+            half = len(a)
+            logits[half:, :half] = logits[:half, half:]
+        return logits
+
     def forward(self, a, b):
         """The scalar loss of the (B, n) representations a, b of the two views."""
         a = a / a.norm(dim=1, keepdim=True)
         b = b / b.norm(dim=1, keepdim=True)
+        if self.hn_beta:
+            return hard_negative_cross_entropy(self.logits(a, b), self.hn_beta)
         lam = self._lam()  # (n,), (1,) or a number
         ones = torch.ones_like(a[:, :1])
         qa = (a * a * lam).sum(1, keepdim=True)  # (B, 1)  aᵀΛa
@@ -179,7 +235,7 @@ class Loss:
 
 def _aninfonce(args, init_gen, **kwargs):
     return AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", generator=init_gen,
-                         param=args.lambda_param, **kwargs)
+                         param=args.lambda_param, hn_beta=args.hn_beta, **kwargs)
 
 
 # The losses by name (settings.derive picks one: --loss on extended_sphere with --p 0, else --p and the

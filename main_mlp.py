@@ -100,7 +100,7 @@ def peak_memory(args, derived):
     width = sum(dims)
     mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
     acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if derived.anisotropic else 0
-    blocks = losses.LOSSES[derived.loss].blocks
+    blocks = losses.HARD_NEGATIVE_BLOCKS if args.hn_beta else losses.LOSSES[derived.loss].blocks
     proposals = 3 * latent_spaces.CONDITIONALS[derived.conditional].proposal_elements(args) * 4
     # the encoder with its gradients and Adam's two moments, the 2B rows of activations kept for the
     # backward pass, the loss's (B, B) blocks, the conditional's proposals
@@ -353,15 +353,18 @@ def train(run, survival):
 
 
 def argument_lines(args):
-    """The ``Arguments:`` block, as the reference prints it."""
-    return ["Arguments:"] + [f"\t{key}: {value if value is not None else 'None'}" for key, value in vars(args).items()]
+    """The ``Arguments:`` block, as the reference prints it (settings.printed_args: a flag of
+    settings.UNPRINTED_DEFAULTS at its default not named)."""
+    return ["Arguments:"] + [f"\t{key}: {value if value is not None else 'None'}"
+                             for key, value in settings.printed_args(args).items()]
 
 
 def file_beginnings(args):
     """What a fresh run of ``args`` writes first, as bytes: (its log's Arguments block, the start of its
     config record); a file that begins so is this command's own (run_support.refuse_files_of_others)."""
     log = "".join(f"{line}\n" for line in argument_lines(args))
-    metrics = json.dumps(dict(type="config", args=vars(args)))[:-1]  # the config record's first two keys
+    # the config record's first two keys
+    metrics = json.dumps(dict(type="config", args=settings.printed_args(args)))[:-1]
     return log.encode("utf-8"), metrics.encode("utf-8")
 
 
@@ -370,8 +373,8 @@ def print_header(run):
     args, exp, log = run.args, run.exp, run.log
     for line in argument_lines(args):
         log.line(line)
-    log.record(type="config", args=vars(args), seed=run.seed, device=str(run.device), torch=torch.__version__,
-               numpy=np.__version__, python=platform.python_version())
+    log.record(type="config", args=settings.printed_args(args), seed=run.seed, device=str(run.device),
+               torch=torch.__version__, numpy=np.__version__, python=platform.python_version())
     if exp.acceptance is not None:
         log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
     if exp.theta_init is not None:

@@ -62,7 +62,18 @@ INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrit
 LAMBDA_PARAM_CHOICES = ("softplus", "exp")
 
 # Flags added after runs were checkpointed without them: a checkpoint that lacks one ran with this value.
-ADDED_FLAG_DEFAULTS = {"lambda_param": "softplus"}
+ADDED_FLAG_DEFAULTS = {"lambda_param": "softplus", "hn_beta": 0.0}
+
+# Flags that a log's Arguments block and its config record name only when they differ from this default, so
+# that a run which leaves one alone writes, byte for byte, what it wrote before the flag existed; a log or
+# record without one ran with the default.
+UNPRINTED_DEFAULTS = {"hn_beta": 0.0}
+
+
+def printed_args(args):
+    """``vars(args)`` as a run prints it (the Arguments block, the config record): UNPRINTED_DEFAULTS left out."""
+    return {key: value for key, value in vars(args).items()
+            if key not in UNPRINTED_DEFAULTS or value != UNPRINTED_DEFAULTS[key]}
 
 # The files a run keeps in its --save-dir (named here, torch-free, for the tools as well).
 CHECKPOINT_NAME = "checkpoint.pth"

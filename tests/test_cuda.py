@@ -273,8 +273,9 @@ def test_the_benchmark_times_cuda_synchronised():
 # ------------------------------------------------------------ memory
 
 
-def test_the_memory_estimate_covers_a_step_at_the_reference_batch():
-    _, args, derived = main_mlp.parse_args(README + ["--batch-size", "6144", "--device", "cuda"])
+@pytest.mark.parametrize("extra", [[], ["--hn-beta", "1"]], ids=["plain", "hard-negatives"])
+def test_the_memory_estimate_covers_a_step_at_the_reference_batch(extra):
+    _, args, derived = main_mlp.parse_args(README + ["--batch-size", "6144", "--device", "cuda"] + extra)
     free, total = torch.cuda.mem_get_info(CUDA)
     have = run_support.available_memory(CUDA)
     assert 0 < have <= total and have == pytest.approx(free, rel=0.05)

@@ -1,5 +1,6 @@
 """The contrastive losses against hand computations with explicit Python loops."""
 
+import argparse
 import math
 
 import pytest
@@ -426,3 +427,138 @@ def test_exp_parametrisation_has_the_same_value_and_a_rescaled_gradient(symmetri
 def test_the_lambda_param_choices_are_the_loss_table():
     import settings
     assert tuple(losses.LAMBDA_PARAMS) == settings.LAMBDA_PARAM_CHOICES
+
+
+# ---------------------------------------------------------------- hard negatives (--hn-beta)
+
+HN_LOSSES = ("aninfonce", "infonce", "infonce-fixed")  # the losses --hn-beta applies to
+
+
+def _hn_loss(name, symmetric, beta):
+    """The loss ``name`` as its table entry builds it, in float64, θ set to known values."""
+    args = argparse.Namespace(n=4, negatives="symmetric" if symmetric else "reference", tau=0.4,
+                              lambda_param="softplus", hn_beta=beta)
+    loss = losses.LOSSES[name].build(args, torch.Generator().manual_seed(0)).double()
+    if losses.LOSSES[name].learns_lambda:
+        with torch.no_grad():
+            loss.theta.copy_(torch.tensor(THETA if name == "aninfonce" else [0.3], dtype=torch.float64))
+    return loss
+
+
+def _hn_lambda(name, loss):
+    """Λ̂ of ``loss`` as a function of its θ (a differentiable (n,) tensor), or the fixed 1/τ."""
+    if not losses.LOSSES[name].learns_lambda:
+        return torch.full((4,), 1 / 0.4, dtype=torch.float64)
+    return F.softplus(loss.theta).expand(4)
+
+
+def direct_hard_negative(a, b, lam, symmetric, beta):
+    """Robinson et al.'s hard-negative loss spelt out anchor by anchor over the full (2B, 2B) similarity
+    matrix, by direct differences: -log(e^pos / (e^pos + M Σ_k w_k e^{s_k})), w_k = e^{β s_k} / Σ_j e^{β s_j}."""
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    views = torch.cat([a, b])
+    d = views[:, None, :] - views[None, :, :]
+    sim = -0.5 * (d * d * lam).sum(-1)  # (2B, 2B)  s(x_r, x_c)
+    bsz, terms = len(a), []
+    for r in range(2 * bsz):
+        partner, row = (r + bsz) % (2 * bsz), sim[r]
+        if r >= bsz and not symmetric:  # the reference: anchor b_i's first-view columns are s(a_i, b_k)
+            row = torch.cat([sim[r - bsz, bsz:], sim[r, bsz:]])
+        neg = torch.stack([row[k] for k in range(2 * bsz) if k not in (r, partner)])
+        w = torch.exp(beta * neg) / torch.exp(beta * neg).sum()
+        pos = torch.exp(row[partner])
+        terms.append(-torch.log(pos / (pos + len(neg) * (w * torch.exp(neg)).sum())))
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("name", HN_LOSSES)
+def test_hn_beta_zero_is_the_loss_bit_for_bit(name, symmetric):
+    """β = 0 is the reference's loss: value and gradients equal (==) to the loss built without --hn-beta."""
+    a, b = _unit(6, 4, 110), _unit(6, 4, 111)
+    ours = _hn_loss(name, symmetric, 0.0)
+    # The loss as built before --hn-beta existed: no hn_beta given, the same Λ̂.
+    plain = losses.AnInfoNCELoss(4, isotropic=name == "infonce", symmetric=symmetric,
+                                 fixed_lambda=None if losses.LOSSES[name].learns_lambda else 1 / 0.4).double()
+    plain.load_state_dict(ours.state_dict())
+    xa, xb = a.clone().requires_grad_(), a.clone().requires_grad_()
+    value, expected = ours(xa, b), plain(xb, b)
+    assert torch.equal(value, expected)
+    value.backward()
+    expected.backward()
+    assert torch.equal(xa.grad, xb.grad)
+    for p, q in zip(ours.parameters(), plain.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    # The full-matrix path at β = 0 is the same loss (to rounding), and the direct form the hand loop.
+    full = losses.hard_negative_cross_entropy(ours.logits(F.normalize(a, dim=1), F.normalize(b, dim=1)), 0.0)
+    assert full.item() == pytest.approx(value.item(), rel=1e-12)
+    lam = _hn_lambda(name, ours).detach()
+    direct = direct_hard_negative(a, b, lam, symmetric, 0.0).item()
+    assert direct == pytest.approx(hand_aninfonce(a, b, lam.tolist(), symmetric), rel=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.5, 3.0])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("name", HN_LOSSES)
+def test_hard_negative_loss_and_gradients_match_the_direct_form(name, symmetric, beta):
+    """β > 0: the value and the gradients (representations, θ of Λ̂) of the full-matrix form equal the
+    direct form's to 1e-12 in float64; the representations are not unit-norm (the loss normalises them)."""
+    g = torch.Generator().manual_seed(120)
+    a = torch.randn(5, 4, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(5, 4, generator=g, dtype=torch.float64).requires_grad_()
+    loss = _hn_loss(name, symmetric, beta)
+    value = loss(a, b)
+    value.backward()
+    ours = [a.grad.clone(), b.grad.clone()] + [p.grad.clone() for p in loss.parameters()]
+    a.grad, b.grad = None, None
+    for p in loss.parameters():
+        p.grad = None
+    direct = direct_hard_negative(a, b, _hn_lambda(name, loss), symmetric, beta)
+    direct.backward()
+    theirs = [a.grad, b.grad] + [p.grad for p in loss.parameters()]
+    assert len(theirs) == (3 if losses.LOSSES[name].learns_lambda else 2)
+    assert abs(value.item() - direct.item()) <= 1e-12
+    for mine, expected in zip(ours, theirs):
+        torch.testing.assert_close(mine, expected, rtol=0, atol=1e-12)
+    assert abs(value.item() - _hn_loss(name, symmetric, 0.0)(a, b).item()) > 1e-3  # β matters here
+
+
+def test_hard_negatives_move_the_gradient_to_the_nearest_negative():
+    """Three pairs on the circle at angles 0, 0.3 and 1 (each positive 0.05 further on): every anchor has
+    one negative much nearer than the rest. At β = 0 its share of the gradient on the anchor's negative
+    logits is the plain softmax share e^{s_near} / Σ_k e^{s_k}; it grows with β, to most of it."""
+    angles = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    a = torch.stack([angles.cos(), angles.sin()], 1)
+    b = torch.stack([(angles + 0.05).cos(), (angles + 0.05).sin()], 1)
+    logits = losses.AnInfoNCELoss(2, fixed_lambda=1.0).logits(a, b)  # (6, 6)
+    shares = []
+    for beta in (0.0, 1.0, 4.0, 16.0, 64.0):
+        x = logits.detach().clone().requires_grad_()
+        losses.hard_negative_cross_entropy(x, beta).backward()
+        row_shares = []
+        for r in range(6):
+            neg = [k for k in range(6) if k not in (r, (r + 3) % 6)]
+            near = neg[int(x[r, neg].argmax())]
+            row_shares.append(x.grad[r, near].abs().item() / x.grad[r, neg].abs().sum().item())
+            if beta == 0:
+                assert row_shares[-1] == pytest.approx(
+                    math.exp(x[r, near].item()) / x[r, neg].exp().sum().item(), rel=1e-12)
+        shares.append(row_shares)
+    for before, after in zip(shares, shares[1:]):
+        assert all(later > earlier for earlier, later in zip(before, after))
+    assert max(shares[0]) < 0.31 and min(shares[-1]) > 0.85
+
+
+@pytest.mark.parametrize("beta", [1e-300, 2.0, 3.4e38])
+def test_hard_negative_loss_finite_in_float32_for_any_beta_and_large_lambda(beta):
+    """Λ̂ = 10⁴ (logits down to -2·10⁴) in float32: finite value and gradient for a β that rounds to 0 in
+    float32, a moderate one and the largest the command line takes; the first is the plain loss."""
+    a = _unit(64, 10, 130, torch.float32).requires_grad_()
+    b = _unit(64, 10, 131, torch.float32)
+    value = losses.AnInfoNCELoss(10, fixed_lambda=1e4, hn_beta=beta)(a, b)
+    value.backward()
+    assert math.isfinite(value.item()) and torch.isfinite(a.grad).all()
+    in_float64 = losses.AnInfoNCELoss(10, fixed_lambda=1e4, hn_beta=beta)(a.double(), b.double()).item()
+    assert value.item() == pytest.approx(in_float64, rel=1e-4)
+    if beta < 1e-30:
+        assert value.item() == pytest.approx(losses.AnInfoNCELoss(10, fixed_lambda=1e4)(a, b).item(), rel=1e-5)

@@ -20,11 +20,12 @@ class Killed(BaseException):
     of ours catches it)."""
 
 
-def _straight_run(tmp_path, capsys, steps):
-    """The log and metrics of an uninterrupted run of ``steps`` steps, its paths named as tmp_path/run's."""
+def _straight_run(tmp_path, capsys, steps, extra=()):
+    """The log and metrics of an uninterrupted run of ``steps`` steps (BASE + ``extra``), its paths named as
+    tmp_path/run's."""
     d = tmp_path / "straight"
     d.mkdir()
-    argv = BASE + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
+    argv = BASE + list(extra) + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
                    "--metrics-file", str(d / "metrics.jsonl"), "--n-steps", str(steps)]
     code, _, err = run_main(argv, capsys)
     assert code == 0, err
@@ -246,3 +247,55 @@ def test_overwrite_leaves_nothing_of_the_previous_run(two_phase_run, capsys):
     now = snapshot(d / "ckpt")
     assert sorted(now) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "unsup_f.pth"]
     assert now["g.pth"] != old["g.pth"] and now["unsup_f.pth"] != old["unsup_f.pth"]
+
+
+HARD_NEGATIVES = ["--hn-beta", "1", "--n-steps", "5"]
+
+
+def test_a_hard_negative_run_killed_mid_way_resumes_to_the_uninterrupted_files(tmp_path, capsys, monkeypatch):
+    """--hn-beta 1, killed in step 4 (its checkpoint at step 3): the same command with --resume-training
+    writes what an uninterrupted run writes; a resume with another β (or none) is refused, nothing touched."""
+    d = tmp_path / "run"
+    d.mkdir()
+    argv = BASE + HARD_NEGATIVES + ["--save-dir", str(d / "ckpt"), "--log-file", str(d / "run.log"),
+                                    "--metrics-file", str(d / "metrics.jsonl")]
+    real, calls = main_mlp.optimise, []
+
+    def killed_in_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(main_mlp, "optimise", killed_in_step_4)
+    with pytest.raises(Killed):
+        run_main(argv, capsys)
+    monkeypatch.setattr(main_mlp, "optimise", real)
+    capsys.readouterr()
+    assert run_support.read_checkpoint(str(d / "ckpt" / main_mlp.CHECKPOINT_NAME))["step"] == 3
+    code, _, err = run_main(argv + ["--resume-training"], capsys)
+    assert code == 0, err
+    log, metrics = _straight_run(tmp_path, capsys, 5, HARD_NEGATIVES)
+    assert (d / "run.log").read_bytes() == log and (d / "metrics.jsonl").read_bytes() == metrics
+    assert b"\thn_beta: 1.0\nlambda init:" in log and b'"hn_beta": 1.0' in metrics  # named, after every other flag
+    before = snapshot(d)
+    for other in (["--hn-beta", "2"], ["--hn-beta", "0"]):
+        code, _, err = run_main(argv + ["--resume-training", "--n-steps", "7"] + other, capsys)
+        assert_refused(code, err, "--resume-training", "hn_beta (1.0 there")
+        assert snapshot(d) == before
+
+
+def test_a_checkpoint_from_before_hn_beta_resumes_at_beta_zero(finished_run, tmp_path, capsys):
+    """A checkpoint written before --hn-beta existed (no hn_beta in its configuration) ran the plain loss: it
+    resumes without the flag, to the files of a straight run, which name no hn_beta; with --hn-beta 1 it is refused."""
+    d, argv = finished_run
+    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda state: state["config"].pop("hn_beta"))
+    before = snapshot(d)
+    code, _, err = run_main(_extend(argv, 9) + ["--hn-beta", "1"], capsys)
+    assert_refused(code, err, "--resume-training", "hn_beta (0.0 there, 1.0 here)")
+    assert snapshot(d) == before
+    code, _, err = run_main(_extend(argv, 9), capsys)
+    assert code == 0, err
+    log, metrics = _straight_run(tmp_path, capsys, 9)
+    assert (d / "run.log").read_bytes() == log and (d / "metrics.jsonl").read_bytes() == metrics
+    assert b"hn_beta" not in log and b"hn_beta" not in metrics

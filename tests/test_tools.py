@@ -673,6 +673,10 @@ def test_compare_logs_ignores_how_a_run_was_run():
     assert compare_logs.differing_args(log_a, log_b) == []
     log_c = types.SimpleNamespace(args=dict(other, lr="0.001"))
     assert compare_logs.differing_args(log_a, log_c) == [("lr", "0.0001", "0.001")]
+    # A log that does not name hn_beta ran with β = 0 (it is printed only when set).
+    assert compare_logs.differing_args(log_a, types.SimpleNamespace(args=dict(base, hn_beta="0.0"))) == []
+    assert compare_logs.differing_args(log_a, types.SimpleNamespace(args=dict(base, hn_beta="2.0"))) == [
+        ("hn_beta", "0.0", "2.0")]
 
 
 def _run_with_block(path, seed, style, extra=0.0):

@@ -60,6 +60,14 @@ BAD_INPUTS = [
     (["--device", "tpu"], "--device"),
     (["--seed", "-1"], "--seed"),
     (["--resume-training"], "--resume-training"),  # needs --save-dir
+    (["--hn-beta", "1"], "--hn-beta"),  # the default box space with --p 2: the Lp loss
+    ([*TINY, "--p", "2", "--hn-beta", "1"], "the lp loss"),
+    (["--space-type", "sphere", "--c-p", "0", "--p", "0", "--hn-beta", "1"], "the dot loss"),
+    ([a for a in TINY if a != "--only-unsupervised"] + ["--only-supervised", "--hn-beta", "1"], "--only-supervised"),
+    ([*TINY, "--hn-beta", "-0.5"], "--hn-beta"),
+    ([*TINY, "--hn-beta", "nan"], "--hn-beta"),
+    ([*TINY, "--hn-beta", "inf"], "--hn-beta"),
+    ([*TINY, "--hn-beta", "1e39"], "--hn-beta"),  # beyond float32
 ]
 
 
@@ -113,6 +121,7 @@ def checkpoint_dir(tmp_path_factory):
     (["--batch-size", "64"], "batch_size"),
     (["--loss", "infonce"], "loss"),
     (["--seed", "1"], "seed"),
+    (["--hn-beta", "1"], "hn_beta (0.0 there, 1.0 here)"),
 ])
 def test_resume_from_another_configuration_is_refused(change, key, checkpoint_dir, capsys):
     argv = CKPT_RUN + ["--save-dir", str(checkpoint_dir), "--resume-training"] + change
