@@ -267,8 +267,9 @@ def group_lines(configs):
     lines = ["", "## R² by ground-truth λ", "",
              "From the metrics files: the R² of each latent, averaged over each group of equal ground-truth λ "
              "(content: the high λ, which changes little across a positive pair; style: the low λ), Perm., and "
-             "every other per-latent or per-group field of the records (`block_linear_groups`: the block-linear R² of "
-             "each group); mean ± std over seeds, at the end (the last logged step, 4,096 samples), at the "
+             "every other per-latent or per-group field of the records (`block_linear_groups`: the block-linear R² "
+             "of each group, held out, so a fully lost group reads about 0); mean ± std over seeds, at the end "
+             "(the last logged step, 4,096 samples), at the "
              "--group-steps and in the final evaluation.", ""]
     for c in grouped:
         labels = c["groups"]["labels"]
