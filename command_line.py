@@ -115,12 +115,12 @@ def _add_our_flags(parser, loss_table):
     parser.add_argument("--resume-if-exists", action="store_true",
                         help="resume when --save-dir holds a checkpoint, start fresh when not (for requeued jobs)")
     parser.add_argument("--checkpoint-minutes", type=float,
-                        help="checkpoint every this many minutes instead of at every log step (and on a "
-                             "signal, and at the end)")
+                        help="checkpoint every this many minutes instead of at every log step (and at the "
+                             "first step, on a signal, and at the end)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a fresh run over an earlier one: in a --save-dir that holds a checkpoint "
-                             "(its checkpoint and models removed), into a --log-file / --metrics-file that holds "
-                             "another run's output (replaced)")
+                             "or models (removed), into a --log-file / --metrics-file that holds another run's "
+                             "output (replaced; never a file with other names, hard links)")
     parser.add_argument("--lambda-param", default=settings.LAMBDA_PARAM_CHOICES[0],
                         choices=settings.LAMBDA_PARAM_CHOICES,
                         help="how the learned Λ̂ is parametrised: softplus(θ) as the reference, or exp(θ) "
@@ -169,12 +169,11 @@ def _save_dir_holding(path, save_dir):
     files of, by its name or where its links lead; None when it is none."""
     if not path:
         return None
-    named = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
-    for candidate in (named, os.path.realpath(path)):
+    for candidate in (place(path), os.path.realpath(path)):
         directory, name = os.path.split(candidate)
         if not settings.is_save_dir_file(name):
             continue
-        if save_dir and directory == os.path.realpath(save_dir):
+        if save_dir and same_file(directory, save_dir):  # by device and inode: a bind mount too
             return save_dir
         if os.path.exists(os.path.join(directory, settings.LOCK_NAME)):
             return directory
@@ -277,9 +276,34 @@ def validate_files(parser, args):
         err("arguments --overwrite and --resume-training: choose at most one")
 
 
+# The flags that name a run's places: recorded as ``place`` makes them, so that the same spelling from
+# another directory is another run.
+PLACE_FLAGS = (("--save-dir", "save_dir"), ("--log-file", "log_file"), ("--metrics-file", "metrics_file"))
+
+
+def place(path):
+    """``path`` made absolute, every directory above it resolved; its last name is kept as given (a link
+    to a log stays a link, a dangling --save-dir link is still named as such)."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def resolve_places(err, args):
+    """Refuse a path with a control character (a newline would split the log's header) and make every
+    place absolute (``place``)."""
+    for flag, key in PLACE_FLAGS:
+        value = getattr(args, key)
+        bad = [c for c in value or "" if ord(c) < 32 or c == "\x7f"]
+        if bad:
+            err(f"argument {flag}: {value!r} holds a control character ({bad[0]!r}); give a path without one")
+        if value:  # "" stays "" (no --save-dir; an empty file name is refused with the files)
+            setattr(args, key, place(value))
+
+
 def _parse(parser, argv):
-    """``(args, derived)`` of ``argv``, its values checked (``validate_args``)."""
+    """``(args, derived)`` of ``argv``, its values checked (``validate_args``), its places resolved."""
     args = parser.parse_args(argv)
+    resolve_places(parser.error, args)
     if args.resume_if_exists:
         if not args.save_dir:
             parser.error("argument --resume-if-exists: needs --save-dir")

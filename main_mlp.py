@@ -229,6 +229,12 @@ def phase_steps(args, phase):
     return args.n_steps if phase == "supervised" else args.n_steps * args.more_unsupervised
 
 
+def phase_names(args):
+    """The phases of this run, in order."""
+    return [p for p, skip in (("supervised", args.only_unsupervised),
+                              ("unsupervised", args.only_supervised)) if not skip]
+
+
 def autocast_for(precision, device):
     """The context the encoder's forward runs in for ``--precision`` (also the benchmark's)."""
     if precision == "bf16":
@@ -343,8 +349,7 @@ def train(run, survival):
             run_support.remove_previous_run(args.save_dir)
         # Before training, as the reference: an interrupted run leaves the mixing on disk.
         save_atomically(run.exp.g.state_dict(), os.path.join(args.save_dir, "g.pth"))
-    phases = [p for p, skip in (("supervised", args.only_unsupervised),
-                                ("unsupervised", args.only_supervised)) if not skip]
+    phases = phase_names(args)
     if resume is not None:
         phases = phases[phases.index(resume["phase"]):]
     for name in phases:
@@ -401,8 +406,8 @@ def prepare(args, derived, device):
         run_support.remove_stale_temporaries(args.save_dir)  # under the directory's lock
         run_support.refuse_existing_checkpoint(args)
     run_support.refuse_files_of_others(args, file_beginnings(args))
-    resume = run_support.load_resume_state(args, device, lambda phase: phase_steps(args, phase)) \
-        if args.resume_training else None
+    phases = {name: phase_steps(args, name) for name in phase_names(args)}
+    resume = run_support.load_resume_state(args, device, phases) if args.resume_training else None
     seed = args.seed
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
@@ -416,6 +421,7 @@ def prepare(args, derived, device):
     init_gen = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator(device=device).manual_seed(seed)
     exp = build_experiment(args, derived, device, init_gen, data_gen)
+    run_support.refuse_models_of_others(args, exp.g)
     id_scores = evaluate(exp.latent, exp.g, N_EVAL_SAMPLES, data_gen, device)
     if id_scores is None:
         raise InputError("arguments --sphere-r/--m-param/--c-param/--box-min/--box-max: the latents or "

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import signal
 import sys
 import time
@@ -326,30 +327,43 @@ class OutputLock(_Lock):
     refused before it touches it. Streams (/dev/null, a pipe) are not locked."""
 
     def __init__(self, flag, path, create):
+        self.path, self.created = path, None  # created: (device, inode) of the file this lock made
         if path is None or not (os.path.isfile(path) or create and not os.path.exists(path)):
             return
         for _ in range(3):  # the file may be replaced (restated by its holder) while we lock it
-            if not self._take(flag, path, path, os.O_RDONLY | (os.O_CREAT if create else 0)):
+            new = create and not os.path.lexists(path)  # O_EXCL: made here, so ours to take back
+            flags = os.O_RDONLY | (os.O_CREAT if create else 0) | (os.O_EXCL if new else 0)
+            if not self._take(flag, path, path, flags):
                 self.release()
                 raise InputError(f"argument {flag}: {path} is being written by another run; wait for it "
                                  f"or give another file")
-            if os.path.exists(path) and os.fstat(self.fd).st_ino == os.stat(path).st_ino:
+            if os.path.exists(path) and file_id(os.fstat(self.fd)) == file_id(os.stat(path)):
+                self.created = file_id(os.stat(path)) if new else None
                 break
             self.release()
         _remove_temporaries(*os.path.split(os.path.realpath(path)))
 
     def adopt(self, path):
-        """Hold the lock on ``path`` (the file about to replace ours) instead."""
+        """Hold the lock on ``path`` (the file about to replace ours) as well; returns the descriptor of the
+        old lock, which ``write_atomically`` closes once ``path`` is in place: the name is never unlocked."""
         if self.fd is None:
-            return
+            return None
         fd = os.open(path, os.O_RDONLY)
         try_lock(fd)  # a fresh temporary: nobody else holds it
-        os.close(self.fd)
-        self.fd = fd
+        old, self.fd = self.fd, fd
+        return old
+
+    def discard(self):
+        """Remove the file this lock created while it is still empty and still that file: a start that is
+        refused leaves no empty output file behind."""
+        with contextlib.suppress(OSError):
+            if self.created and self.created == file_id(os.stat(self.path)) and not os.path.getsize(self.path):
+                os.remove(self.path)
 
 
 class RunLocks(contextlib.ExitStack):
-    """The locks of a run's --save-dir and output files, held from start-up to exit (a context manager)."""
+    """The locks of a run's --save-dir and output files, held from start-up to exit (a context manager).
+    Left by an exception (a refusal), it first removes the output files it created that are still empty."""
 
     def __init__(self, args):
         super().__init__()
@@ -361,8 +375,19 @@ class RunLocks(contextlib.ExitStack):
                 self.outputs.append(OutputLock(flag, path, create=not args.resume_training))
                 self.callback(self.outputs[-1].release)
         except BaseException:
-            self.close()
+            self.__exit__(*sys.exc_info())
             raise
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:
+            for lock in self.outputs:
+                lock.discard()
+        return super().__exit__(*exc)
+
+
+def file_id(stat):
+    """A file's identity: its device and inode (every path, link or mount of it is the same file)."""
+    return stat.st_dev, stat.st_ino
 
 
 def temporary_name(path, pid):
@@ -370,14 +395,36 @@ def temporary_name(path, pid):
     return f"{path}{TEMPORARY_MARK}{pid}"
 
 
+def _gone(pid):
+    """Whether no process ``pid`` exists now (this process's own count: it writes none at start-up). A pid
+    reused by another process keeps a leftover; a writer on another machine is kept off by the file's lock."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: no process can have that number
+        return True
+    except OSError:  # PermissionError: alive, another user's
+        return False
+    return False
+
+
 def _remove_temporaries(directory, *names, legacy=False):
-    """Remove the temporary files ``write_atomically`` leaves for ``directory/NAME`` when killed. ``legacy``:
-    also NAME.tmp<pid>, as earlier versions named them (only in a --save-dir, where the names are ours)."""
+    """Remove the temporary files ``write_atomically`` leaves for ``directory/NAME`` when killed, of this
+    process or of one that is gone; one that may not be removed (another user's, a sticky directory) is left
+    with one line. ``legacy``: also NAME.tmp<pid>, as earlier versions named them (only in a --save-dir)."""
     marks = re.escape(TEMPORARY_MARK) + (r"|\.tmp" if legacy else "")
-    pattern = re.compile(f"(?:{'|'.join(map(re.escape, names))})(?:{marks})\\d+")
+    pattern = re.compile(f"(?:{'|'.join(map(re.escape, names))})(?:{marks})(\\d+)")
     for other in os.listdir(directory):
-        if pattern.fullmatch(other):
-            os.remove(os.path.join(directory, other))
+        found = pattern.fullmatch(other)
+        if found and _gone(int(found.group(1))):
+            try:
+                os.remove(os.path.join(directory, other))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                RunLog.info(f"left {os.path.join(directory, other)}, a temporary of an earlier run: cannot "
+                            f"remove it ({exc.strerror or exc})")
 
 
 def remove_stale_temporaries(save_dir):
@@ -393,24 +440,76 @@ def remove_previous_run(save_dir):
             os.remove(os.path.join(save_dir, name))
 
 
+# What a killed start can have written past its beginning, before its first checkpoint (at its first logged
+# step, step 1), per file (log, metrics): (the start of a step's line, that of step 1, those of the final
+# scores). A second step line, another step's or a final one is past it: not a leftover to start over.
+LEFTOVER_LINES = ((b"Step: ", re.compile(rb"Step: 1 \t"), (b"linear mean: ", b"perm mean: ")),
+                  (b'{"type": "step"', re.compile(rb'\{"type": "step", "phase": "\w+", "step": 1, '),
+                   (b'{"type": "final"',)))
+
+
+def _is_leftover(handle, own, lines):
+    """Whether the open file ``handle`` holds what a killed start of this very command leaves: a beginning of
+    ``own`` (what it writes first), or all of it followed by no more than its first step (``lines``)."""
+    head = handle.read(len(own))
+    if not own.startswith(head):
+        return False
+    step, first_step, final = lines
+    steps, at_line_start = 0, head.endswith(b"\n")
+    while piece := handle.readline(1 << 16):  # bounded: a line may be longer than that
+        is_step = at_line_start and piece.startswith(step)
+        if at_line_start and piece.startswith(final) or is_step and (steps or not first_step.match(piece)):
+            return False
+        steps += is_step
+        at_line_start = piece.endswith(b"\n")
+    return True
+
+
 def refuse_files_of_others(args, beginnings):
-    """Without --overwrite, refuse a --log-file or --metrics-file that holds anything but a beginning of what
-    this very command writes first (``beginnings``: (log, metrics) bytes; its own files, left by a kill
-    before its first checkpoint). Call with the files' locks held."""
-    if args.resume_training or args.overwrite:
+    """Refuse, for a fresh run, a --log-file or --metrics-file with other names (hard links: another run's
+    save-dir file may be one), and without --overwrite one that holds more than what a killed start of this
+    very command leaves (``beginnings``: (log, metrics) bytes it writes first; see ``_is_leftover``). Call
+    with the files' locks held."""
+    if args.resume_training:
         return
-    for flag, path, own in (("--log-file", args.log_file, beginnings[0]),
-                            ("--metrics-file", args.metrics_file, beginnings[1])):
+    for flag, path, own, lines in zip(("--log-file", "--metrics-file"), (args.log_file, args.metrics_file),
+                                      beginnings, LEFTOVER_LINES):
         if path is None or not os.path.isfile(path):  # none yet, or a stream (/dev/null)
+            continue
+        links = os.stat(path).st_nlink
+        if links > 1:
+            raise InputError(f"argument {flag}: {path} is one of {links} names (hard links) of one file, which "
+                             f"may be another run's; give a file of its own (--overwrite or not)")
+        if args.overwrite or not os.path.getsize(path):
             continue
         try:
             with open(path, "rb") as handle:
-                head = handle.read(len(own))
+                ours = _is_leftover(handle, own, lines)
         except OSError:  # write-only to us: whose it is cannot be told, so not ours
-            head = None
-        if head is None or not own.startswith(head):
+            ours = False
+        if not ours:
             raise InputError(f"argument {flag}: {path} already holds {os.path.getsize(path)} bytes that this "
                              f"run did not write; give another file, or pass --overwrite to replace it")
+
+
+def refuse_models_of_others(args, g):
+    """Refuse, for a fresh run without --overwrite, a --save-dir with model files and no checkpoint; only a
+    g.pth that holds this very run's mixing ``g`` is its own (a killed start leaves it before its first checkpoint)."""
+    if not args.save_dir or args.resume_training or args.overwrite:
+        return
+    for name in MODEL_NAMES:
+        path = os.path.join(args.save_dir, name)
+        if os.path.lexists(path) and not (name == "g.pth" and _holds_exactly(path, _torch_bytes(g.state_dict()))):
+            raise InputError(f"argument --save-dir: {args.save_dir} holds {name} of another run and no checkpoint "
+                             f"to continue; give another directory, or pass --overwrite to replace it")
+
+
+def _holds_exactly(path, data):
+    """Whether the regular file ``path`` holds ``data`` and nothing else."""
+    if not os.path.isfile(path) or os.path.getsize(path) != len(data):
+        return False
+    with open(path, "rb") as handle:
+        return handle.read() == data
 
 
 def write_atomically(path, data, lock=None):
@@ -418,16 +517,19 @@ def write_atomically(path, data, lock=None):
     A symbolic link is kept (its target is replaced); ``lock`` (an OutputLock) moves to the new file."""
     path = os.path.realpath(path)
     tmp = temporary_name(path, os.getpid())
+    old_lock = None
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
-        if lock is not None:
-            lock.adopt(tmp)
+        old_lock = lock.adopt(tmp) if lock is not None else None
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise _cannot_write(path, exc) from None
+    finally:
+        if old_lock is not None:
+            os.close(old_lock)
 
 
 def save_atomically(obj, path):
@@ -488,7 +590,49 @@ def read_checkpoint(path, flag="--resume-training"):
     missing = [key for key in CHECKPOINT_KEYS if key not in state]
     if missing:
         raise refused(older.format(f"it has no {', '.join(missing[:3])}"))
+    forged = _unexpected_field(state)
+    if forged is not None:
+        raise refused(f"has a {forged} that main_mlp.py never writes ({reprlib.repr(state.get(forged))}): not a "
+                      f"checkpoint to resume; start over with --overwrite")
     return state
+
+
+def _is_int(value, low=0):
+    return type(value) is int and value >= low  # type: True is an int too
+
+
+def _is_file_check(check, alternatives=True):
+    """A checkpoint's record of a log file (``file_check``): None, a dict, or (``alternatives``) a list of dicts."""
+    if alternatives and isinstance(check, list):
+        return bool(check) and all(_is_file_check(c, False) and c is not None for c in check)
+    return check is None or (isinstance(check, dict) and isinstance(check.get("path"), str)
+                             and _is_int(check.get("offset")) and (check.get("stream") is True or any(
+                                 isinstance(check.get(key), str) for key in ("sha256", "tail_sha256"))))
+
+
+def _unexpected_field(state):
+    """The first field of a checkpoint's state (checksum intact) that is not of the kind a run writes, or None:
+    read before anything is cut, so that a forged or foreign one is one line, not a traceback."""
+    def tensor(value, dtype=None):
+        return isinstance(value, torch.Tensor) and (value.dtype == dtype if dtype else value.dim() == 1
+                                                    and value.is_floating_point())
+
+    finished, last = state.get("finished", {}), state["last_logged"]
+    kinds = {"seed": _is_int(state["seed"]) and state["seed"] < 2 ** 63, "config": isinstance(state["config"], dict),
+             "phase": state["phase"] in tuple(LENGTH_FLAGS), "step": _is_int(state["step"], 1),
+             "finished": isinstance(finished, dict) and all(name in LENGTH_FLAGS and _is_int(steps, 1)
+                                                            for name, steps in finished.items()),
+             **{key: isinstance(state[key], dict) for key in ("g", "encoder", "optimizer")},
+             "loss_fn": state["loss_fn"] is None or isinstance(state["loss_fn"], dict),
+             "loss_buffer": tensor(state["loss_buffer"]),
+             **{key: tensor(state[key], torch.uint8) for key in ("rng_cpu", "rng_data")},
+             "offsets": isinstance(state["offsets"], (tuple, list)) and len(state["offsets"]) == 2
+             and all(map(_is_int, state["offsets"])),
+             "file_checks": isinstance(state["file_checks"], (tuple, list)) and len(state["file_checks"]) == 2
+             and all(map(_is_file_check, state["file_checks"])),
+             "last_logged": last is None or isinstance(last, dict) and _is_int(last.get("step"), 1) and all(
+                 isinstance(last.get(key), (int, float)) for key in ("loss", "mean_loss", "lin", "perm"))}
+    return next((key for key, ok in kinds.items() if not ok), None)
 
 
 def refuse_existing_checkpoint(args):
@@ -505,9 +649,9 @@ def refuse_existing_checkpoint(args):
                      f"--resume-training, or start over with --overwrite")
 
 
-def load_resume_state(args, device, paths_total):
+def load_resume_state(args, device, phases):
     """The checkpoint to resume, checked against this run's arguments and log files (InputError naming
-    the flag when it cannot be resumed). ``paths_total``: function (phase) -> the steps of this run's phase."""
+    the flag when it cannot be resumed). ``phases``: {phase: its steps} of this run's phases, in order."""
     path = os.path.join(args.save_dir, CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise InputError(f"argument --resume-training: no checkpoint {path}")
@@ -521,12 +665,16 @@ def load_resume_state(args, device, paths_total):
         shown = ", ".join(f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} here)" for k in diff[:4])
         raise InputError(f"argument --resume-training: the checkpoint in {args.save_dir} is from another "
                          f"configuration: {shown}")
+    named = [state["phase"], *state.get("finished", {})]
+    if any(name not in phases for name in named):
+        raise InputError(f"argument --resume-training: the checkpoint in {args.save_dir} has a {' and a '.join(named)} "
+                         f"phase; this run's phases are {', '.join(phases)}")
     for name, steps in state.get("finished", {}).items():
-        if paths_total(name) != steps:
+        if phases[name] != steps:
             raise InputError(f"argument {LENGTH_FLAGS[name]}: the checkpoint's {name} run has finished with "
-                             f"{steps} steps; this run's would have {paths_total(name)}, and a resume cannot "
+                             f"{steps} steps; this run's would have {phases[name]}, and a resume cannot "
                              f"change a finished phase (extend the last phase instead, or start over with --overwrite)")
-    total = paths_total(state["phase"])
+    total = phases[state["phase"]]
     if state["step"] > total:
         raise InputError(f"argument --n-steps: the checkpoint is at step {state['step']} of the "
                          f"{state['phase']} run, beyond this run's {total} steps")
@@ -548,7 +696,9 @@ class Survival:
         self.pending = run.resume
         self.finished = dict(run.resume.get("finished", {})) if run.resume else {}  # {phase: its steps}, once it ended
         self.last_logged = None
-        self.last_checkpoint = time.monotonic()
+        # None: a fresh run with a --save-dir checkpoints at its first step, whatever the cadence, so that a
+        # log it leaves without a checkpoint holds no more than that step (refuse_files_of_others).
+        self.last_checkpoint = None if run.resume is None and self.args.save_dir else time.monotonic()
 
     def resume(self, phase):
         """Restore the checkpoint into this phase; returns the first step to run (1 unless it is of this phase)."""
@@ -573,7 +723,8 @@ class Survival:
         """Checkpoint when due; on a signal, checkpoint and raise Stop (``is_log``: logged, so checked finite)."""
         signalled = self.flag.signum is not None  # once: a signal during the save stops after the next step
         minutes, every = self.args.checkpoint_minutes, self.args.checkpoint_every
-        due = is_log if minutes is None else time.monotonic() - self.last_checkpoint >= 60 * minutes
+        due = is_log if minutes is None else (self.last_checkpoint is None
+                                              or time.monotonic() - self.last_checkpoint >= 60 * minutes)
         if signalled or due or step == phase.total or (every is not None and step % every == 0):
             if not is_log:  # a diverged run keeps its last finite checkpoint
                 self.check_finite(phase, step)

@@ -287,6 +287,11 @@ def plan_run(args, run):
         raise Refused(f"{run.label}: {run.files['log']} has finished and {run.save_dir} holds no checkpoint to "
                       f"continue: it would be run again and its log overwritten; add --skip-done to keep it, "
                       f"or {elsewhere} (nothing was run)")
+    steps = [record["step"] for phase in log.phases for record in phase.steps]
+    if not resumable and steps not in ([], [1]):  # more than a start killed before its first checkpoint leaves
+        raise Refused(f"{run.label}: {run.files['log']} holds {len(steps)} logged steps and {run.save_dir} no "
+                      f"checkpoint to continue them: it would be run again and its log overwritten; {elsewhere} "
+                      f"(nothing was run)")
     return run
 
 

@@ -115,6 +115,12 @@ def all_steps(parsed):
     return [s for ph in parsed["phases"] for s in ph["steps"]]
 
 
+def placed(text, directory):
+    """``text`` with ``directory`` (as a run records its places: resolved) written ``DIR``: two runs of one
+    command in two directories print alike but for the places they record."""
+    return text.replace(os.path.realpath(directory), "DIR")
+
+
 def step_lines(text):
     """The Step / learned lambda lines of a log, as (step number, line) pairs."""
     out, step = [], None
@@ -258,6 +264,18 @@ def assert_refused(code, err, *words, out=None, prog="main_mlp.py"):
         assert word in err, (word, err)
     if out is not None:
         assert out == "", out  # nothing printed, nothing trained
+
+
+class Killed(BaseException):
+    """Stands for a kill -9 at a chosen point of an in-process run: nothing after it runs (BaseException:
+    no handler of ours catches it)."""
+
+
+def dead_pid():
+    """The pid of a process that has ended (and been reaped): no process has it now."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def run_main(argv, capsys):

@@ -3,7 +3,8 @@
 The subprocess runs of this module start together (module fixture, a few at
 a time) and the tests read what they printed and wrote. Each run gets its own
 working directory and relative output paths, so two runs of the same command
-have the same command line (and so the same ``Arguments:`` block).
+have the same command line; their ``Arguments:`` blocks differ only in the
+places they record (each its own absolute paths).
 """
 
 import json
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from test_encoders import REFERENCE_REPR
-from cli_util import REFERENCE_KEYS, TINY_RUN, env_for_cli, parse_log, run_cli, run_main
+from cli_util import REFERENCE_KEYS, TINY_RUN, env_for_cli, parse_log, placed, run_cli, run_main
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -101,7 +102,8 @@ def test_readme_command_prints_every_line_type_in_order(runs):
 
 def test_same_seed_gives_identical_stdout(runs):
     first, second = ok(runs["readme"]), ok(runs["readme_again"])
-    assert first.stdout == second.stdout
+    assert placed(first.stdout, runs["readme"][1]) == placed(second.stdout, runs["readme_again"][1])
+    assert first.stdout != second.stdout  # each records the absolute paths of its files
 
 
 def test_log_file_is_stdout(runs):
@@ -171,7 +173,8 @@ def test_drawn_seed_is_reported_and_repeats_the_run(runs):
 
     again = ok(runs["seeded_again"])  # the same command with --seed <the drawn seed>
     assert "drew seed" not in again.stderr
-    assert again.stdout == res.stdout.replace("\tseed: None\n", f"\tseed: {seed}\n")
+    assert placed(again.stdout, runs["seeded_again"][1]) == placed(res.stdout, cwd).replace(
+        "\tseed: None\n", f"\tseed: {seed}\n")
 
 
 def test_all_lambda_distinct_blocks_are_the_latents_and_exp_lambda_starts_alike(tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 
 import main_mlp
 import run_support
-from cli_util import ROOT, TINY_RUN, assert_refused, run_main, run_tool_main
+from cli_util import ROOT, TINY_RUN, Killed, assert_refused, dead_pid, run_main, run_tool_main
 
 BASE = [*TINY_RUN, "--device", "cpu", "--seed", "0"]
 
@@ -57,7 +57,8 @@ def test_fresh_run_does_not_overwrite_a_checkpoint(finished_run, capsys):
 
 def test_a_second_run_in_the_same_save_dir_is_refused(finished_run, capsys):
     d, argv = finished_run
-    (d / "ckpt" / (main_mlp.CHECKPOINT_NAME + ".tmp999")).write_bytes(b"being written")
+    left = d / "ckpt" / f"{main_mlp.CHECKPOINT_NAME}.tmp{dead_pid()}"  # of an earlier version, killed
+    left.write_bytes(b"being written")
     before = snapshot(d)
     lock = run_support.SaveDirLock(str(d / "ckpt"))  # the other run holds the directory
     try:
@@ -68,7 +69,7 @@ def test_a_second_run_in_the_same_save_dir_is_refused(finished_run, capsys):
     assert snapshot(d) == before  # its temporary file included
     code, _, err = run_main(argv + ["--resume-training"], capsys)  # once it is gone, the run resumes
     assert code == 0, err
-    assert not (d / "ckpt" / (main_mlp.CHECKPOINT_NAME + ".tmp999")).exists()
+    assert not left.exists()
 
 
 def test_resume_into_another_log_file_is_refused(finished_run, capsys):
@@ -549,7 +550,8 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(lines, finished_r
     (d / "run.log").write_text("".join(log.splitlines(keepends=True)[:lines]))
     (d / "metrics.jsonl").write_text(metrics[:len(metrics) // 2] if lines > 6 else "")
     for name in os.listdir(d / "ckpt"):
-        os.remove(d / "ckpt" / name)
+        if name != "g.pth":  # written before training: this very command's mixing
+            os.remove(d / "ckpt" / name)
     code, out, err = run_main(argv, capsys)
     assert code == 0, err
     assert (d / "run.log").read_text() == log == out
@@ -591,3 +593,209 @@ def test_a_users_temporary_beside_the_log_is_kept(tmp_path, capsys):
     code, _, err = run_main(BASE + ["--log-file", str(tmp_path / "results")], capsys)
     assert code == 0, err
     assert notes.read_text() == "notes\n"
+
+
+# ---------------------------------------------------------------- whose file it is
+
+# The tiny run of the adversarial rounds: 60 contrastive steps logged every 5.
+ISSUE = ["--n", "4", "--batch-size", "32", "--n-log-steps", "5", "--space-type", "extended_sphere", "--c-p", "0",
+         "--p", "0", "--num-eval-batches", "2", "--only-unsupervised", "--n-steps", "20", "--device", "cpu"]
+
+
+def stop_after_step(monkeypatch, last):
+    """Make an in-process run die (Killed) right after ``last``'s step and checkpoint."""
+    real = run_support.Survival.after_step
+
+    def after_step(self, phase, step, is_log):
+        real(self, phase, step, is_log)
+        if step == last:
+            raise Killed
+
+    monkeypatch.setattr(run_support.Survival, "after_step", after_step)
+    return real
+
+
+def cut_after(path, prefix, keep=0):
+    """Keep the lines of ``path`` up to the first that starts with ``prefix`` and ``keep`` more."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    end = next(k for k, line in enumerate(lines) if line.startswith(prefix)) + 1 + keep
+    path.write_bytes(b"".join(lines[:end]))
+
+
+@pytest.mark.parametrize("case", ["finished", "checkpoint removed", "killed at step 11"])
+def test_a_log_past_its_first_step_is_not_started_over(case, tmp_path, capsys):
+    """The same command again on its log: only what a start killed before its first checkpoint leaves
+    (no step past the first, no final scores) is started over; a finished run, or one whose checkpoint is
+    gone, is refused and kept."""
+    argv = ISSUE + ["--seed", "0", "--log-file", str(tmp_path / "r.log"), "--metrics-file", str(tmp_path / "r.jsonl")]
+    argv += ["--save-dir", str(tmp_path / "sd")] if case == "checkpoint removed" else []
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    if case == "checkpoint removed":  # as a disk filling up with checkpoints invites
+        os.remove(tmp_path / "sd" / main_mlp.CHECKPOINT_NAME)
+    if case == "killed at step 11":
+        cut_after(tmp_path / "r.log", b"Step: 11 ", keep=1)  # its learned lambda line
+        cut_after(tmp_path / "r.jsonl", b'{"type": "step", "phase": "unsupervised", "step": 11,')
+    before = snapshot(tmp_path)
+    code, out, err = run_main(argv, capsys)
+    assert_refused(code, err, "--log-file", str(tmp_path / "r.log"), "--overwrite", out="")
+    assert snapshot(tmp_path) == before
+
+
+def test_the_same_relative_paths_from_another_directory_are_another_run(tmp_path, capsys, monkeypatch):
+    """A run in x/ killed after its first checkpoint; the same command (relative paths) in y/ is another
+    run: refused on the shared log, which x/'s run still resumes. The header records the real places."""
+    for name in ("x", "y"):
+        (tmp_path / name).mkdir()
+    argv = ISSUE + ["--seed", "0", "--save-dir", "ck", "--log-file", "../shared.log"]
+    real = stop_after_step(monkeypatch, 1)
+    monkeypatch.chdir(tmp_path / "x")
+    with pytest.raises(Killed):
+        run_main(argv, capsys)
+    monkeypatch.setattr(run_support.Survival, "after_step", real)
+    capsys.readouterr()
+    log = (tmp_path / "shared.log").read_bytes()
+    assert f"\tsave_dir: {os.path.realpath(tmp_path / 'x' / 'ck')}\n".encode() in log
+    monkeypatch.chdir(tmp_path / "y")
+    code, _, err = run_main(argv, capsys)
+    assert_refused(code, err, "--log-file", "--overwrite")
+    assert (tmp_path / "shared.log").read_bytes() == log
+    monkeypatch.chdir(tmp_path / "x")
+    code, _, err = run_main(argv + ["--resume-training"], capsys)
+    assert code == 0, err
+
+
+def test_a_save_dir_with_model_files_and_no_checkpoint_is_refused(tmp_path, capsys):
+    """The reference's g.pth, sup_f.pth and unsup_f.pth: refused, kept; --overwrite leaves none of them."""
+    import torch
+
+    save_dir = tmp_path / "sd"
+    save_dir.mkdir()
+    for name in ("g.pth", "sup_f.pth", "unsup_f.pth"):
+        torch.save({"weight": torch.ones(2)}, save_dir / name)
+    before = snapshot(save_dir)
+    code, out, err = run_main(BASE + ["--save-dir", str(save_dir)], capsys)
+    assert_refused(code, err, "--save-dir", "g.pth", "--overwrite", out="")
+    assert {name: data for name, data in snapshot(save_dir).items() if name in before} == before
+    code, _, err = run_main(BASE + ["--save-dir", str(save_dir), "--overwrite"], capsys)
+    assert code == 0, err
+    assert not (save_dir / "sup_f.pth").exists()  # no old encoder beside the new mixing
+
+
+@pytest.mark.parametrize("flag", ["--log-file", "--metrics-file"])
+def test_a_hard_link_to_another_runs_checkpoint_is_refused(flag, finished_run, tmp_path, capsys):
+    """A hard link is the same file: --overwrite does not write another run's checkpoint through it."""
+    d, _ = finished_run
+    link = tmp_path / "hl.log"
+    os.link(d / "ckpt" / main_mlp.CHECKPOINT_NAME, link)
+    before = snapshot(d)
+    code, _, err = run_main(BASE + [flag, str(link), "--overwrite"], capsys)
+    assert_refused(code, err, flag, "hard link")
+    assert snapshot(d) == before
+
+
+def test_a_refused_start_keeps_a_live_runs_temporary_and_makes_no_file(tmp_path, capsys):
+    log = tmp_path / "r.log"
+    log.write_text("another run's log\n")
+    live = tmp_path / run_support.temporary_name("r.log", os.getppid())  # a process that is alive
+    live.write_bytes(b"being written")
+    code, _, err = run_main(BASE + ["--log-file", str(log), "--metrics-file", str(tmp_path / "other.jsonl")], capsys)
+    assert_refused(code, err, "--log-file")
+    assert live.read_bytes() == b"being written"
+    assert sorted(os.listdir(tmp_path)) == ["r.log", live.name]  # no empty other.jsonl
+
+
+def test_the_log_stays_locked_while_it_is_replaced(finished_run, capsys, monkeypatch):
+    """An extension restates its log through a temporary renamed into place: at that moment another run
+    trying the log is refused (its name is never unlocked, so no one takes it and its temporary)."""
+    d, argv = finished_run
+    real_replace, tries = os.replace, []
+
+    def replace(src, dst):
+        if dst.endswith("run.log"):
+            try:
+                run_support.OutputLock("--log-file", dst, create=False).release()
+                tries.append("locked")
+            except run_support.InputError:
+                tries.append("refused")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code, _, err = run_main(argv + ["--resume-training", "--n-steps", "5"], capsys)
+    assert code == 0, err
+    assert tries == ["refused"]
+
+
+def test_a_temporary_that_may_not_be_removed_is_left_with_one_line(tmp_path, capsys, monkeypatch):
+    """Another user's temporary in a sticky directory (removing it is not permitted): kept, one line."""
+    import errno
+
+    stale = tmp_path / run_support.temporary_name("r.log", dead_pid())
+    stale.write_bytes(b"another user's")
+    real_remove = os.remove
+
+    def remove(path, *args, **kwargs):
+        if str(path) == str(stale):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(path))
+        return real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", remove)
+    code, _, err = run_main(BASE + ["--log-file", str(tmp_path / "r.log")], capsys)
+    assert code == 0, err
+    assert stale.read_bytes() == b"another user's"
+    notes = [line for line in err.splitlines() if str(stale) in line]
+    assert len(notes) == 1 and os.strerror(errno.EPERM) in notes[0] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag, char", [("--save-dir", "\n"), ("--log-file", "\t"), ("--metrics-file", "\r")])
+def test_a_path_with_a_control_character_is_refused(flag, char, tmp_path, capsys):
+    code, out, err = run_main(BASE + [flag, str(tmp_path / f"a{char}b")], capsys)
+    assert_refused(code, err, flag, "control character", out="")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_start_refused_for_its_save_dir_or_a_busy_file_leaves_no_output_file(finished_run, tmp_path, capsys):
+    d, _ = finished_run
+    new = [str(tmp_path / "new.log"), str(tmp_path / "new.jsonl")]
+    code, _, err = run_main(BASE + ["--save-dir", str(d / "ckpt"), "--log-file", new[0], "--metrics-file", new[1]],
+                            capsys)
+    assert_refused(code, err, "--save-dir")
+    holder = run_support.OutputLock("--metrics-file", str(d / "metrics.jsonl"), create=False)
+    try:  # the metrics file is another run's: refused after the log's lock was taken
+        code, _, err = run_main(BASE + ["--log-file", new[0], "--metrics-file", str(d / "metrics.jsonl")], capsys)
+    finally:
+        holder.release()
+    assert_refused(code, err, "--metrics-file", "another run")
+    assert not any(os.path.exists(path) for path in new)
+
+
+def test_a_run_checkpoints_at_its_first_step_whatever_the_cadence(tmp_path, capsys, monkeypatch):
+    """With --checkpoint-minutes too, the first step is checkpointed: a log without a checkpoint is then
+    never more than what a start killed before its first step leaves."""
+    argv = ISSUE + ["--seed", "0", "--save-dir", str(tmp_path / "sd"), "--log-file", str(tmp_path / "r.log"),
+                    "--checkpoint-minutes", "10", "--resume-if-exists"]
+    real = stop_after_step(monkeypatch, 3)
+    with pytest.raises(Killed):
+        run_main(argv, capsys)
+    monkeypatch.setattr(run_support.Survival, "after_step", real)
+    capsys.readouterr()
+    assert run_support.read_checkpoint(str(tmp_path / "sd" / main_mlp.CHECKPOINT_NAME))["step"] == 1
+    code, _, err = run_main(argv, capsys)  # a requeued job: resumes from step 1
+    assert code == 0, err
+    assert "resumed the unsupervised run after step 1" in err
+
+
+def test_a_sweep_keeps_a_log_whose_checkpoint_was_removed(tmp_path, capsys):
+    """A sweep's run logged to step 11, its checkpoint removed: the sweep refuses before it starts anything."""
+    import sweep
+
+    sweep_argv = ["--seeds", "0", "--out-dir", str(tmp_path), "--", *ISSUE]
+    (run,) = sweep.build_runs(sweep.parse_args(sweep_argv))
+    code, _, err = run_main(run.task.argv[2:], capsys)  # the run as the sweep starts it
+    assert code == 0, err
+    cut_after(tmp_path / "run_seed0.log", b"Step: 11 ", keep=1)
+    os.remove(os.path.join(run.save_dir, main_mlp.CHECKPOINT_NAME))
+    before = snapshot(tmp_path)
+    proc = run_tool_main("sweep.py", *sweep_argv)
+    assert_refused(proc.returncode, proc.stderr, "run_seed0.log", "3 logged steps", "no checkpoint", prog="sweep.py")
+    assert snapshot(tmp_path) == before

@@ -9,15 +9,10 @@ import torch
 
 import main_mlp
 import run_support
-from cli_util import assert_refused, run_main
+from cli_util import Killed, assert_refused, dead_pid, run_main
 from test_data_safety import BASE, finished_run, run_to_the_end, snapshot  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow  # each test trains two or three tiny runs
-
-
-class Killed(BaseException):
-    """Stands for a kill -9 at a chosen point: nothing after it runs (BaseException: no handler
-    of ours catches it)."""
 
 
 def _straight_run(tmp_path, capsys, steps, extra=()):
@@ -190,9 +185,9 @@ def test_a_symlinked_log_stays_a_link_when_the_run_is_extended(tmp_path, capsys)
 
 def test_temporaries_left_by_a_kill_are_removed(finished_run, capsys):
     d, argv = finished_run
-    ours = run_support.temporary_name
-    left = [d / "ckpt" / "g.pth.tmp4242", d / "ckpt" / ours("unsup_f.pth", 4243), d / ours("metrics.jsonl", 4244),
-            d / ours("run.log", 4245)]
+    ours, gone = run_support.temporary_name, dead_pid()
+    left = [d / "ckpt" / f"g.pth.tmp{gone}", d / "ckpt" / ours("unsup_f.pth", gone), d / ours("metrics.jsonl", gone),
+            d / ours("run.log", gone)]
     for path in left:
         path.write_bytes(b"half written")
     keep = [d / "run.log.tmp-notes", d / "run.log.tmp4246", d / "metrics.jsonl.tmp2024"]  # not ours
@@ -299,3 +294,19 @@ def test_a_checkpoint_from_before_hn_beta_resumes_at_beta_zero(finished_run, tmp
     log, metrics = _straight_run(tmp_path, capsys, 9)
     assert (d / "run.log").read_bytes() == log and (d / "metrics.jsonl").read_bytes() == metrics
     assert b"hn_beta" not in log and b"hn_beta" not in metrics
+
+
+@pytest.mark.parametrize("forged", [{"phase": "bogus"}, {"finished": {"bogus": 7}}, {"step": 10.5},
+                                    {"phase": ["unsupervised"]}, {"file_checks": ({"path": 3}, None)},
+                                    {"phase": "supervised"}],
+                         ids=["phase", "finished", "step", "unhashable-phase", "file-checks", "phase-not-run"])
+def test_a_forged_checkpoint_is_refused_before_anything_is_cut(finished_run, capsys, forged):
+    """A checkpoint whose checksum holds but whose fields are not what a run writes (or name a phase this run
+    has not): one line naming the field, exit 2, the log and metrics files untouched."""
+    d, argv = finished_run
+    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda state: state.update(forged))
+    before = snapshot(d)
+    code, out, err = run_main(_extend(argv, 9), capsys)
+    field = "phase" if "phase" in forged else next(iter(forged))
+    assert_refused(code, err, "--resume-training", field, out="")
+    assert snapshot(d) == before
