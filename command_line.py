@@ -16,8 +16,10 @@ DESCRIPTION = "Train an encoder to invert a mixing of latents with a contrastive
 FLOAT32_MAX = 3.4028234663852886e38  # float(torch.finfo(torch.float32).max)
 # A vMF with κ = 1e8 spreads its samples 1e-4 rad around the mean.
 MAX_VMF_KAPPA = 1e8
-# The largest fixed Λ̂ = 1/τ the loss is tested finite for.
+# The largest fixed Λ̂ = 1/τ the loss is tested finite for; also the largest --lambda-init.
 MAX_FIXED_LAMBDA = 1e4
+# The smallest normal float32: a smaller --lambda-init scales the initial Λ̂ towards 0, θ towards -inf.
+FLOAT32_TINY = 1.1754943508222875e-38
 # The largest --p of the Lp form: float32 ends near 2^128, so |x|^p stays finite for every coordinate
 # difference |x| < 2 up to p = 128 (and a larger p is an overflow, not a loss, in the first step).
 MAX_P = 128
@@ -130,6 +132,9 @@ def _add_our_flags(parser, loss_table):
     parser.add_argument("--hn-beta", type=float, default=0.0,
                         help="hard negatives (Robinson et al. 2021): each negative's term weighted by exp(β · its "
                              "logit), normalised over the anchor's negatives; 0: the plain loss")
+    parser.add_argument("--lambda-init", type=float, default=None,
+                        help="the learned Λ̂'s initial scale: the reference's initial Λ̂ (≈ 0.69) times V / ln 2, "
+                             "mean about V, from the same draws; default: the reference's")
 
 
 def _positive_finite(value):
@@ -211,6 +216,9 @@ def validate_numbers(err, args):
     if not (math.isfinite(args.hn_beta) and 0 <= args.hn_beta <= FLOAT32_MAX):
         err(f"argument --hn-beta: must be a finite number >= 0 (at most {FLOAT32_MAX:.3g}, float32), "
             f"got {args.hn_beta}")
+    if args.lambda_init is not None and not FLOAT32_TINY <= args.lambda_init <= MAX_FIXED_LAMBDA:
+        err(f"argument --lambda-init: must be a number in [{FLOAT32_TINY:.3g}, {MAX_FIXED_LAMBDA:g}] (float32's "
+            f"smallest normal number to the largest Λ̂ the loss is tested finite for), got {args.lambda_init}")
     if not (math.isfinite(args.cond_thresh_ratio) and 0 <= args.cond_thresh_ratio <= 1):
         err(f"argument --cond-thresh-ratio: must be in [0, 1], got {args.cond_thresh_ratio}")
     for flag, value in (("--p", args.p), ("--m-p", args.m_p), ("--c-p", args.c_p)):
@@ -249,6 +257,12 @@ def validate_args(parser, args, derived):
             f"--p 0) only, not to the {derived.loss} loss of --space-type {args.space_type} with --p {args.p}")
     if args.hn_beta and args.only_supervised:
         err("argument --hn-beta: weights the contrastive loss's negatives; --only-supervised trains none")
+    # infonce-fixed is the one --loss choice that learns no Λ̂ (losses.LOSSES' learns_lambda; a test holds them equal).
+    if args.lambda_init is not None and (not derived.loss_from_flag or derived.loss == "infonce-fixed"):
+        err(f"argument --lambda-init: the {derived.loss} loss learns no Λ̂ (--space-type {args.space_type}, --p "
+            f"{args.p}, --loss {args.loss}); it applies to --loss aninfonce / infonce on extended_sphere with --p 0")
+    if args.lambda_init is not None and args.only_supervised:
+        err("argument --lambda-init: scales the contrastive loss's Λ̂; --only-supervised trains none")
     if derived.loss == "infonce-fixed" and 1 / args.tau > MAX_FIXED_LAMBDA:
         err(f"argument --tau: infonce-fixed needs --tau >= {1 / MAX_FIXED_LAMBDA:g} (Λ̂ = 1/τ at most "
             f"{MAX_FIXED_LAMBDA:g}), got {args.tau}")

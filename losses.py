@@ -3,6 +3,7 @@
 
 import dataclasses
 import functools
+import math
 
 import torch
 from torch import nn
@@ -105,19 +106,25 @@ class AnInfoNCELoss(nn.Module):
     second view's anchors (by default the reference's reuse of the first view's cross block, s(a_i, b_k)).
     generator: draws θ ~ N(0, 0.1²). fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (InfoNCE, τ = 1 /
     fixed_lambda). param: a key of LAMBDA_PARAMS; the initial Λ̂ is always softplus of the reference's θ.
+    lambda_init: V scales that initial Λ̂₀ to V · Λ̂₀ / ln 2 (mean about V, the same random spread; θ the
+    parametrisation's inverse of it), from the same draws; None keeps Λ̂₀ (≈ 0.69, InfoNCE at τ ≈ 1.4, which at a
+    large anisotropy loses most of the style latents early: a start at the style scale keeps it sharp).
     hn_beta: β > 0 weights the negatives (hard_negative_cross_entropy over ``logits``); 0 is the reference's loss,
     computed as before (row log-sum-exps of the blocks, _ShiftedExpRowSums).
     """
 
     def __init__(self, n, isotropic=False, symmetric=False, generator=None, fixed_lambda=None, param="softplus",
-                 hn_beta=0.0):
+                 hn_beta=0.0, lambda_init=None):
         super().__init__()
         self.n, self.symmetric, self.fixed_lambda, self.hn_beta = n, symmetric, fixed_lambda, hn_beta
         self.to_lambda, from_lambda = LAMBDA_PARAMS[param]
         if fixed_lambda is None:
             theta = torch.randn(1 if isotropic else n, generator=generator) * THETA_INIT_STD
-            if param != "softplus":
-                theta = from_lambda(F.softplus(theta))
+            if param != "softplus" or lambda_init is not None:
+                start = F.softplus(theta)  # the reference's initial Λ̂
+                if lambda_init is not None:
+                    start = start * (lambda_init / math.log(2))
+                theta = from_lambda(start)
             self.theta = nn.Parameter(theta)
 
     def _lam(self):
@@ -235,7 +242,7 @@ class Loss:
 
 def _aninfonce(args, init_gen, **kwargs):
     return AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", generator=init_gen,
-                         param=args.lambda_param, hn_beta=args.hn_beta, **kwargs)
+                         param=args.lambda_param, hn_beta=args.hn_beta, lambda_init=args.lambda_init, **kwargs)
 
 
 # The losses by name (settings.derive picks one: --loss on extended_sphere with --p 0, else --p and the

@@ -62,12 +62,12 @@ INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrit
 LAMBDA_PARAM_CHOICES = ("softplus", "exp")
 
 # Flags added after runs were checkpointed without them: a checkpoint that lacks one ran with this value.
-ADDED_FLAG_DEFAULTS = {"lambda_param": "softplus", "hn_beta": 0.0}
+ADDED_FLAG_DEFAULTS = {"lambda_param": "softplus", "hn_beta": 0.0, "lambda_init": None}
 
 # Flags that a log's Arguments block and its config record name only when they differ from this default, so
 # that a run which leaves one alone writes, byte for byte, what it wrote before the flag existed; a log or
 # record without one ran with the default.
-UNPRINTED_DEFAULTS = {"hn_beta": 0.0}
+UNPRINTED_DEFAULTS = {"hn_beta": 0.0, "lambda_init": None}
 
 
 def printed_args(args):

@@ -196,3 +196,20 @@ def test_all_lambda_distinct_blocks_are_the_latents_and_exp_lambda_starts_alike(
             assert rec["block_linear_r2"] == pytest.approx(np.mean(rec["block_linear_groups"]), abs=1e-12)
         lam[param] = steps[0]["lambda"]
     assert lam["exp"] == pytest.approx(lam["softplus"], abs=5e-3)
+
+
+def test_lambda_init_starts_lambda_at_its_scale_and_is_named_only_when_given(tmp_path, capsys):
+    """--lambda-init 10: the first logged Λ̂ is near 10 (one Adam step of lr 1e-3 in θ from 10 · Λ̂₀ / ln 2), and
+    the Arguments block and config record name it; a run without it names no lambda_init."""
+    metrics = tmp_path / "metrics.jsonl"
+    code, out, err = run_main(TINY + ["--seed", "0", "--n-log-steps", "1", "--lambda-init", "10",
+                                      "--metrics-file", str(metrics)], capsys)
+    assert code == 0, err
+    assert parse_log(out)["args"]["lambda_init"] == "10.0"
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert records[0]["args"]["lambda_init"] == 10.0
+    first = next(r for r in records if r["type"] == "step")["lambda"]
+    assert len(first) == 4 and 7 < np.mean(first) < 13 and min(first) > 5
+    code, out, err = run_main(TINY + ["--seed", "0", "--n-steps", "1"], capsys)
+    assert code == 0, err
+    assert "lambda_init" not in out and 0.5 < np.mean(parse_log(out)["phases"][0]["steps"][0]["lambda"]) < 1

@@ -124,7 +124,8 @@ def test_every_normalisation_and_loss_name_builds():
 
     for name in settings.NORMALIZATIONS:
         encoders.build_encoder(3, name)
-    args = argparse.Namespace(n=3, negatives="reference", tau=0.5, p=2, lambda_param="softplus", hn_beta=0.0)
+    args = argparse.Namespace(n=3, negatives="reference", tau=0.5, p=2, lambda_param="softplus", hn_beta=0.0,
+                              lambda_init=None)
     for name, entry in losses.LOSSES.items():
         loss = entry.build(args, torch.Generator().manual_seed(0))
         assert (len(list(loss.parameters())) > 0) == entry.learns_lambda, name

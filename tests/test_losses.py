@@ -429,6 +429,50 @@ def test_the_lambda_param_choices_are_the_loss_table():
     assert tuple(losses.LAMBDA_PARAMS) == settings.LAMBDA_PARAM_CHOICES
 
 
+# ---------------------------------------------------------------- the initial scale of Λ̂ (--lambda-init)
+
+
+def _reference_theta(n, seed):
+    """The reference's θ ~ N(0, 0.1²), drawn as it draws it."""
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed)) * losses.THETA_INIT_STD
+
+
+def _table_loss(name, param, lambda_init, gen, n=5):
+    args = argparse.Namespace(n=n, negatives="reference", tau=1.0, lambda_param=param, hn_beta=0.0,
+                              lambda_init=lambda_init)
+    return losses.LOSSES[name].build(args, gen)
+
+
+@pytest.mark.parametrize("name", ["aninfonce", "infonce"])
+@pytest.mark.parametrize("param", ["softplus", "exp"])
+def test_lambda_init_default_is_the_reference_theta_bit_for_bit(name, param):
+    """No --lambda-init: θ equal (==) to the loss built without the option, and to the reference's draw."""
+    isotropic = name == "infonce"
+    before = losses.AnInfoNCELoss(5, isotropic=isotropic, generator=torch.Generator().manual_seed(3), param=param)
+    theta = _table_loss(name, param, None, torch.Generator().manual_seed(3)).theta
+    assert torch.equal(theta, before.theta)
+    reference = _reference_theta(1 if isotropic else 5, 3)
+    assert torch.equal(theta, reference if param == "softplus" else losses.LAMBDA_PARAMS[param][1](F.softplus(reference)))
+
+
+@pytest.mark.parametrize("name", ["aninfonce", "infonce"])
+@pytest.mark.parametrize("param", ["softplus", "exp"])
+def test_lambda_init_scales_the_reference_lambda(name, param):
+    """--lambda-init 10: Λ̂ = 10 · softplus(θ_ref) / ln 2 (θ_ref the reference's draw from the same generator);
+    AnInfoNCE's mean within 5 % of 10 (n = 50); the generator is left where the reference leaves it."""
+    size = 1 if name == "infonce" else 50
+    gen = torch.Generator().manual_seed(3)
+    lam = _table_loss(name, param, 10.0, gen, n=50).lambdas()
+    expected = 10 * F.softplus(_reference_theta(size, 3).double()) / math.log(2)
+    assert lam.dtype == torch.float32 and lam.shape == (50,)
+    assert torch.allclose(lam[:size].double(), expected, rtol=1e-6, atol=0)
+    if name == "aninfonce":
+        assert abs(lam.mean().item() - 10) < 0.5
+    reference_gen = torch.Generator().manual_seed(3)
+    torch.randn(size, generator=reference_gen)  # the reference's one draw of θ
+    assert torch.equal(gen.get_state(), reference_gen.get_state())
+
+
 # ---------------------------------------------------------------- hard negatives (--hn-beta)
 
 HN_LOSSES = ("aninfonce", "infonce", "infonce-fixed")  # the losses --hn-beta applies to
@@ -437,7 +481,7 @@ HN_LOSSES = ("aninfonce", "infonce", "infonce-fixed")  # the losses --hn-beta ap
 def _hn_loss(name, symmetric, beta):
     """The loss ``name`` as its table entry builds it, in float64, θ set to known values."""
     args = argparse.Namespace(n=4, negatives="symmetric" if symmetric else "reference", tau=0.4,
-                              lambda_param="softplus", hn_beta=beta)
+                              lambda_param="softplus", hn_beta=beta, lambda_init=None)
     loss = losses.LOSSES[name].build(args, torch.Generator().manual_seed(0)).double()
     if losses.LOSSES[name].learns_lambda:
         with torch.no_grad():

@@ -280,20 +280,23 @@ def test_a_hard_negative_run_killed_mid_way_resumes_to_the_uninterrupted_files(t
         assert snapshot(d) == before
 
 
-def test_a_checkpoint_from_before_hn_beta_resumes_at_beta_zero(finished_run, tmp_path, capsys):
-    """A checkpoint written before --hn-beta existed (no hn_beta in its configuration) ran the plain loss: it
-    resumes without the flag, to the files of a straight run, which name no hn_beta; with --hn-beta 1 it is refused."""
+def test_a_checkpoint_from_before_hn_beta_and_lambda_init_resumes_at_their_defaults(finished_run, tmp_path, capsys):
+    """A checkpoint written before --hn-beta and --lambda-init existed (neither in its configuration) ran the plain
+    loss from the reference's Λ̂: it resumes without the flags, to the files of a straight run, which name neither;
+    with --hn-beta 1 or --lambda-init 10 it is refused."""
     d, argv = finished_run
-    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda state: state["config"].pop("hn_beta"))
+    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME,
+                        lambda state: [state["config"].pop(k) for k in ("hn_beta", "lambda_init")])
     before = snapshot(d)
-    code, _, err = run_main(_extend(argv, 9) + ["--hn-beta", "1"], capsys)
-    assert_refused(code, err, "--resume-training", "hn_beta (0.0 there, 1.0 here)")
-    assert snapshot(d) == before
+    for flag, named in (("--hn-beta", "hn_beta (0.0 there, 1.0 here)"), ("--lambda-init", "lambda_init (None there")):
+        code, _, err = run_main(_extend(argv, 9) + [flag, "1"], capsys)
+        assert_refused(code, err, "--resume-training", named)
+        assert snapshot(d) == before
     code, _, err = run_main(_extend(argv, 9), capsys)
     assert code == 0, err
     log, metrics = _straight_run(tmp_path, capsys, 9)
     assert (d / "run.log").read_bytes() == log and (d / "metrics.jsonl").read_bytes() == metrics
-    assert b"hn_beta" not in log and b"hn_beta" not in metrics
+    assert not any(name in text for name in (b"hn_beta", b"lambda_init") for text in (log, metrics))
 
 
 @pytest.mark.parametrize("forged", [{"phase": "bogus"}, {"finished": {"bogus": 7}}, {"step": 10.5},

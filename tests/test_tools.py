@@ -677,6 +677,10 @@ def test_compare_logs_ignores_how_a_run_was_run():
     assert compare_logs.differing_args(log_a, types.SimpleNamespace(args=dict(base, hn_beta="0.0"))) == []
     assert compare_logs.differing_args(log_a, types.SimpleNamespace(args=dict(base, hn_beta="2.0"))) == [
         ("hn_beta", "0.0", "2.0")]
+    # Nor lambda_init: one that does not name it started from the reference's Λ̂.
+    assert compare_logs.differing_args(log_a, types.SimpleNamespace(args=dict(base, lambda_init="None"))) == []
+    assert compare_logs.differing_args(types.SimpleNamespace(args=dict(base, lambda_init="10.0")), log_a) == [
+        ("lambda_init", "10.0", "None")]
 
 
 def _run_with_block(path, seed, style, extra=0.0):

@@ -68,6 +68,18 @@ BAD_INPUTS = [
     ([*TINY, "--hn-beta", "nan"], "--hn-beta"),
     ([*TINY, "--hn-beta", "inf"], "--hn-beta"),
     ([*TINY, "--hn-beta", "1e39"], "--hn-beta"),  # beyond float32
+    (["--lambda-init", "10"], "--lambda-init: the lp loss"),  # the default box space with --p 2
+    ([*TINY, "--p", "1", "--lambda-init", "10"], "--lambda-init: the lp loss"),
+    (["--space-type", "sphere", "--c-p", "0", "--p", "0", "--lambda-init", "10"], "--lambda-init: the dot loss"),
+    ([*TINY, "--loss", "infonce-fixed", "--lambda-init", "10"], "--lambda-init: the infonce-fixed loss"),
+    ([a for a in TINY if a != "--only-unsupervised"] + ["--only-supervised", "--lambda-init", "10"],
+     "--lambda-init: scales the contrastive loss's Λ̂; --only-supervised"),
+    ([*TINY, "--lambda-init", "0"], "--lambda-init"),
+    ([*TINY, "--lambda-init", "-1"], "--lambda-init"),
+    ([*TINY, "--lambda-init", "nan"], "--lambda-init"),
+    ([*TINY, "--lambda-init", "inf"], "--lambda-init"),
+    ([*TINY, "--lambda-init", "1e5"], "--lambda-init"),  # beyond the largest Λ̂ the loss is tested finite for
+    ([*TINY, "--lambda-init", "1e-40"], "--lambda-init"),  # below float32's normal numbers
 ]
 
 
@@ -77,6 +89,31 @@ def test_bad_input_is_one_line_error(flags, flag, capsys, tmp_path, monkeypatch)
     code, out, err = run_main(flags, capsys)
     assert_refused(code, err, flag, out=out)
     assert os.listdir(tmp_path) == []
+
+
+# A command line that picks each loss of the table (a new loss needs its line here).
+LOSS_ARGV = {name: [*TINY, "--loss", name] for name in ("aninfonce", "infonce", "infonce-fixed")}
+LOSS_ARGV.update(lp=[*TINY, "--p", "1"], dot=["--space-type", "sphere", "--c-p", "0", "--p", "0"])
+
+
+def test_lambda_init_is_refused_exactly_for_the_losses_that_learn_no_lambda():
+    """--lambda-init's refusal (by loss name, torch-free) agrees with each loss's learns_lambda."""
+    import command_line
+    import losses
+    import settings
+
+    assert set(LOSS_ARGV) == set(losses.LOSSES)
+    for name, argv in LOSS_ARGV.items():
+        parser = command_line.build_parser()
+        assert settings.derive_from_args(parser.parse_args(argv)).loss == name
+        try:
+            accepted = command_line.read_args(argv + ["--lambda-init", "2"])["lambda_init"] == "2.0"
+        except ValueError as exc:
+            assert str(exc).startswith(f"argument --lambda-init: the {name} loss learns no"), exc
+            accepted = False
+        assert accepted == losses.LOSSES[name].learns_lambda, name
+    # Not given: not named (as the Arguments block prints it), so a sweep's log of the default agrees.
+    assert "lambda_init" not in command_line.read_args(LOSS_ARGV["aninfonce"])
 
 
 def test_cuda_requested_without_cuda(capsys, tmp_path, monkeypatch):
@@ -122,6 +159,7 @@ def checkpoint_dir(tmp_path_factory):
     (["--loss", "infonce"], "loss"),
     (["--seed", "1"], "seed"),
     (["--hn-beta", "1"], "hn_beta (0.0 there, 1.0 here)"),
+    (["--lambda-init", "10"], "lambda_init (None there, 10.0 here)"),
 ])
 def test_resume_from_another_configuration_is_refused(change, key, checkpoint_dir, capsys):
     argv = CKPT_RUN + ["--save-dir", str(checkpoint_dir), "--resume-training"] + change
