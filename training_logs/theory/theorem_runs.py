@@ -6,7 +6,8 @@
 Reads main_mlp.py's metrics files (metrics_io). The runs are grouped into configurations by the flags in
 which they differ (their seed, files and save-dir aside). ``table``: per configuration and step, mean ± std
 over its seeds of R²_BO (``block_orthogonal_r2``), the block-linear R², Lin., Perm. and the content / style R²
-(each group's mean of ``lin_dims``), all from the step records (4,096 fresh samples; the block scores fitted on
+(each group's mean of ``lin_dims``) and the mean of the larger and the smaller half of Λ̂ (sorted: Λ̂'s
+entries belong to the outputs, not to the latents), all from the step records (4,096 fresh samples; the block scores fitted on
 one half, scored on the other); and, at the last step given, the number of seeds with R²_BO at or above
 ``--threshold`` with its 95 % Wilson interval. ``plot``: R²_BO, the style R² and Λ̂ against step, every run.
 """
@@ -45,8 +46,11 @@ def at_step(records, step):
         return None
     groups = metrics_io.lambda_groups(records.gt_lambda, records.args["n"])
     content, style = metrics_io.per_group(rec["lin_dims"], groups)
+    lam = -np.sort(-np.asarray(rec.get("lambda", [np.nan] * len(rec["lin_dims"]))))  # descending
+    half = len(lam) // 2
     return {"R²_BO": rec.get("block_orthogonal_r2", np.nan), "block-linear": rec.get("block_linear_r2", np.nan),
-            "Lin.": rec["lin"], "Perm.": rec["perm"], "content R²": content, "style R²": style}
+            "Lin.": rec["lin"], "Perm.": rec["perm"], "content R²": content, "style R²": style,
+            "Λ̂ high": lam[:half].mean(), "Λ̂ low": lam[half:].mean()}
 
 
 def wilson(k, n):
@@ -59,7 +63,8 @@ def table(runs, steps, threshold):
     for label, seed, records in runs:
         by_config.setdefault(label, []).append((seed, records))
     columns = ["R²_BO", "block-linear", "Lin.", "Perm.", "content R²", "style R²"]
-    lines = ["| configuration | step | seeds | " + " | ".join(columns) + " |", "|---|---:|---:|" + "---:|" * len(columns)]
+    lines = ["| configuration | step | seeds | " + " | ".join(columns) + " | Λ̂ high / low half |",
+             "|---|---:|---:|" + "---:|" * len(columns) + "---|"]
     reached = []
     for label, members in by_config.items():
         for step in steps:
@@ -67,7 +72,8 @@ def table(runs, steps, threshold):
             if not scores:
                 continue
             cells = [f"{np.mean([s[c] for s in scores]):.3f} ± {np.std([s[c] for s in scores]):.3f}" for c in columns]
-            lines.append(f"| {label} | {step:,} | {len(scores)} | " + " | ".join(cells) + " |")
+            lam = " / ".join(f"{np.mean([s[c] for s in scores]):.1f}" for c in ("Λ̂ high", "Λ̂ low"))
+            lines.append(f"| {label} | {step:,} | {len(scores)} | " + " | ".join(cells) + f" | {lam} |")
         last = [(seed, at_step(r, steps[-1])) for seed, r in members]
         last = [(seed, s) for seed, s in last if s is not None]
         if last:
