@@ -606,3 +606,27 @@ def test_hard_negative_loss_finite_in_float32_for_any_beta_and_large_lambda(beta
     assert value.item() == pytest.approx(in_float64, rel=1e-4)
     if beta < 1e-30:
         assert value.item() == pytest.approx(losses.AnInfoNCELoss(10, fixed_lambda=1e4)(a, b).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("name", HN_LOSSES)
+def test_the_plain_full_matrix_path_is_the_fast_loss(name, symmetric):
+    """The readable path a variant edits (the (2B, 2B) logits, then their cross-entropy; at β = 0 the plain
+    loss) and the fast path the loss runs (row sums of exp without the matrix's cross-entropy): value and
+    gradients (representations, θ of Λ̂) equal to 1e-12 in float64."""
+    g = torch.Generator().manual_seed(140)
+    a = torch.randn(7, 4, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(7, 4, generator=g, dtype=torch.float64).requires_grad_()
+    loss = _hn_loss(name, symmetric, 0.0)
+    grads = []
+    for path in ("fast", "plain"):
+        for x in (a, b, *loss.parameters()):
+            x.grad = None
+        if path == "fast":
+            value = loss(a, b)
+        else:
+            value = losses.hard_negative_cross_entropy(loss.logits(F.normalize(a, dim=1), F.normalize(b, dim=1)), 0.0)
+        value.backward()
+        grads.append([value.detach()] + [x.grad.clone() for x in (a, b, *loss.parameters())])
+    for fast, plain in zip(*grads):
+        assert torch.allclose(fast, plain, atol=1e-12, rtol=0)
