@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
 
 import logparse  # noqa: E402
 import metrics_io  # noqa: E402
@@ -164,17 +165,19 @@ def main(argv=None):
     names = [os.path.basename(p) for p in args.logs]  # the legend's labels; the paths where two names coincide
     labels = [p if names.count(n) > 1 else n for p, n in zip(args.logs, names)]
     draw = plot_per_dimension if args.per_dimension else plot
-    fig = draw(inputs, labels, args.phase, tuple(args.size), args.dpi,
-               args.title if args.title is not None else f"{args.phase} phase")
-    try:
-        # No bbox_inches="tight": the pixel size stays exactly size x dpi; format="png": the file has
-        # exactly the name given (matplotlib would add ".png" to a name without an extension).
-        fig.savefig(args.output, dpi=args.dpi, format="png")
-    except OSError as exc:
-        sys.stderr.write(f"{PROG}: error: cannot write {args.output} ({exc.strerror or exc})\n")
-        return EXIT_BAD_INPUT
-    finally:
-        plt.close(fig)
+    # A value the readers let through may be huge (1e308): numpy's overflow while placing ticks is no error.
+    with np.errstate(all="ignore"):
+        fig = draw(inputs, labels, args.phase, tuple(args.size), args.dpi,
+                   args.title if args.title is not None else f"{args.phase} phase")
+        try:
+            # No bbox_inches="tight": the pixel size stays exactly size x dpi; format="png": the file has
+            # exactly the name given (matplotlib would add ".png" to a name without an extension).
+            fig.savefig(args.output, dpi=args.dpi, format="png")
+        except OSError as exc:
+            sys.stderr.write(f"{PROG}: error: cannot write {args.output} ({exc.strerror or exc})\n")
+            return EXIT_BAD_INPUT
+        finally:
+            plt.close(fig)
     write_stdout(f"wrote {args.output}\n")
     return 0
 
