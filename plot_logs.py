@@ -16,6 +16,7 @@ image cannot be written, or ``-o`` names an input (never written over).
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -33,6 +34,9 @@ PROG = "plot_logs.py"
 # Largest image side, in pixels: beyond, the figure takes gigabytes (and matplotlib refuses 2^16).
 MAX_PIXELS = 10_000
 POSITIVE = bounded(float, above=0)
+# Beyond this, a curve's range overflows when matplotlib places its ticks (1e308 to -1e308): such values,
+# which no run writes, and non-finite ones are left out of the curves (a gap), as are such ground-truth lines.
+MAX_DRAWN = 1e300
 # The panels of one score each: (record field, y label, title).
 SCORE_PANELS = (("lin", "Lin. disentanglement (R²)", "Lin. vs step"),
                 ("perm", "Perm. disentanglement", "Perm. vs step"),
@@ -66,9 +70,14 @@ def parse_args(argv=None):
     return args
 
 
+def drawable(value):
+    """``value`` as a curve shows it: nan (a gap) when it is not finite or beyond ±MAX_DRAWN."""
+    return value if math.isfinite(value) and abs(value) <= MAX_DRAWN else math.nan
+
+
 def _curve(ax, steps, key, **style):
     """Plot ``key`` of the step records that have it."""
-    points = [(r["step"], r[key]) for r in steps if metrics_io.is_number(r.get(key))]
+    points = [(r["step"], drawable(r[key])) for r in steps if metrics_io.is_number(r.get(key))]
     if points:
         ax.plot(*zip(*points), **style)
 
@@ -101,12 +110,13 @@ def plot(runs, labels, phase_name, size, dpi, title):
         # Only records with the full vector: a run changes its length nowhere, but a hand-made file could.
         full = [r for r in with_lambda if len(r["lambda"]) == n_entries]
         for j in range(n_entries):
-            axes[3].plot([r["step"] for r in full], [r["lambda"][j] for r in full], color=colour, linewidth=1.0,
-                         alpha=0.8, label=label if j == 0 else None)
+            axes[3].plot([r["step"] for r in full], [drawable(r["lambda"][j]) for r in full], color=colour,
+                         linewidth=1.0, alpha=0.8, label=label if j == 0 else None)
         if with_block:
             _curve(axes[4], steps, "block", color=colour, linestyle="-", label=label)
             _curve(axes[4], steps, "block_orth", color=colour, linestyle=":", label=f"{label} (block_orth)")
-    truths = sorted({value for run in runs if run.gt_lambda is not None for value in run.gt_lambda})
+    truths = sorted({value for run in runs if run.gt_lambda is not None for value in run.gt_lambda
+                     if not math.isnan(drawable(value))})
     for k, value in enumerate(truths):
         axes[3].axhline(value, color="black", linestyle="--", linewidth=0.9,
                         label=r"ground-truth $\lambda$" if k == 0 else None)
@@ -142,8 +152,8 @@ def plot_per_dimension(runs, labels, phase_name, size, dpi, title):
     for g, ax in enumerate(axes[:len(groups)]):
         for (run, _), label, (colour, style) in zip(runs, labels, looks):
             steps = [r for r in run.steps(phase_name) if "lin_dims" in r]
-            ax.plot([r["step"] for r in steps], [metrics_io.per_group(r["lin_dims"], groups)[g] for r in steps],
-                    color=colour, linestyle=style, label=label)
+            r2 = [drawable(metrics_io.per_group(r["lin_dims"], groups)[g]) for r in steps]
+            ax.plot([r["step"] for r in steps], r2, color=colour, linestyle=style, label=label)
         ax.set_ylim(-0.05, 1.05)
     for ax in axes[len(groups):]:
         ax.set_visible(False)

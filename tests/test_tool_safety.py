@@ -727,3 +727,17 @@ def test_skip_done_applies_the_defaults_of_flags_added_since(tmp_path, finished_
     other = sweep_in(tmp_path, "--skip-done", after=["--lambda-param", "exp"], in_process=True)
     one_line_error(other, "a seed 0", "lambda_param softplus", "lambda_param exp")
     assert log.read_text() == old
+
+
+def test_plot_logs_draws_values_beyond_any_runs_as_gaps(tmp_path):
+    """A ground truth λ of 5,000 digits (inf as a float) and a Λ̂ of 1e308 are read; drawing them made
+    matplotlib's ticks overflow (a traceback). They are left out of the curves, and the PNG is written."""
+    lines = render_log(make_steps(n_logged=3)).splitlines(keepends=True)
+    k = next(i for i, line in enumerate(lines) if line.startswith("ground truth Lambda:"))
+    lines[k] = lines[k].replace("25.", "9" * 5000 + ".")
+    k = next(i for i, line in enumerate(lines) if line.startswith("learned lambda values:"))
+    lines[k] = "learned lambda values: [1e308" + lines[k][lines[k].index(","):]
+    log = write(tmp_path / "huge.log", "".join(lines))
+    result = run_tool_main("plot_logs.py", log, "-o", tmp_path / "x.png", "--size", "6", "4", "--dpi", "20")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
