@@ -7,8 +7,11 @@ line followed the step).
 """
 
 import dataclasses
+import errno
 import io
+import os
 import re
+import stat
 
 # A number as Python or torch prints it: 7.6004, 25., 1.0000e+01, nan, -inf.
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
@@ -52,6 +55,37 @@ _RADIUS = re.compile(rf"^tensor\(\[({_NUM})\], requires_grad=True\)$")
 _TENSOR = re.compile(r"^tensor\(\[([^\[\]]*)\]((?:\s*,\s*\w+=[^,()]+)*)\s*\)$")
 # The lines whose repr may wrap: prefix -> the phase's encoder, or the ParsedLog field of a tensor.
 _REPR_KINDS = {"f:": "encoder", "lambda init:": "lambda_init", "ground truth Lambda:": "gt_lambda"}
+
+
+# The most digits of an integer a reader converts (a step, a count): int() of thousands is slow, or refused.
+MAX_INT_DIGITS = 20
+# What a file that is not a regular file is, for the error that refuses it.
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a device, a socket or a directory: not a file to read."""
+
+    def __init__(self, path, mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "of an unknown kind")
+        super().__init__(errno.EINVAL, f"not a regular file ({kind})", path)
+
+
+def open_regular(path):
+    """``path`` opened for reading (binary) when it is a regular file, or a link to one; else OSError, and
+    NotRegularFile for a FIFO, device or directory. Opened with O_NONBLOCK, then checked, so a FIFO that
+    no one writes to is refused at once instead of blocking the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class LogParseError(ValueError):
@@ -223,6 +257,9 @@ class _Parser:
 
     def step(self, line_no, text, match):
         self.phase_for(line_no, "Step line")
+        if len(match.group(1)) > MAX_INT_DIGITS:
+            self.error(line_no, f"a step number of {len(match.group(1)):,} digits (at most {MAX_INT_DIGITS} are "
+                                f"read): {quote(text)}")
         record = {"step": int(match.group(1)), "loss": float(match.group(2)), "mean_loss": float(match.group(3)),
                   "lin": float(match.group(4)), "perm": float(match.group(5)), "lambda": None, "r": None}
         self.steps[record["step"]] = record  # a repeated step keeps its last record
@@ -297,11 +334,12 @@ def parse_text(text, path="<log>"):
 def read_lines(path, reader):
     """Feed ``reader.feed(line_no, line)`` each complete line of the text file at ``path`` (a log or a
     metrics file); returns whether its last line was cut. LogParseError when the file is missing or
-    unreadable, is not UTF-8 text, is larger than MAX_LOG_BYTES, has a line longer than MAX_LINE_BYTES, or
-    (a log) has a line that does not parse."""
+    unreadable, is not a regular file (a FIFO, device or directory: refused without waiting), is not UTF-8
+    text, is larger than MAX_LOG_BYTES, has a line longer than MAX_LINE_BYTES, or has a line its reader
+    refuses."""
     line_no = total = 0
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             while raw := handle.readline(MAX_LINE_BYTES + 1):
                 line_no += 1
                 total += len(raw)
@@ -318,6 +356,8 @@ def read_lines(path, reader):
                 except UnicodeDecodeError:
                     raise LogParseError(path, line_no, "not UTF-8 text") from None
                 reader.feed(line_no, text)
+    except NotRegularFile as exc:
+        raise LogParseError(path, None, f"{exc.strerror}: not a log or metrics file") from None
     except OSError as exc:
         raise LogParseError(path, None, f"cannot read the file ({exc.strerror or exc})") from None
     return False

@@ -6,8 +6,10 @@ records hold (the length of their ``lin_dims``), never what the config alone cla
 """
 
 import dataclasses
+import itertools
 import json
 import math
+import re
 
 import numpy as np
 
@@ -21,6 +23,15 @@ SCORE_FIELDS = {"step": ("loss", "mean_loss", "lin", "perm"),
                 "final": ("lin_mean", "lin_std", "perm_mean", "perm_std")}
 # The arguments the λ groups are made of: a config without them is not main_mlp.py's.
 GROUP_ARGS = ("n", "space_type", "c_p", "gt_lambda_1", "gt_lambda_2")
+# The config's arguments the tools read, and what each must be where the config has it.
+ARG_KINDS = {"n": "an integer", "n_steps": "an integer", "more_unsupervised": "an integer", "space_type": "text",
+             "loss": "text", "p": "a finite number", "c_p": "a finite number", "gt_lambda_1": "a finite number",
+             "gt_lambda_2": "a finite number", "linearly_spaced_lambda": "true or false"}
+# A record nests an object of lists (the config: of its arguments) two deep; this is far beyond, and
+# is refused before the JSON decoder recurses into it.
+MAX_DEPTH = 16
+# A JSON string, or the rest of a line after an unclosed quote: what the bracket count skips, in one pass.
+_STRING = re.compile(r'"(?:[^"\\]|\\.?)*+(?:"|\Z)', re.DOTALL)
 
 
 def is_number(value):
@@ -30,6 +41,51 @@ def is_number(value):
 
 def is_number_list(value):
     return isinstance(value, list) and bool(value) and all(is_number(v) for v in value)
+
+
+def is_kind(value, kind):
+    """Whether ``value`` is of ``kind``, a value of ARG_KINDS."""
+    if kind == "an integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "a finite number":
+        return is_number(value) and math.isfinite(value)
+    return isinstance(value, str if kind == "text" else bool)
+
+
+class OutOfBounds(ValueError):
+    """A JSON line that nests too deep or holds a number too large to read."""
+
+
+def _integer(text):
+    digits = len(text.lstrip("-"))
+    if digits > logparse.MAX_INT_DIGITS:
+        raise OutOfBounds(f"an integer of {digits:,} digits (at most {logparse.MAX_INT_DIGITS} are read)")
+    return int(text)
+
+
+def _float(text):
+    value = float(text)
+    if math.isinf(value):
+        raise OutOfBounds(f"a number too large for a float: {logparse.quote(text)}")
+    return value
+
+
+def nesting(text):
+    """How deep the arrays and objects of the JSON ``text`` nest, brackets inside its strings aside; MAX_DEPTH,
+    uncounted, when it has no more opening brackets than that."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return MAX_DEPTH
+    brackets = re.findall(r"[\[\]{}]", _STRING.sub("", text))
+    return max(itertools.accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
+
+
+def decode(text):
+    """The JSON value of ``text``; OutOfBounds when it nests deeper than MAX_DEPTH, has an integer of more
+    than logparse.MAX_INT_DIGITS digits or a number beyond a float's range; ValueError when not JSON."""
+    depth = nesting(text)
+    if depth > MAX_DEPTH:
+        raise OutOfBounds(f"arrays or objects nested {depth:,} deep (at most {MAX_DEPTH})")
+    return json.loads(text, parse_int=_integer, parse_float=_float)
 
 
 @dataclasses.dataclass
@@ -68,7 +124,9 @@ class _Reader:
         if not text.strip():
             return
         try:
-            record = json.loads(text)
+            record = decode(text)
+        except OutOfBounds as exc:
+            self.error(line_no, str(exc))
         except ValueError:
             self.error(line_no, "not a JSON record")
         if not isinstance(record, dict):
@@ -80,6 +138,9 @@ class _Reader:
             args = record.get("args")
             if not isinstance(args, dict) or any(key not in args for key in GROUP_ARGS):
                 self.error(line_no, f"its config record lacks main_mlp.py's arguments ({', '.join(GROUP_ARGS)})")
+            for key, kind in ARG_KINDS.items():
+                if key in args and not is_kind(args[key], kind):
+                    self.error(line_no, f"its config's {key} is not {kind}: {logparse.quote(json.dumps(args[key]))}")
             self.records.args, self.config_line = args, line_no  # a resumed run writes it again: the last holds
             return
         if self.config_line is None:
@@ -228,7 +289,8 @@ def match_sorted(learned, truth):
     truth = np.sort(np.asarray(truth, dtype=float))
     if learned.shape != truth.shape:
         raise ValueError(f"Λ̂ has {learned.size} entries, the ground truth {truth.size}")
-    return learned, truth, np.abs(learned - truth) / np.abs(truth)
+    with np.errstate(all="ignore"):  # a λ of 0 (or an infinite Λ̂): inf or nan, no warning
+        return learned, truth, np.abs(learned - truth) / np.abs(truth)
 
 
 def lambda_error(learned, truth):

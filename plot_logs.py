@@ -16,6 +16,7 @@ image cannot be written, or ``-o`` names an input (never written over).
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -23,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
 
 import logparse  # noqa: E402
 import metrics_io  # noqa: E402
@@ -32,6 +34,9 @@ PROG = "plot_logs.py"
 # Largest image side, in pixels: beyond, the figure takes gigabytes (and matplotlib refuses 2^16).
 MAX_PIXELS = 10_000
 POSITIVE = bounded(float, above=0)
+# Beyond this, a curve's range overflows when matplotlib places its ticks (1e308 to -1e308): such values,
+# which no run writes, and non-finite ones are left out of the curves (a gap), as are such ground-truth lines.
+MAX_DRAWN = 1e300
 # The panels of one score each: (record field, y label, title).
 SCORE_PANELS = (("lin", "Lin. disentanglement (R²)", "Lin. vs step"),
                 ("perm", "Perm. disentanglement", "Perm. vs step"),
@@ -68,9 +73,14 @@ def parse_args(argv=None):
     return args
 
 
+def drawable(value):
+    """``value`` as a curve shows it: nan (a gap) when it is not finite or beyond ±MAX_DRAWN."""
+    return value if math.isfinite(value) and abs(value) <= MAX_DRAWN else math.nan
+
+
 def _curve(ax, steps, key, **style):
     """Plot ``key`` of the step records that have it."""
-    points = [(r["step"], r[key]) for r in steps if metrics_io.is_number(r.get(key))]
+    points = [(r["step"], drawable(r[key])) for r in steps if metrics_io.is_number(r.get(key))]
     if points:
         ax.plot(*zip(*points), **style)
 
@@ -104,11 +114,12 @@ def plot(runs, labels, phase_name, size, dpi, title):
         # Only records with the full vector: a run changes its length nowhere, but a hand-made file could.
         full = [r for r in with_lambda if len(r["lambda"]) == n_entries]
         for j in range(n_entries):
-            axes[3].plot([r["step"] for r in full], [r["lambda"][j] for r in full], color=colour, linewidth=1.0,
-                         alpha=0.8, label=label if j == 0 else None)
+            axes[3].plot([r["step"] for r in full], [drawable(r["lambda"][j]) for r in full], color=colour,
+                         linewidth=1.0, alpha=0.8, label=label if j == 0 else None)
         for k, key in enumerate(others):
             _curve(axes[4], steps, key, color=colour, linestyle=STYLES[k % len(STYLES)], label=f"{label} ({key})")
-    truths = sorted({value for run in runs if run.gt_lambda is not None for value in run.gt_lambda})
+    truths = sorted({value for run in runs if run.gt_lambda is not None for value in run.gt_lambda
+                     if not math.isnan(drawable(value))})
     for k, value in enumerate(truths):
         axes[3].axhline(value, color="black", linestyle="--", linewidth=0.9,
                         label=r"ground-truth $\lambda$" if k == 0 else None)
@@ -144,8 +155,8 @@ def plot_per_dimension(runs, labels, phase_name, size, dpi, title):
     for g, ax in enumerate(axes[:len(groups)]):
         for (run, _), label, (colour, style) in zip(runs, labels, looks):
             steps = [r for r in run.steps(phase_name) if "lin_dims" in r]
-            ax.plot([r["step"] for r in steps], [metrics_io.per_group(r["lin_dims"], groups)[g] for r in steps],
-                    color=colour, linestyle=style, label=label)
+            r2 = [drawable(metrics_io.per_group(r["lin_dims"], groups)[g]) for r in steps]
+            ax.plot([r["step"] for r in steps], r2, color=colour, linestyle=style, label=label)
         ax.set_ylim(-0.05, 1.05)
     for ax in axes[len(groups):]:
         ax.set_visible(False)
@@ -167,17 +178,19 @@ def main(argv=None):
     names = [os.path.basename(p) for p in args.logs]  # the legend's labels; the paths where two names coincide
     labels = [p if names.count(n) > 1 else n for p, n in zip(args.logs, names)]
     draw = plot_per_dimension if args.per_dimension else plot
-    fig = draw(inputs, labels, args.phase, tuple(args.size), args.dpi,
-               args.title if args.title is not None else f"{args.phase} phase")
-    try:
-        # No bbox_inches="tight": the pixel size stays exactly size x dpi; format="png": the file has
-        # exactly the name given (matplotlib would add ".png" to a name without an extension).
-        fig.savefig(args.output, dpi=args.dpi, format="png")
-    except OSError as exc:
-        sys.stderr.write(f"{PROG}: error: cannot write {args.output} ({exc.strerror or exc})\n")
-        return EXIT_BAD_INPUT
-    finally:
-        plt.close(fig)
+    # A value the readers let through may be huge (1e308): numpy's overflow while placing ticks is no error.
+    with np.errstate(all="ignore"):
+        fig = draw(inputs, labels, args.phase, tuple(args.size), args.dpi,
+                   args.title if args.title is not None else f"{args.phase} phase")
+        try:
+            # No bbox_inches="tight": the pixel size stays exactly size x dpi; format="png": the file has
+            # exactly the name given (matplotlib would add ".png" to a name without an extension).
+            fig.savefig(args.output, dpi=args.dpi, format="png")
+        except OSError as exc:
+            sys.stderr.write(f"{PROG}: error: cannot write {args.output} ({exc.strerror or exc})\n")
+            return EXIT_BAD_INPUT
+        finally:
+            plt.close(fig)
     write_stdout(f"wrote {args.output}\n")
     return 0
 

@@ -13,6 +13,7 @@ import re
 import shlex
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -235,9 +236,13 @@ def build_runs(args):
 
 
 def differences(logged, expected, partial=False):
-    """How a log's Arguments differ from ``expected`` (PER_RUN_ARGS aside), in words, or ''."""
+    """How a log's Arguments differ from ``expected`` (PER_RUN_ARGS aside), in words, or ''. A whole block
+    without a flag added since (settings.ADDED_FLAG_DEFAULTS) ran with its default, as a resume takes it."""
     if expected is None:  # a stand-in script: nothing to compare with
         return ""
+    if not partial:  # as the Arguments block prints them (None as "None"); a flag unprinted at its default too
+        defaults = {k: "None" if v is None else str(v) for k, v in settings.ADDED_FLAG_DEFAULTS.items()}
+        logged, expected = {**defaults, **logged}, {**defaults, **expected}
     names = list(logged) + ([] if partial else [k for k in expected if k not in logged])  # partial: a cut block
     diffs = [(k, logged.get(k, "(none)"), expected.get(k, "(none)")) for k in names
              if k not in PER_RUN_ARGS and logged.get(k) != expected.get(k)]
@@ -256,7 +261,7 @@ def finished(log):
 def begins_as(path, start, max_lines=None):
     """Whether ``path`` is missing or begins as ``start`` (maybe cut), within ``max_lines`` lines."""
     try:
-        with open(path, "rb") as handle:
+        with logparse.open_regular(path) as handle:
             head = handle.read(1 << 20)
     except OSError as exc:
         return isinstance(exc, FileNotFoundError)
@@ -295,8 +300,24 @@ def plan_run(args, run):
     return run
 
 
+def not_regular(run):
+    """Refused when a file of ``run`` that the sweep or the run would open is there and not a regular file
+    (a FIFO would block the open that reads or appends to it)."""
+    for path in (*run.files.values(), *(os.path.join(run.save_dir, name) for name in
+                                        (settings.LOCK_NAME, settings.CHECKPOINT_NAME))):
+        try:
+            logparse.open_regular(path).close()
+        except logparse.NotRegularFile as exc:
+            raise Refused(f"{run.label}: {path}: {exc.strerror}, not a file of a run; remove it, or give another "
+                          f"--name or --out-dir (nothing was run)") from None
+        except OSError:  # missing, or unreadable: the run says so
+            pass
+
+
 def plan_runs(args, runs):
     """``(runs to start, finished runs skipped)``, every run with a log checked before any starts."""
+    for run in runs:
+        not_regular(run)
     planned = [plan_run(args, run) if os.path.isfile(run.files["log"]) and os.path.getsize(run.files["log"])
                else run for run in runs]
     return [p for p in planned if p is not None], [r for r, p in zip(runs, planned) if p is None]
@@ -304,21 +325,23 @@ def plan_runs(args, runs):
 
 def lock_holder(save_dir):
     """The pid (as its lock file says) of the run that holds ``save_dir``'s lock, or None."""
-    try:
-        handle = open(os.path.join(save_dir, settings.LOCK_NAME), encoding="utf-8")
+    try:  # not a regular file (a FIFO): nobody's lock, and not opened in a way that waits
+        handle = logparse.open_regular(os.path.join(save_dir, settings.LOCK_NAME))
     except OSError:
         return None
     with handle:  # closing it lets go of a lock taken here
-        return None if try_lock(handle) else handle.read().strip() or "unknown"
+        return None if try_lock(handle) else handle.read(4096).decode("utf-8", "replace").strip() or "unknown"
 
 
-def settle_failure(run, how):
-    """Report a run that ended with an error (``how``); True when it failed. Its log decides, as in the summary."""
+def settle_failure(run, how, halt):
+    """Report a run that ended with an error (``how``); True when it failed, None when ``halt`` (a
+    threading.Event: the sweep was stopped) came while it waited. Its log decides, as in the summary."""
     holder = lock_holder(run.save_dir)
     if holder is not None:
         say(f"{run.label}: its run ended ({how}); another (pid {holder}) holds {run.save_dir}: waiting for it")
         while lock_holder(run.save_dir) is not None:
-            time.sleep(RUN_POLL_S)
+            if halt.wait(RUN_POLL_S):
+                return None
     try:
         log = logparse.parse_log(run.files["log"])
         done, diff = finished(log), differences(log.args, run.expected)
@@ -328,8 +351,9 @@ def settle_failure(run, how):
         say(f"{run.label}: done: its log has its final scores (after them: {how})")
         return False
     try:  # the run's error message
-        with open(run.files["err"], encoding="utf-8", errors="replace") as handle:
-            why = ([line.strip() for line in handle if line.strip()] or [""])[-1]
+        with logparse.open_regular(run.files["err"]) as handle:
+            why = ([line.strip() for line in handle.read().decode("utf-8", "replace").splitlines()
+                    if line.strip()] or [""])[-1]
     except OSError:
         why = ""
     why = f"its log is of another run: {diff}" if done else why
@@ -339,11 +363,12 @@ def settle_failure(run, how):
 
 def run_all(args, pending):
     """Run ``pending`` here, ``--jobs`` at a time; returns ``(failed runs, the stop signal or None)``."""
-    stopped = []
+    stopped, halt = [], threading.Event()  # halt: ends a wait for another process's lock
 
     def stop(signum, frame):  # the first signal is passed on; the runs checkpoint and stop
         if not stopped:
             stopped.append(signum)
+            halt.set()
             for run in pending:
                 run.task.stop(signum)
 
@@ -360,7 +385,10 @@ def run_all(args, pending):
             if run.task.returncode is None:  # it did not start
                 say(f"{run.label}: FAILED: {exc} (see {run.files['err']})")
                 return True
-            return settle_failure(run, exit_text(run.task.returncode))
+            failure = settle_failure(run, exit_text(run.task.returncode), halt)
+            if failure is None:
+                say(f"{run.label}: stopped while waiting for {run.save_dir}")
+            return bool(failure)
         say(f"{run.label}: done in {(time.perf_counter() - t0) / 60:.1f} min")
         return False
 

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import sys
+from stat import S_ISREG
 
 import numpy as np
 
@@ -151,7 +152,8 @@ def mean_std(values):
     values = np.array([v for v in values if v is not None], dtype=float)
     if values.size == 0:
         return math.nan, math.nan
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+    with np.errstate(all="ignore"):  # an infinite or huge value: inf or nan, no warning
+        return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
 
 
 def common_keys(dicts):
@@ -306,15 +308,31 @@ def reference_lines(rows):
             "|---|---|---:|---:|" + "---|---:|" * len(REFERENCE_KEYS)] + rows
 
 
+def open_output(path):
+    """``path`` opened to be written (text, created or emptied) when it is a regular file or none; OSError
+    otherwise. Opened with O_NONBLOCK, so a FIFO is refused at once, not waited on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not S_ISREG(mode):
+            raise logparse.NotRegularFile(path, mode)
+        os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "w", encoding="utf-8", newline="")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def write_summary(md_path, csv_path, configs, runs, note, comparisons):
-    """Write the summary's Markdown and CSV files."""
+    """Write the summary's Markdown and CSV files (OSError: one cannot be written)."""
     lines = header_lines(configs, runs, note) + run_lines(runs) + group_lines(configs) + field_lines(configs)
-    with open(md_path, "w", encoding="utf-8") as handle:
+    with open_output(md_path) as handle:
         handle.write("\n".join(lines + (reference_lines(comparisons) if comparisons else [])) + "\n")
     # The recorded fields' columns: last.FIELD_mean, last.FIELD_std, final.FIELD_mean, ...
     extras = [{f"{record}.{field}_{stat}": value for (record, field), (ms, _) in c["fields"].items()
                for stat, value in zip(("mean", "std"), ms)} for c in configs]
-    with open(csv_path, "w", encoding="utf-8", newline="") as handle:
+    with open_output(csv_path) as handle:
         writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS) + list(dict.fromkeys(k for e in extras for k in e)))
         writer.writeheader()
         writer.writerows({**{k: c[k] for k in CSV_FIELDS}, **extra} for c, extra in zip(configs, extras))
@@ -359,7 +377,10 @@ def summarize(args):
         if same_file(path, read):
             return error(f"argument --summary-name: the summary {path} would write over its input {read}; give "
                          f"another --summary-name")
-    write_summary(base + ".md", base + ".csv", configs, runs, args.note, comparisons)
+    try:
+        write_summary(base + ".md", base + ".csv", configs, runs, args.note, comparisons)
+    except OSError as exc:
+        return error(f"cannot write the summary {exc.filename} ({exc.strerror or exc})")
     say(f"wrote {base}.md")
     say(f"wrote {base}.csv")
     return 0

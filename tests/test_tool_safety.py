@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
 import time
@@ -569,3 +570,175 @@ def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_d
         one_line_error(sweep_in(tmp_path, in_process=True), *needles)
         assert (tmp_path / "out" / "a_seed0.log").read_text() == log
         assert (tmp_path / "out" / "a_seed0.jsonl").read_text() == metrics_text
+
+
+# --------------------------------------------------------------------------
+# Readers open only regular files, bound what they read, and every wait of a sweep can be stopped
+
+
+def run_with_timeout(*argv, cwd=ROOT, timeout=30):
+    """A tool through subprocess, given ``timeout`` seconds: a tool that waits (a FIFO's open) fails the test."""
+    return subprocess.run([PY, *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_a_fifo_is_refused_by_the_readers_without_waiting(tmp_path):
+    out_dir = tmp_path / "q"
+    out_dir.mkdir()
+    log = write(out_dir / "a_seed1.log", render_log(make_steps(n_logged=3)))
+    os.mkfifo(out_dir / "a_seed1.jsonl")  # beside the log: nobody writes to it
+    result = run_with_timeout("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    assert result.returncode == 0, result.stderr  # the run is read from its log, as for any unreadable metrics file
+    assert f"warning: {out_dir / 'a_seed1.jsonl'}: not a regular file (a FIFO)" in result.stderr
+    assert "| a | 1 | 2,001 |" in (out_dir / "a_summary.md").read_text()
+    os.remove(out_dir / "a_summary.csv")
+    os.mkfifo(out_dir / "a_summary.csv")  # where the summary goes: not waited on either
+    result = run_with_timeout("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    assert result.returncode == 2 and f"error: cannot write the summary {out_dir / 'a_summary.csv'}" in result.stderr
+    os.mkfifo(out_dir / "b_seed1.log")  # the only log of b
+    result = run_with_timeout("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "b")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{out_dir / 'b_seed1.log'}: not a regular file (a FIFO)" in result.stderr
+    fifo = out_dir / "a_seed1.jsonl"
+    one_line_error(run_with_timeout("compare_logs.py", out_dir / "b_seed1.log", log),
+                   f"{out_dir / 'b_seed1.log'}: not a regular file (a FIFO)")
+    one_line_error(run_with_timeout("plot_logs.py", "--per-dimension", fifo, fifo, "-o", tmp_path / "x.png"),
+                   f"{fifo}: not a regular file (a FIFO)")
+    one_line_error(run_tool_main("compare_logs.py", tmp_path, log), f"{tmp_path}: not a regular file (a directory)")
+
+
+def test_a_fifo_among_a_sweeps_files_is_refused_before_anything_runs(tmp_path):
+    """A FIFO as a run's save-dir lock or metrics file: its run would fail on it (or wait on it), and the
+    sweep would wait on it forever. Refused first, naming it; nothing runs."""
+    for fifo in ("out/checkpoints/a_seed0/.lock", "out/a_seed0.jsonl"):
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        (tmp_path / "out" / "checkpoints" / "a_seed0").mkdir(parents=True)
+        os.mkfifo(tmp_path / fifo)
+        result = run_with_timeout(SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+                                  "--", *TINY_RUN, cwd=tmp_path, timeout=60)
+        one_line_error(result, "a seed 0", fifo, "not a regular file (a FIFO)", "nothing was run")
+        assert not (tmp_path / "out" / "a_seed0.log").exists()
+    import sweep
+
+    assert sweep.lock_holder(tmp_path / "out" / "checkpoints" / "a_seed0") is None  # a FIFO is nobody's lock
+
+
+def test_sigterm_stops_a_sweep_waiting_for_another_processs_lock(tmp_path):
+    """Another process holds the run's --save-dir (for hours, on a real run): the sweep waits for it, and
+    a signal ends the wait at once with the documented status, 128 + its number."""
+    save_dir = tmp_path / "out" / "checkpoints" / "a_seed0"
+    save_dir.mkdir(parents=True)
+    with open(save_dir / ".lock", "w", encoding="utf-8") as lock, open(tmp_path / "stdout", "w") as out:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("4242\n")
+        lock.flush()
+        proc = subprocess.Popen([PY, SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+                                 "--", *TINY_RUN], cwd=tmp_path, stdout=out, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        try:
+            deadline = time.monotonic() + 120
+            while "waiting for it" not in (tmp_path / "stdout").read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not wait"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    said = (tmp_path / "stdout").read_text()
+    assert "a seed 0: stopped while waiting for out/checkpoints/a_seed0" in said and "stopped by SIGTERM" in said
+
+
+# (case, the line in _records' file, the change): each crashed a reader (RecursionError, OverflowError,
+# TypeError, an unhashable list) or was read as something it is not.
+HOSTILE_RECORDS = [
+    ("deep", 3, "arrays or objects nested 400,000 deep", lambda lines: lines.insert(2, "[" * 400_000)),
+    ("infinite_n_steps", 1, "its config's n_steps is not an integer",
+     lambda lines: lines.__setitem__(0, lines[0].replace('"n_steps": 501', '"n_steps": Infinity'))),
+    ("null_p", 1, "its config's p is not a finite number",
+     lambda lines: lines.__setitem__(0, lines[0].replace('"p": 0', '"p": null'))),
+    ("list_loss", 1, "its config's loss is not text",
+     lambda lines: lines.__setitem__(0, lines[0].replace('"loss": "aninfonce"', '"loss": ["x"]'))),
+    ("huge_integer", 5, "an integer of 401 digits", lambda lines: lines.append(
+        json.dumps({"type": "final", "lin_mean": 0, "lin_std": 0.0}).replace("0,", "9" * 401 + ",", 1))),
+    ("float_overflow", 2, "a number too large for a float",
+     lambda lines: lines.__setitem__(1, lines[1].replace('"loss": 5.0', '"loss": 1e999'))),
+]
+
+
+@pytest.mark.parametrize("case, line, what, change", HOSTILE_RECORDS, ids=[c[0] for c in HOSTILE_RECORDS])
+def test_hostile_metrics_lines_are_one_line_errors_in_every_reader(tmp_path, case, line, what, change):
+    lines = [json.dumps(r) for r in _records()]
+    change(lines)
+    bad = write(tmp_path / "bad.jsonl", "\n".join(lines) + "\n")
+    good = _jsonl(tmp_path / "good.jsonl", _records())
+    one_line_error(run_tool_main("compare_logs.py", "--per-dimension", bad, good), f"{bad}:{line}: {what}")
+    one_line_error(run_tool_main("plot_logs.py", bad, "-o", tmp_path / "x.png"), f"{bad}:{line}: {what}")
+    out_dir = tmp_path / "sw"
+    out_dir.mkdir()
+    write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3)))
+    (out_dir / "a_seed0.jsonl").write_text(bad.read_text())
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"warning: {out_dir / 'a_seed0.jsonl'}:{line}: {what}" in result.stderr
+
+
+def test_a_step_number_of_thousands_of_digits_is_one_line_error(tmp_path, finished_sweep):
+    """``Step: <5,000 digits>``: int() refuses it (a traceback in every reader); read, it is a line error."""
+    text = render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02))
+    line = text.splitlines().index(next(t for t in text.splitlines() if t.startswith("Step: 1001 "))) + 1
+    huge = text.replace("Step: 1001 ", f"Step: {'7' * 5000} ", 1)
+    log = write(tmp_path / "huge.log", huge)
+    good = write(tmp_path / "good.log", text)
+    where = f"{log}:{line}: a step number of 5,000 digits"
+    one_line_error(run_tool_main("compare_logs.py", log, good), where)
+    one_line_error(run_tool_main("plot_logs.py", log, "-o", tmp_path / "x.png"), where)
+    (tmp_path / "lc").mkdir()
+    shutil.copy(log, tmp_path / "lc" / "bimodal_b256_seed1.log")
+    one_line_error(run_tool_main("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "lc"),
+                   "bimodal_b256_seed1.log:", "a step number of 5,000 digits")
+    # A sweep's finished run whose log holds such a line: --skip-done reads it, and refuses it in one line.
+    copy_of(finished_sweep, tmp_path)
+    run_log = tmp_path / "out" / "a_seed0.log"
+    lines = run_log.read_text().splitlines(keepends=True)
+    k = next(i for i, t in enumerate(lines) if t.startswith("Step: 3 "))
+    lines[k] = lines[k].replace("Step: 3 ", f"Step: {'3' * 5000} ", 1)
+    run_log.write_text("".join(lines))
+    result = sweep_in(tmp_path, "--skip-done", in_process=True)
+    one_line_error(result, "a seed 0", f"out/a_seed0.log:{k + 1}: a step number of 5,000 digits")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", tmp_path / "out", "--name", "a")
+    assert result.returncode == 0 and result.stderr == "", result.stderr  # its metrics file is read, not its log
+    os.remove(tmp_path / "out" / "a_seed0.jsonl")
+    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", tmp_path / "out", "--name", "a")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"a_seed0.log:{k + 1}: a step number of 5,000 digits" in result.stderr
+
+
+def test_skip_done_applies_the_defaults_of_flags_added_since(tmp_path, finished_sweep):
+    """A finished log from before --lambda-param: it ran with the default, as a resume takes it."""
+    copy_of(finished_sweep, tmp_path)
+    log = tmp_path / "out" / "a_seed0.log"
+    old = log.read_text().replace("\tlambda_param: softplus\n", "")
+    assert old != log.read_text()
+    log.write_text(old)
+    result = sweep_in(tmp_path, "--skip-done", in_process=True)
+    assert result.returncode == 0 and "a seed 0: already finished, skipped" in result.stdout, result.stderr
+    other = sweep_in(tmp_path, "--skip-done", after=["--lambda-param", "exp"], in_process=True)
+    one_line_error(other, "a seed 0", "lambda_param softplus", "lambda_param exp")
+    assert log.read_text() == old
+
+
+def test_plot_logs_draws_values_beyond_any_runs_as_gaps(tmp_path):
+    """A ground truth λ of 5,000 digits (inf as a float) and a Λ̂ of 1e308 are read; drawing them made
+    matplotlib's ticks overflow (a traceback). They are left out of the curves, and the PNG is written."""
+    lines = render_log(make_steps(n_logged=3)).splitlines(keepends=True)
+    k = next(i for i, line in enumerate(lines) if line.startswith("ground truth Lambda:"))
+    lines[k] = lines[k].replace("25.", "9" * 5000 + ".")
+    k = next(i for i, line in enumerate(lines) if line.startswith("learned lambda values:"))
+    lines[k] = "learned lambda values: [1e308" + lines[k][lines[k].index(","):]
+    log = write(tmp_path / "huge.log", "".join(lines))
+    result = run_tool_main("plot_logs.py", log, "-o", tmp_path / "x.png", "--size", "6", "4", "--dpi", "20")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
