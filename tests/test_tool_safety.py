@@ -463,13 +463,19 @@ def test_records_no_run_writes_are_refused_naming_the_line(tmp_path, case, line)
     run = run_tool if case == "not_an_object" else run_tool_main
     one_line_error(run("compare_logs.py", "--per-dimension", good, bad), f"{bad}:{line}:")
     # The summary says which file and line it could not use, and reads the run's log instead.
+    summary_reads_the_log_instead(run, tmp_path, bad, f"{line}:")
+
+
+def summary_reads_the_log_instead(run, tmp_path, bad, where):
+    """A sweep summary of one run whose metrics file is ``bad``: a warning naming ``bad``'s FILE:``where``,
+    the run read from its log, exit 0."""
     out_dir = tmp_path / "sw"
     out_dir.mkdir()
     write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3)))
     (out_dir / "a_seed0.jsonl").write_text(bad.read_text())
     result = run("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert f"warning: {out_dir / 'a_seed0.jsonl'}:{line}:" in result.stderr
+    assert f"warning: {out_dir / 'a_seed0.jsonl'}:{where}" in result.stderr
 
 
 def test_one_bounded_number_type_for_every_tool(tmp_path):
@@ -676,13 +682,7 @@ def test_hostile_metrics_lines_are_one_line_errors_in_every_reader(tmp_path, cas
     good = _jsonl(tmp_path / "good.jsonl", _records())
     one_line_error(run_tool_main("compare_logs.py", "--per-dimension", bad, good), f"{bad}:{line}: {what}")
     one_line_error(run_tool_main("plot_logs.py", bad, "-o", tmp_path / "x.png"), f"{bad}:{line}: {what}")
-    out_dir = tmp_path / "sw"
-    out_dir.mkdir()
-    write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3)))
-    (out_dir / "a_seed0.jsonl").write_text(bad.read_text())
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert f"warning: {out_dir / 'a_seed0.jsonl'}:{line}: {what}" in result.stderr
+    summary_reads_the_log_instead(run_tool_main, tmp_path, bad, f"{line}: {what}")
 
 
 def test_a_step_number_of_thousands_of_digits_is_one_line_error(tmp_path, finished_sweep):
