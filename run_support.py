@@ -15,6 +15,7 @@ import os
 import re
 import reprlib
 import signal
+import stat
 import sys
 import time
 
@@ -291,11 +292,14 @@ class _Lock:
         """Open ``path`` and try to flock it (False: another run holds it). No room to create the file is a
         write failure (exit 74), anything else refuses ``flag``."""
         try:
-            self.fd = os.open(path, flags, 0o666)
+            self.fd = os.open(path, flags | os.O_NONBLOCK, 0o666)  # a FIFO must not block the open
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise _cannot_write(path, exc) from None
             raise InputError(f"argument {flag}: cannot open {what} ({exc.strerror or type(exc).__name__})") from None
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):  # a FIFO, a device: no lock to take, nothing to write
+            self.release()
+            raise InputError(f"argument {flag}: {what} is not a regular file")
         return try_lock(self.fd)
 
     def release(self):

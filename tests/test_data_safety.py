@@ -799,3 +799,14 @@ def test_a_sweep_keeps_a_log_whose_checkpoint_was_removed(tmp_path, capsys):
     proc = run_tool_main("sweep.py", *sweep_argv)
     assert_refused(proc.returncode, proc.stderr, "run_seed0.log", "3 logged steps", "no checkpoint", prog="sweep.py")
     assert snapshot(tmp_path) == before
+
+
+def test_a_save_dir_lock_that_is_a_fifo_is_refused(tmp_path, capsys):
+    """A FIFO (or any file but a regular one) where the save-dir's .lock goes: one line naming --save-dir and
+    the file, exit 2, nothing written (it was a write failure, exit 74)."""
+    (tmp_path / "sd").mkdir()
+    os.mkfifo(tmp_path / "sd" / ".lock")
+    code, out, err = run_main(BASE + ["--save-dir", str(tmp_path / "sd"), "--log-file", str(tmp_path / "r.log")],
+                              capsys)
+    assert_refused(code, err, "--save-dir", ".lock", "not a regular file", out="")
+    assert sorted(os.listdir(tmp_path)) == ["sd"] and os.listdir(tmp_path / "sd") == [".lock"]
