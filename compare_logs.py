@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+import disentanglement_utils
 import logparse
 import metrics_io
 import settings
@@ -31,10 +32,15 @@ from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int
 
 PROG = "compare_logs.py"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT
-# The step table's columns, with their tolerance flags: what we accept as a reproduction of a published
-# log; for <Loss> (a 250-step running mean), "learns like the reference" is within 0.15 at the same step.
-COLUMNS = (("mean_loss", "<Loss>", "loss_tol", 0.15), ("lin", "Lin.", "lin_tol", 0.02),
-           ("perm", "Perm.", "perm_tol", 0.05))
+# <Loss> (a 250-step running mean) "learns like the reference" within 0.15 at the same step.
+LOSS_COLUMN = ("mean_loss", "<Loss>", "loss_tol", 0.15)
+
+
+def columns():
+    """The step table's columns, (field, label, tolerance flag's dest, its default): <Loss>, then the
+    scores disentanglement_utils.METRICS compares within a tolerance (what we accept as a reproduction)."""
+    return [LOSS_COLUMN] + [(f.name, f.label, f"{f.name}_tol", f.tol)
+                            for f in disentanglement_utils.fields(numbers=True) if f.tol is not None]
 
 
 def parse_args(argv=None):
@@ -45,7 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--min-step", type=int, default=15000,
                         help="check the tolerances at the common steps >= this (early steps are "
                              "dominated by the initialisation; default: %(default)s)")
-    for key, name, dest, default in COLUMNS[1:] + COLUMNS[:1]:  # --lin-tol, --perm-tol, --loss-tol
+    for key, name, dest, default in columns()[1:] + columns()[:1]:  # --lin-tol, --perm-tol, --loss-tol
         what = "running mean of the loss; " if key == "mean_loss" else ""
         parser.add_argument(f"--{dest.replace('_', '-')}", type=bounded(float, at_least=0), default=default,
                             help=f"largest allowed |Δ{name}| ({what}default: %(default)s)")
@@ -116,23 +122,24 @@ def compare_steps(phase_a, phase_b, common, args, out):
     else:
         out.write(f"\n{len(common)} common steps, none >= {args.min_step}: tolerances checked at "
                   f"the last common step, {common[-1]}, only\n")
-    tols = {key: getattr(args, dest) for key, _, dest, _ in COLUMNS}
+    cols = [(key, name, getattr(args, dest), 9 if key == "mean_loss" else 7) for key, name, dest, _ in columns()]
+    tols = {key: tol for key, _, tol, _ in cols}
     shown = common if args.all else thin(common, args.rows)
-    out.write(f"{'step':>8} {'<Loss> A':>9} {'<Loss> B':>9} {'Δ<Loss>':>8}  {'Lin. A':>7} {'Lin. B':>7} "
-              f"{'ΔLin.':>8}  {'Perm. A':>7} {'Perm. B':>7} {'ΔPerm.':>8}\n")
+    out.write(f"{'step':>8} " + "  ".join(f"{name + ' A':>{w}} {name + ' B':>{w}} {'Δ' + name:>8}"
+                                          for _, name, _, w in cols) + "\n")
     for step in shown:
         a, b = by_a[step], by_b[step]
         outside = step in checked_set and any(not abs(a[k] - b[k]) <= tol for k, tol in tols.items())
         cells = [f"{fmt(a[k]):>{w}} {fmt(b[k]):>{w}} {fmt(a[k] - b[k], signed=True):>8}"
-                 for k, w in (("mean_loss", 9), ("lin", 7), ("perm", 7))]
+                 for k, _, _, w in cols]
         out.write(f"{step:>8} " + "  ".join(cells) + f"{'  *' if outside else ''}\n")
     out.write(f"({len(shown)} of {len(common)} common steps shown"
               f"{'' if args.all else '; --all for every one'}; * marks a checked step outside a tolerance)\n")
     problems = []
-    for key, name, _, _ in COLUMNS:
+    for key, name, tol, _ in cols:
         deltas = np.array([by_a[s][key] - by_b[s][key] for s in checked])
         i = int(np.argmax(np.where(np.isnan(deltas), np.inf, np.abs(deltas))))  # a nan (diverged) is the worst
-        step, delta, tol = checked[i], float(deltas[i]), tols[key]
+        step, delta = checked[i], float(deltas[i])
         ok = abs(delta) <= tol
         out.write(f"largest |Δ{name}| at checked steps: {fmt(abs(delta))} at step {step} "
                   f"(tolerance {tol:g}): {'ok' if ok else 'OUTSIDE'}\n")
@@ -148,7 +155,8 @@ def compare_finals(phase_a, phase_b, args, out):
     both = phase_a.has_final() and phase_b.has_final()
     problems = []
     out.write("\nfinal scores (mean ± std over the final evaluation batches)\n")
-    for key, label, tol in (("lin", "linear", args.lin_tol), ("perm", "perm", args.perm_tol)):
+    for key, label, dest, _ in columns()[1:]:
+        tol = getattr(args, dest)
         cells = [f"{fmt(phase.final[key + '_mean'])} ± {fmt(phase.final[key + '_std'])}" if phase.has_final()
                  else "-" for phase in (phase_a, phase_b)]
         out.write(f"  {label + ' mean':<12} A {cells[0]:<18} B {cells[1]}\n")
@@ -233,14 +241,14 @@ def rank_lines(sorted_a, sorted_b, truth_sorted, err_a, err_b, out):
 def compare_per_dimension(run_a, run_b, args, out):
     """The R² of each λ group of the latents, A beside B, at their common steps."""
     groups = run_a[1]
-    by_a, by_b = ({r["step"]: r for r in run[0].steps(args.phase) if "lin_dims" in r} for run in (run_a, run_b))
+    r2 = disentanglement_utils.R2_PER_LATENT
+    by_a, by_b = ({r["step"]: r for r in run[0].steps(args.phase) if r2 in r} for run in (run_a, run_b))
     common = sorted(set(by_a) & set(by_b))
     out.write(f"A: {args.log_a}\nB: {args.log_b}\nR² of the latents, mean over each group of equal "
               f"ground-truth λ ({len(common)} common steps)\n")
     out.write(f"{'step':>8}  " + "  ".join(f"{name + ' A':>16} {name + ' B':>16}" for name, _ in groups) + "\n")
     for step in (common if args.all else thin(common, args.rows)):
-        r2_a = metrics_io.per_group(by_a[step]["lin_dims"], groups)
-        r2_b = metrics_io.per_group(by_b[step]["lin_dims"], groups)
+        r2_a, r2_b = (metrics_io.per_group(by[step][r2], groups) for by in (by_a, by_b))
         out.write(f"{step:>8}  " + "  ".join(f"{a:>16.4f} {b:>16.4f}" for a, b in zip(r2_a, r2_b)) + "\n")
 
 
@@ -274,8 +282,8 @@ def main(argv=None):
     if problems:
         out.write(f"\nverdict: DISAGREE ({'; '.join(problems)})\n")
     else:
-        out.write(f"\nverdict: AGREE (|Δ<Loss>| <= {args.loss_tol:g}, |ΔLin.| <= {args.lin_tol:g}, "
-                  f"|ΔPerm.| <= {args.perm_tol:g}, sorted Λ̂ within {args.lambda_rtol:g})\n")
+        tolerances = ", ".join(f"|Δ{name}| <= {getattr(args, dest):g}" for _, name, dest, _ in columns())
+        out.write(f"\nverdict: AGREE ({tolerances}, sorted Λ̂ within {args.lambda_rtol:g})\n")
     write_stdout(out.getvalue())
     return EXIT_DISAGREE if problems else EXIT_AGREE
 

@@ -1,14 +1,14 @@
-"""Identifiability metrics: functions of arrays that return numbers (or one number per dimension). The
-logs' Lin. and Perm. are the means of linear_r2_per_dimension and matched_correlations."""
+"""Identifiability metrics: functions of arrays that return numbers (or one number per dimension), and
+METRICS, the scores every evaluation records, declared once for the run and the tools. The logs' Lin. and
+Perm. are the means of linear_r2_per_dimension and matched_correlations. scipy and scikit-learn are
+imported where a score is computed, so that the tools read METRICS without them."""
 
 import collections
+import dataclasses
 import itertools
 import math
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.linear_model import LinearRegression
-from sklearn.metrics import r2_score
 
 
 def _as_numpy(x):
@@ -20,6 +20,8 @@ def _as_numpy(x):
 def linear_r2_per_dimension(z, hz):
     """(n,) R² of each z_i (z: (N, n)) predicted by the OLS fit hz (N, m) -> z with intercept, on the
     fitting data: 1 where z_i is an affine function of hz, about 0 where hz holds nothing of it."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
     z, hz = _as_numpy(z), _as_numpy(hz)
     pred = LinearRegression().fit(hz, z).predict(hz)
     return r2_score(z, pred, multioutput="raw_values")
@@ -39,6 +41,7 @@ def correlation_matrix(z, hz):
 def matched_correlations(z, hz):
     """(n,) |corr| of each z_i with the dimension of hz matched to it in the one-to-one matching
     that maximises Σ|corr| (Hungarian algorithm); in [0, 1], in z's order (for n <= m)."""
+    from scipy.optimize import linear_sum_assignment
     corr = np.abs(correlation_matrix(z, hz))
     rows, cols = linear_sum_assignment(corr, maximize=True)
     out = np.zeros(corr.shape[0])
@@ -95,6 +98,7 @@ def best_assignment(value, sizes, exact_limit=EXACT_ASSIGNMENTS):
     when there are at most ``exact_limit`` deals (all tried); else a local search: the Hungarian deal of the
     single outputs' values and from random deals (a fixed seed), each improved by the best swap of two
     outputs between blocks while one gains; the best of these."""
+    from scipy.optimize import linear_sum_assignment
     n, k = sum(sizes), len(sizes)
     cache = {}
 
@@ -222,3 +226,76 @@ def block_linear_r2(z, hz, groups, test=None):
         per_group.append(float(1 - (residual ** 2).sum() / ((target - target.mean(0)) ** 2).sum()))
     sizes = [len(idx) for idx in groups]
     return float(np.dot(per_group, sizes) / sum(sizes)), per_group
+
+
+def identifiability_scores(z, hz, groups):
+    """Lin. and Perm. (the reference's scores, on every Step line), their per-dimension R² and matched |corr|."""
+    lin_dims = linear_r2_per_dimension(z, hz)
+    perm_dims = matched_correlations(z, hz)
+    return {"lin": float(np.mean(lin_dims)), "perm": float(np.mean(perm_dims)),
+            "lin_dims": lin_dims.tolist(), "perm_dims": perm_dims.tolist()}
+
+
+def block_scores(z, hz, groups):
+    """Where the ground-truth Λ gives blocks (``groups``): the theorem's block-orthogonal R² and the
+    block-linear R² (with each group's value), fitted on the first half of the samples, scored on the second."""
+    if not groups:
+        return None
+    half = len(z) // 2
+    fit, test = (z[:half], hz[:half]), (z[half:], hz[half:])
+    linear, per_group = block_linear_r2(*fit, groups, test=test)
+    return {"block_orthogonal_r2": block_orthogonal_r2(*fit, groups, test=test),
+            "block_linear_r2": linear, "block_linear_groups": per_group}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One field of a metric's scores. ``label``: its name in the tools' tables and plots. ``per``: a list
+    field's entries ("latent": one per latent, n in every record; "group": one per group of equal λ), None
+    for a number. ``plot`` (a number): "panel" (a panel of its own in plot_logs), "others" (the panel of the
+    other scores) or None (not drawn). ``spread``: the final record keeps its std beside its mean. ``tol``:
+    compare_logs checks it within ``--NAME-tol`` (default ``tol``; a field of the text log's Step and final
+    lines) at the common steps and in the final scores; None: not compared."""
+
+    name: str
+    label: str
+    per: str = None
+    plot: str = "others"
+    spread: bool = False
+    tol: float = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A score of h in every metrics record: ``score(z, hz, groups) -> {field: number or list}`` on (N, n)
+    latents and encodings (``groups``: the index arrays of the latents of equal ground-truth λ), or None
+    where it does not apply; ``fields``: what it returns (Field). The final record keeps ``FIELD_mean`` of
+    every number, ``FIELD_std`` of those with ``spread``, a list's mean. ``reference``: computed, in the
+    final record, as the reference does (--num-eval-batches batches of --batch-size samples); otherwise on
+    as many batches of at least main_mlp.N_EVAL_SAMPLES samples each."""
+
+    score: object
+    fields: tuple
+    reference: bool = False
+
+
+# The scores of every logged evaluation and of the final one. A new metric is its function and one entry.
+METRICS = (
+    Metric(identifiability_scores, reference=True, fields=(
+        Field("lin", "Lin.", plot="panel", spread=True, tol=0.02),
+        Field("perm", "Perm.", plot="panel", spread=True, tol=0.05),
+        Field("lin_dims", "R² per latent", per="latent"),
+        Field("perm_dims", "matched |corr| per latent", per="latent"))),
+    Metric(block_scores, fields=(
+        Field("block_orthogonal_r2", "R²_BO", spread=True), Field("block_linear_r2", "R²_BL", spread=True),
+        Field("block_linear_groups", "R²_BL per group", per="group"))),
+)
+# The per-latent R² that the per-dimension views (--per-dimension, the summary's λ groups) average by group.
+R2_PER_LATENT = "lin_dims"
+
+
+def fields(numbers=None, reference=None):
+    """The Field of every metric of METRICS (now: a test may add one), in order; ``numbers``: only the
+    numbers (True) or the lists (False); ``reference``: only those of reference metrics (True) or not."""
+    return [f for m in METRICS if reference in (None, m.reference) for f in m.fields
+            if numbers in (None, f.per is None)]

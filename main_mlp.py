@@ -119,57 +119,17 @@ def build_optimizer(args, f, loss_fn=None):
     return torch.optim.Adam(groups, fused=True)
 
 
-def identifiability_scores(z, hz, groups):
-    """Lin. and Perm. (the reference's scores, on every Step line), their per-dimension R² and matched |corr|."""
-    lin_dims = disentanglement_utils.linear_r2_per_dimension(z, hz)
-    perm_dims = disentanglement_utils.matched_correlations(z, hz)
-    return {"lin": float(np.mean(lin_dims)), "perm": float(np.mean(perm_dims)),
-            "lin_dims": lin_dims.tolist(), "perm_dims": perm_dims.tolist()}
-
-
-def block_scores(z, hz, groups):
-    """Where the ground-truth Λ gives blocks (``groups``): the theorem's block-orthogonal R² and the
-    block-linear R² (with each group's value), fitted on the first half of the samples, scored on the second."""
-    if not groups:
-        return None
-    half = len(z) // 2
-    fit, test = (z[:half], hz[:half]), (z[half:], hz[half:])
-    linear, per_group = disentanglement_utils.block_linear_r2(*fit, groups, test=test)
-    return {"block_orthogonal_r2": disentanglement_utils.block_orthogonal_r2(*fit, groups, test=test),
-            "block_linear_r2": linear, "block_linear_groups": per_group}
-
-
-@dataclasses.dataclass(frozen=True)
-class Metric:
-    """A score of h in every metrics record: ``score(z, hz, groups) -> {field: number or list}`` on (N, n)
-    latents and encodings (``groups``: Experiment.groups), or None where it does not apply. The final
-    record keeps ``FIELD_mean`` of every number, ``FIELD_std`` of those in ``spread``, a list's mean.
-    ``reference``: computed, in the final record, as the reference does (--num-eval-batches batches of
-    --batch-size samples); otherwise on as many batches of at least N_EVAL_SAMPLES samples each."""
-
-    score: object
-    spread: tuple = ()
-    reference: bool = False
-
-
-# The scores of every logged evaluation and of the final one. A new metric is its function and one entry.
-METRICS = (
-    Metric(identifiability_scores, spread=("lin", "perm"), reference=True),
-    Metric(block_scores, spread=("block_orthogonal_r2", "block_linear_r2")),
-)
-
-
 @torch.no_grad()
 def evaluate(latent, h, num_samples, generator, device, groups=None, metrics=None):
-    """{field: value} of the ``metrics`` (default: METRICS) that apply, on ``num_samples`` fresh marginal samples (``groups``:
-    Experiment.groups), or None when h(z) is not finite."""
+    """{field: value} of the ``metrics`` (default: disentanglement_utils.METRICS) that apply, on ``num_samples``
+    fresh marginal samples (``groups``: Experiment.groups), or None when h(z) is not finite."""
     z = latent.sample_marginal(num_samples, generator, device)
     hz = h(z).float()
     if not bool(torch.isfinite(hz).all()):
         return None
     z, hz = z.cpu().numpy(), hz.cpu().numpy()
     scores = {}
-    for metric in METRICS if metrics is None else metrics:
+    for metric in disentanglement_utils.METRICS if metrics is None else metrics:
         scores.update(metric.score(z, hz, groups) or {})
     return scores
 
@@ -307,8 +267,9 @@ def final_evaluation(run, survival, h):
     block scores, where they apply, on as many further batches of at least N_EVAL_SAMPLES samples)."""
     args = run.args
     # The others' batches are drawn after the reference's, which so stay as the reference draws them.
-    protocols = [(args.batch_size, [m for m in METRICS if m.reference]),
-                 (max(N_EVAL_SAMPLES, args.batch_size), [m for m in METRICS if not m.reference])]
+    metrics = disentanglement_utils.METRICS
+    protocols = [(args.batch_size, [m for m in metrics if m.reference]),
+                 (max(N_EVAL_SAMPLES, args.batch_size), [m for m in metrics if not m.reference])]
     record = {}
     for num_samples, metrics in protocols:
         batches = []
@@ -320,14 +281,19 @@ def final_evaluation(run, survival, h):
             batches.append(scores)
             if not scores:  # none of these metrics applies to this run
                 break
-        record.update(summarise_batches(batches, {field for metric in metrics for field in metric.spread}))
+        record.update(summarise_batches(batches, spread_fields(metrics)))
     run.log.line(f"linear mean: {record['lin_mean']} std: {record['lin_std']}")
     run.log.line(f"perm mean: {record['perm_mean']} std: {record['perm_std']}")
     run.log.record(type="final", **record)
 
 
+def spread_fields(metrics):
+    """The names of the fields of ``metrics`` whose std the final record keeps."""
+    return {field.name for metric in metrics for field in metric.fields if field.spread}
+
+
 def summarise_batches(batches, spread):
-    """The final record's fields of a list of evaluations (see Metric)."""
+    """The final record's fields of a list of evaluations (see disentanglement_utils.Metric)."""
     record = {}
     for key, first in batches[0].items():
         values = [scores[key] for scores in batches]

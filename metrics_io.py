@@ -2,7 +2,7 @@
 ``step`` record per logged step, a ``final`` record), checked, or the text log of a run that has none
 (a published one). The tools take every field they find, so a metric added to the records reaches the
 summaries unchanged. What the reader refuses: docs/tools.md; n, the number of latents, is what the
-records hold (the length of their ``lin_dims``), never what the config alone claims.
+records hold (the length of their per-latent scores), never what the config alone claims.
 """
 
 import dataclasses
@@ -13,14 +13,11 @@ import re
 
 import numpy as np
 
+import disentanglement_utils
 import logparse
 import settings
 
 RECORD_TYPES = ("config", "step", "final")
-DIMS_FIELDS = ("lin_dims", "perm_dims")  # one number per latent
-# The scores the tables read by name: numbers where a record has them.
-SCORE_FIELDS = {"step": ("loss", "mean_loss", "lin", "perm"),
-                "final": ("lin_mean", "lin_std", "perm_mean", "perm_std")}
 # The arguments the λ groups are made of: a config without them is not main_mlp.py's.
 GROUP_ARGS = ("n", "space_type", "c_p", "gt_lambda_1", "gt_lambda_2")
 # The config's arguments the tools read, and what each must be where the config has it.
@@ -50,6 +47,14 @@ def is_kind(value, kind):
     if kind == "a finite number":
         return is_number(value) and math.isfinite(value)
     return isinstance(value, str if kind == "text" else bool)
+
+
+def score_fields(record_type):
+    """The number fields of the scores that a record of ``record_type`` ("step" or "final") may have."""
+    numbers = disentanglement_utils.fields(numbers=True)
+    if record_type == "step":
+        return ["loss", "mean_loss"] + [f.name for f in numbers]
+    return [f"{f.name}_mean" for f in numbers] + [f"{f.name}_std" for f in numbers if f.spread]
 
 
 class OutOfBounds(ValueError):
@@ -159,14 +164,16 @@ class _Reader:
         self.records.phases.setdefault(phase, []).append(record)
 
     def check_scores(self, line_no, record):
-        """The scores are numbers; per dimension, n of them in every record, finite R²."""
-        for key in SCORE_FIELDS[record["type"]]:
+        """The scores (disentanglement_utils.METRICS) are numbers; per latent, n of them in every record,
+        finite R²."""
+        for key in score_fields(record["type"]):
             if key in record and not is_number(record[key]):
                 self.error(line_no, f"{key} is not a number: {logparse.quote(json.dumps(record[key]))}")
         lam = record.get("lambda", [])  # the learned Λ̂: any length (the run's n, or Λ̂'s own)
         if not (isinstance(lam, list) and all(is_number(v) for v in lam)):
             self.error(line_no, "lambda is not a list of numbers")
-        for key in (key for key in DIMS_FIELDS if key in record):
+        per_latent = [f.name for f in disentanglement_utils.fields(numbers=False) if f.per == "latent"]
+        for key in (key for key in per_latent if key in record):
             values = record[key]
             if not is_number_list(values):
                 self.error(line_no, f"{key} is not a list of numbers")
@@ -174,8 +181,8 @@ class _Reader:
                 self.records.n = len(values)
             if len(values) != self.records.n:
                 self.error(line_no, f"{key} has {len(values)} values, earlier records {self.records.n}")
-            if key == "lin_dims" and not all(math.isfinite(v) for v in values):
-                self.error(line_no, f"lin_dims has a value that is not a finite number: "
+            if key == disentanglement_utils.R2_PER_LATENT and not all(math.isfinite(v) for v in values):
+                self.error(line_no, f"{key} has a value that is not a finite number: "
                                     f"{logparse.quote(json.dumps(values))}")
 
     def finish(self):
@@ -269,7 +276,7 @@ def read_per_dimension(paths, phase):
     runs = []
     for path in paths:
         records = read(path)
-        if not any("lin_dims" in r for r in records.steps(phase)):
+        if not any(disentanglement_utils.R2_PER_LATENT in r for r in records.steps(phase)):
             raise logparse.LogParseError(path, None, f"no {phase} step with per-dimension scores")
         groups = lambda_groups(records.gt_lambda, records.n)
         if runs and groups != runs[0][1]:

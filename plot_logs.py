@@ -4,11 +4,13 @@
     python plot_logs.py --per-dimension an.jsonl info.jsonl -o collapse.png
 
 The inputs are metrics files (``--metrics-file``, ``.jsonl``) or text logs in the reference format (a
-published log), each run in its own colour: Lin., Perm., <Loss> and the learned Λ̂ entries (the
-ground-truth λ dashed) against step, and in a fifth panel every other score a metrics file records at
-each step (e.g. the block scores of a run with groups of equal λ), one line style per score. With ``--per-dimension``, from metrics files: the R² of the latents against step, one panel
-per group of equal ground-truth λ (bimodal: the high-λ "content" latents and the low-λ "style" ones;
-linearly spaced: one per latent). The image is exactly ``--size`` inches at ``--dpi``.
+published log), each run in its own colour: a panel for each score that disentanglement_utils.METRICS
+gives one (Lin., Perm.), <Loss> and the learned Λ̂ entries (the ground-truth λ dashed) against step, and
+in a last panel every other score a metrics file records at each step (e.g. the block scores of a run
+with groups of equal λ), one line style per score. With ``--per-dimension``, from metrics files: the R²
+of the latents against step, one panel per group of equal ground-truth λ (bimodal: the high-λ "content"
+latents and the low-λ "style" ones; linearly spaced: one per latent). The image is exactly ``--size``
+inches at ``--dpi``.
 
 Exit status: 0 written, 2 an input cannot be read (one line naming the file and the line; with
 ``--per-dimension`` also a file that is not main_mlp.py's, or of other latents than the first), the
@@ -26,6 +28,7 @@ matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
+import disentanglement_utils  # noqa: E402
 import logparse  # noqa: E402
 import metrics_io  # noqa: E402
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, same_file, write_stdout  # noqa: E402
@@ -37,12 +40,10 @@ POSITIVE = bounded(float, above=0)
 # Beyond this, a curve's range overflows when matplotlib places its ticks (1e308 to -1e308): such values,
 # which no run writes, and non-finite ones are left out of the curves (a gap), as are such ground-truth lines.
 MAX_DRAWN = 1e300
-# The panels of one score each: (record field, y label, title).
-SCORE_PANELS = (("lin", "Lin. disentanglement (R²)", "Lin. vs step"),
-                ("perm", "Perm. disentanglement", "Perm. vs step"),
-                ("mean_loss", "<Loss> (running mean of the loss)", "<Loss> vs step"))
-# Step-record numbers that are not scores of h, or that have a panel of their own.
-NOT_OTHER_SCORES = {"step", "loss", "r"} | {key for key, _, _ in SCORE_PANELS}
+# The panel of the loss: (record field, y label, title).
+LOSS_PANEL = ("mean_loss", "<Loss> (running mean of the loss)", "<Loss> vs step")
+# Step-record numbers that are not scores of h.
+NOT_SCORES = {"step", "loss", "r"}
 STYLES = ("-", ":", "--", "-.")
 
 
@@ -96,17 +97,30 @@ def _finish(fig, axes, titles, title):
     return fig
 
 
+def other_scores(runs, phase_name, panels):
+    """{field: label} of the step records' other numbers that are drawn (declared ones with their label)."""
+    declared = {f.name: f for f in disentanglement_utils.fields(numbers=True)}
+    left_out = NOT_SCORES | {key for key, _, _ in panels} | {k for k, f in declared.items() if f.plot is None}
+    keys = dict.fromkeys(key for run in runs for r in run.steps(phase_name) for key, value in r.items()
+                         if key not in left_out and metrics_io.is_number(value))
+    return {key: declared[key].label if key in declared else key for key in keys}
+
+
 def plot(runs, labels, phase_name, size, dpi, title):
-    """Draw the panels (a fifth, of the other scores, when a run recorded any); returns the figure."""
-    others = list(dict.fromkeys(key for run in runs for r in run.steps(phase_name) for key, value in r.items()
-                                if key not in NOT_OTHER_SCORES and metrics_io.is_number(value)))
-    fig, axes = plt.subplots(2, 3 if others else 2, figsize=size, dpi=dpi, squeeze=False)
+    """Draw the panels (a last one, of the other scores, when a run recorded any); returns the figure."""
+    # the panels of one score each, (record field, y label, title): the scores declared with one, then <Loss>
+    panels = [(f.name, f.label, f"{f.label} vs step") for f in disentanglement_utils.fields(numbers=True)
+              if f.plot == "panel"] + [LOSS_PANEL]
+    others = other_scores(runs, phase_name, panels)
+    count = len(panels) + 1 + bool(others)
+    fig, axes = plt.subplots(2, -(-count // 2), figsize=size, dpi=dpi, squeeze=False)
     axes = axes.ravel()
+    lambda_ax = axes[len(panels)]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     any_lambda = False
     for i, (run, label) in enumerate(zip(runs, labels)):
         colour, steps = colours[i % len(colours)], run.steps(phase_name)
-        for ax, (key, _, _) in zip(axes, SCORE_PANELS):
+        for ax, (key, _, _) in zip(axes, panels):
             _curve(ax, steps, key, color=colour, label=label)
         with_lambda = [r for r in steps if isinstance(r.get("lambda"), list)]  # the learned Λ̂ entries' trajectories
         any_lambda |= bool(with_lambda)
@@ -114,23 +128,25 @@ def plot(runs, labels, phase_name, size, dpi, title):
         # Only records with the full vector: a run changes its length nowhere, but a hand-made file could.
         full = [r for r in with_lambda if len(r["lambda"]) == n_entries]
         for j in range(n_entries):
-            axes[3].plot([r["step"] for r in full], [drawable(r["lambda"][j]) for r in full], color=colour,
-                         linewidth=1.0, alpha=0.8, label=label if j == 0 else None)
-        for k, key in enumerate(others):
-            _curve(axes[4], steps, key, color=colour, linestyle=STYLES[k % len(STYLES)], label=f"{label} ({key})")
+            lambda_ax.plot([r["step"] for r in full], [drawable(r["lambda"][j]) for r in full], color=colour,
+                           linewidth=1.0, alpha=0.8, label=label if j == 0 else None)
+        for k, (key, name) in enumerate(others.items()):
+            _curve(axes[count - 1], steps, key, color=colour, linestyle=STYLES[k % len(STYLES)],
+                   label=f"{label} ({name})")
     truths = sorted({value for run in runs if run.gt_lambda is not None for value in run.gt_lambda
                      if not math.isnan(drawable(value))})
     for k, value in enumerate(truths):
-        axes[3].axhline(value, color="black", linestyle="--", linewidth=0.9,
-                        label=r"ground-truth $\lambda$" if k == 0 else None)
+        lambda_ax.axhline(value, color="black", linestyle="--", linewidth=0.9,
+                          label=r"ground-truth $\lambda$" if k == 0 else None)
     if not any_lambda:
-        axes[3].text(0.5, 0.5, r"no learned $\hat\Lambda$ in these logs", transform=axes[3].transAxes,
-                     ha="center", va="center")
-    titles = [(ylabel, panel_title) for _, ylabel, panel_title in SCORE_PANELS]
+        lambda_ax.text(0.5, 0.5, r"no learned $\hat\Lambda$ in these logs", transform=lambda_ax.transAxes,
+                       ha="center", va="center")
+    titles = [(ylabel, panel_title) for _, ylabel, panel_title in panels]
     titles.append((r"learned $\hat\Lambda$ entries", r"$\hat\Lambda$ trajectories; dashed: ground-truth $\lambda$"))
     if others:
         titles.append(("score", "other scores vs step"))
-        axes[5].set_visible(False)
+    for ax in axes[count:]:
+        ax.set_visible(False)
     for ax in axes[:len(titles)]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
@@ -154,8 +170,8 @@ def plot_per_dimension(runs, labels, phase_name, size, dpi, title):
              for i, loss in enumerate(losses)]
     for g, ax in enumerate(axes[:len(groups)]):
         for (run, _), label, (colour, style) in zip(runs, labels, looks):
-            steps = [r for r in run.steps(phase_name) if "lin_dims" in r]
-            r2 = [drawable(metrics_io.per_group(r["lin_dims"], groups)[g]) for r in steps]
+            steps = [r for r in run.steps(phase_name) if disentanglement_utils.R2_PER_LATENT in r]
+            r2 = [drawable(metrics_io.per_group(r[disentanglement_utils.R2_PER_LATENT], groups)[g]) for r in steps]
             ax.plot([r["step"] for r in steps], r2, color=colour, linestyle=style, label=label)
         ax.set_ylim(-0.05, 1.05)
     for ax in axes[len(groups):]:

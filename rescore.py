@@ -18,6 +18,7 @@ import sys
 import torch
 
 import command_line
+import disentanglement_utils
 import encoders
 import losses
 import main_mlp
@@ -95,7 +96,7 @@ def rescore(opts):
         if scores is None:
             raise run_support.InputError("argument SAVE_DIR: the encoder's output is not finite")
         batches.append(scores)
-    spread = {field for metric in main_mlp.METRICS for field in metric.spread}
+    spread = main_mlp.spread_fields(disentanglement_utils.METRICS)
     return {"type": "rescore", "save_dir": os.path.abspath(opts.save_dir), "phase": opts.phase, "seed": opts.seed,
             "samples": opts.samples, "batches": opts.batches, **main_mlp.summarise_batches(batches, spread)}
 

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+import disentanglement_utils
 import settings
 import startup_signals
 from argparse_utils import EXIT_BAD_INPUT, write_stdout
@@ -622,6 +623,7 @@ def _unexpected_field(state):
                                                     and value.is_floating_point())
 
     finished, last = state.get("finished", {}), state["last_logged"]
+    step_line_scores = [f.name for f in disentanglement_utils.fields(numbers=True, reference=True)]
     kinds = {"seed": _is_int(state["seed"]) and state["seed"] < 2 ** 63, "config": isinstance(state["config"], dict),
              "phase": state["phase"] in tuple(LENGTH_FLAGS), "step": _is_int(state["step"], 1),
              "finished": isinstance(finished, dict) and all(name in LENGTH_FLAGS and _is_int(steps, 1)
@@ -635,7 +637,7 @@ def _unexpected_field(state):
              "file_checks": isinstance(state["file_checks"], (tuple, list)) and len(state["file_checks"]) == 2
              and all(map(_is_file_check, state["file_checks"])),
              "last_logged": last is None or isinstance(last, dict) and _is_int(last.get("step"), 1) and all(
-                 isinstance(last.get(key), (int, float)) for key in ("loss", "mean_loss", "lin", "perm"))}
+                 isinstance(last.get(key), (int, float)) for key in ("loss", "mean_loss", *step_line_scores))}
     return next((key for key, ok in kinds.items() if not ok), None)
 
 

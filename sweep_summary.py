@@ -12,6 +12,7 @@ from stat import S_ISREG
 
 import numpy as np
 
+import disentanglement_utils
 import logparse
 import metrics_io
 import settings
@@ -22,9 +23,14 @@ LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 GLOB_CHARACTERS = "*?[]"
 # More λ groups than this (linearly spaced λ: one per latent) make the section unreadable: left out.
 MAX_GROUPS_SHOWN = 5
-REFERENCE_KEYS = (("mean_loss", "<Loss>", 4), ("lin", "Lin.", 4), ("perm", "Perm.", 4), ("lambda_error", "Λ̂ error", 3))
-CSV_FIELDS = ("name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished", "lin_mean", "lin_std",
-              "perm_mean", "perm_std", "lambda_error_mean", "lambda_error_std")
+CSV_FIELDS = ("name", "loss", "lambda", "seeds", "steps_min", "steps_max", "finished")  # then FIELD_mean, FIELD_std
+
+
+def main_scores():
+    """The main tables' figures, ``[(field, label, digits)]``: the numbers of the reference's own scores (Lin.,
+    Perm.: disentanglement_utils.METRICS; a finished run's final ones, else its last logged), then Λ̂ error."""
+    return ([(f.name, f.label, 4) for f in disentanglement_utils.fields(numbers=True, reference=True)]
+            + [("lambda_error", "Λ̂ error", 3)])
 
 
 def say(line):
@@ -106,7 +112,7 @@ def summarize_run(name, seed, path, group_steps=()):
         warn(f"{path} has no logged step yet: left out of the summary")
         return None
     last, final = steps[-1], records.final or {}
-    finished = "lin_mean" in final and "perm_mean" in final  # numbers: metrics_io checked them
+    finished = all(f"{key}_mean" in final for key, _, _ in main_scores()[:-1])  # numbers: metrics_io checked them
     last_lambda = next((r["lambda"] for r in reversed(steps) if isinstance(r.get("lambda"), list)), None)
     low, high = records.args.get("gt_lambda_1", "?"), records.args.get("gt_lambda_2", "?")  # the ground-truth Λ
     linear = records.args.get("linearly_spaced_lambda") in (True, "True")
@@ -116,25 +122,24 @@ def summarize_run(name, seed, path, group_steps=()):
     return {"name": name, "seed": seed, "path": path, "records": records, "loss": loss_label(records.args),
             "lambda": truth, "steps": last["step"], "finished": finished,
             "planned": planned_steps(records.args, records.main_phase()),
-            "lin": final["lin_mean"] if finished else last.get("lin"),
-            "perm": final["perm_mean"] if finished else last.get("perm"),
+            **{key: final[f"{key}_mean"] if finished else last.get(key) for key, _, _ in main_scores()[:-1]},
             "source": "final" if finished else f"step {last['step']}",
             "lambda_error": metrics_io.lambda_error(last_lambda, records.gt_lambda),
             "fields": fields, "groups": group_scores(records, group_steps)}
 
 
 def group_scores(records, steps=()):
-    """The list fields of a run's records per λ group (``lin_dims``: the R² of each group's latents),
+    """The list fields of a run's records per λ group (R2_PER_LATENT: the R² of each group's latents),
     and Perm.: ``{"labels": [group labels], "at": {where: {field: [value per group]}}}`` where is
     "end" (the last logged step: 4,096 samples, not the final evaluation's smaller batches), each of
     ``steps`` the run logged, and "final" (the final evaluation); None without per-dimension scores."""
-    with_dims = [r for r in records.steps() if "lin_dims" in r]
+    with_dims = [r for r in records.steps() if disentanglement_utils.R2_PER_LATENT in r]
     if not with_dims:
         return None
     groups = metrics_io.lambda_groups(records.gt_lambda, records.n)
     by_step = {r["step"]: r for r in with_dims}
     places = [("end", with_dims[-1])] + [(f"step {step:,}", by_step[step]) for step in steps if step in by_step]
-    if records.final is not None and "lin_dims" in records.final:
+    if records.final is not None and disentanglement_utils.R2_PER_LATENT in records.final:
         places.append(("final", records.final))
     at = {}
     for where, record in places:
@@ -169,7 +174,7 @@ def aggregate(name, rows):
     # A failed or killed run stops early: its scores are not averaged with the finished ones. Only
     # when none finished (a sweep still running, or cut short on purpose) do the last logged ones count.
     used = [r for r in rows if r["finished"]] or rows
-    for key in ("lin", "perm", "lambda_error"):
+    for key, _, _ in main_scores():
         result[key + "_mean"], result[key + "_std"] = mean_std([r[key] for r in used])
     fields = dict.fromkeys(key for r in used for key in r["fields"])
     result["fields"] = {key: (mean_std([r["fields"].get(key) for r in used]), sum(key in r["fields"] for r in used))
@@ -199,7 +204,7 @@ def reference_row(name, rows, ref_path):
     step = common[-1]
     cells = [name, os.path.basename(ref_path), f"{step:,}", str(len(rows))]
     truths = [ref.gt_lambda] + [row["records"].gt_lambda for row in rows]
-    for key, _, digits in REFERENCE_KEYS:
+    for key, _, digits in [("mean_loss", "<Loss>", 4)] + main_scores():
         # The reference's figure, then each run's (Λ̂ error None when it cannot be computed).
         values = [metrics_io.lambda_error(s[step].get("lambda"), gt) if key == "lambda_error" else s[step].get(key)
                   for s, gt in zip(by_step, truths)]
@@ -239,25 +244,28 @@ def header_lines(configs, runs, note):
     lines += ["Mean ± standard deviation over seeds (sample std, ddof = 1). Lin. and Perm.: the final `linear mean` "
               "/ `perm mean` of a finished run, else its last logged Lin. / Perm. Λ̂ error: mean over entries of "
               "|Λ̂ − λ| / λ, both sorted (the encoder's outputs are a permutation of the latents), with the last "
-              "logged Λ̂.", "", "| configuration | loss | Λ | seeds (finished) | steps | Lin. | Perm. | Λ̂ error |",
-              "|---|---|---|---:|---:|---|---|---|"]
+              "logged Λ̂.", "", "| configuration | loss | Λ | seeds (finished) | steps | "
+              + " | ".join(label for _, label, _ in main_scores()) + " |",
+              "|---|---|---|---:|---:|" + "---|" * len(main_scores())]
     for c in configs:
         steps = f"{c['steps_min']:,}" + ("" if c["steps_min"] == c["steps_max"] else f"-{c['steps_max']:,}")
         lines.append(f"| {c['name']} | {c['loss']} | {c['lambda']} | {c['seeds']} ({c['finished']}) | {steps} | "
-                     f"{pm(c['lin_mean'], c['lin_std'], 4)} | {pm(c['perm_mean'], c['perm_std'], 4)} | "
-                     f"{pm(c['lambda_error_mean'], c['lambda_error_std'], 3)} |")
+                     + " | ".join(pm(c[key + "_mean"], c[key + "_std"], digits) for key, _, digits in main_scores())
+                     + " |")
     return lines
 
 
 def run_lines(runs):
     """The summary's table of every run."""
-    lines = ["", "## Runs", "", "| configuration | seed | steps | scores from | Lin. | Perm. | Λ̂ error | log |",
-             "|---|---:|---:|---|---:|---:|---:|---|"]
+    lines = ["", "## Runs", "", "| configuration | seed | steps | scores from | "
+             + "".join(f"{label} | " for _, label, _ in main_scores()) + "log |",
+             "|---|---:|---:|---|" + "---:|" * len(main_scores()) + "---|"]
     for r in runs:
         source = r["source"] if r["finished"] else f"unfinished: {r['source']}"
         source += " (metrics file cut off)" if r["records"].truncated else ""
-        lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | {number(r['lin'], 4)} | "
-                     f"{number(r['perm'], 4)} | {number(r['lambda_error'], 3)} | {os.path.basename(r['path'])} |")
+        lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | "
+                     + "".join(f"{number(r[key], digits)} | " for key, _, digits in main_scores())
+                     + f"{os.path.basename(r['path'])} |")
     return lines
 
 
@@ -276,10 +284,11 @@ def group_lines(configs):
     for c in grouped:
         labels = c["groups"]["labels"]
         for where, fields in c["groups"]["at"].items():
-            parts = [f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, fields.get("lin_dims", []))]
+            r2 = disentanglement_utils.R2_PER_LATENT
+            parts = [f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, fields.get(r2, []))]
             parts += [f"Perm. {pm(*fields['Perm.'][0], 4)}"] if "Perm." in fields else []
             parts += [f"{key}: " + ", ".join(f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, values))
-                      for key, values in fields.items() if key not in ("lin_dims", "Perm.")]
+                      for key, values in fields.items() if key not in (r2, "Perm.")]
             lines.append(f"- {c['name']} ({c['loss']}), {where}: " + "; ".join(parts))
     return lines
 
@@ -304,8 +313,9 @@ def reference_lines(rows):
             "At the last step logged by the reference and by every run of the configuration: our mean ± "
             "std over seeds [min, max], and the reference's value. Λ̂ error as above, at that step.", "",
             "| configuration | reference | step | seeds | "
-            + " | ".join(f"{label} ours | {label} reference" for _, label, _ in REFERENCE_KEYS) + " |",
-            "|---|---|---:|---:|" + "---|---:|" * len(REFERENCE_KEYS)] + rows
+            + " | ".join(f"{label} ours | {label} reference" for _, label, _ in [(0, "<Loss>", 0)] + main_scores())
+            + " |",
+            "|---|---|---:|---:|" + "---|---:|" * (1 + len(main_scores()))] + rows
 
 
 def open_output(path):
@@ -333,9 +343,10 @@ def write_summary(md_path, csv_path, configs, runs, note, comparisons):
     extras = [{f"{record}.{field}_{stat}": value for (record, field), (ms, _) in c["fields"].items()
                for stat, value in zip(("mean", "std"), ms)} for c in configs]
     with open_output(csv_path) as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS) + list(dict.fromkeys(k for e in extras for k in e)))
+        main = CSV_FIELDS + tuple(f"{key}_{stat}" for key, _, _ in main_scores() for stat in ("mean", "std"))
+        writer = csv.DictWriter(handle, fieldnames=list(main) + list(dict.fromkeys(k for e in extras for k in e)))
         writer.writeheader()
-        writer.writerows({**{k: c[k] for k in CSV_FIELDS}, **extra} for c, extra in zip(configs, extras))
+        writer.writerows({**{k: c[k] for k in main}, **extra} for c, extra in zip(configs, extras))
 
 
 def error(message):

@@ -10,9 +10,12 @@ import torch
 from torch import nn
 
 import command_line
+import disentanglement_utils as du
 import latent_spaces
 import losses
 import main_mlp
+import metrics_io
+import plot_logs
 import settings
 import spaces
 import sweep_summary
@@ -124,8 +127,11 @@ def hz_spread(z, hz, groups):
 
 
 def test_a_new_metric_is_its_function_and_one_entry(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(main_mlp, "METRICS", main_mlp.METRICS + (main_mlp.Metric(hz_spread, spread=("toy",)),))
-    metrics = tmp_path / "run.jsonl"
+    toy = du.Metric(hz_spread, fields=(du.Field("toy", "Toy spread", plot="panel", spread=True),
+                                       du.Field("toy_dims", "toy per latent", per="latent")))
+    declared = [f.name for f in du.fields()]
+    monkeypatch.setattr(du, "METRICS", du.METRICS + (toy,))
+    metrics = tmp_path / "toy_seed0.jsonl"
     code, out, err = run_main(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                                       "--num-eval-batches", "3", "--metrics-file", str(metrics)], capsys)
     assert code == 0, err
@@ -137,11 +143,19 @@ def test_a_new_metric_is_its_function_and_one_entry(monkeypatch, tmp_path, capsy
     assert all(len(r["toy_dims"]) == 3 and r["toy"] > 0 for r in steps)
     # the step record: the existing scores, then the new ones; the final record: mean and std over batches
     keys = list(steps[0])
-    existing = ["lin", "perm", "lin_dims", "perm_dims", "block_orthogonal_r2", "block_linear_r2", "block_linear_groups"]
-    assert [k for k in keys if k in existing] == existing
+    existing = [name for name in declared if name in keys]
+    assert existing[:2] == ["lin", "perm"] and [k for k in keys if k in existing] == existing
     assert keys.index("toy") > max(keys.index(k) for k in existing) and keys[keys.index("toy") + 1] == "toy_dims"
-    assert list(final)[-3:] == ["toy_mean", "toy_std", "toy_dims"]
+    assert list(final).index("toy_mean") < list(final).index("toy_std") < list(final).index("toy_dims")
     assert final["toy_mean"] > 0 and final["toy_std"] >= 0 and len(final["toy_dims"]) == 3
+    # the plot gives it a panel of its own, under its label; the summary a row of its own
+    fig = plot_logs.plot([metrics_io.read_any(str(metrics), "unsupervised")], ["run"], "unsupervised", (6, 4), 50, "t")
+    [panel] = [ax for ax in fig.axes if ax.get_title() == "Toy spread vs step"]
+    assert list(panel.get_lines()[0].get_ydata()) == pytest.approx([r["toy"] for r in steps])
+    plot_logs.plt.close(fig)
+    row = sweep_summary.summarize_run("toy", 0, str(tmp_path / "toy_seed0.log"))
+    lines = sweep_summary.field_lines([sweep_summary.aggregate("toy", [row])])
+    assert any(line.startswith(f"| toy | final | toy_mean | {final['toy_mean']:.4f} ± - | 1 |") for line in lines)
 
 
 def test_a_new_space_is_one_entry_and_its_name(monkeypatch, capsys):

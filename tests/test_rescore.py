@@ -1,9 +1,10 @@
-"""rescore.py: a finished run's save-dir scored anew, with every metric of main_mlp.METRICS."""
+"""rescore.py: a finished run's save-dir scored anew, with every metric of disentanglement_utils.METRICS."""
 
 import json
 
 import pytest
 
+import disentanglement_utils as du
 import main_mlp
 from cli_util import TINY, assert_refused, run_main, run_tool_main
 
@@ -45,7 +46,8 @@ def test_a_metric_added_later_reaches_a_finished_run(finished, monkeypatch):
     def toy(z, hz, groups):
         return {"toy": float(len(groups))}
 
-    monkeypatch.setattr(main_mlp, "METRICS", main_mlp.METRICS + (main_mlp.Metric(toy, spread=("toy",)),))
+    toy_metric = du.Metric(toy, fields=(du.Field("toy", "toy", spread=True),))
+    monkeypatch.setattr(du, "METRICS", du.METRICS + (toy_metric,))
     record = _rescore(finished, "--batches", "2")
     assert record["toy_mean"] == 2.0 and record["toy_std"] == 0.0 and record["batches"] == 2
 

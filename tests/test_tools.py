@@ -748,8 +748,8 @@ def test_plot_draws_every_other_score_of_metrics_files(tmp_path):
     [other] = [ax for ax in fig.axes if ax.get_title().startswith("other scores")]
     lines = {line.get_label(): line for line in other.get_lines()}
     # every number of the step records without a panel of its own, the field no tool knows too; the log has none
-    assert set(lines) == {"m (block_orthogonal_r2)", "m (block_linear_r2)", "m (new_metric)"}
-    assert list(lines["m (block_orthogonal_r2)"].get_ydata()) == pytest.approx([0.501, 0.751, 1.001])
+    assert set(lines) == {"m (R²_BO)", "m (R²_BL)", "m (new_metric)"}  # the declared labels, else the field
+    assert list(lines["m (R²_BO)"].get_ydata()) == pytest.approx([0.501, 0.751, 1.001])
     out = tmp_path / "b.png"
     result = run_tool_main("plot_logs.py", metrics, metrics.with_suffix(".log"), "-o", out, "--size", "6", "4",
                            "--dpi", "50")
