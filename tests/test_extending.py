@@ -135,7 +135,8 @@ def test_an_ambiguous_conditional_is_refused(monkeypatch, c_p, spaces_, other, w
     monkeypatch.setattr(settings, "CONDITIONALS", {"toy": entry, **settings.CONDITIONALS})
     with pytest.raises(ValueError, match="'toy' and '" + other):
         settings.conditional_name("box" if spaces_ == ("box",) else "sphere", 1.5 if c_p is None else c_p)
-    settings.check_conditionals({**settings.CONDITIONALS, "toy": dataclasses.replace(entry, c_p=7, spaces=None)})
+    unnamed_c_p = dataclasses.replace(entry, c_p=7, spaces=None)  # the same entry on a --c-p no other names
+    assert "toy" in settings.check_conditionals({**settings.CONDITIONALS, "toy": unnamed_c_p})
 
 
 def hz_spread(z, hz, groups):
