@@ -1,11 +1,11 @@
 """A latent space: a space plus its marginal p(z) and conditional p(z~ | z), picked from the tables
-``SPACES`` and ``CONDITIONALS`` (the conditional's name: settings.derive)."""
+``SPACES`` and settings.CONDITIONALS (the conditional's name: settings.derive)."""
 
-import dataclasses
 import math
 
 import torch
 
+import settings
 import spaces
 
 # Proposals per row and round of the rejection sampler, relative to the expected number 1/acceptance:
@@ -107,29 +107,20 @@ def build_space(args):
     return SPACES[args.space_type](args)
 
 
-@dataclasses.dataclass(frozen=True)
-class ConditionalSampler:
-    """How a conditional (its flags: settings.CONDITIONALS) is built. ``positive_std`` (n,) is 1/sqrt(λ) of
-    the ground-truth Λ on the device, ``acceptance`` its sampler's (both None but for ground_truth_lambda)."""
-
-    build: object  # build(args, positive_std, acceptance) -> a sampler with sample(space, z, generator)
-    proposal_elements: object = lambda args: 0  # of its largest proposal tensor in a step (the memory estimate)
+def anisotropic_acceptance(args, space, positive_std, generator, device, num):
+    """The acceptance rate of AnisotropicNormal (settings.Conditional's ``acceptance``), from ``num`` proposals."""
+    return spaces.acceptance_rate(space, positive_std, args.threshold, generator, device, num)
 
 
-# The conditionals' samplers by name (settings.CONDITIONALS: the flags that pick each).
-CONDITIONALS = {
-    "laplace": ConditionalSampler(Around),
-    "normal": ConditionalSampler(Around),
-    "generalized_normal": ConditionalSampler(Around),
-    "vmf": ConditionalSampler(VonMisesFisher),
-    "anisotropic": ConditionalSampler(AnisotropicNormal, lambda args: min(MAX_CANDIDATES * args.batch_size * args.n,
-                                                                          spaces.MAX_PROPOSAL_ELEMENTS)),
-}
+def anisotropic_proposals(args):
+    """The elements of AnisotropicNormal's largest proposal tensor (settings.Conditional's ``proposal_elements``)."""
+    return min(MAX_CANDIDATES * args.batch_size * args.n, spaces.MAX_PROPOSAL_ELEMENTS)
 
 
 def build_latent_space(args, space, conditional, positive_std=None, acceptance=None):
-    """The latent space the flags describe on ``space`` (conditional: a key of CONDITIONALS; the
-    other two as ConditionalSampler's ``build`` takes them)."""
+    """The latent space the flags describe on ``space`` (conditional: a key of settings.CONDITIONALS; the
+    other two as its ``sampler`` takes them: ``positive_std`` (n,) is 1/sqrt(λ) of the ground-truth Λ on the
+    device, ``acceptance`` its ``acceptance`` estimate; None where the entry has none)."""
     if args.m_p == 0:
         marginal = Marginal("uniform")
     else:
@@ -137,4 +128,5 @@ def build_latent_space(args, space, conditional, positive_std=None, acceptance=N
         if isinstance(space, spaces.NSphereSpace):
             center[0] = space.r  # η = e_1 on the sphere
         marginal = Marginal(noise_kind(args.m_p), args.m_param, args.m_p, center)
-    return LatentSpace(space, marginal, CONDITIONALS[conditional].build(args, positive_std, acceptance))
+    sampler = settings.load(settings.CONDITIONALS[conditional].sampler)
+    return LatentSpace(space, marginal, sampler(args, positive_std, acceptance))

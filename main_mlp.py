@@ -73,12 +73,14 @@ def build_experiment(args, derived, device, init_gen, data_gen):
     theta_init = loss_fn.theta.detach().clone() if losses.LOSSES[derived.loss].learns_lambda else None
     loss_fn = loss_fn.to(device)
     gt_lambda, positive_std, acceptance = None, None, None
+    conditional = settings.CONDITIONALS[derived.conditional]
     if derived.anisotropic:
         gt_lambda = latent_spaces.ground_truth_lambda(args.n, args.gt_lambda_1, args.gt_lambda_2,
                                                       args.linearly_spaced_lambda)
         positive_std = gt_lambda.rsqrt().to(device)
-        acceptance = spaces.acceptance_rate(space, positive_std, args.threshold,
-                                            data_gen, device, ACCEPTANCE_PROPOSALS)
+    if conditional.acceptance:
+        estimate = settings.load(conditional.acceptance)
+        acceptance = estimate(args, space, positive_std, data_gen, device, ACCEPTANCE_PROPOSALS)
         if acceptance < MIN_ACCEPTANCE:
             raise InputError(f"arguments --threshold/--gt-lambda-1/--gt-lambda-2: the positive sampler accepts "
                              f"{acceptance:.2e} of its proposals (measured on {ACCEPTANCE_PROPOSALS}), below "
@@ -99,9 +101,10 @@ def peak_memory(args, derived):
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
     width = sum(dims)
     mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
-    acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if derived.anisotropic else 0
+    conditional = settings.CONDITIONALS[derived.conditional]
+    acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if conditional.acceptance else 0
     blocks = losses.HARD_NEGATIVE_BLOCKS if args.hn_beta else losses.LOSSES[derived.loss].blocks
-    proposals = 3 * latent_spaces.CONDITIONALS[derived.conditional].proposal_elements(args) * 4
+    proposals = 3 * settings.load(conditional.proposal_elements)(args) * 4 if conditional.proposal_elements else 0
     # the encoder with its gradients and Adam's two moments, the 2B rows of activations kept for the
     # backward pass, the loss's (B, B) blocks, the conditional's proposals
     step = 4 * params * 4 + 2 * (2 * bsz) * width * 4 + blocks * bsz * bsz * 4 + proposals

@@ -1,8 +1,10 @@
-"""What the flags imply, decided once here and read everywhere else; the table of conditionals by their
-flags; the names of the tables that need torch. Plain Python: the tools read a log's ``Arguments:``
-block (strings) through the same functions."""
+"""What the flags imply, decided once here and read everywhere else; the conditionals (the flags that pick
+each, its builders by name); the names of the tables that need torch. Plain Python: the tools read a log's
+``Arguments:`` block (strings) through the same functions."""
 
 import dataclasses
+import importlib
+import itertools
 
 
 # --loss's default and the loss of a log that predates --loss: the reference's AnInfoNCE (the losses: losses.LOSSES).
@@ -12,27 +14,54 @@ LP_LOSS, DOT_LOSS = "lp", "dot"
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditionalChoice:
-    """Which flags pick a conditional p(z~ | z); its sampler is latent_spaces.CONDITIONALS[same name]."""
+class Conditional:
+    """A conditional p(z~ | z): the flags that pick it and, by dotted name (imported when a run builds it, so
+    that the command line stays torch-free), the functions that build it."""
 
     words: str  # how --c-p's help names it
+    sampler: str  # build(args, positive_std, acceptance) -> an object with sample(space, z, generator)
     c_p: float = None  # the --c-p that picks it; None: any --c-p that no entry names
     spaces: tuple = None  # the --space-types it is defined on (None: all); elsewhere its --c-p is refused
     # Its positives are drawn with the ground-truth Λ (--gt-lambda-1/-2, --linearly-spaced-lambda): the log
     # prints it, and the latents fall into groups of equal λ (the block score's blocks, the tools' λ groups).
     ground_truth_lambda: bool = False
+    # estimate(args, space, positive_std, generator, device, num) -> its sampler's acceptance rate (None: no
+    # rejection); the run logs it, refuses a rate too low, and passes it to ``sampler``.
+    acceptance: str = None
+    proposal_elements: str = None  # f(args): the elements of its largest proposal tensor in a step (memory)
 
 
-# The conditionals by name, as --c-p and --space-type pick them. A new one is an entry here, its
-# sampler's entry in latent_spaces.CONDITIONALS, and its sampling method in spaces.py.
-CONDITIONALS = {
-    "laplace": ConditionalChoice("1 Laplace", c_p=1),
-    "normal": ConditionalChoice("2 normal", c_p=2),
-    "generalized_normal": ConditionalChoice("other p generalised normal"),
-    "vmf": ConditionalChoice("0 vMF on sphere", c_p=0, spaces=("sphere",)),
-    "anisotropic": ConditionalChoice("the rejected anisotropic normal on extended_sphere", c_p=0,
-                                     spaces=("extended_sphere",), ground_truth_lambda=True),
-}
+def load(dotted):
+    """The function or class ``module.name`` names (a Conditional's builders), its module imported now."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_conditionals(table):
+    """Raise ValueError when two entries of ``table`` both match one --space-type and --c-p."""
+    for (a, x), (b, y) in itertools.combinations(table.items(), 2):
+        same_c_p = x.c_p == y.c_p if None in (x.c_p, y.c_p) else float(x.c_p) == float(y.c_p)
+        shared = (x.spaces or y.spaces or ["every space"] if None in (x.spaces, y.spaces)
+                  else sorted(set(x.spaces) & set(y.spaces)))
+        if same_c_p and shared:
+            c_p = "any other --c-p" if x.c_p is None else f"--c-p {x.c_p:g}"
+            raise ValueError(f"conditionals {a!r} and {b!r} both match {c_p} on {', '.join(shared)}: "
+                             f"give one of them another --c-p or other spaces")
+    return table
+
+
+# The conditionals by name, each picked by its --c-p on its spaces; no two match one (space, --c-p) (checked
+# here, at import). A new one is an entry here and the functions it names.
+CONDITIONALS = check_conditionals({
+    "laplace": Conditional("1 Laplace", "latent_spaces.Around", c_p=1),
+    "normal": Conditional("2 normal", "latent_spaces.Around", c_p=2),
+    "generalized_normal": Conditional("other p generalised normal", "latent_spaces.Around"),
+    "vmf": Conditional("0 vMF on sphere", "latent_spaces.VonMisesFisher", c_p=0, spaces=("sphere",)),
+    "anisotropic": Conditional("the rejected anisotropic normal on extended_sphere", "latent_spaces.AnisotropicNormal",
+                               c_p=0, spaces=("extended_sphere",), ground_truth_lambda=True,
+                               acceptance="latent_spaces.anisotropic_acceptance",
+                               proposal_elements="latent_spaces.anisotropic_proposals"),
+})
 
 
 def conditional_help():
@@ -43,15 +72,18 @@ def conditional_help():
 
 
 def conditional_candidates(c_p):
-    """The names of the conditionals ``--c-p`` picks among (by the space)."""
+    """The names of the conditionals ``--c-p`` picks among (by the space): those naming it, else "any other"."""
     named = [name for name, c in CONDITIONALS.items() if c.c_p is not None and float(c.c_p) == float(c_p)]
     return named or [name for name, c in CONDITIONALS.items() if c.c_p is None]
 
 
 def conditional_name(space_type, c_p):
-    """The conditional ``--space-type`` and ``--c-p`` pick; None when the ``--c-p``'s are not defined on it."""
-    return next((name for name in conditional_candidates(c_p)
-                 if CONDITIONALS[name].spaces is None or space_type in CONDITIONALS[name].spaces), None)
+    """The one conditional ``--space-type`` and ``--c-p`` pick; None when the ``--c-p``'s are not defined on it."""
+    matches = [name for name in conditional_candidates(c_p)
+               if CONDITIONALS[name].spaces is None or space_type in CONDITIONALS[name].spaces]
+    if len(matches) > 1:  # an entry added after the import-time check
+        check_conditionals({name: CONDITIONALS[name] for name in matches})
+    return matches[0] if matches else None
 
 
 # How or where a run ran, not what it computed: a resumption may change them (run_support); compare_logs ignores them.

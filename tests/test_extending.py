@@ -2,6 +2,7 @@
 nowhere else, runs end to end through the command line, the run's log and metrics, the memory
 estimate and the sweep's labels."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -102,13 +103,17 @@ def _jitter(args, positive_std, acceptance):
     return UniformJitter(args.c_param, args.box_min, args.box_max)
 
 
-def test_a_new_conditional_is_two_entries_and_its_sampler(monkeypatch, capsys):
-    # --c-p 0 on the box picked nothing (refused); the toy's two entries make it a conditional.
+def _jitter_acceptance(args, space, positive_std, generator, device, num):
+    return 0.25  # a toy estimate: the run logs what the entry says
+
+
+def test_a_new_conditional_is_one_entry_and_its_sampler(monkeypatch, capsys):
+    # --c-p 0 on the box picked nothing (refused); the toy's entry makes it a conditional.
     code, _, err = run_main(TINY + ["--space-type", "box", "--c-p", "0", "--p", "1"], capsys)
     assert code == 2 and "argument --c-p" in err
-    monkeypatch.setitem(settings.CONDITIONALS, "jitter",
-                        settings.ConditionalChoice("0 uniform jitter on box", c_p=0, spaces=("box",)))
-    monkeypatch.setitem(latent_spaces.CONDITIONALS, "jitter", latent_spaces.ConditionalSampler(_jitter))
+    entry = settings.Conditional("0 uniform jitter on box", f"{__name__}._jitter", c_p=0, spaces=("box",),
+                                 acceptance=f"{__name__}._jitter_acceptance")
+    monkeypatch.setitem(settings.CONDITIONALS, "jitter", entry)
     assert settings.derive("box", 1, 0).conditional == "jitter"
     assert "0 uniform jitter on box" in settings.conditional_help()
     monkeypatch.setattr(UniformJitter, "calls", 0)
@@ -116,8 +121,25 @@ def test_a_new_conditional_is_two_entries_and_its_sampler(monkeypatch, capsys):
     assert code == 0, err
     log = parse_log(out)
     assert log["args"]["c_p"] == "0" and log["gt_lambda"] is None
+    assert "positive sampler acceptance rate: 0.250" in err  # the entry's estimate, asked by the run
     assert [s["step"] for s in log["phases"][0]["steps"]] == [1, 3, 4] and log["final"] is not None
     assert UniformJitter.calls == 4  # one batch of positives per step
+
+
+@pytest.mark.parametrize("c_p, spaces_, other, where", [
+    (0, ("sphere", "box"), "vmf", "on sphere"), (0.0, None, "vmf", "on sphere"),
+    (None, ("box",), "generalized_normal", "any other --c-p on box"), (2, None, "normal", "--c-p 2 on every space"),
+])
+def test_an_ambiguous_conditional_is_refused(monkeypatch, c_p, spaces_, other, where):
+    entry = settings.Conditional("a toy", f"{__name__}._jitter", c_p=c_p, spaces=spaces_)
+    with pytest.raises(ValueError, match=f"conditionals '{other}' and 'toy' both match .*{where}"):
+        settings.check_conditionals({**settings.CONDITIONALS, "toy": entry})
+    # one added after the import-time check is refused where it would be picked, whatever its place
+    monkeypatch.setattr(settings, "CONDITIONALS", {"toy": entry, **settings.CONDITIONALS})
+    with pytest.raises(ValueError, match="'toy' and '" + other):
+        settings.conditional_name("box" if spaces_ == ("box",) else "sphere", 1.5 if c_p is None else c_p)
+    unnamed_c_p = dataclasses.replace(entry, c_p=7, spaces=None)  # the same entry on a --c-p no other names
+    assert "toy" in settings.check_conditionals({**settings.CONDITIONALS, "toy": unnamed_c_p})
 
 
 def hz_spread(z, hz, groups):
@@ -173,7 +195,9 @@ def test_a_new_space_is_one_entry_and_its_name(monkeypatch, capsys):
 
 
 def test_the_tables_name_the_same_entries():
-    assert set(settings.CONDITIONALS) == set(latent_spaces.CONDITIONALS)
+    for entry in settings.CONDITIONALS.values():  # the builders each entry names exist
+        assert all(callable(settings.load(name)) for name in (entry.sampler, entry.acceptance,
+                                                              entry.proposal_elements) if name)
     assert {settings.LP_LOSS, settings.DOT_LOSS, settings.DEFAULT_LOSS} <= set(losses.LOSSES)
     assert losses.LOSSES[settings.DEFAULT_LOSS].selectable
     assert not losses.LOSSES[settings.LP_LOSS].selectable and not losses.LOSSES[settings.DOT_LOSS].selectable
@@ -196,3 +220,19 @@ def test_the_flags_pick_the_conditional(space, c_p, name, sampler):
     assert type(built) is sampler
     if sampler is latent_spaces.Around:
         assert (built.kind, built.scale, built.p) == (latent_spaces.noise_kind(c_p), args.c_param, c_p)
+
+
+# What each --space-type and --c-p picked before the conditionals were one table (read from that code):
+# --c-p 1 Laplace, 2 normal, 0 vMF on sphere and the rejected normal on extended_sphere (refused elsewhere),
+# every other --c-p the generalised normal.
+TODAYS_CONDITIONALS = {
+    (0, "box"): None, (0, "sphere"): "vmf", (0, "unbounded"): None, (0, "extended_sphere"): "anisotropic",
+    **{(1, space): "laplace" for space in settings.SPACE_NAMES},
+    **{(2, space): "normal" for space in settings.SPACE_NAMES},
+    **{(p, space): "generalized_normal" for p in (0.5, 1.5, 3) for space in settings.SPACE_NAMES},
+}
+
+
+def test_every_existing_c_p_keeps_its_conditional():
+    for (c_p, space), name in TODAYS_CONDITIONALS.items():  # the spaces × the entries' --c-p and others
+        assert settings.conditional_name(space, c_p) == settings.conditional_name(space, str(c_p)) == name
