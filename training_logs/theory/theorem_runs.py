@@ -87,7 +87,7 @@ def table(runs, steps, threshold):
 
 
 def plot(runs, out):
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5 + 0.12 * len(runs)))
     labels = list(dict.fromkeys(label for label, _, _ in runs))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for label, seed, records in runs:
@@ -113,8 +113,8 @@ def plot(runs, out):
     axes[0].set_ylim(-0.02, 1.02)
     axes[1].set_ylim(-0.02, 1.02)
     axes[2].set_yscale("log")
-    axes[0].legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
+    legend = fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7)
+    fig.tight_layout(rect=(0, legend.get_window_extent(fig.canvas.get_renderer()).height / fig.bbox.height, 1, 1))
     fig.savefig(out, dpi=110)
 
 
