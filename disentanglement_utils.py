@@ -115,8 +115,8 @@ def best_assignment(value, sizes, exact_limit=EXACT_ASSIGNMENTS):
     outputs, slot = linear_sum_assignment(single, maximize=True)
     if max(sizes) == 1:
         return tuple((int(outputs[slot == b][0]),) for b in range(k))
-    starts = [outputs[np.argsort(slot)]] + [rng.permutation(n) for rng in [np.random.default_rng(0)] for _ in
-                                             range(LOCAL_SEARCH_STARTS - 1)]
+    rng = np.random.default_rng(0)
+    starts = [outputs[np.argsort(slot)]] + [rng.permutation(n) for _ in range(LOCAL_SEARCH_STARTS - 1)]
     deals = [_improve(val, [sorted(order[slots == b].tolist()) for b in range(k)]) for order in starts]
     return max(deals, key=lambda d: sum(val(b, o) for b, o in enumerate(d)))
 
@@ -207,7 +207,8 @@ def block_linear_r2(z, hz, groups, test=None):
 
     Returns (score, per_group): the mean over the n latents and the value of each group, in ``groups``' order."""
     z, hz, zc, hc = _centred(z, hz, groups)
-    white = [zc[:, idx] @ _whitener(zc[:, idx]) for idx in groups]  # (N, d_b) each
+    whiteners = [_whitener(zc[:, idx]) for idx in groups]  # (d_b, d_b) each, from the fitting samples
+    white = [zc[:, idx] @ w for idx, w in zip(groups, whiteners)]  # (N, d_b) each
     hh = hc.T @ hc
 
     def squared_cc(b, outputs):  # Σ ρ² = tr(Wᵀ H (HᵀH)⁺ Hᵀ W), W whitened
@@ -221,7 +222,7 @@ def block_linear_r2(z, hz, groups, test=None):
     for b, (idx, outputs) in enumerate(zip(groups, assignment)):
         design = np.column_stack([np.ones(len(hz)), hz[:, outputs]])
         coef = np.linalg.lstsq(design, white[b], rcond=None)[0]
-        target = (z2[:, idx] - z[:, idx].mean(0)) @ _whitener(zc[:, idx])
+        target = (z2[:, idx] - z[:, idx].mean(0)) @ whiteners[b]
         residual = target - np.column_stack([np.ones(len(h2)), h2[:, outputs]]) @ coef
         per_group.append(float(1 - (residual ** 2).sum() / ((target - target.mean(0)) ** 2).sum()))
     sizes = [len(idx) for idx in groups]

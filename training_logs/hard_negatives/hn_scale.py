@@ -52,7 +52,7 @@ def spread(loss_fn, h, latent, batch_size, beta, generator):
     return float((s.max(1).values - s.min(1).values).median()), float(share.median())
 
 
-def states(save_dir, seed):
+def states(save_dir):
     """The run's (start, end) as (loss_fn, h, latent) triples and its β."""
     args = rescore.run_config(save_dir, None)
     checkpoint = run_support.read_checkpoint(os.path.join(save_dir, run_support.CHECKPOINT_NAME), "SAVE_DIR")
@@ -64,15 +64,13 @@ def states(save_dir, seed):
     exp = main_mlp.build_experiment(args, derived, device, init_gen, data_gen)
     start_f = encoders.build_encoder(args.n, derived.normalization)
     start = (exp.loss_fn, torch.nn.Sequential(exp.g, start_f), exp.latent)
-    end_loss = main_mlp.build_experiment(args, derived, device, torch.Generator().manual_seed(args.seed),
-                                         torch.Generator().manual_seed(args.seed)).loss_fn
-    end_loss.load_state_dict(checkpoint["loss_fn"])
+    end = main_mlp.build_experiment(args, derived, device, torch.Generator().manual_seed(args.seed),
+                                    torch.Generator().manual_seed(args.seed))  # its loss and g, to be loaded
+    end.loss_fn.load_state_dict(checkpoint["loss_fn"])
+    end.g.load_state_dict(rescore.load_state(os.path.join(save_dir, "g.pth")))
     end_f = encoders.build_encoder(args.n, derived.normalization)
     end_f.load_state_dict(rescore.load_state(os.path.join(save_dir, "unsup_f.pth")))
-    g = main_mlp.build_experiment(args, derived, device, torch.Generator().manual_seed(args.seed),
-                                  torch.Generator().manual_seed(args.seed)).g
-    g.load_state_dict(rescore.load_state(os.path.join(save_dir, "g.pth")))
-    return (start, (end_loss, torch.nn.Sequential(g, end_f), exp.latent)), args
+    return (start, (end.loss_fn, torch.nn.Sequential(end.g, end_f), exp.latent)), args
 
 
 def main(argv=None):
@@ -83,7 +81,7 @@ def main(argv=None):
     print("| run | β | spread of β·s, start | end | weight of the hardest 5 %, start | end |")
     print("|---|---:|---:|---:|---:|---:|")
     for save_dir in opts.save_dirs:
-        (start, end), args = states(save_dir, opts.seed)
+        (start, end), args = states(save_dir)
         row = [spread(*state, args.batch_size, args.hn_beta, torch.Generator().manual_seed(opts.seed))
                for state in (start, end)]
         print(f"| {os.path.basename(os.path.normpath(save_dir))} | {args.hn_beta:g} | {row[0][0]:.3g} | "
