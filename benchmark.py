@@ -20,7 +20,6 @@ import host_sync
 import invertible_network_utils
 import main_mlp
 import run_support
-import settings
 
 README_ARGS = ["--n", "10", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25"]
@@ -90,7 +89,7 @@ def build(args, device, seed=0):
     """The objects of a run, as main_mlp builds them. Returns (experiment, data generator, start-up seconds)."""
     t = time.perf_counter()
     data_gen = torch.Generator(device=device).manual_seed(seed)
-    exp = main_mlp.build_experiment(args, settings.derive_from_args(args), device,
+    exp = main_mlp.build_experiment(args, device,
                                     torch.Generator().manual_seed(seed), data_gen)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -265,7 +264,7 @@ def print_header(args, device, opts):
 def main(argv=None):
     opts, device = parse_options(argv)
     run_support.keep_freed_memory()  # as a run does: without it a CPU step page-faults ~3,000 times
-    _, args, _ = main_mlp.parse_args(README_ARGS + ["--device", device.type])
+    _, args = main_mlp.parse_args(README_ARGS + ["--device", device.type])
     startup = print_header(args, device, opts)
     syncs = []
 

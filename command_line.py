@@ -1,12 +1,16 @@
-"""The command line of main_mlp.py: its parser, the checks of what it was given, ``parse_args``.
+"""The command line of main_mlp.py: its parser, the checks of what it was given, ``parse_args``, and the
+run's configuration, ``Config``: a frozen dataclass of every flag (its fields and types read from the
+parser) with what they imply (``derived``).
 
-Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables
-it offers as choices are named in settings), so that sweep.py checks its runs' arguments in-process
-with ``read_args``.
+Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables it
+offers as choices are settings'), so that ``--help`` is quick and sweep.py checks its runs' arguments
+in-process with ``read_args``.
 """
 
+import dataclasses
 import math
 import os
+import typing
 
 import settings
 from argparse_utils import ArgumentParser, same_file
@@ -31,22 +35,18 @@ def number(text):
     return int(value) if value.is_integer() else value
 
 
-def build_parser(loss_table=None):
-    """The command line: the reference's flags first, in its order (a log's ``Arguments:`` block), then
-    ours. ``loss_table``: losses.LOSSES, for ``--loss``'s choices and help; without it (a caller that must
-    not import torch) ``--loss`` takes any name, and the run's own parser refuses an unknown one."""
+def build_parser():
+    """The command line: the reference's flags first, in its order (a log's ``Arguments:`` block), then ours."""
     parser = ArgumentParser(prog=PROG, description=DESCRIPTION)
     _add_reference_flags(parser)
-    _add_our_flags(parser, loss_table)
+    _add_our_flags(parser)
     return parser
 
 
-def loss_options(loss_table):
-    """``--loss``'s choices and help from the table of losses (None: any name, a generic help)."""
-    if loss_table is None:
-        return None, "the contrastive loss on extended_sphere with --p 0 (main_mlp.py --help lists them)"
-    choices = tuple(name for name, loss in loss_table.items() if loss.selectable)
-    return choices, "; ".join(f"{name}: {loss_table[name].description}" for name in choices)
+def _choices(table, intro=None):
+    """``choices`` and ``help`` of a flag that names an entry of ``table`` (settings)."""
+    help_ = "; ".join(f"{name}: {entry.help}" for name, entry in table.items())
+    return dict(choices=tuple(table), help=f"{intro}; {help_}" if intro else help_)
 
 
 def _add_reference_flags(parser):
@@ -64,8 +64,7 @@ def _add_reference_flags(parser):
     parser.add_argument("--num-eval-batches", type=int, default=10,
                         help="batches of the final evaluation (mean and std reported)")
     parser.add_argument("--seed", type=int, help="seed of every random draw; drawn and reported on stderr when omitted")
-    parser.add_argument("--act-fct", default="leaky_relu",
-                        choices=settings.ACTIVATION_NAMES, help="activation inside the mixing g")
+    parser.add_argument("--act-fct", default="leaky_relu", **_choices(settings.ACTIVATIONS, "activation inside g"))
     parser.add_argument("--c-param", type=float, default=0.05,
                         help="scale of the conditional (vMF concentration for --c-p 0 on sphere)")
     parser.add_argument("--m-param", type=float, default=1.0, help="scale of the marginal (when --m-p is not 0)")
@@ -73,7 +72,7 @@ def _add_reference_flags(parser):
                         help="temperature of the Lp, dot-product and infonce-fixed losses")
     parser.add_argument("--n-mixing-layer", type=int, default=3, help="linear layers in the mixing g (0: the identity)")
     parser.add_argument("--n", type=int, default=10, help="latent dimension")
-    parser.add_argument("--space-type", default="box", choices=settings.SPACE_NAMES, help="latent space")
+    parser.add_argument("--space-type", default="box", **_choices(settings.SPACES, "latent space"))
     parser.add_argument("--m-p", type=number, default=0,
                         help="marginal: 0 uniform, 1 Laplace, 2 normal, other p generalised normal")
     parser.add_argument("--c-p", type=number, default=2, help=settings.conditional_help())
@@ -99,10 +98,10 @@ def _add_reference_flags(parser):
                         help="acceptance band | ‖z+δ‖ - 1 | < threshold of the positive sampler")
 
 
-def _add_our_flags(parser, loss_table):
+def _add_our_flags(parser):
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-    loss_choices, loss_help = loss_options(loss_table)
-    parser.add_argument("--loss", default=settings.DEFAULT_LOSS, choices=loss_choices, help=loss_help)
+    selectable = {name: loss for name, loss in settings.LOSSES.items() if loss.selectable}
+    parser.add_argument("--loss", default=settings.DEFAULT_LOSS, **_choices(selectable))
     parser.add_argument("--negatives", default="reference", choices=("reference", "symmetric"),
                         help="reference: the authors' negatives for the second view; symmetric: NT-Xent")
     parser.add_argument("--log-file", help="also write the log here, flushed at every line")
@@ -123,10 +122,8 @@ def _add_our_flags(parser, loss_table):
                         help="start a fresh run over an earlier one: in a --save-dir that holds a checkpoint "
                              "or models (removed), into a --log-file / --metrics-file that holds another run's "
                              "output (replaced; never a file with other names, hard links)")
-    parser.add_argument("--lambda-param", default=settings.LAMBDA_PARAM_CHOICES[0],
-                        choices=settings.LAMBDA_PARAM_CHOICES,
-                        help="how the learned Λ̂ is parametrised: softplus(θ) as the reference, or exp(θ) "
-                             "(log space; the same initial Λ̂)")
+    parser.add_argument("--lambda-param", default=next(iter(settings.LAMBDA_PARAMS)),
+                        **_choices(settings.LAMBDA_PARAMS, "how the learned Λ̂ is parametrised"))
     parser.add_argument("--cond-thresh-ratio", type=float, default=0.0,
                         help="quantile of 25,000 random condition numbers that g's layers must not exceed")
     parser.add_argument("--hn-beta", type=float, default=0.0,
@@ -233,11 +230,12 @@ def validate_numbers(err, args):
         err(f"argument --seed: must be in [0, 2^63), got {args.seed}")
 
 
-def validate_args(parser, args, derived):
+def validate_args(parser, args):
     """Refuse what cannot run, with a one-line error naming the flag (exit 2), from the values alone
     (no file is looked at: sweep.py checks its runs with it before it makes their directories)."""
     err = parser.error
     validate_numbers(err, args)
+    derived = args.derived
     if args.only_supervised and args.only_unsupervised:
         err("arguments --only-supervised and --only-unsupervised: choose at most one")
     if args.sphere_norm and args.box_norm:
@@ -249,20 +247,8 @@ def validate_args(parser, args, derived):
         err(f"argument --c-p: {args.c_p} needs --space-type {' or '.join(s for c in named for s in c.spaces)} "
             f"({', '.join(c.words for c in named)}), not {args.space_type}")
     if not derived.loss_from_flag and args.loss != settings.DEFAULT_LOSS:
-        err(f"argument --loss: {args.loss} applies to --space-type extended_sphere with --p 0 only")
-    if not derived.loss_from_flag and args.negatives != "reference":
-        err("argument --negatives: applies to --space-type extended_sphere with --p 0 only")
-    if args.hn_beta and not derived.loss_from_flag:
-        err(f"argument --hn-beta: applies to the AnInfoNCE / InfoNCE losses (--space-type extended_sphere with "
-            f"--p 0) only, not to the {derived.loss} loss of --space-type {args.space_type} with --p {args.p}")
-    if args.hn_beta and args.only_supervised:
-        err("argument --hn-beta: weights the contrastive loss's negatives; --only-supervised trains none")
-    # infonce-fixed is the one --loss choice that learns no Λ̂ (losses.LOSSES' learns_lambda; a test holds them equal).
-    if args.lambda_init is not None and (not derived.loss_from_flag or derived.loss == "infonce-fixed"):
-        err(f"argument --lambda-init: the {derived.loss} loss learns no Λ̂ (--space-type {args.space_type}, --p "
-            f"{args.p}, --loss {args.loss}); it applies to --loss aninfonce / infonce on extended_sphere with --p 0")
-    if args.lambda_init is not None and args.only_supervised:
-        err("argument --lambda-init: scales the contrastive loss's Λ̂; --only-supervised trains none")
+        err(f"argument --loss: {args.loss} applies to {settings.LOSSES[args.loss].where} only")
+    refuse_unread(err, args)
     if derived.loss == "infonce-fixed" and 1 / args.tau > MAX_FIXED_LAMBDA:
         err(f"argument --tau: infonce-fixed needs --tau >= {1 / MAX_FIXED_LAMBDA:g} (Λ̂ = 1/τ at most "
             f"{MAX_FIXED_LAMBDA:g}), got {args.tau}")
@@ -270,6 +256,21 @@ def validate_args(parser, args, derived):
         err("arguments --compile and --precision bf16: choose at most one")
     if args.resume_training and not args.save_dir:
         err("argument --resume-training: needs --save-dir with a checkpoint")
+
+
+def refuse_unread(err, args):
+    """Refuse a flag that a loss reads (settings.Loss.reads) set where the run's loss does not read it."""
+    loss = args.derived.loss
+    reads = () if args.only_supervised else settings.LOSSES[loss].reads
+    for dest in dict.fromkeys(d for entry in settings.LOSSES.values() for d in entry.reads):
+        if dest in reads or getattr(args, dest) == DEFAULTS[dest]:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if args.only_supervised:
+            err(f"argument {flag}: --only-supervised trains no contrastive loss")
+        readers = [name for name, entry in settings.LOSSES.items() if dest in entry.reads]
+        err(f"argument {flag}: the {loss} loss does not read it (--space-type {args.space_type}, --p {args.p}, "
+            f"--loss {args.loss}); it applies to --loss {' / '.join(readers)} on {settings.LOSSES[readers[0]].where}")
 
 
 def validate_files(parser, args):
@@ -315,7 +316,7 @@ def resolve_places(err, args):
 
 
 def _parse(parser, argv):
-    """``(args, derived)`` of ``argv``, its values checked (``validate_args``), its places resolved."""
+    """The Config of ``argv``, its values checked (``validate_args``), its places resolved."""
     args = parser.parse_args(argv)
     resolve_places(parser.error, args)
     if args.resume_if_exists:
@@ -324,17 +325,17 @@ def _parse(parser, argv):
         if args.overwrite:
             parser.error("arguments --overwrite and --resume-if-exists: choose at most one")
         args.resume_training = os.path.exists(os.path.join(args.save_dir, settings.CHECKPOINT_NAME))
-    derived = settings.derive_from_args(args)
-    validate_args(parser, args, derived)
-    return args, derived
+    config = Config(**vars(args))
+    validate_args(parser, config)
+    return config
 
 
-def parse_args(argv=None, loss_table=None):
-    """(parser, args, derived), the files checked as well; ``derived``: settings.Derived."""
-    parser = build_parser(loss_table)
-    args, derived = _parse(parser, argv)
-    validate_files(parser, args)
-    return parser, args, derived
+def parse_args(argv=None):
+    """(parser, config), the files checked as well."""
+    parser = build_parser()
+    config = _parse(parser, argv)
+    validate_files(parser, config)
+    return parser, config
 
 
 def _raise(message):
@@ -346,11 +347,51 @@ def read_args(argv):
     values checked, no file touched; ValueError: main_mlp.py's refusal (without ``main_mlp.py: error: ``)."""
     parser = build_parser()
     parser.error = _raise  # argparse calls self.error: a refusal becomes an exception, not an exit
-    args, _ = _parse(parser, argv)
-    return {key: "None" if value is None else str(value) for key, value in settings.printed_args(args).items()}
+    config = _parse(parser, argv)
+    return {key: "None" if value is None else str(value) for key, value in printed_args(config).items()}
 
 
 def flags():
     """``{flag: (dest, takes a value)}``: every flag of main_mlp.py (``--help`` aside)."""
     return {flag: (action.dest, action.nargs != 0) for action in build_parser()._actions
             if action.dest != "help" for flag in action.option_strings}
+
+
+class _Derivations:
+    """What a Config's flags imply (settings.derive), read as ``config.derived``."""
+
+    @property
+    def derived(self):
+        return settings.derive(self.space_type, self.p, self.c_p, self.loss, self.box_norm, self.sphere_norm)
+
+
+def _field_type(action):
+    kind = bool if action.nargs == 0 else {number: float, None: str}.get(action.type, action.type)
+    return kind if action.default is not None else typing.Optional[kind]
+
+
+_ACTIONS = [action for action in build_parser()._actions if action.dest != "help"]
+# Every flag's default: also the value of a flag that an older checkpoint or log does not name.
+DEFAULTS = {action.dest: action.default for action in _ACTIONS}
+# The run's configuration: one field per flag, in the parser's order (its ``vars`` is the Arguments block).
+Config = dataclasses.make_dataclass("Config", [(a.dest, _field_type(a)) for a in _ACTIONS], bases=(_Derivations,),
+                                    frozen=True)
+Config.__module__ = __name__  # where pickle finds it
+
+
+def config(**values):
+    """A Config of the parser's defaults, ``values`` replacing some (tests, rescoring; nothing validated)."""
+    return Config(**{**DEFAULTS, **values})
+
+
+# Flags that a log's Arguments block and its config record name only when they differ from their default, so
+# that a run which leaves one alone writes, byte for byte, what it wrote before the flag existed; a log or
+# record without one ran with the default.
+UNPRINTED_AT_DEFAULT = ("hn_beta", "lambda_init")
+
+
+def printed_args(config):
+    """The flags as a run prints them (the Arguments block, the config record), UNPRINTED_AT_DEFAULT left out
+    at their default."""
+    return {key: value for key, value in vars(config).items()
+            if key not in UNPRINTED_AT_DEFAULT or value != DEFAULTS[key]}

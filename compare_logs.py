@@ -27,6 +27,7 @@ import numpy as np
 import disentanglement_utils
 import logparse
 import metrics_io
+import command_line
 import settings
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int, write_stdout
 
@@ -96,8 +97,8 @@ def pick_lambda(phase_a, phase_b, common, how):
 
 def differing_args(log_a, log_b):
     """``[(name, value in A, value in B)]`` for the arguments both logs list with different values (a flag
-    of settings.UNPRINTED_DEFAULTS that a log does not name has its default there)."""
-    unprinted = {k: str(v) for k, v in settings.UNPRINTED_DEFAULTS.items()}
+    of command_line.UNPRINTED_AT_DEFAULT that a log does not name has its default there)."""
+    unprinted = {k: str(command_line.DEFAULTS[k]) for k in command_line.UNPRINTED_AT_DEFAULT}
     args_a, args_b = {**unprinted, **log_a.args}, {**unprinted, **log_b.args}
     keys = [k for k in args_a if k in args_b and k not in settings.INCIDENTAL_FLAGS]  # where/how it ran
     return [(k, args_a[k], args_b[k]) for k in keys if args_a[k] != args_b[k]]

@@ -5,6 +5,8 @@ its state dict loads in either program."""
 import torch
 from torch import nn
 
+import settings
+
 HIDDEN_FACTORS = (10, 50, 50, 50, 50, 10)
 LEAKY_SLOPE = 0.01
 
@@ -46,13 +48,13 @@ class SoftclipLayer(nn.Module):
         return self.max_abs_bound * torch.sigmoid(x)
 
 
-# The output normalisations (settings.NORMALIZATIONS) -> the encoder's last module, built from n.
-NORMALIZATION_LAYERS = {
-    "fixed_sphere": lambda n: RescaleLayer(),
-    "learnable_sphere": lambda n: RescaleLayer(learnable=True),
-    "learnable_box": SoftclipLayer,
-    "none": None,
-}
+# The builders of settings.NORMALIZATIONS' entries: the encoder's last module, build(n).
+def unit_sphere(n):
+    return RescaleLayer()
+
+
+def learnable_sphere(n):
+    return RescaleLayer(learnable=True)
 
 
 def layer_widths(n):
@@ -62,13 +64,14 @@ def layer_widths(n):
 
 def build_encoder(n, normalization="fixed_sphere"):
     """The encoder as an ``nn.Sequential`` (its repr matches the reference log)."""
-    if normalization not in NORMALIZATION_LAYERS:
+    if normalization not in settings.NORMALIZATIONS:
         raise ValueError(f"unknown output normalisation {normalization!r}")
     dims = layer_widths(n)
     layers = []
     for width_in, width_out in zip(dims[:-1], dims[1:]):
         layers += [nn.Linear(width_in, width_out), LeakyReLU(LEAKY_SLOPE)]
     layers.pop()  # no activation after the last linear layer
-    if NORMALIZATION_LAYERS[normalization] is not None:
-        layers.append(NORMALIZATION_LAYERS[normalization](n))
+    build = settings.NORMALIZATIONS[normalization].build
+    if build is not None:
+        layers.append(settings.load(build)(n))
     return nn.Sequential(*layers)

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+import settings
+
 # The condition-number threshold is a quantile of this many random matrices.
 N_COND_SAMPLES = 25_000
 # Matrices drawn per round while searching for one under the threshold.
@@ -32,21 +34,16 @@ class SmoothLeakyReLU(nn.Module):
         return f"alpha={self.alpha}"
 
 
-# --act-fct -> the activation between g's layers (also the parser's choices).
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "leaky_relu": functools.partial(nn.LeakyReLU, negative_slope=0.2),
-    "elu": nn.ELU,
-    "smooth_leaky_relu": SmoothLeakyReLU,
-    "softplus": nn.Softplus,
-}
+def leaky_relu():
+    """The reference's activation of g (settings.ACTIVATIONS' leaky_relu)."""
+    return nn.LeakyReLU(negative_slope=0.2)
 
 
 def activation(name):
-    """A fresh module of the activation ``name`` (a key of ACTIVATIONS)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    """A fresh module of the activation ``name`` (a key of settings.ACTIVATIONS)."""
+    if name not in settings.ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(settings.ACTIVATIONS)}")
+    return settings.load(settings.ACTIVATIONS[name].build)()
 
 
 def random_matrices(count, n, generator):

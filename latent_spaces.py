@@ -1,5 +1,5 @@
 """A latent space: a space plus its marginal p(z) and conditional p(z~ | z), picked from the tables
-``SPACES`` and settings.CONDITIONALS (the conditional's name: settings.derive)."""
+settings.SPACES and settings.CONDITIONALS (the conditional's name: settings.derive)."""
 
 import math
 
@@ -93,18 +93,26 @@ def candidates_for(acceptance):
     return int(min(MAX_CANDIDATES, max(1, math.ceil(CANDIDATES_PER_EXPECTED_DRAW / acceptance))))
 
 
-# --space-type -> the space it builds from the flags (also the parser's choices).
-SPACES = {
-    "box": lambda args: spaces.NBoxSpace(args.n, args.box_min, args.box_max),
-    "sphere": lambda args: spaces.NSphereSpace(args.n, args.sphere_r),
-    "unbounded": lambda args: spaces.NRealSpace(args.n),
-    "extended_sphere": lambda args: spaces.ExtendedSphereSpace(args.n),
-}
+# The builders of settings.SPACES' entries, build(config).
+def box(config):
+    return spaces.NBoxSpace(config.n, config.box_min, config.box_max)
 
 
-def build_space(args):
+def sphere(config):
+    return spaces.NSphereSpace(config.n, config.sphere_r)
+
+
+def unbounded(config):
+    return spaces.NRealSpace(config.n)
+
+
+def extended_sphere(config):
+    return spaces.ExtendedSphereSpace(config.n)
+
+
+def build_space(config):
     """The space of --space-type."""
-    return SPACES[args.space_type](args)
+    return settings.load(settings.SPACES[config.space_type].build)(config)
 
 
 def anisotropic_acceptance(args, space, positive_std, generator, device, num):

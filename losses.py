@@ -1,23 +1,21 @@
 """Contrastive losses: AnInfoNCE / InfoNCE, the Lp form and the dot-product form. All end in
-``contrastive_cross_entropy``; ``LOSSES`` (at the end) declares each by name."""
+``contrastive_cross_entropy``; each is declared by name in settings.LOSSES, with its builder at the end here."""
 
-import dataclasses
-import functools
 import math
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+import settings
+
 THETA_INIT_STD = 0.1
 
 
-# How θ becomes Λ̂ (--lambda-param): name -> (θ -> Λ̂, Λ̂ -> θ). softplus is the reference's; exp puts
-# Λ̂ in log space, where Adam's steps of roughly constant size in θ scale Λ̂ by a factor.
-LAMBDA_PARAMS = {
-    "softplus": (F.softplus, lambda lam: lam + torch.log(-torch.expm1(-lam))),
-    "exp": (torch.exp, torch.log),
-}
+# How θ becomes Λ̂ (--lambda-param, settings.LAMBDA_PARAMS): (θ -> Λ̂, Λ̂ -> θ). softplus is the reference's;
+# exp puts Λ̂ in log space, where Adam's steps of roughly constant size in θ scale Λ̂ by a factor.
+SOFTPLUS = (F.softplus, lambda lam: lam + torch.log(-torch.expm1(-lam)))
+EXP = (torch.exp, torch.log)
 # Floor of |x| in the Lp form for p < 1, where d|x|^p/dx is infinite at 0.
 LP_EPS = 1e-6
 
@@ -105,7 +103,7 @@ class AnInfoNCELoss(nn.Module):
     isotropic: one shared λ (InfoNCE with temperature 1/λ). symmetric: textbook negatives s(b_i, a_k) for the
     second view's anchors (by default the reference's reuse of the first view's cross block, s(a_i, b_k)).
     generator: draws θ ~ N(0, 0.1²). fixed_lambda: Λ̂ = fixed_lambda · I, nothing learned (InfoNCE, τ = 1 /
-    fixed_lambda). param: a key of LAMBDA_PARAMS; the initial Λ̂ is always softplus of the reference's θ.
+    fixed_lambda). param: a key of settings.LAMBDA_PARAMS; the initial Λ̂ is always softplus of the reference's θ.
     lambda_init: V scales that initial Λ̂₀ to V · Λ̂₀ / ln 2 (mean about V, the same random spread; θ the
     parametrisation's inverse of it), from the same draws; None keeps Λ̂₀ (≈ 0.69, InfoNCE at τ ≈ 1.4, which at a
     large anisotropy loses most of the style latents early: a start at the style scale keeps it sharp).
@@ -117,7 +115,7 @@ class AnInfoNCELoss(nn.Module):
                  hn_beta=0.0, lambda_init=None):
         super().__init__()
         self.n, self.symmetric, self.fixed_lambda, self.hn_beta = n, symmetric, fixed_lambda, hn_beta
-        self.to_lambda, from_lambda = LAMBDA_PARAMS[param]
+        self.to_lambda, from_lambda = settings.load(settings.LAMBDA_PARAMS[param].build)
         if fixed_lambda is None:
             theta = torch.randn(1 if isotropic else n, generator=generator) * THETA_INIT_STD
             if param != "softplus" or lambda_init is not None:
@@ -228,40 +226,23 @@ class DotSimCLRLoss(nn.Module):
         return contrastive_cross_entropy(positive, [torch.logsumexp(neg, dim=1), positive])
 
 
-@dataclasses.dataclass(frozen=True)
-class Loss:
-    """One contrastive loss: everything the rest of the project needs to know of it."""
-
-    description: str  # the --loss help
-    build: object  # build(args, init_gen) -> nn.Module, its parameters drawn from init_gen
-    learns_lambda: bool  # a learnable Λ̂ (``theta``, ``lambdas()``), logged as lambda init / learned lambda values
-    blocks: int  # the (B, B) float32 blocks it holds at its peak (the memory estimate)
-    selectable: bool = True  # a --loss choice (settings.derive picks the others from --p and the space)
-    label: str = None  # its name in sweep summaries, ``{p}`` replaced by --p
+# The builders of settings.LOSSES' entries: build(config, init_gen), the parameters drawn from init_gen.
+def aninfonce(config, init_gen, **kwargs):
+    return AnInfoNCELoss(config.n, symmetric=config.negatives == "symmetric", generator=init_gen,
+                         param=config.lambda_param, hn_beta=config.hn_beta, lambda_init=config.lambda_init, **kwargs)
 
 
-def _aninfonce(args, init_gen, **kwargs):
-    return AnInfoNCELoss(args.n, symmetric=args.negatives == "symmetric", generator=init_gen,
-                         param=args.lambda_param, hn_beta=args.hn_beta, lambda_init=args.lambda_init, **kwargs)
+def infonce(config, init_gen):
+    return aninfonce(config, init_gen, isotropic=True)
 
 
-# The losses by name (settings.derive picks one: --loss on extended_sphere with --p 0, else --p and the
-# space decide). --loss's default is settings.DEFAULT_LOSS. A new loss is its class above and one entry here.
-LOSSES = {
-    "aninfonce": Loss("AnInfoNCE: a learnable diagonal Λ̂", _aninfonce, learns_lambda=True, blocks=4),
-    "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ",
-                    functools.partial(_aninfonce, isotropic=True), learns_lambda=True, blocks=4),
-    "infonce-fixed": Loss("the textbook InfoNCE: fixed temperature --tau (Λ̂ = I / τ, nothing learned)",
-                          lambda args, init_gen: _aninfonce(args, init_gen, fixed_lambda=1.0 / args.tau),
-                          learns_lambda=False, blocks=4),
-    "lp": Loss("the Lp form (--p > 0)", lambda args, init_gen: LpSimCLRLoss(args.p, args.tau),
-               learns_lambda=False, blocks=3, selectable=False, label="Lp (p={p})"),
-    "dot": Loss("the dot-product form (--p 0 outside extended_sphere)", lambda args, init_gen: DotSimCLRLoss(args.tau),
-                learns_lambda=False, blocks=2, selectable=False, label="dot product"),
-}
+def infonce_fixed(config, init_gen):
+    return aninfonce(config, init_gen, fixed_lambda=1.0 / config.tau)
 
 
-def loss_label(name, p="?"):
-    """A loss's name in the sweep summaries (the name itself for a loss of no table entry)."""
-    label = LOSSES[name].label if name in LOSSES else None
-    return name if label is None else label.format(p=p)
+def lp(config, init_gen):
+    return LpSimCLRLoss(config.p, config.tau)
+
+
+def dot(config, init_gen):
+    return DotSimCLRLoss(config.tau)

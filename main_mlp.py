@@ -12,6 +12,8 @@ if __name__ == "__main__":
     startup_signals.exit_at_once()
     import argparse_utils
     argparse_utils.reopen_closed_streams()  # before any file is opened: it would take a closed stream's place
+    import command_line
+    command_line.build_parser().parse_args()  # --help and a malformed command line end here, before torch loads
 
 import contextlib
 import dataclasses
@@ -34,7 +36,7 @@ import losses
 import run_support
 import settings
 import spaces
-from command_line import PROG
+from command_line import PROG, parse_args
 from run_support import CHECKPOINT_NAME, Diverged, InputError, RunLog, WriteError, save_atomically
 
 # Fresh marginal samples behind every logged Lin./Perm. score.
@@ -42,11 +44,6 @@ N_EVAL_SAMPLES = 4096
 # Below this estimated acceptance rate the rejection sampler would need over 10,000 proposals a row: refused.
 MIN_ACCEPTANCE = 1e-4
 ACCEPTANCE_PROPOSALS = 20_000
-
-
-def parse_args(argv=None):
-    """command_line.parse_args, with ``--loss``'s choices and help from losses.LOSSES."""
-    return command_line.parse_args(argv, losses.LOSSES)
 
 
 @dataclasses.dataclass
@@ -64,13 +61,14 @@ class Experiment:
     groups: list = None  # index arrays of the latents of equal ground-truth λ (the block score's blocks)
 
 
-def build_experiment(args, derived, device, init_gen, data_gen):
+def build_experiment(args, device, init_gen, data_gen):
     """Build the latent space, g and the loss in the order the seed fixes: θ of Λ̂ and g from ``init_gen``
     (CPU), the sampler's acceptance estimate from ``data_gen``. Raises InputError when the rejection
     sampler would accept too few proposals to finish a batch."""
+    derived, loss = args.derived, settings.LOSSES[args.derived.loss]
     space = latent_spaces.build_space(args)
-    loss_fn = losses.LOSSES[derived.loss].build(args, init_gen)
-    theta_init = loss_fn.theta.detach().clone() if losses.LOSSES[derived.loss].learns_lambda else None
+    loss_fn = settings.load(loss.build)(args, init_gen)
+    theta_init = loss_fn.theta.detach().clone() if loss.learns_lambda else None
     loss_fn = loss_fn.to(device)
     gt_lambda, positive_std, acceptance = None, None, None
     conditional = settings.CONDITIONALS[derived.conditional]
@@ -93,7 +91,7 @@ def build_experiment(args, derived, device, init_gen, data_gen):
     return Experiment(latent, g.to(device), loss_fn, threshold, conds, gt_lambda, theta_init, acceptance, groups)
 
 
-def peak_memory(args, derived):
+def peak_memory(args):
     """A generous estimate of a run's largest memory use in bytes, from its sizes and tables alone: the largest
     of g's condition-number search, the acceptance check, a training step and an evaluation, plus the loss ring."""
     n, bsz = args.n, args.batch_size
@@ -101,9 +99,9 @@ def peak_memory(args, derived):
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
     width = sum(dims)
     mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
-    conditional = settings.CONDITIONALS[derived.conditional]
+    conditional = settings.CONDITIONALS[args.derived.conditional]
     acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if conditional.acceptance else 0
-    blocks = losses.HARD_NEGATIVE_BLOCKS if args.hn_beta else losses.LOSSES[derived.loss].blocks
+    blocks = losses.HARD_NEGATIVE_BLOCKS if args.hn_beta else settings.LOSSES[args.derived.loss].blocks
     proposals = 3 * settings.load(conditional.proposal_elements)(args) * 4 if conditional.proposal_elements else 0
     # the encoder with its gradients and Adam's two moments, the 2B rows of activations kept for the
     # backward pass, the loss's (B, B) blocks, the conditional's proposals
@@ -165,8 +163,7 @@ class Run:
     """One run: what the flags decided, what was drawn before training, where it writes (``prepare``
     builds it before any output file is opened, ``main`` adds the ``log``; Survival reads it too)."""
 
-    args: object
-    derived: settings.Derived
+    args: command_line.Config
     device: torch.device
     seed: int
     exp: Experiment
@@ -210,7 +207,7 @@ def train_phase(run, survival, name):
     args, device, exp = run.args, run.device, run.exp
     supervised = name == "supervised"
     total = phase_steps(args, name)
-    f = encoders.build_encoder(args.n, run.derived.normalization).to(device)
+    f = encoders.build_encoder(args.n, args.derived.normalization).to(device)
     phase = Phase(name, total, f, build_optimizer(args, f, None if supervised else exp.loss_fn),
                   torch.zeros(max(1, min(args.n_log_steps, total)), device=device))  # no longer than the phase
     run.log.line(f"supervised test: {supervised}")
@@ -248,7 +245,7 @@ def log_step(run, survival, phase, step, h, clock):
     run.log.line(f"Step: {step} \t Loss: {loss:.4f} \t <Loss>: {mean_loss:.4f} \t "
                  f"Lin. Disentanglement: {scores['lin']:.4f} \t Perm. Disentanglement: {scores['perm']:.4f}")
     record = {"type": "step", "phase": phase.name, "step": step, "loss": loss, "mean_loss": mean_loss, **scores}
-    if run.derived.normalization == "learnable_sphere":
+    if run.args.derived.normalization == "learnable_sphere":
         # The reference prints the radius parameter itself (two lines).
         run.log.line(f"r: {phase.f[-1].r}")
         record["r"] = phase.f[-1].r.item()
@@ -327,10 +324,10 @@ def train(run, survival):
 
 
 def argument_lines(args):
-    """The ``Arguments:`` block, as the reference prints it (settings.printed_args: a flag of
-    settings.UNPRINTED_DEFAULTS at its default not named)."""
+    """The ``Arguments:`` block, as the reference prints it (command_line.printed_args: a flag of
+    command_line.UNPRINTED_AT_DEFAULT at its default not named)."""
     return ["Arguments:"] + [f"\t{key}: {value if value is not None else 'None'}"
-                             for key, value in settings.printed_args(args).items()]
+                             for key, value in command_line.printed_args(args).items()]
 
 
 def file_beginnings(args):
@@ -338,7 +335,7 @@ def file_beginnings(args):
     config record); a file that begins so is this command's own (run_support.refuse_files_of_others)."""
     log = "".join(f"{line}\n" for line in argument_lines(args))
     # the config record's first two keys
-    metrics = json.dumps(dict(type="config", args=settings.printed_args(args)))[:-1]
+    metrics = json.dumps(dict(type="config", args=command_line.printed_args(args)))[:-1]
     return log.encode("utf-8"), metrics.encode("utf-8")
 
 
@@ -347,7 +344,7 @@ def print_header(run):
     args, exp, log = run.args, run.exp, run.log
     for line in argument_lines(args):
         log.line(line)
-    log.record(type="config", args=settings.printed_args(args), seed=run.seed, device=str(run.device),
+    log.record(type="config", args=command_line.printed_args(args), seed=run.seed, device=str(run.device),
                torch=torch.__version__, numpy=np.__version__, python=platform.python_version())
     if exp.acceptance is not None:
         log.info(f"positive sampler acceptance rate: {exp.acceptance:.3f}")
@@ -368,7 +365,7 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def prepare(args, derived, device):
+def prepare(args, device):
     """The Run (without its log), before any output file is opened so that a refusal cuts nothing.
     Raises InputError (or the sampler's SamplerError) for a run that cannot start."""
     if args.save_dir:
@@ -376,7 +373,9 @@ def prepare(args, derived, device):
         run_support.refuse_existing_checkpoint(args)
     run_support.refuse_files_of_others(args, file_beginnings(args))
     phases = {name: phase_steps(args, name) for name in phase_names(args)}
-    resume = run_support.load_resume_state(args, device, phases) if args.resume_training else None
+    resume = run_support.load_resume_state(args, device, phases, command_line.DEFAULTS) if args.resume_training else None
+    if resume is not None and args.seed is None:  # the checkpoint's seed
+        args = dataclasses.replace(args, seed=resume["seed"])
     seed = args.seed
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
@@ -384,34 +383,34 @@ def prepare(args, derived, device):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         torch.backends.cudnn.allow_tf32 = args.allow_tf32
-    run_support.refuse_if_too_big(peak_memory(args, derived), device)
+    run_support.refuse_if_too_big(peak_memory(args), device)
     # All randomness: the global CPU generator (encoder init), a CPU one for g and θ, one on the device for the data.
     torch.manual_seed(seed)
     init_gen = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator(device=device).manual_seed(seed)
-    exp = build_experiment(args, derived, device, init_gen, data_gen)
+    exp = build_experiment(args, device, init_gen, data_gen)
     run_support.refuse_models_of_others(args, exp.g)
     id_scores = evaluate(exp.latent, exp.g, N_EVAL_SAMPLES, data_gen, device)
     if id_scores is None:
         raise InputError("arguments --sphere-r/--m-param/--c-param/--box-min/--box-max: the latents or "
                          "the mixing's output are not finite at these scales")
-    return Run(args, derived, device, seed, exp, data_gen, id_scores, resume)
+    return Run(args, device, seed, exp, data_gen, id_scores, resume)
 
 
 def main(argv=None):
     run_support.exit_on_signals(PROG)
-    parser, args, derived = parse_args(argv)
+    parser, args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():  # here: the command line imports no torch
         parser.error("argument --device: cuda requested but CUDA is not available")
     device = resolve_device(args.device)
     run_support.keep_freed_memory()
     try:
         with run_support.RunLocks(args) as locks:
-            run = prepare(args, derived, device)
+            run = prepare(args, device)
             if run.resume is None:
                 log = RunLog(PROG, args.log_file, args.metrics_file)
             else:  # the files cut back to the checkpoint, saying the run's arguments now
-                log = run_support.continue_files(PROG, args, run.resume,
+                log = run_support.continue_files(PROG, run.args, run.resume,
                                                  os.path.join(args.save_dir, CHECKPOINT_NAME), locks.outputs)
             run = dataclasses.replace(run, log=log)
             try:

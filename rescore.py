@@ -20,11 +20,9 @@ import torch
 import command_line
 import disentanglement_utils
 import encoders
-import losses
 import main_mlp
 import metrics_io
 import run_support
-import settings
 from argparse_utils import ArgumentParser, bounded
 
 PROG = "rescore.py"
@@ -48,7 +46,6 @@ def parse_args(argv=None):
 def run_config(save_dir, metrics_file):
     """The run's flags as main_mlp.py parsed them: the parser's defaults (flags added since the run),
     then the checkpoint's configuration, or the metrics file's config record."""
-    args = command_line.build_parser(losses.LOSSES).parse_args([])
     checkpoint = os.path.join(save_dir, run_support.CHECKPOINT_NAME)
     if metrics_file is not None:
         config = metrics_io.read(metrics_file).args
@@ -57,9 +54,7 @@ def run_config(save_dir, metrics_file):
     else:
         raise run_support.InputError(f"argument SAVE_DIR: no {checkpoint} to read the run's configuration "
                                      f"from; give the run's --metrics-file as --config")
-    known = {k: v for k, v in config.items() if hasattr(args, k)}
-    vars(args).update(known)
-    return args
+    return command_line.config(**{k: v for k, v in config.items() if k in command_line.DEFAULTS})
 
 
 def load_state(path):
@@ -78,11 +73,10 @@ def load_state(path):
 def rescore(opts):
     """The record of ``opts``' run, scored anew."""
     args = run_config(opts.save_dir, opts.config)
-    derived = settings.derive_from_args(args)
     device = torch.device("cpu")
     init_gen, data_gen = torch.Generator().manual_seed(opts.seed), torch.Generator().manual_seed(opts.seed)
-    exp = main_mlp.build_experiment(args, derived, device, init_gen, data_gen)
-    f = encoders.build_encoder(args.n, derived.normalization)
+    exp = main_mlp.build_experiment(args, device, init_gen, data_gen)
+    f = encoders.build_encoder(args.n, args.derived.normalization)
     for module, name in ((exp.g, "g.pth"), (f, ENCODER_FILES[opts.phase])):
         try:
             module.load_state_dict(load_state(os.path.join(opts.save_dir, name)))

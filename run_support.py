@@ -655,17 +655,16 @@ def refuse_existing_checkpoint(args):
                      f"--resume-training, or start over with --overwrite")
 
 
-def load_resume_state(args, device, phases):
+def load_resume_state(args, device, phases, defaults):
     """The checkpoint to resume, checked against this run's arguments and log files (InputError naming
-    the flag when it cannot be resumed). ``phases``: {phase: its steps} of this run's phases, in order."""
+    the flag when it cannot be resumed). ``phases``: {phase: its steps} of this run's phases, in order;
+    ``defaults``: every flag's default, the value of a flag the checkpoint predates."""
     path = os.path.join(args.save_dir, CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise InputError(f"argument --resume-training: no checkpoint {path}")
     state = read_checkpoint(path)
-    if args.seed is None:
-        args.seed = state["seed"]
-    mine = {"seed": args.seed, **config_fingerprint(args, device)}
-    theirs = {**settings.ADDED_FLAG_DEFAULTS, **state["config"], "seed": state["seed"]}
+    mine = {"seed": state["seed"] if args.seed is None else args.seed, **config_fingerprint(args, device)}
+    theirs = {**{k: v for k, v in defaults.items() if k in mine}, **state["config"], "seed": state["seed"]}
     diff = sorted((k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)), key=lambda k: (k != "seed", k))
     if diff:
         shown = ", ".join(f"{k} ({theirs.get(k)!r} there, {mine.get(k)!r} here)" for k in diff[:4])

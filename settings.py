@@ -1,16 +1,104 @@
-"""What the flags imply, decided once here and read everywhere else; the conditionals (the flags that pick
-each, its builders by name); the names of the tables that need torch. Plain Python: the tools read a log's
-``Arguments:`` block (strings) through the same functions."""
+"""Every name a flag takes, declared once: the losses, spaces, conditionals, activations, output
+normalisations and λ parametrisations, each entry with its help and its builder by dotted name (imported
+when a run builds it); and what the flags imply, decided once (``derive``). Plain Python, so that the command
+line, ``--help`` and the tools (which read a log's ``Arguments:`` block, strings, through the same
+functions) import no torch."""
 
 import dataclasses
 import importlib
 import itertools
 
 
-# --loss's default and the loss of a log that predates --loss: the reference's AnInfoNCE (the losses: losses.LOSSES).
-DEFAULT_LOSS = "aninfonce"
-# The losses derive picks from --p and the space instead of --loss (keys of losses.LOSSES).
-LP_LOSS, DOT_LOSS = "lp", "dot"
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One name a flag takes (or the flags pick): its help, and its builder by dotted name, imported only
+    when a run builds it (``load``), so that the command line, ``--help`` and the tools stay torch-free."""
+
+    help: str
+    build: str
+
+
+def contrastive_sphere(space_type, p):
+    """Where --loss picks the loss: the dot-product form on extended_sphere."""
+    return space_type == "extended_sphere" and p == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss(Choice):
+    """One contrastive loss. ``build(config, init_gen) -> nn.Module``, its parameters drawn from init_gen."""
+
+    applies: object = contrastive_sphere  # (space_type, p) -> whether it is the run's loss there
+    where: str = "--space-type extended_sphere with --p 0"  # the same, in words (its refusals)
+    reads: tuple = ()  # the flags of ours it reads (dests); elsewhere a value other than the default is refused
+    learns_lambda: bool = False  # a learnable Λ̂ (``theta``, ``lambdas()``): the lambda init / learned lambda lines
+    blocks: int = 4  # the (B, B) float32 blocks it holds at its peak (the memory estimate)
+    selectable: bool = True  # a --loss choice where it applies; the others are picked by --p and the space alone
+    label: str = None  # its name in sweep summaries, ``{p}`` replaced by --p (None: its name)
+
+
+ANINFONCE_FLAGS = ("negatives", "lambda_param", "lambda_init", "hn_beta")
+
+# The losses by name, the first (--loss's default, and the loss of a log that predates --loss) the reference's.
+# Where several apply, --loss picks among them; where one does, it is the run's loss.
+LOSSES = {
+    "aninfonce": Loss("AnInfoNCE: a learnable diagonal Λ̂", "losses.aninfonce", reads=ANINFONCE_FLAGS,
+                      learns_lambda=True),
+    "infonce": Loss("InfoNCE with a learnable temperature: one shared learnable λ", "losses.infonce",
+                    reads=ANINFONCE_FLAGS, learns_lambda=True),
+    "infonce-fixed": Loss("the textbook InfoNCE: fixed temperature --tau (Λ̂ = I / τ, nothing learned)",
+                          "losses.infonce_fixed", reads=("negatives", "hn_beta")),
+    "lp": Loss("the Lp form (--p > 0)", "losses.lp", applies=lambda space_type, p: p > 0,
+               where="--p > 0", blocks=3, selectable=False, label="Lp (p={p})"),
+    "dot": Loss("the dot-product form (--p 0 outside extended_sphere)", "losses.dot",
+                applies=lambda space_type, p: p == 0 and space_type != "extended_sphere",
+                where="--p 0 outside --space-type extended_sphere", blocks=2, selectable=False, label="dot product"),
+}
+DEFAULT_LOSS = next(iter(LOSSES))
+
+
+def loss_label(name, p="?"):
+    """A loss's name in the sweep summaries (the name itself for a loss of no entry)."""
+    label = LOSSES[name].label if name in LOSSES else None
+    return name if label is None else label.format(p=p)
+
+
+# --space-type: the space it builds, build(config).
+SPACES = {
+    "box": Choice("[--box-min, --box-max]^n", "latent_spaces.box"),
+    "sphere": Choice("the sphere of radius --sphere-r", "latent_spaces.sphere"),
+    "unbounded": Choice("R^n", "latent_spaces.unbounded"),
+    "extended_sphere": Choice("R^n, its positives near the unit sphere", "latent_spaces.extended_sphere"),
+}
+
+# --act-fct: the activation between g's layers, build() -> a fresh module.
+ACTIVATIONS = {
+    "relu": Choice("ReLU", "torch.nn.ReLU"),
+    "leaky_relu": Choice("LeakyReLU of slope 0.2", "invertible_network_utils.leaky_relu"),
+    "elu": Choice("ELU", "torch.nn.ELU"),
+    "smooth_leaky_relu": Choice("0.2 x + 0.8 softplus(x)", "invertible_network_utils.SmoothLeakyReLU"),
+    "softplus": Choice("softplus", "torch.nn.Softplus"),
+}
+
+# The encoder's output normalisation (``derive`` picks it from --box-norm, --sphere-norm and --p): the
+# encoder's last module, build(n) (None: no module).
+NORMALIZATIONS = {
+    "fixed_sphere": Choice("onto the unit sphere (--p 0)", "encoders.unit_sphere"),
+    "learnable_sphere": Choice("onto a sphere of learnable radius (--sphere-norm)", "encoders.learnable_sphere"),
+    "learnable_box": Choice("a sigmoid scaled by learnable bounds (--box-norm)", "encoders.SoftclipLayer"),
+    "none": Choice("none (--p > 0)", None),
+}
+
+# --lambda-param: how θ becomes Λ̂, build -> (θ -> Λ̂, Λ̂ -> θ); the first the reference's.
+LAMBDA_PARAMS = {
+    "softplus": Choice("softplus(θ), as the reference", "losses.SOFTPLUS"),
+    "exp": Choice("exp(θ): log space, the same initial Λ̂", "losses.EXP"),
+}
+
+
+def load(dotted):
+    """The object ``module.name`` names (an entry's builder), its module imported now."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +117,6 @@ class Conditional:
     # rejection); the run logs it, refuses a rate too low, and passes it to ``sampler``.
     acceptance: str = None
     proposal_elements: str = None  # f(args): the elements of its largest proposal tensor in a step (memory)
-
-
-def load(dotted):
-    """The function or class ``module.name`` names (a Conditional's builders), its module imported now."""
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def check_conditionals(table):
@@ -90,23 +172,6 @@ def conditional_name(space_type, c_p):
 INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrite", "log_file", "metrics_file",
                     "device", "compile", "checkpoint_every", "checkpoint_minutes", "num_eval_batches", "seed")
 
-# How θ becomes Λ̂ (--lambda-param; the functions are losses.LAMBDA_PARAMS), the reference's first.
-LAMBDA_PARAM_CHOICES = ("softplus", "exp")
-
-# Flags added after runs were checkpointed without them: a checkpoint that lacks one ran with this value.
-ADDED_FLAG_DEFAULTS = {"lambda_param": "softplus", "hn_beta": 0.0, "lambda_init": None}
-
-# Flags that a log's Arguments block and its config record name only when they differ from this default, so
-# that a run which leaves one alone writes, byte for byte, what it wrote before the flag existed; a log or
-# record without one ran with the default.
-UNPRINTED_DEFAULTS = {"hn_beta": 0.0, "lambda_init": None}
-
-
-def printed_args(args):
-    """``vars(args)`` as a run prints it (the Arguments block, the config record): UNPRINTED_DEFAULTS left out."""
-    return {key: value for key, value in vars(args).items()
-            if key not in UNPRINTED_DEFAULTS or value != UNPRINTED_DEFAULTS[key]}
-
 # The files a run keeps in its --save-dir (named here, torch-free, for the tools as well).
 CHECKPOINT_NAME = "checkpoint.pth"
 LOCK_NAME = ".lock"
@@ -118,31 +183,25 @@ def is_save_dir_file(name):
     return any(name == own or name.startswith(own + ".tmp") for own in (CHECKPOINT_NAME, LOCK_NAME) + MODEL_NAMES)
 
 
-# The names of the tables that need torch (latent_spaces.SPACES, invertible_network_utils.ACTIVATIONS),
-# for the command line's choices without importing torch; a test holds them equal to the tables.
-SPACE_NAMES = ("box", "sphere", "unbounded", "extended_sphere")
-ACTIVATION_NAMES = ("relu", "leaky_relu", "elu", "smooth_leaky_relu", "softplus")
-
-# The encoder's output normalisations by name (see encoders.NORMALIZATION_LAYERS).
-NORMALIZATIONS = ("fixed_sphere", "learnable_sphere", "learnable_box", "none")
-
-
 @dataclasses.dataclass(frozen=True)
 class Derived:
     """The decisions the flags imply."""
 
-    loss: str  # a key of losses.LOSSES
-    loss_from_flag: bool  # --loss picked it (extended_sphere with --p 0); elsewhere --p and the space do
+    loss: str  # a key of LOSSES
+    loss_from_flag: bool  # --loss picked it (where several apply); elsewhere --p and the space do
     conditional: str  # a key of CONDITIONALS (None: its --c-p is not defined on the space)
     anisotropic: bool  # CONDITIONALS[conditional].ground_truth_lambda: Λ exists, printed as ground truth Lambda
-    normalization: str  # the encoder's output normalisation, one of NORMALIZATIONS
+    normalization: str  # the encoder's output normalisation, a key of NORMALIZATIONS
 
 
 def derive(space_type, p, c_p, loss=DEFAULT_LOSS, box_norm=False, sphere_norm=False):
     """The decisions of a run from its flags (numbers or their printed strings)."""
     p, c_p = float(p), float(c_p)
-    from_flag = space_type == "extended_sphere" and p == 0
-    kind = LP_LOSS if p > 0 else (loss if from_flag else DOT_LOSS)
+    applies = [name for name, entry in LOSSES.items() if entry.applies(space_type, p)]
+    if not applies:
+        raise ValueError(f"no loss applies to --space-type {space_type} with --p {p:g}")
+    from_flag = loss in applies and LOSSES[loss].selectable
+    kind = loss if from_flag else applies[0]
     if box_norm or sphere_norm:
         normalization = "learnable_box" if box_norm else "learnable_sphere"
     else:
@@ -150,8 +209,3 @@ def derive(space_type, p, c_p, loss=DEFAULT_LOSS, box_norm=False, sphere_norm=Fa
     conditional = conditional_name(space_type, c_p)
     anisotropic = conditional is not None and CONDITIONALS[conditional].ground_truth_lambda
     return Derived(kind, from_flag, conditional, anisotropic, normalization)
-
-
-def derive_from_args(args):
-    """``derive`` for a parsed argparse namespace."""
-    return derive(args.space_type, args.p, args.c_p, args.loss, args.box_norm, args.sphere_norm)

@@ -91,8 +91,7 @@ def loss_label(args):
                                   args.get("c_p", "2"), args.get("loss", settings.DEFAULT_LOSS))
     except ValueError:
         return "?"
-    import losses  # the table of losses (torch): imported only when a summary names its runs' losses
-    return losses.loss_label(derived.loss, args.get("p", "?"))
+    return settings.loss_label(derived.loss, args.get("p", "?"))
 
 
 def planned_steps(args, phase):

@@ -12,7 +12,6 @@ import math
 
 import pytest
 
-import losses
 import settings
 from cli_util import all_steps, parse_log, run_main
 
@@ -78,7 +77,7 @@ def test_combination_runs_to_the_end(flags, capsys):
     assert [ph["supervised"] for ph in log["phases"]] == expected
 
     derived = settings.derive(space, args["p"], args["c_p"], args["loss"])
-    learns_lambda = losses.LOSSES[derived.loss].learns_lambda
+    learns_lambda = settings.LOSSES[derived.loss].learns_lambda
     assert (log["lambda_init"] is not None) == learns_lambda
     assert (log["gt_lambda"] is not None) == derived.anisotropic
     for ph in log["phases"]:

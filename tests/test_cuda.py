@@ -80,16 +80,16 @@ def ieee_float32():
 
 @pytest.fixture(scope="module")
 def experiment():
-    """(args, derived, experiment built on the CPU): the README configuration at batch 1000."""
-    _, args, derived = main_mlp.parse_args(README + ["--batch-size", "1000", "--device", "cpu"])
+    """(args, args.derived, experiment built on the CPU): the README configuration at batch 1000."""
+    _, args = main_mlp.parse_args(README + ["--batch-size", "1000", "--device", "cpu"])
     with pytest.MonkeyPatch.context() as patch:
         # g's threshold from 1,000 random condition numbers instead of 25,000: the same
         # kind of mixing, sooner (what is compared here does not depend on it).
         patch.setattr(invertible_network_utils, "construct_invertible_mlp",
                       functools.partial(invertible_network_utils.construct_invertible_mlp, n_iter_cond_thresh=1000))
-        exp = main_mlp.build_experiment(args, derived, CPU, torch.Generator().manual_seed(0),
+        exp = main_mlp.build_experiment(args, CPU, torch.Generator().manual_seed(0),
                                         torch.Generator().manual_seed(0))
-    return args, derived, exp
+    return args, args.derived, exp
 
 
 # ------------------------------------------------------------ one step, CPU against CUDA
@@ -275,7 +275,7 @@ def test_the_benchmark_times_cuda_synchronised():
 
 @pytest.mark.parametrize("extra", [[], ["--hn-beta", "1"]], ids=["plain", "hard-negatives"])
 def test_the_memory_estimate_covers_a_step_at_the_reference_batch(extra):
-    _, args, derived = main_mlp.parse_args(README + ["--batch-size", "6144", "--device", "cuda"] + extra)
+    _, args = main_mlp.parse_args(README + ["--batch-size", "6144", "--device", "cuda"] + extra)
     free, total = torch.cuda.mem_get_info(CUDA)
     have = run_support.available_memory(CUDA)
     assert 0 < have <= total and have == pytest.approx(free, rel=0.05)
@@ -283,8 +283,8 @@ def test_the_memory_estimate_covers_a_step_at_the_reference_batch(extra):
     before = torch.cuda.memory_allocated(CUDA)
     torch.cuda.reset_peak_memory_stats(CUDA)
     gen = torch.Generator(device=CUDA).manual_seed(0)
-    exp = main_mlp.build_experiment(args, derived, CUDA, torch.Generator().manual_seed(0), gen)
-    f = encoders.build_encoder(args.n, derived.normalization).to(CUDA)
+    exp = main_mlp.build_experiment(args, CUDA, torch.Generator().manual_seed(0), gen)
+    f = encoders.build_encoder(args.n, args.derived.normalization).to(CUDA)
     optimizer = main_mlp.build_optimizer(args, f, exp.loss_fn)
     for _ in range(2):  # the second step also holds Adam's moments
         x, _ = main_mlp.sample_views(exp.latent, exp.g, args.batch_size, gen, CUDA, False)
@@ -293,7 +293,7 @@ def test_the_memory_estimate_covers_a_step_at_the_reference_batch(extra):
     main_mlp.evaluate(exp.latent, h, args.batch_size, gen, CUDA)  # the final evaluation's batch
     torch.cuda.synchronize()
     used = torch.cuda.max_memory_allocated(CUDA) - before
-    assert 0 < used <= main_mlp.peak_memory(args, derived)
+    assert 0 < used <= main_mlp.peak_memory(args)
 
 
 def test_a_run_beyond_the_free_gpu_memory_is_refused(capsys):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+import command_line
 import encoders
-import losses
 import settings
 
 # The encoder's repr in the published logs (n = 10), after "f:  ".
@@ -120,12 +120,9 @@ def test_output_normalization_from_flags(box_norm, sphere_norm, p, expected):
 
 def test_every_normalisation_and_loss_name_builds():
     """Every name of the tables builds, and a loss learns Λ̂ exactly when its entry says so."""
-    import argparse
-
     for name in settings.NORMALIZATIONS:
         encoders.build_encoder(3, name)
-    args = argparse.Namespace(n=3, negatives="reference", tau=0.5, p=2, lambda_param="softplus", hn_beta=0.0,
-                              lambda_init=None)
-    for name, entry in losses.LOSSES.items():
-        loss = entry.build(args, torch.Generator().manual_seed(0))
+    args = command_line.config(n=3, tau=0.5)
+    for name, entry in settings.LOSSES.items():
+        loss = settings.load(entry.build)(args, torch.Generator().manual_seed(0))
         assert (len(list(loss.parameters())) > 0) == entry.learns_lambda, name

@@ -48,9 +48,9 @@ TINY = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--only-unsupervise
 
 
 def test_a_new_loss_is_one_entry(monkeypatch, tmp_path, capsys):
-    entry = losses.Loss("a toy: alignment with a learned temperature", _toy_loss, learns_lambda=False,
-                        blocks=1, label="toy loss")
-    monkeypatch.setitem(losses.LOSSES, "toy", entry)
+    entry = settings.Loss("a toy: alignment with a learned temperature", f"{__name__}._toy_loss", blocks=1,
+                          label="toy loss")
+    monkeypatch.setitem(settings.LOSSES, "toy", entry)
     metrics = tmp_path / "run.jsonl"
     code, out, err = run_main(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                                       "--loss", "toy", "--metrics-file", str(metrics)], capsys)
@@ -62,22 +62,22 @@ def test_a_new_loss_is_one_entry(monkeypatch, tmp_path, capsys):
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert records[-1]["type"] == "final" and "lambda" not in records[1]
     assert sweep_summary.loss_label(log["args"]) == "toy loss"
-    assert "toy: a toy: alignment" in " ".join(main_mlp.parse_args([])[0].format_help().split())
+    assert "toy: a toy: alignment" in " ".join(command_line.build_parser().format_help().split())
 
 
 def test_the_memory_estimate_reads_the_loss_entry(monkeypatch):
     argv = ["--n", "10", "--batch-size", "1000", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0"]
-    _, args, derived = main_mlp.parse_args(argv)
-    base = main_mlp.peak_memory(args, derived)
-    monkeypatch.setitem(losses.LOSSES, "aninfonce", losses.Loss("more blocks", losses.LOSSES["aninfonce"].build,
-                                                                 learns_lambda=True, blocks=104))
+    _, args = main_mlp.parse_args(argv)
+    base = main_mlp.peak_memory(args)
+    monkeypatch.setitem(settings.LOSSES, "aninfonce", dataclasses.replace(settings.LOSSES["aninfonce"], blocks=104))
     # 100 more (B, B) float32 blocks: the training step is then the peak
-    assert main_mlp.peak_memory(args, derived) >= 100 * 1000 * 1000 * 4 > base
+    assert main_mlp.peak_memory(args) >= 100 * 1000 * 1000 * 4 > base
 
 
-def test_an_unknown_loss_is_refused_by_the_run_not_by_the_torch_free_parser(capsys):
-    args = command_line.build_parser().parse_args(["--loss", "nonesuch"])  # no table: any name
-    assert args.loss == "nonesuch"
+def test_an_unknown_loss_is_refused_by_the_torch_free_parser(capsys):
+    with pytest.raises(SystemExit):
+        command_line.build_parser().parse_args(["--loss", "nonesuch"])
+    assert "argument --loss: invalid choice: 'nonesuch'" in capsys.readouterr().err
     code, out, err = run_main(TINY + ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                                       "--loss", "nonesuch"], capsys)
     lines = err.strip().splitlines()
@@ -180,13 +180,12 @@ def test_a_new_metric_is_its_function_and_one_entry(monkeypatch, tmp_path, capsy
     assert any(line.startswith(f"| toy | final | toy_mean | {final['toy_mean']:.4f} ± - | 1 |") for line in lines)
 
 
-def test_a_new_space_is_one_entry_and_its_name(monkeypatch, capsys):
-    def small_box(args):
-        return spaces.NBoxSpace(args.n, -0.5, 0.5)
+def _small_box(config):
+    return spaces.NBoxSpace(config.n, -0.5, 0.5)
 
-    monkeypatch.setitem(latent_spaces.SPACES, "small_box", small_box)
-    # and its name where the torch-free command line reads the names (held equal by test_validation)
-    monkeypatch.setattr(settings, "SPACE_NAMES", (*settings.SPACE_NAMES, "small_box"))
+
+def test_a_new_space_is_one_entry(monkeypatch, capsys):
+    monkeypatch.setitem(settings.SPACES, "small_box", settings.Choice("[-0.5, 0.5]^n", f"{__name__}._small_box"))
     code, out, err = run_main(TINY + ["--space-type", "small_box", "--p", "1"], capsys)
     assert code == 0, err
     log = parse_log(out)
@@ -194,13 +193,17 @@ def test_a_new_space_is_one_entry_and_its_name(monkeypatch, capsys):
     assert log["final"] is not None and len(log["phases"][0]["steps"]) == 3
 
 
-def test_the_tables_name_the_same_entries():
+def test_the_tables_entries_build_and_every_space_and_p_has_its_loss():
     for entry in settings.CONDITIONALS.values():  # the builders each entry names exist
         assert all(callable(settings.load(name)) for name in (entry.sampler, entry.acceptance,
                                                               entry.proposal_elements) if name)
-    assert {settings.LP_LOSS, settings.DOT_LOSS, settings.DEFAULT_LOSS} <= set(losses.LOSSES)
-    assert losses.LOSSES[settings.DEFAULT_LOSS].selectable
-    assert not losses.LOSSES[settings.LP_LOSS].selectable and not losses.LOSSES[settings.DOT_LOSS].selectable
+    assert all(callable(settings.load(entry.build)) for entry in settings.LOSSES.values())
+    assert settings.LOSSES[settings.DEFAULT_LOSS].selectable
+    for space in settings.SPACES:  # one loss applies, or --loss picks among the selectable ones
+        for p in (0, 0.5, 1, 2):
+            applies = [name for name, entry in settings.LOSSES.items() if entry.applies(space, p)]
+            selectable = [name for name in applies if settings.LOSSES[name].selectable]
+            assert len(applies) == 1 or applies == selectable, (space, p, applies)
 
 
 @pytest.mark.parametrize("space, c_p, name, sampler", [
@@ -214,7 +217,7 @@ def test_the_flags_pick_the_conditional(space, c_p, name, sampler):
     assert derived.conditional == name and derived.anisotropic == (name == "anisotropic")
     if name is None:
         return
-    _, args, derived = main_mlp.parse_args(["--space-type", space, "--c-p", str(c_p), "--m-p", "2"])
+    _, args = main_mlp.parse_args(["--space-type", space, "--c-p", str(c_p), "--m-p", "2"])
     built = latent_spaces.build_latent_space(args, latent_spaces.build_space(args), derived.conditional,
                                              torch.ones(args.n), 0.5).conditional
     assert type(built) is sampler
@@ -227,9 +230,9 @@ def test_the_flags_pick_the_conditional(space, c_p, name, sampler):
 # every other --c-p the generalised normal.
 TODAYS_CONDITIONALS = {
     (0, "box"): None, (0, "sphere"): "vmf", (0, "unbounded"): None, (0, "extended_sphere"): "anisotropic",
-    **{(1, space): "laplace" for space in settings.SPACE_NAMES},
-    **{(2, space): "normal" for space in settings.SPACE_NAMES},
-    **{(p, space): "generalized_normal" for p in (0.5, 1.5, 3) for space in settings.SPACE_NAMES},
+    **{(1, space): "laplace" for space in settings.SPACES},
+    **{(2, space): "normal" for space in settings.SPACES},
+    **{(p, space): "generalized_normal" for p in (0.5, 1.5, 3) for space in settings.SPACES},
 }
 
 

@@ -31,7 +31,7 @@ AUTHORS_DEFAULTS = {
 
 
 def test_defaults_are_the_authors():
-    _, args, _ = main_mlp.parse_args([])
+    _, args = main_mlp.parse_args([])
     ours = vars(args)
     assert list(ours)[:len(AUTHORS_DEFAULTS)] == list(AUTHORS_DEFAULTS)  # their order first
     for key, value in AUTHORS_DEFAULTS.items():

@@ -20,13 +20,13 @@ BATCH = 64
 LR = 1e-3  # larger than the default 1e-4, so 25 steps show a clear trend
 
 
-def _optimise(args, derived, supervised):
+def _optimise(args, supervised):
     """First and last loss of STEPS Adam steps on one fixed batch."""
     torch.manual_seed(0)
     init_gen = torch.Generator().manual_seed(0)
     data_gen = torch.Generator().manual_seed(0)
-    exp = main_mlp.build_experiment(args, derived, torch.device("cpu"), init_gen, data_gen)
-    f = encoders.build_encoder(args.n, derived.normalization)
+    exp = main_mlp.build_experiment(args, torch.device("cpu"), init_gen, data_gen)
+    f = encoders.build_encoder(args.n, args.derived.normalization)
     loss_fn = None if supervised else exp.loss_fn
     optimizer = main_mlp.build_optimizer(args, f, loss_fn)
     x, target = main_mlp.sample_views(exp.latent, exp.g, BATCH, data_gen, "cpu", supervised)
@@ -45,8 +45,8 @@ CASES = [(name, flags, supervised) for name, flags in COMBINATIONS
 @pytest.mark.parametrize("name,flags,supervised", CASES,
                          ids=[f"{c[0]}-{'sup' if c[2] else 'unsup'}" for c in CASES])
 def test_loss_is_finite_and_decreases(name, flags, supervised):
-    _, args, derived = main_mlp.parse_args(TINY + flags)
+    _, args = main_mlp.parse_args(TINY + flags)
     args.lr = LR
-    values = _optimise(args, derived, supervised)
+    values = _optimise(args, supervised)
     assert all(torch.isfinite(torch.tensor(values))), values
     assert values[-1] < values[0], values

@@ -1,6 +1,5 @@
 """The contrastive losses against hand computations with explicit Python loops."""
 
-import argparse
 import math
 
 import pytest
@@ -8,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import command_line
 import losses
+import settings
 
 THETA = [-1.0, 0.0, 0.5, 2.0]  # known θ for n = 4: Λ̂ = softplus(θ) ≈ 0.31, 0.69, 0.97, 2.13
 
@@ -424,11 +425,6 @@ def test_exp_parametrisation_has_the_same_value_and_a_rescaled_gradient(symmetri
     assert torch.autograd.gradcheck(lambda th: functional_call(log_space, {"theta": th}, (a, b)), (theta,))
 
 
-def test_the_lambda_param_choices_are_the_loss_table():
-    import settings
-    assert tuple(losses.LAMBDA_PARAMS) == settings.LAMBDA_PARAM_CHOICES
-
-
 # ---------------------------------------------------------------- the initial scale of Λ̂ (--lambda-init)
 
 
@@ -438,9 +434,8 @@ def _reference_theta(n, seed):
 
 
 def _table_loss(name, param, lambda_init, gen, n=5):
-    args = argparse.Namespace(n=n, negatives="reference", tau=1.0, lambda_param=param, hn_beta=0.0,
-                              lambda_init=lambda_init)
-    return losses.LOSSES[name].build(args, gen)
+    args = command_line.config(n=n, lambda_param=param, lambda_init=lambda_init)
+    return settings.load(settings.LOSSES[name].build)(args, gen)
 
 
 @pytest.mark.parametrize("name", ["aninfonce", "infonce"])
@@ -452,7 +447,7 @@ def test_lambda_init_default_is_the_reference_theta_bit_for_bit(name, param):
     theta = _table_loss(name, param, None, torch.Generator().manual_seed(3)).theta
     assert torch.equal(theta, before.theta)
     reference = _reference_theta(1 if isotropic else 5, 3)
-    assert torch.equal(theta, reference if param == "softplus" else losses.LAMBDA_PARAMS[param][1](F.softplus(reference)))
+    assert torch.equal(theta, reference if param == "softplus" else settings.load(settings.LAMBDA_PARAMS[param].build)[1](F.softplus(reference)))
 
 
 @pytest.mark.parametrize("name", ["aninfonce", "infonce"])
@@ -480,10 +475,9 @@ HN_LOSSES = ("aninfonce", "infonce", "infonce-fixed")  # the losses --hn-beta ap
 
 def _hn_loss(name, symmetric, beta):
     """The loss ``name`` as its table entry builds it, in float64, θ set to known values."""
-    args = argparse.Namespace(n=4, negatives="symmetric" if symmetric else "reference", tau=0.4,
-                              lambda_param="softplus", hn_beta=beta, lambda_init=None)
-    loss = losses.LOSSES[name].build(args, torch.Generator().manual_seed(0)).double()
-    if losses.LOSSES[name].learns_lambda:
+    args = command_line.config(n=4, negatives="symmetric" if symmetric else "reference", tau=0.4, hn_beta=beta)
+    loss = settings.load(settings.LOSSES[name].build)(args, torch.Generator().manual_seed(0)).double()
+    if settings.LOSSES[name].learns_lambda:
         with torch.no_grad():
             loss.theta.copy_(torch.tensor(THETA if name == "aninfonce" else [0.3], dtype=torch.float64))
     return loss
@@ -491,7 +485,7 @@ def _hn_loss(name, symmetric, beta):
 
 def _hn_lambda(name, loss):
     """Λ̂ of ``loss`` as a function of its θ (a differentiable (n,) tensor), or the fixed 1/τ."""
-    if not losses.LOSSES[name].learns_lambda:
+    if not settings.LOSSES[name].learns_lambda:
         return torch.full((4,), 1 / 0.4, dtype=torch.float64)
     return F.softplus(loss.theta).expand(4)
 
@@ -523,7 +517,7 @@ def test_hn_beta_zero_is_the_loss_bit_for_bit(name, symmetric):
     ours = _hn_loss(name, symmetric, 0.0)
     # The loss as built before --hn-beta existed: no hn_beta given, the same Λ̂.
     plain = losses.AnInfoNCELoss(4, isotropic=name == "infonce", symmetric=symmetric,
-                                 fixed_lambda=None if losses.LOSSES[name].learns_lambda else 1 / 0.4).double()
+                                 fixed_lambda=None if settings.LOSSES[name].learns_lambda else 1 / 0.4).double()
     plain.load_state_dict(ours.state_dict())
     xa, xb = a.clone().requires_grad_(), a.clone().requires_grad_()
     value, expected = ours(xa, b), plain(xb, b)
@@ -560,7 +554,7 @@ def test_hard_negative_loss_and_gradients_match_the_direct_form(name, symmetric,
     direct = direct_hard_negative(a, b, _hn_lambda(name, loss), symmetric, beta)
     direct.backward()
     theirs = [a.grad, b.grad] + [p.grad for p in loss.parameters()]
-    assert len(theirs) == (3 if losses.LOSSES[name].learns_lambda else 2)
+    assert len(theirs) == (3 if settings.LOSSES[name].learns_lambda else 2)
     assert abs(value.item() - direct.item()) <= 1e-12
     for mine, expected in zip(ours, theirs):
         torch.testing.assert_close(mine, expected, rtol=0, atol=1e-12)

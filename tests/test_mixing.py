@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import invertible_network_utils as inu
+import settings
 
 N = 4
 N_COND = 2000  # small threshold sample: keeps the search for a layer under it fast
@@ -100,7 +101,7 @@ def test_seeded_repeatability(built):
     assert not np.array_equal(_linear_weights(g)[0], _linear_weights(g3)[0])
 
 
-@pytest.mark.parametrize("act", inu.ACTIVATIONS)
+@pytest.mark.parametrize("act", settings.ACTIVATIONS)
 def test_each_activation_builds(act):
     g, _, _ = _build(act, n_layers=2)
     assert len(g) == 3 and isinstance(g[1], type(inu.activation(act)))

@@ -18,7 +18,6 @@ import sys
 import pytest
 
 import command_line
-import losses
 from cli_util import ROOT
 
 README = os.path.join(ROOT, "README.md")
@@ -128,7 +127,7 @@ def main_mlp_problem(args):
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            command_line.build_parser(losses.LOSSES).parse_args(args)
+            command_line.build_parser().parse_args(args)
     except SystemExit:
         return stderr.getvalue().strip() or "refused"
     return None
@@ -149,7 +148,7 @@ def documented_commands():
 def test_the_flags_table_is_the_parser():
     with open(FLAGS_DOC, encoding="utf-8") as handle:
         table = table_rows(handle.read())
-    assert table == flag_rows(command_line.build_parser(losses.LOSSES))
+    assert table == flag_rows(command_line.build_parser())
 
 
 def test_the_flags_table_is_in_one_place():

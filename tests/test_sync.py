@@ -32,14 +32,14 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def experiment():
     """(args, experiment, encoder, optimiser) of the README configuration, on the CPU."""
-    _, args, derived = main_mlp.parse_args(README + ["--batch-size", "1000"])
+    _, args = main_mlp.parse_args(README + ["--batch-size", "1000"])
     torch.manual_seed(0)
     with pytest.MonkeyPatch.context() as patch:
         # g's threshold from 1,000 random condition numbers instead of 25,000: the
         # same kind of mixing in a tenth of the time (no sync depends on it).
         patch.setattr(invertible_network_utils, "construct_invertible_mlp",
                       functools.partial(invertible_network_utils.construct_invertible_mlp, n_iter_cond_thresh=1000))
-        exp = main_mlp.build_experiment(args, derived, CPU, torch.Generator().manual_seed(0),
+        exp = main_mlp.build_experiment(args, CPU, torch.Generator().manual_seed(0),
                                         torch.Generator().manual_seed(0))
     f = encoders.build_encoder(args.n)
     return args, exp, f, main_mlp.build_optimizer(args, f, exp.loss_fn)

@@ -73,7 +73,14 @@ BAD_INPUTS = [
     (["--space-type", "sphere", "--c-p", "0", "--p", "0", "--lambda-init", "10"], "--lambda-init: the dot loss"),
     ([*TINY, "--loss", "infonce-fixed", "--lambda-init", "10"], "--lambda-init: the infonce-fixed loss"),
     ([a for a in TINY if a != "--only-unsupervised"] + ["--only-supervised", "--lambda-init", "10"],
-     "--lambda-init: scales the contrastive loss's Λ̂; --only-supervised"),
+     "--lambda-init: --only-supervised trains no contrastive loss"),
+    # A flag of a loss where the run's loss does not read it: refused, not silently ignored.
+    (["--lambda-param", "exp"], "--lambda-param: the lp loss does not read it"),  # the default box space, --p 2
+    ([*TINY, "--loss", "infonce-fixed", "--lambda-param", "exp"], "--lambda-param: the infonce-fixed loss"),
+    ([a for a in TINY if a != "--only-unsupervised"] + ["--only-supervised", "--lambda-param", "exp"],
+     "--lambda-param: --only-supervised trains no contrastive loss"),
+    ([a for a in TINY if a != "--only-unsupervised"] + ["--only-supervised", "--negatives", "symmetric"],
+     "--negatives: --only-supervised trains no contrastive loss"),
     ([*TINY, "--lambda-init", "0"], "--lambda-init"),
     ([*TINY, "--lambda-init", "-1"], "--lambda-init"),
     ([*TINY, "--lambda-init", "nan"], "--lambda-init"),
@@ -99,19 +106,17 @@ LOSS_ARGV.update(lp=[*TINY, "--p", "1"], dot=["--space-type", "sphere", "--c-p",
 def test_lambda_init_is_refused_exactly_for_the_losses_that_learn_no_lambda():
     """--lambda-init's refusal (by loss name, torch-free) agrees with each loss's learns_lambda."""
     import command_line
-    import losses
     import settings
 
-    assert set(LOSS_ARGV) == set(losses.LOSSES)
+    assert set(LOSS_ARGV) == set(settings.LOSSES)
     for name, argv in LOSS_ARGV.items():
-        parser = command_line.build_parser()
-        assert settings.derive_from_args(parser.parse_args(argv)).loss == name
+        assert command_line.parse_args(argv)[1].derived.loss == name
         try:
             accepted = command_line.read_args(argv + ["--lambda-init", "2"])["lambda_init"] == "2.0"
         except ValueError as exc:
-            assert str(exc).startswith(f"argument --lambda-init: the {name} loss learns no"), exc
+            assert str(exc).startswith(f"argument --lambda-init: the {name} loss does not read it"), exc
             accepted = False
-        assert accepted == losses.LOSSES[name].learns_lambda, name
+        assert accepted == settings.LOSSES[name].learns_lambda, name
     # Not given: not named (as the Arguments block prints it), so a sweep's log of the default agrees.
     assert "lambda_init" not in command_line.read_args(LOSS_ARGV["aninfonce"])
 
@@ -230,18 +235,26 @@ def test_the_command_line_imports_no_torch():
     assert result.returncode == 0 and result.stdout.split() == ["False", "False"], result.stderr
 
 
-def test_the_command_lines_names_are_the_tables():
+def test_every_entry_of_the_tables_builds():
+    """Each name the command line offers is an entry whose builder exists and builds what its table says."""
     import command_line
     import invertible_network_utils
     import latent_spaces
     import settings
+    import spaces
 
-    assert settings.SPACE_NAMES == tuple(latent_spaces.SPACES)
-    assert settings.ACTIVATION_NAMES == tuple(invertible_network_utils.ACTIVATIONS)
     assert command_line.FLOAT32_MAX == float(torch.finfo(torch.float32).max)
-    choices = {action.dest: tuple(action.choices) for action in command_line.build_parser()._actions if action.choices}
-    assert choices["space_type"] == tuple(latent_spaces.SPACES)
-    assert choices["act_fct"] == tuple(invertible_network_utils.ACTIVATIONS)
+    for name in settings.SPACES:
+        space = latent_spaces.build_space(command_line.config(space_type=name, n=3))
+        assert isinstance(space, spaces.NRealSpace) and space.n == 3, name
+    for name in settings.ACTIVATIONS:
+        assert invertible_network_utils.activation(name)(torch.zeros(2)).shape == (2,), name
+    lam = torch.tensor([0.1, 1.0, 25.0])
+    for name, entry in settings.LAMBDA_PARAMS.items():
+        to_lambda, from_lambda = settings.load(entry.build)
+        assert torch.allclose(to_lambda(from_lambda(lam)), lam), name
+    for name, entry in settings.CONDITIONALS.items():
+        assert callable(settings.load(entry.sampler)), name
 
 
 @pytest.mark.parametrize("flags, dest, value", [(["--n", "1", "--n", "5"], "n", 5),
@@ -252,5 +265,5 @@ def test_a_repeated_flag_is_its_last_value(flags, dest, value):
     an earlier value out of range is not refused (a launcher appends its overrides to a base command)."""
     import command_line
 
-    _, args, _ = command_line.parse_args(flags)
+    _, args = command_line.parse_args(flags)
     assert getattr(args, dest) == value
