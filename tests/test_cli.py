@@ -213,3 +213,17 @@ def test_lambda_init_starts_lambda_at_its_scale_and_is_named_only_when_given(tmp
     code, out, err = run_main(TINY + ["--seed", "0", "--n-steps", "1"], capsys)
     assert code == 0, err
     assert "lambda_init" not in out and 0.5 < np.mean(parse_log(out)["phases"][0]["steps"][0]["lambda"]) < 1
+
+
+@pytest.mark.parametrize("argv, code, stream", [(["--help"], 0, "stdout"), (["--n", "three"], 2, "stderr")])
+def test_help_and_a_malformed_command_line_end_before_torch_loads(argv, code, stream):
+    """``main_mlp.py --help`` (and argparse's own refusals) import no torch: they answer in a fraction of a second."""
+    import subprocess
+    import sys
+
+    from cli_util import ROOT, SCRIPT
+    result = subprocess.run([sys.executable, "-X", "importtime", SCRIPT, *argv], cwd=ROOT, capture_output=True,
+                            text=True, env=env_for_cli(), timeout=60)
+    assert result.returncode == code and "main_mlp.py" in getattr(result, stream)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "command_line" in imported and not [name for name in imported if name.split(".")[0] == "torch"]
