@@ -45,8 +45,7 @@ CASES = [(name, flags, supervised) for name, flags in COMBINATIONS
 @pytest.mark.parametrize("name,flags,supervised", CASES,
                          ids=[f"{c[0]}-{'sup' if c[2] else 'unsup'}" for c in CASES])
 def test_loss_is_finite_and_decreases(name, flags, supervised):
-    _, args = main_mlp.parse_args(TINY + flags)
-    args.lr = LR
+    _, args = main_mlp.parse_args(TINY + flags + ["--lr", str(LR)])
     values = _optimise(args, supervised)
     assert all(torch.isfinite(torch.tensor(values))), values
     assert values[-1] < values[0], values
