@@ -22,7 +22,6 @@ import encoders  # noqa: E402
 import main_mlp  # noqa: E402
 import rescore  # noqa: E402
 import run_support  # noqa: E402
-import settings  # noqa: E402
 
 HARDEST = 0.05
 
@@ -57,14 +56,14 @@ def states(save_dir):
     args = rescore.run_config(save_dir, None)
     checkpoint = run_support.read_checkpoint(os.path.join(save_dir, run_support.CHECKPOINT_NAME), "SAVE_DIR")
     args.seed = checkpoint["seed"]
-    derived = settings.derive_from_args(args)
+    derived = args.derived
     device = torch.device("cpu")
     torch.manual_seed(args.seed)  # as main_mlp.prepare: the encoder's initial weights from the global generator
     init_gen, data_gen = torch.Generator().manual_seed(args.seed), torch.Generator().manual_seed(args.seed)
-    exp = main_mlp.build_experiment(args, derived, device, init_gen, data_gen)
+    exp = main_mlp.build_experiment(args, device, init_gen, data_gen)
     start_f = encoders.build_encoder(args.n, derived.normalization)
     start = (exp.loss_fn, torch.nn.Sequential(exp.g, start_f), exp.latent)
-    end = main_mlp.build_experiment(args, derived, device, torch.Generator().manual_seed(args.seed),
+    end = main_mlp.build_experiment(args, device, torch.Generator().manual_seed(args.seed),
                                     torch.Generator().manual_seed(args.seed))  # its loss and g, to be loaded
     end.loss_fn.load_state_dict(checkpoint["loss_fn"])
     end.g.load_state_dict(rescore.load_state(os.path.join(save_dir, "g.pth")))
