@@ -13,12 +13,12 @@ from stat import S_ISREG
 import numpy as np
 
 import disentanglement_utils
-import logparse
-import metrics_io
+from tools import logparse
+from tools import metrics_io
 import settings
 from argparse_utils import EXIT_BAD_INPUT, same_file, write_stdout
 
-PROG = "sweep.py"
+PROG = "tools.sweep"
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 GLOB_CHARACTERS = "*?[]"
 # More λ groups than this (linearly spaced λ: one per latent) make the section unreadable: left out.

@@ -11,7 +11,7 @@ Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read (one lin
 the file and the line), whatever becomes of stdout (| head). With --per-dimension (no verdict): 0,
 or 2 for a file that is not a metrics file of main_mlp.py or whose latents are not LOG_A's.
 
-    python compare_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
+    python -m tools.compare_logs training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
 """
 
 import argparse
@@ -25,12 +25,12 @@ import warnings
 import numpy as np
 
 import disentanglement_utils
-import logparse
-import metrics_io
+from tools import logparse
+from tools import metrics_io
 import settings
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int, write_stdout
 
-PROG = "compare_logs.py"
+PROG = "tools.compare_logs"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT
 # <Loss> (a 250-step running mean) "learns like the reference" within 0.15 at the same step.
 LOSS_COLUMN = ("mean_loss", "<Loss>", "loss_tol", 0.15)

@@ -1,7 +1,7 @@
 """Plot the curves of one or several runs into one PNG.
 
-    python plot_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log -o bimodal.png
-    python plot_logs.py --per-dimension an.jsonl info.jsonl -o collapse.png
+    python -m tools.plot_logs training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log -o bimodal.png
+    python -m tools.plot_logs --per-dimension an.jsonl info.jsonl -o collapse.png
 
 The inputs are metrics files (``--metrics-file``, ``.jsonl``) or text logs in the reference format (a
 published log), each run in its own colour: a panel for each score that disentanglement_utils.METRICS
@@ -29,11 +29,11 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
 import disentanglement_utils  # noqa: E402
-import logparse  # noqa: E402
-import metrics_io  # noqa: E402
+from tools import logparse  # noqa: E402
+from tools import metrics_io  # noqa: E402
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, same_file, write_stdout  # noqa: E402
 
-PROG = "plot_logs.py"
+PROG = "tools.plot_logs"
 # Largest image side, in pixels: beyond, the figure takes gigabytes (and matplotlib refuses 2^16).
 MAX_PIXELS = 10_000
 POSITIVE = bounded(float, above=0)

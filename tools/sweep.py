@@ -18,17 +18,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import command_line
-import logparse
+from tools import logparse
 import settings
 from argparse_utils import ArgumentParser, bounded, positive_int, reopen_closed_streams
 from file_lock import try_lock
-from sweep_summary import GLOB_CHARACTERS, error, say, summarize
-from sweep_task import THREAD_VARS, RunTask, exit_text
+from tools.sweep_summary import GLOB_CHARACTERS, error, say, summarize
+from tools.sweep_task import THREAD_VARS, RunTask, exit_text
 
-PROG = "sweep.py"
+PROG = "tools.sweep"
 EXIT_OK, EXIT_RUN_FAILED = 0, 1
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_SCRIPT = os.path.join(HERE, "main_mlp.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository, whatever the cwd
+DEFAULT_SCRIPT = os.path.join(ROOT, "main_mlp.py")
 OWN_FLAGS = ("--seed", "--log-file", "--metrics-file")  # set for each run here: not given after '--'
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to the runs, which checkpoint
 SIGNAL_DELAY_S = 120  # SLURM's SIGUSR2 comes this long before the time limit (at most a quarter of it)
@@ -40,7 +40,7 @@ PER_RUN_ARGS = ("log_file", "metrics_file", "save_dir", "resume_training", "over
 
 def build_parser():
     """The command line: one add_argument per flag (so this is long)."""
-    parser = ArgumentParser(prog=PROG, usage=f"{PROG} [options] -- MAIN_MLP_ARGS ...",
+    parser = ArgumentParser(prog=PROG, usage=f"python -m {PROG} [options] -- MAIN_MLP_ARGS ...",
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add, positive = parser.add_argument, bounded(float, above=0)
     add("--seeds", type=bounded(int, at_least=0, at_most=2 ** 63 - 1), nargs="+", metavar="S", help="one run each seed")
@@ -419,8 +419,8 @@ def submitit_executor(args):
 
 def submit(pending, executor):
     """Submit ``pending`` as ONE job array of ``executor`` (submitit); returns the jobs."""
-    # The job process imports sweep_task by name (with this process's environment, locally and through sbatch).
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
+    # The job process imports tools.sweep_task (with this process's environment, locally and through sbatch).
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     # A process started here inherits SIGUSR2 blocked: one sent while its task starts, before submitit
     # has set up its handler, then waits for the task (RunTask lets it through) and requeues it.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
@@ -461,7 +461,7 @@ def main(argv=None):
             return EXIT_OK
         say(f"submitted job array {jobs[0].job_id.split('_')[0]}: {len(jobs)} tasks; logs in {args.out_dir}, "
             f"submitit's files in {os.path.join(args.out_dir, 'submitit')}")
-        say(f"when they are done: python {PROG} --summarize-only --out-dir {args.out_dir} "
+        say(f"when they are done: python -m {PROG} --summarize-only --out-dir {args.out_dir} "
             f"--names {' '.join(shlex.quote(n) for n, _ in args.configs)}")
         return EXIT_OK
     failed, signum = run_all(args, pending)

@@ -1,7 +1,7 @@
 """Does our code learn as fast as the authors' early on? A regression check, not a timed test.
 
-    python learning_check.py --seeds 1 2 3 4 5 6 7 8 9 10 --jobs 2 --out-dir runs/learning_check
-    python learning_check.py --summarize-only --out-dir training_logs/learning_check_b256
+    python -m tools.learning_check --seeds 1 2 3 4 5 6 7 8 9 10 --jobs 2 --out-dir runs/learning_check
+    python -m tools.learning_check --summarize-only --out-dir training_logs/learning_check_b256
 
 Runs the bimodal README setting at ``--batch-size 256 --n-steps 1334`` (4,002 contrastive steps, logged
 every 250) over the seeds through sweep.py, then prints, at steps 1,001 to 4,001, the mean ± sd over
@@ -20,12 +20,12 @@ import sys
 import scipy.stats
 
 import disentanglement_utils
-import logparse
-import sweep
-import sweep_summary
+from tools import logparse
+from tools import sweep
+from tools import sweep_summary
 from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, write_stdout
 
-PROG = "learning_check.py"
+PROG = "tools.learning_check"
 NAME = "bimodal_b256"
 TRAIN_ARGS = ["--n", "10", "--batch-size", "256", "--space", "extended_sphere", "--c-p", "0", "--p", "0",
               "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25", "--n-steps", "1334",
