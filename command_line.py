@@ -1,7 +1,7 @@
 """The command line of main_mlp.py: its parser, the checks of what it was given, ``parse_args``.
 
 Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables
-it offers as choices are named in settings), so that sweep.py checks its runs' arguments in-process
+it offers as choices are named in settings), so that tools.sweep checks its runs' arguments in-process
 with ``read_args``.
 """
 
@@ -235,7 +235,7 @@ def validate_numbers(err, args):
 
 def validate_args(parser, args, derived):
     """Refuse what cannot run, with a one-line error naming the flag (exit 2), from the values alone
-    (no file is looked at: sweep.py checks its runs with it before it makes their directories)."""
+    (no file is looked at: tools.sweep checks its runs with it before it makes their directories)."""
     err = parser.error
     validate_numbers(err, args)
     if args.only_supervised and args.only_unsupervised:
