@@ -3,7 +3,7 @@ run's configuration, ``Config``: a frozen dataclass of every flag (its fields an
 parser) with what they imply (``derived``).
 
 Every refusal is one line naming the flag, exit status 2, before anything runs. No torch (the tables it
-offers as choices are settings'), so that ``--help`` is quick and sweep.py checks its runs' arguments
+offers as choices are settings'), so that ``--help`` is quick and tools.sweep checks its runs' arguments
 in-process with ``read_args``.
 """
 
@@ -232,7 +232,7 @@ def validate_numbers(err, args):
 
 def validate_args(parser, args):
     """Refuse what cannot run, with a one-line error naming the flag (exit 2), from the values alone
-    (no file is looked at: sweep.py checks its runs with it before it makes their directories)."""
+    (no file is looked at: tools.sweep checks its runs with it before it makes their directories)."""
     err = parser.error
     validate_numbers(err, args)
     derived = args.derived

@@ -158,9 +158,9 @@ run_stage "README run" readme_run.out 75 120 \
     "$PYTHON" main_mlp.py "${README_ARGS[@]}" "${README_SIZE[@]}" \
     --log-file "$OUT/readme_run.log" --metrics-file "$OUT/readme_run.jsonl"
 run_stage "benchmark" benchmark.txt 110 60 \
-    "$PYTHON" benchmark.py "${BENCH_COMMON[@]}" --precision "${EAGER_PRECISIONS[@]}" --breakdown
+    "$PYTHON" -m tools.benchmark "${BENCH_COMMON[@]}" --precision "${EAGER_PRECISIONS[@]}" --breakdown
 run_stage "benchmark --compile" benchmark_compile.txt 150 5 \
-    "${COMPILE_ENV[@]}" "$PYTHON" benchmark.py "${BENCH_COMMON[@]}" "${COMPILE_SIZE[@]}" --precision "${COMPILE_PRECISIONS[@]}" --compile
+    "${COMPILE_ENV[@]}" "$PYTHON" -m tools.benchmark "${BENCH_COMMON[@]}" "${COMPILE_SIZE[@]}" --precision "${COMPILE_PRECISIONS[@]}" --compile
 
 # ---------------------------------------------------------------- the summary
 

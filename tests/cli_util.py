@@ -18,7 +18,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import logparse
+from tools import logparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -278,6 +278,18 @@ def dead_pid():
     return proc.pid
 
 
+def tool_argv(*argv):
+    """``python ARGV`` as a list; a tool named by its module (``tools.sweep``) runs as ``python -m tools.sweep``."""
+    argv = [str(arg) for arg in argv]
+    return [sys.executable, *(["-m"] if argv and argv[0].startswith("tools.") else []), *argv]
+
+
+def tool_env(**extra):
+    """The environment of a tool run outside the repository's root: the root on PYTHONPATH, where
+    ``python -m tools.X`` finds the package."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))), **extra)
+
+
 def run_main(argv, capsys):
     """``main_mlp.main(argv)`` in-process: (exit status, stdout, stderr), a refusal's SystemExit included."""
     import main_mlp
@@ -292,9 +304,9 @@ def run_main(argv, capsys):
 
 
 def run_tool_main(tool, *argv, cwd=None):
-    """A tool's ``main(argv)`` in-process, as ``python TOOL ARGV`` runs it (in ``cwd``): a CompletedProcess
+    """A tool's ``main(argv)`` in-process, as ``python -m TOOL ARGV`` runs it (in ``cwd``): a CompletedProcess
     (text) with its exit status (an argparse refusal's SystemExit included), its stdout and its stderr."""
-    module = importlib.import_module(tool.removesuffix(".py"))
+    module = importlib.import_module(tool)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

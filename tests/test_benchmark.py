@@ -10,13 +10,13 @@ import time
 import pytest
 import torch
 
-import benchmark
+from tools import benchmark
 import invertible_network_utils
 from cli_util import ROOT, env_for_cli, parse_log
 
 
 def run_benchmark(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmark.py"), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "tools.benchmark", *args], cwd=ROOT,
                           env=env_for_cli(), capture_output=True, text=True, timeout=180)
 
 
@@ -37,7 +37,7 @@ def test_bad_input_is_one_line_and_exit_2():
     proc = run_benchmark("--compile", "--precision", "bf16")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("benchmark.py: error:") and "--compile" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("tools.benchmark: error:") and "--compile" in lines[0]
     assert proc.stdout == ""
 
 
@@ -61,7 +61,7 @@ def test_bad_flags_are_refused_in_one_line(args, flag, capsys):
     out, err = capsys.readouterr()
     assert exc.value.code == 2 and out == ""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("benchmark.py: error:") and flag in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("tools.benchmark: error:") and flag in lines[0]
 
 
 def test_the_floor_counts_the_encoders_matmul_flops():

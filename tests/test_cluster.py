@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from cli_util import ROOT, TINY, restore_signal_handlers
+from cli_util import ROOT, TINY, restore_signal_handlers, tool_env
 
 submitit = pytest.importorskip("submitit")
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
-SWEEP = os.path.join(ROOT, "sweep.py")
+SWEEP = ["-m", "tools.sweep"]
 
 
 # The sweep's runs through sweep.submit to a LocalExecutor (``python -c SUBMITIT_LOCAL SWEEP_ARGS``):
@@ -26,7 +26,8 @@ SWEEP = os.path.join(ROOT, "sweep.py")
 SUBMITIT_LOCAL = f"""
 import os, sys
 sys.path.insert(0, {ROOT!r})
-import submitit, sweep
+import submitit
+from tools import sweep
 args = sweep.parse_args(sys.argv[1:])
 os.makedirs(args.out_dir, exist_ok=True)
 pending, _ = sweep.plan_runs(args, sweep.build_runs(args))
@@ -48,8 +49,8 @@ def submitit_local(args, cwd, **kwargs):
 
 
 def sweep(args, cwd, **kwargs):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, SWEEP, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+    env = tool_env(OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *SWEEP, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env=env, **kwargs)
 
 
@@ -119,7 +120,7 @@ def test_a_preempted_task_is_requeued_and_continues_identically(tmp_path):
 def test_the_slurm_array_script(tmp_path, capsys, monkeypatch):
     from submitit.slurm import test_slurm
 
-    import sweep as sweep_module
+    from tools import sweep as sweep_module
 
     monkeypatch.chdir(tmp_path)
     with test_slurm.mocked_slurm(), restore_signal_handlers():
@@ -141,10 +142,10 @@ def test_a_local_sweep_passes_sigint_on_and_starts_nothing_more(tmp_path, signam
     import signal
 
     signum = getattr(signal, signame)
-    proc = subprocess.Popen([sys.executable, SWEEP, "--seeds", "0", "1", "2", "--jobs", "1", "--threads", "1",
+    proc = subprocess.Popen([sys.executable, *SWEEP, "--seeds", "0", "1", "2", "--jobs", "1", "--threads", "1",
                              "--out-dir", "out", "--name", "s", "--", *TINY, "--n-steps", "3000",
                              "--n-log-steps", "250"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            text=True, env=tool_env(OMP_NUM_THREADS="1"))
     log = tmp_path / "out" / "s_seed0.log"
     deadline = time.monotonic() + 120
     while not (log.exists() and "Step: 251 " in log.read_text()):
@@ -195,9 +196,9 @@ def _start_sweep(tmp_path, executor, n_steps):
             str(n_steps), "--n-log-steps", "250"]
     if executor == "submitit":
         return submitit_local(args, tmp_path)
-    return subprocess.Popen([sys.executable, SWEEP, "--executor", executor, *args], cwd=tmp_path,
+    return subprocess.Popen([sys.executable, *SWEEP, "--executor", executor, *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            env=tool_env(OMP_NUM_THREADS="1"))
 
 
 def _run_pid_at_step_251(tmp_path, proc):

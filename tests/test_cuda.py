@@ -40,9 +40,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import benchmark
+from tools import benchmark
 import encoders
-import host_sync
+from tools import host_sync
 import invertible_network_utils
 import latent_spaces
 import main_mlp

@@ -132,11 +132,11 @@ def test_a_refusal_after_parsing_leaves_the_log_alone(tmp_path, capsys):
 def test_sweep_refuses_an_abbreviated_save_dir(flag, tmp_path):
     args = [flag] if "=" in flag else [flag, str(tmp_path / "ckpt")]
     if flag == "--save":  # the real CLI once; main(argv) in-process answers the same
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "--seeds", "0", "1", "--out-dir",
-                               str(tmp_path), "--", *args], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([sys.executable, "-m", "tools.sweep", "--seeds", "0", "1", "--out-dir",
+                               str(tmp_path), "--", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     else:
-        proc = run_tool_main("sweep.py", "--seeds", "0", "1", "--out-dir", tmp_path, "--", *args)
-    assert_refused(proc.returncode, proc.stderr, "--save-dir", prog="sweep.py")
+        proc = run_tool_main("tools.sweep", "--seeds", "0", "1", "--out-dir", tmp_path, "--", *args)
+    assert_refused(proc.returncode, proc.stderr, "--save-dir", prog="tools.sweep")
     assert os.listdir(tmp_path) == []
 
 
@@ -787,7 +787,7 @@ def test_a_run_checkpoints_at_its_first_step_whatever_the_cadence(tmp_path, caps
 
 def test_a_sweep_keeps_a_log_whose_checkpoint_was_removed(tmp_path, capsys):
     """A sweep's run logged to step 11, its checkpoint removed: the sweep refuses before it starts anything."""
-    import sweep
+    from tools import sweep
 
     sweep_argv = ["--seeds", "0", "--out-dir", str(tmp_path), "--", *ISSUE]
     (run,) = sweep.build_runs(sweep.parse_args(sweep_argv))
@@ -796,8 +796,8 @@ def test_a_sweep_keeps_a_log_whose_checkpoint_was_removed(tmp_path, capsys):
     cut_after(tmp_path / "run_seed0.log", b"Step: 11 ", keep=1)
     os.remove(os.path.join(run.save_dir, main_mlp.CHECKPOINT_NAME))
     before = snapshot(tmp_path)
-    proc = run_tool_main("sweep.py", *sweep_argv)
-    assert_refused(proc.returncode, proc.stderr, "run_seed0.log", "3 logged steps", "no checkpoint", prog="sweep.py")
+    proc = run_tool_main("tools.sweep", *sweep_argv)
+    assert_refused(proc.returncode, proc.stderr, "run_seed0.log", "3 logged steps", "no checkpoint", prog="tools.sweep")
     assert snapshot(tmp_path) == before
 
 

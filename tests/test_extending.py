@@ -15,11 +15,11 @@ import disentanglement_utils as du
 import latent_spaces
 import losses
 import main_mlp
-import metrics_io
-import plot_logs
+from tools import metrics_io
+from tools import plot_logs
 import settings
 import spaces
-import sweep_summary
+from tools import sweep_summary
 from cli_util import parse_log, run_main
 
 

@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 
-import logparse
+from tools import logparse
 
 # Line numbers, for the expected errors below.
 LOG_LINES = [

@@ -128,7 +128,7 @@ def answered(result, prog, codes):
         assert lines and lines[-1].startswith(f"{prog}: error: "), result.stderr
         assert re.match(rf"{re.escape(prog)}: error: {re.escape(tempfile.gettempdir())}\S*?(:\d+)?: ", lines[-1]), \
             lines[-1]
-        assert prog == "sweep.py" or len(lines) == 1, result.stderr  # the summary also warned of each file left out
+        assert prog == "tools.sweep" or len(lines) == 1, result.stderr  # the summary also warned of each file left out
 
 
 def _write(directory, name, data):
@@ -142,8 +142,8 @@ def maybe_plot(data, path, out):
     """plot_logs.py on ``path``, in one example of eight or so: drawing takes longer than all the reading
     (its reader is the others'), and what it adds is the drawing of values the readers let through."""
     if data.draw(st.integers(0, 7), label="plot") == 5:
-        answered(run_tool_main("plot_logs.py", path, "-o", os.path.join(out, "x.png"), "--size", "6", "4",
-                               "--dpi", "20"), "plot_logs.py", (0,))
+        answered(run_tool_main("tools.plot_logs", path, "-o", os.path.join(out, "x.png"), "--size", "6", "4",
+                               "--dpi", "20"), "tools.plot_logs", (0,))
 
 
 FAST = settings(max_examples=50, deadline=None, derandomize=True, database=None,
@@ -159,8 +159,8 @@ def test_every_reader_answers_a_mutated_metrics_file(real_run, data):
         bad = _write(out, "a_seed0.jsonl", jsonl)
         good = _write(out, "good.jsonl", "".join(real_run["jsonl"]).encode())
         _write(out, "a_seed0.log", "".join(real_run["log"]).encode())
-        answered(run_tool_main("sweep.py", "--summarize-only", "--out-dir", out, "--name", "a"), "sweep.py", (0,))
-        answered(run_tool_main("compare_logs.py", "--per-dimension", bad, good), "compare_logs.py", (0,))
+        answered(run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out, "--name", "a"), "tools.sweep", (0,))
+        answered(run_tool_main("tools.compare_logs", "--per-dimension", bad, good), "tools.compare_logs", (0,))
         maybe_plot(data, bad, out)
 
 
@@ -171,8 +171,8 @@ def test_every_reader_answers_a_mutated_log(real_run, data):
     with tempfile.TemporaryDirectory() as out:
         bad = _write(out, "bimodal_b256_seed0.log", log)
         good = _write(out, "good.log", "".join(real_run["log"]).encode())
-        answered(run_tool_main("sweep.py", "--summarize-only", "--out-dir", out, "--name", "bimodal_b256"),
-                 "sweep.py", (0,))
-        answered(run_tool_main("compare_logs.py", bad, good, "--min-step", "1"), "compare_logs.py", (0, 1))
-        answered(run_tool_main("learning_check.py", "--summarize-only", "--out-dir", out), "learning_check.py", (0, 1))
+        answered(run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out, "--name", "bimodal_b256"),
+                 "tools.sweep", (0,))
+        answered(run_tool_main("tools.compare_logs", bad, good, "--min-step", "1"), "tools.compare_logs", (0, 1))
+        answered(run_tool_main("tools.learning_check", "--summarize-only", "--out-dir", out), "tools.learning_check", (0, 1))
         maybe_plot(data, bad, out)

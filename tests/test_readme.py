@@ -13,12 +13,11 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 
 import command_line
-from cli_util import ROOT
+from cli_util import ROOT, tool_argv
 
 README = os.path.join(ROOT, "README.md")
 DOCS = os.path.join(ROOT, "docs")
@@ -96,9 +95,12 @@ def commands(block):
 
 
 def script_of(command):
-    """(script, its arguments) of a command that runs one of ours, or None (pip, ``-m``, squeue, ...)."""
+    """(script, its arguments) of a command that runs one of ours, a script or a tool (``python -m tools.sweep``:
+    ``tools.sweep``), or None (pip, ``-m pytest``, squeue, ...)."""
     start = next((i for i, token in enumerate(command) if "=" not in token), len(command))  # VAR=x cmd
     command = command[start:]
+    if len(command) >= 3 and INTERPRETERS.match(command[0]) and command[1] == "-m":
+        return (command[2], command[3:]) if command[2].startswith("tools.") else None
     if len(command) < 2 or not INTERPRETERS.match(command[0]) or command[1].startswith("-"):
         return None
     return command[1], command[2:]
@@ -111,7 +113,7 @@ def option_strings(script):
     if script.endswith(".sh"):
         res = subprocess.run(["bash", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
         return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", res.stderr.split("usage:", 1)[1]))
-    res = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+    res = subprocess.run(tool_argv(script, "--help"), cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
     options = set()
@@ -175,14 +177,15 @@ def test_every_documented_command_parses():
     found = documented_commands()
     # The fresh machine's run, the two experiments, the figure's sweep, summary and plot, the cluster's
     # two sweeps and summary, the GPU check: a command lost from the documents fails here too.
-    assert sorted({script for _, script, _ in found}) == ["gpu_check.sh", "main_mlp.py", "plot_logs.py",
-                                                           "sweep.py"]
+    assert sorted({script for _, script, _ in found}) == ["gpu_check.sh", "main_mlp.py", "tools.plot_logs",
+                                                           "tools.sweep"]
     assert len(found) >= 10
     options = {script: option_strings(script) for script in {script for _, script, _ in found}
                if script != "main_mlp.py"}
     problems = []
     for where, script, args in found:
-        assert os.path.isfile(os.path.join(ROOT, script)), f"{where}: no {script}"
+        path = script.replace(".", os.sep) + ".py" if script.startswith("tools.") else script
+        assert os.path.isfile(os.path.join(ROOT, path)), f"{where}: no {path}"
         ours, theirs = (args[:args.index("--")], args[args.index("--") + 1:]) if "--" in args else (args, None)
         if script == "main_mlp.py":
             ours, theirs = [], ours
@@ -199,7 +202,7 @@ def test_an_unknown_flag_in_a_command_is_caught():
     # options do not include main_mlp.py's.
     assert main_mlp_problem(["--n", "10", "--no-such-flag"]) is not None
     assert main_mlp_problem(["--space", "extended_sphere"]) is None  # argparse's abbreviation, as documented
-    sweep = option_strings("sweep.py")
+    sweep = option_strings("tools.sweep")
     assert "--seeds" in sweep and "--out-dir" in sweep and "--n-steps" not in sweep
     assert {"--device", "--dry", "--budget"} <= option_strings("gpu_check.sh")
 

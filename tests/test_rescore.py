@@ -25,7 +25,7 @@ def finished(tmp_path_factory):
 
 
 def _rescore(root, *extra):
-    result = run_tool_main("rescore.py", root / "sd", "--seed", "5", "-o", root / "out.jsonl", *extra)
+    result = run_tool_main("tools.rescore", root / "sd", "--seed", "5", "-o", root / "out.jsonl", *extra)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -57,13 +57,13 @@ def test_a_save_dir_without_its_checkpoint_reads_the_metrics_file(finished, tmp_
 
     shutil.copytree(finished / "sd", tmp_path / "sd")
     (tmp_path / "sd" / "checkpoint.pth").unlink()
-    result = run_tool_main("rescore.py", tmp_path / "sd", "--seed", "5", "-o", tmp_path / "o.jsonl")
-    assert_refused(result.returncode, result.stderr, "SAVE_DIR", "--config", prog="rescore.py")
-    result = run_tool_main("rescore.py", tmp_path / "sd", "--seed", "5", "-o", tmp_path / "o.jsonl",
+    result = run_tool_main("tools.rescore", tmp_path / "sd", "--seed", "5", "-o", tmp_path / "o.jsonl")
+    assert_refused(result.returncode, result.stderr, "SAVE_DIR", "--config", prog="tools.rescore")
+    result = run_tool_main("tools.rescore", tmp_path / "sd", "--seed", "5", "-o", tmp_path / "o.jsonl",
                            "--config", finished / "m.jsonl")
     assert result.returncode == 0 and json.loads(result.stdout) == {**_rescore(finished), "save_dir":
                                                                      str(tmp_path / "sd")}
     (tmp_path / "sd" / "unsup_f.pth").write_bytes(b"not a model")
-    result = run_tool_main("rescore.py", tmp_path / "sd", "--seed", "5", "-o", tmp_path / "o.jsonl",
+    result = run_tool_main("tools.rescore", tmp_path / "sd", "--seed", "5", "-o", tmp_path / "o.jsonl",
                            "--config", finished / "m.jsonl")
-    assert_refused(result.returncode, result.stderr, "unsup_f.pth", prog="rescore.py")
+    assert_refused(result.returncode, result.stderr, "unsup_f.pth", prog="tools.rescore")

@@ -18,7 +18,7 @@ import signal
 
 import pytest
 
-import logparse
+from tools import logparse
 import run_support
 from cli_util import TINY, finish, parse_log, placed, signal_after_steps, start_cli, step_lines
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import encoders
-import host_sync
+from tools import host_sync
 import invertible_network_utils
 import main_mlp
 import spaces

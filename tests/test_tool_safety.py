@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from cli_util import TINY_RUN, assert_refused, placed, run_tool_main
+from cli_util import TINY_RUN, assert_refused, placed, run_tool_main, tool_argv, tool_env
 from test_tools import (FAKE_TRAINER, PY, ROOT, _early_runs, _metrics_file, _write_runs, make_steps, pair,
                         render_log, run_tool, write)
 
@@ -40,7 +40,7 @@ def run_closed_stdout(*argv):
     read_end, write_end = os.pipe()
     os.close(read_end)  # closed before the tool starts: its first write gets EPIPE
     try:
-        proc = subprocess.run([PY, *map(str, argv)], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE,
+        proc = subprocess.run(tool_argv(*argv), cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE,
                               text=True, timeout=60)
     finally:
         os.close(write_end)
@@ -55,7 +55,7 @@ def test_compare_logs_of_different_n_disagree_without_a_traceback(tmp_path):
     four = [25.0, 25.0, 5.0, 5.0]
     a = write(tmp_path / "a.log", render_log(make_steps(n_logged=5)))
     b = write(tmp_path / "b.log", render_log(make_steps(n_logged=5, lam_end=four), gt=four))
-    result = run_tool_main("compare_logs.py", a, b)
+    result = run_tool_main("tools.compare_logs", a, b)
     assert result.returncode == 1 and result.stderr == "", result.stderr
     assert "verdict: DISAGREE" in result.stdout and "Λ̂ has a different number of entries" in result.stdout
     assert "ground truth differs" in result.stdout
@@ -64,7 +64,7 @@ def test_compare_logs_of_different_n_disagree_without_a_traceback(tmp_path):
 @pytest.mark.parametrize("agree", [True, False])
 def test_compare_logs_keeps_its_verdict_when_stdout_is_closed(tmp_path, agree):
     alter = None if agree else (lambda b: [r.update(lin=r["lin"] + 0.3) for r in b])
-    proc = run_closed_stdout("compare_logs.py", *pair(tmp_path, alter=alter))
+    proc = run_closed_stdout("tools.compare_logs", *pair(tmp_path, alter=alter))
     assert proc.returncode == (0 if agree else 1), proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -72,11 +72,11 @@ def test_compare_logs_keeps_its_verdict_when_stdout_is_closed(tmp_path, agree):
 def test_a_closed_stdout_changes_no_tools_status(tmp_path):
     """``tool | true``: the work is done and the exit status is what it would have been."""
     log = write(tmp_path / "run.log", render_log(make_steps(n_logged=4)))
-    proc = run_closed_stdout("plot_logs.py", log, "-o", tmp_path / "run.png", "--size", "3", "2", "--dpi", "50")
+    proc = run_closed_stdout("tools.plot_logs", log, "-o", tmp_path / "run.png", "--size", "3", "2", "--dpi", "50")
     assert proc.returncode == 0 and (tmp_path / "run.png").read_bytes()[:4] == b"\x89PNG", proc.stderr
     script = write(tmp_path / "fake_trainer.py", textwrap.dedent(FAKE_TRAINER))
     template = write(tmp_path / "template.log", render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
-    proc = run_closed_stdout("sweep.py", "--seeds", "0", "1", "--threads", "1", "--out-dir", tmp_path / "sw",
+    proc = run_closed_stdout("tools.sweep", "--seeds", "0", "1", "--threads", "1", "--out-dir", tmp_path / "sw",
                              "--name", "fake", "--script", script, "--", "--template", template)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert (tmp_path / "sw" / "fake_seed1.log").read_text() == template.read_text()
@@ -84,18 +84,18 @@ def test_a_closed_stdout_changes_no_tools_status(tmp_path):
     for offset, status in ((0.0, 0), (-0.10, 1)):  # learning_check's verdict: within, NOT within
         out_dir = tmp_path / f"early{status}"
         _early_runs(out_dir, [offset - 0.01, offset, offset + 0.01])
-        proc = run_closed_stdout("learning_check.py", "--summarize-only", "--out-dir", out_dir)
+        proc = run_closed_stdout("tools.learning_check", "--summarize-only", "--out-dir", out_dir)
         assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_compare_logs_under_an_ascii_stdout(tmp_path):
     env = dict(os.environ, PYTHONIOENCODING="ascii")
-    for argv, status in ((["compare_logs.py", *pair(tmp_path)], 0), (["sweep.py", "--help"], 0),
-                         (["compare_logs.py", "--help"], 0), (["plot_logs.py", "--help"], 0),
-                         (["learning_check.py", "--help"], 0)):
-        result = subprocess.run([PY, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    for argv, status in ((["tools.compare_logs", *pair(tmp_path)], 0), (["tools.sweep", "--help"], 0),
+                         (["tools.compare_logs", "--help"], 0), (["tools.plot_logs", "--help"], 0),
+                         (["tools.learning_check", "--help"], 0)):
+        result = subprocess.run(tool_argv(*argv), cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
         assert result.returncode == status and "Traceback" not in result.stderr, (argv, result.stderr)
-    result = subprocess.run([PY, "compare_logs.py", *pair(tmp_path)], cwd=ROOT, capture_output=True, timeout=60,
+    result = subprocess.run([PY, "-m", "tools.compare_logs", *pair(tmp_path)], cwd=ROOT, capture_output=True, timeout=60,
                             env=env)
     assert b"\\u0394<Loss>" in result.stdout and b"verdict: AGREE" in result.stdout  # Δ escaped, not lost
 
@@ -138,16 +138,16 @@ def test_per_dimension_refuses_foreign_records_in_one_line(tmp_path):
     good = _metrics_file(tmp_path / "good.jsonl", 0.9, 0.5)
     for i, bad in enumerate(_foreign_metrics(tmp_path)):
         run = run_tool if i == 0 else run_tool_main
-        one_line_error(run("compare_logs.py", "--per-dimension", good, bad), str(bad))
-        one_line_error(run("plot_logs.py", "--per-dimension", good, bad, "-o", tmp_path / "x.png"), str(bad))
+        one_line_error(run("tools.compare_logs", "--per-dimension", good, bad), str(bad))
+        one_line_error(run("tools.plot_logs", "--per-dimension", good, bad, "-o", tmp_path / "x.png"), str(bad))
     assert not (tmp_path / "x.png").exists()
 
 
 def test_per_dimension_refuses_files_of_different_latents(tmp_path):
     four, six = _metrics_of_n(tmp_path / "four.jsonl", 4), _metrics_of_n(tmp_path / "six.jsonl", 6)
     for run, (a, b) in ((run_tool, (four, six)), (run_tool_main, (six, four))):
-        one_line_error(run("compare_logs.py", "--per-dimension", a, b), str(b), "n 4", "n 6")
-        one_line_error(run("plot_logs.py", "--per-dimension", a, b, "-o", tmp_path / "x.png"), str(b), "n 4", "n 6")
+        one_line_error(run("tools.compare_logs", "--per-dimension", a, b), str(b), "n 4", "n 6")
+        one_line_error(run("tools.plot_logs", "--per-dimension", a, b, "-o", tmp_path / "x.png"), str(b), "n 4", "n 6")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -161,7 +161,7 @@ def test_the_summary_averages_lambda_groups_of_one_kind_only(tmp_path):
         step = {"type": "step", "phase": "unsupervised", "step": 1, "lin": 0.5, "perm": 0.5, "lin_dims": [0.5] * 4}
         (out_dir / f"mixed_seed{seed}.jsonl").write_text(json.dumps({"type": "config", "args": args}) + "\n"
                                                          + json.dumps(step) + "\n")
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "mixed")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "mixed")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "R² by ground-truth λ" not in (out_dir / "mixed_summary.md").read_text()
 
@@ -172,7 +172,7 @@ def test_the_summary_leaves_foreign_metrics_out(tmp_path):
     out_dir.mkdir()
     write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
     (out_dir / "a_seed0.jsonl").write_text(_foreign_metrics(tmp_path)[1].read_text())
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "R² by ground-truth λ" not in (out_dir / "a_summary.md").read_text()
 
@@ -187,9 +187,9 @@ def test_plot_logs_does_not_write_over_its_input(tmp_path):
     os.symlink(log, tmp_path / "link.log")
     for run, output in ((run_tool, log), (run_tool_main, tmp_path / "link.log"),
                         (run_tool_main, f"{tmp_path}/./run.log")):
-        one_line_error(run("plot_logs.py", log, "-o", output), "-o", "run.log")
+        one_line_error(run("tools.plot_logs", log, "-o", output), "-o", "run.log")
     metrics = _metrics_file(tmp_path / "m.jsonl", 0.9, 0.5)
-    one_line_error(run_tool_main("plot_logs.py", "--per-dimension", metrics, "-o", metrics), "-o")
+    one_line_error(run_tool_main("tools.plot_logs", "--per-dimension", metrics, "-o", metrics), "-o")
     assert log.read_bytes() == before and metrics.read_text().startswith('{"type": "config"')
 
 
@@ -199,7 +199,7 @@ def test_sweep_summary_does_not_write_over_a_reference(tmp_path):
     write(out_dir / "an_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
     reference = write(out_dir / "an_summary.md", render_log(make_steps(n_logged=3, seed=5)))
     before = reference.read_text()
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "an",
                            "--reference", f"an={reference}")
     one_line_error(result, "an_summary.md")
     assert reference.read_text() == before and not (out_dir / "an_summary.csv").exists()
@@ -212,7 +212,7 @@ def test_sweep_summary_does_not_write_over_a_reference(tmp_path):
 def _fake_sweep(tmp_path, *sweep_args, run=run_tool):
     script = write(tmp_path / "fake_trainer.py", textwrap.dedent(FAKE_TRAINER))
     template = write(tmp_path / "template.log", render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
-    return run("sweep.py", "--seeds", "0", "--threads", "1", "--script", script, *sweep_args,
+    return run("tools.sweep", "--seeds", "0", "--threads", "1", "--script", script, *sweep_args,
                     "--", "--template", template)
 
 
@@ -230,7 +230,7 @@ def test_sweep_refuses_a_summary_name_that_is_not_a_file_name(tmp_path, summary_
     out_dir.mkdir()
     write(out_dir / "an_seed0.log", render_log(make_steps(n_logged=3), final=(0.9, 0.01, 0.8, 0.01)))
     run = run_tool if summary_name == "" else run_tool_main
-    result = run("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an", "--summary-name", summary_name)
+    result = run("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "an", "--summary-name", summary_name)
     one_line_error(result, "--summary-name")
     assert os.listdir(out_dir) == ["an_seed0.log"]
 
@@ -239,7 +239,7 @@ def test_out_dir_that_is_a_file_or_cannot_be_made(tmp_path):
     a_file = write(tmp_path / "a_file", "not a directory\n")
     for run, out_dir in ((run_tool, a_file), (run_tool_main, a_file / "sub")):
         one_line_error(_fake_sweep(tmp_path, "--out-dir", out_dir, run=run), "--out-dir")
-        one_line_error(run("learning_check.py", "--seeds", "1", "2", "--out-dir", out_dir), "--out-dir")
+        one_line_error(run("tools.learning_check", "--seeds", "1", "2", "--out-dir", out_dir), "--out-dir")
     assert a_file.read_text() == "not a directory\n"
 
 
@@ -251,7 +251,7 @@ def test_out_dir_that_is_not_writable(tmp_path):
     try:
         for run, out_dir in ((run_tool, locked), (run_tool_main, locked / "sub")):
             one_line_error(_fake_sweep(tmp_path, "--out-dir", out_dir, run=run), "--out-dir")
-            one_line_error(run("learning_check.py", "--out-dir", out_dir), "--out-dir")
+            one_line_error(run("tools.learning_check", "--out-dir", out_dir), "--out-dir")
     finally:
         locked.chmod(0o700)
 
@@ -259,18 +259,18 @@ def test_out_dir_that_is_not_writable(tmp_path):
 # --------------------------------------------------------------------------
 # sweep.py with main_mlp.py: grid keys, and logs already there
 
-SWEEP = os.path.join(ROOT, "sweep.py")
+SWEEP = ["-m", "tools.sweep"]
 
 
 def sweep_in(cwd, *sweep_args, after=(), in_process=False):
     """sweep.py in ``cwd``, out-dir ``out``, name ``a``, seed 0, the tiny run plus ``after``: through
     subprocess, or its ``main`` in-process (its runs of main_mlp.py are subprocesses either way)."""
     if in_process:
-        return run_tool_main("sweep.py", "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+        return run_tool_main("tools.sweep", "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
                              *sweep_args, "--", *TINY_RUN, *after, cwd=cwd)
-    return subprocess.run([PY, SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+    return subprocess.run([PY, *SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
                            *sweep_args, "--", *TINY_RUN, *after], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                          timeout=300, env=tool_env(OMP_NUM_THREADS="1"))
 
 
 @pytest.fixture(scope="module")
@@ -352,17 +352,17 @@ def test_a_finished_sweep_is_still_extended_from_its_checkpoints(tmp_path, finis
 
 def run_closed(fd, *argv):
     """Run a tool as ``tool >&-`` (``fd`` 1) or ``tool 2>&-`` (2); the other stream is captured."""
-    return subprocess.run(["bash", "-c", f'"$@" {fd}>&-', "bash", PY, *map(str, argv)], cwd=ROOT,
+    return subprocess.run(["bash", "-c", f'"$@" {fd}>&-', "bash", *tool_argv(*argv)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
 def test_compare_logs_with_a_closed_stream_keeps_its_status(tmp_path):
     a, b = pair(tmp_path)
-    result = run_closed(1, "compare_logs.py", a, a)
+    result = run_closed(1, "tools.compare_logs", a, a)
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    result = run_closed(1, "compare_logs.py", a, b, "--lin-tol", "0")
+    result = run_closed(1, "tools.compare_logs", a, b, "--lin-tol", "0")
     assert result.returncode == 1 and result.stderr == "", result.stderr
-    result = run_closed(2, "compare_logs.py", a, tmp_path / "nope.log")
+    result = run_closed(2, "tools.compare_logs", a, tmp_path / "nope.log")
     assert result.returncode == 2 and result.stdout == ""
     # The training script's parser is the same: a bad flag is 2 (not 1) with nowhere to say it.
     assert run_closed(2, "main_mlp.py", "--lr", "nan").returncode == 2
@@ -371,18 +371,18 @@ def test_compare_logs_with_a_closed_stream_keeps_its_status(tmp_path):
 def test_plot_and_learning_check_with_a_closed_stream(tmp_path):
     log = write(tmp_path / "run.log", render_log(make_steps(n_logged=4)))
     out = tmp_path / "run.png"
-    result = run_closed(1, "plot_logs.py", log, "-o", out, "--size", "3", "2", "--dpi", "50")
+    result = run_closed(1, "tools.plot_logs", log, "-o", out, "--size", "3", "2", "--dpi", "50")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     image = out.read_bytes()
     assert image[:4] == b"\x89PNG" and b"wrote" not in image  # its stdout is not the image it opened
-    result = run_closed(2, "plot_logs.py", tmp_path / "nope.log", "-o", tmp_path / "x.png")
+    result = run_closed(2, "tools.plot_logs", tmp_path / "nope.log", "-o", tmp_path / "x.png")
     assert result.returncode == 2 and not (tmp_path / "x.png").exists()
     for offset, status in ((0.0, 0), (-0.10, 1)):
         out_dir = tmp_path / f"early{status}"
         _early_runs(out_dir, [offset - 0.01, offset, offset + 0.01])
-        result = run_closed(1, "learning_check.py", "--summarize-only", "--out-dir", out_dir)
+        result = run_closed(1, "tools.learning_check", "--summarize-only", "--out-dir", out_dir)
         assert result.returncode == status and "Traceback" not in result.stderr, result.stderr
-    result = run_closed(2, "learning_check.py", "--summarize-only", "--out-dir", tmp_path / "missing")
+    result = run_closed(2, "tools.learning_check", "--summarize-only", "--out-dir", tmp_path / "missing")
     assert result.returncode == 2
 
 
@@ -411,7 +411,7 @@ def test_a_cut_metrics_file_keeps_its_lambda_groups_in_the_summary(tmp_path):
         write(out_dir / f"a_seed{seed}.log", render_log(make_steps(n_logged=3)))
         # Killed while writing its next record: the last line has no end.
         _jsonl(out_dir / f"a_seed{seed}.jsonl", _records(style=style), tail='{"type": "step", "phase": "unsu')
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert f"{out_dir / 'a_seed0.jsonl'}: its last line is cut off" in result.stderr
     md = (out_dir / "a_summary.md").read_text()
@@ -431,9 +431,9 @@ def test_a_config_that_claims_a_billion_latents_allocates_nothing(tmp_path):
     def limited():  # 2 GiB of address space: 10^9 latents' lists would take far more
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
-    for argv in (["compare_logs.py", "--per-dimension", good, huge],
-                 ["plot_logs.py", "--per-dimension", good, huge, "-o", tmp_path / "x.png"]):
-        result = subprocess.run([PY, *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    for argv in (["tools.compare_logs", "--per-dimension", good, huge],
+                 ["tools.plot_logs", "--per-dimension", good, huge, "-o", tmp_path / "x.png"]):
+        result = subprocess.run(tool_argv(*argv), cwd=ROOT, capture_output=True, text=True, timeout=120,
                                 preexec_fn=limited, env=dict(os.environ, OMP_NUM_THREADS="1",
                                                              OPENBLAS_NUM_THREADS="1"))
         one_line_error(result, f"{huge}:1:", "n = 1000000000", "4 per-dimension scores")
@@ -461,7 +461,7 @@ def test_records_no_run_writes_are_refused_naming_the_line(tmp_path, case, line)
     bad.write_text("\n".join(lines) + "\n")
     good = _jsonl(tmp_path / "good.jsonl", _records())
     run = run_tool if case == "not_an_object" else run_tool_main
-    one_line_error(run("compare_logs.py", "--per-dimension", good, bad), f"{bad}:{line}:")
+    one_line_error(run("tools.compare_logs", "--per-dimension", good, bad), f"{bad}:{line}:")
     # The summary says which file and line it could not use, and reads the run's log instead.
     summary_reads_the_log_instead(run, tmp_path, bad, f"{line}:")
 
@@ -473,7 +473,7 @@ def summary_reads_the_log_instead(run, tmp_path, bad, where):
     out_dir.mkdir()
     write(out_dir / "a_seed0.log", render_log(make_steps(n_logged=3)))
     (out_dir / "a_seed0.jsonl").write_text(bad.read_text())
-    result = run("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    result = run("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert f"warning: {out_dir / 'a_seed0.jsonl'}:{where}" in result.stderr
 
@@ -494,9 +494,9 @@ def test_one_bounded_number_type_for_every_tool(tmp_path):
             size(text)
     a, b = pair(tmp_path, n_logged=3)
     for run, value in ((run_tool, "nan"), (run_tool_main, "-0.1")):
-        one_line_error(run("compare_logs.py", a, b, "--lin-tol", value), "--lin-tol", "finite number >= 0")
-    one_line_error(run_tool_main("plot_logs.py", a, "-o", tmp_path / "x.png", "--dpi", "0"), "--dpi", "> 0")
-    one_line_error(run_tool_main("compare_logs.py", a, b, "--rows", "0"), "--rows", "an integer >= 1")
+        one_line_error(run("tools.compare_logs", a, b, "--lin-tol", value), "--lin-tol", "finite number >= 0")
+    one_line_error(run_tool_main("tools.plot_logs", a, "-o", tmp_path / "x.png", "--dpi", "0"), "--dpi", "> 0")
+    one_line_error(run_tool_main("tools.compare_logs", a, b, "--rows", "0"), "--rows", "an integer >= 1")
 
 
 def test_a_bad_grid_value_or_seed_is_refused_before_anything_runs(tmp_path):
@@ -513,7 +513,7 @@ def test_summarize_only_and_print_with_a_closed_stdout(tmp_path):
     _write_runs(out_dir, "an", [(0.90, 0.01, 0.80, 0.01)] * 2, [0.9] * 2, [1.0] * 2)
     for argv in (["--summarize-only", "--out-dir", out_dir, "--name", "an"],
                  ["--seeds", "0", "--out-dir", tmp_path / "p", "--executor", "print", "--", "--n", "4"]):
-        proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", PY, "sweep.py", *map(str, argv)], cwd=ROOT,
+        proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", PY, "-m", "tools.sweep", *map(str, argv)], cwd=ROOT,
                               stderr=subprocess.PIPE, text=True, timeout=60)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert (out_dir / "an_summary.csv").exists()
@@ -529,9 +529,9 @@ def test_a_run_refused_by_its_save_dir_lock_is_not_reported_as_another_runs_resu
         fcntl.flock(lock, fcntl.LOCK_EX)  # the other sweep's run holds it
         lock.write("4242\n")
         lock.flush()
-        proc = subprocess.Popen([PY, SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+        proc = subprocess.Popen([PY, *SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
                                  "--", *TINY_RUN, "--n-steps", "4"], cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                stderr=subprocess.PIPE, text=True, env=tool_env(OMP_NUM_THREADS="1"))
         err = tmp_path / "out" / "a_seed0.err"
         deadline = time.monotonic() + 120
         while not (err.exists() and "in use by another run" in err.read_text()):
@@ -584,8 +584,8 @@ def test_a_run_killed_while_writing_its_header_is_started_again(tmp_path, skip_d
 
 def run_with_timeout(*argv, cwd=ROOT, timeout=30):
     """A tool through subprocess, given ``timeout`` seconds: a tool that waits (a FIFO's open) fails the test."""
-    return subprocess.run([PY, *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return subprocess.run(tool_argv(*argv), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=tool_env(OMP_NUM_THREADS="1"))
 
 
 def test_a_fifo_is_refused_by_the_readers_without_waiting(tmp_path):
@@ -593,24 +593,24 @@ def test_a_fifo_is_refused_by_the_readers_without_waiting(tmp_path):
     out_dir.mkdir()
     log = write(out_dir / "a_seed1.log", render_log(make_steps(n_logged=3)))
     os.mkfifo(out_dir / "a_seed1.jsonl")  # beside the log: nobody writes to it
-    result = run_with_timeout("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    result = run_with_timeout("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 0, result.stderr  # the run is read from its log, as for any unreadable metrics file
     assert f"warning: {out_dir / 'a_seed1.jsonl'}: not a regular file (a FIFO)" in result.stderr
     assert "| a | 1 | 2,001 |" in (out_dir / "a_summary.md").read_text()
     os.remove(out_dir / "a_summary.csv")
     os.mkfifo(out_dir / "a_summary.csv")  # where the summary goes: not waited on either
-    result = run_with_timeout("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "a")
+    result = run_with_timeout("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "a")
     assert result.returncode == 2 and f"error: cannot write the summary {out_dir / 'a_summary.csv'}" in result.stderr
     os.mkfifo(out_dir / "b_seed1.log")  # the only log of b
-    result = run_with_timeout("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "b")
+    result = run_with_timeout("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "b")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"{out_dir / 'b_seed1.log'}: not a regular file (a FIFO)" in result.stderr
     fifo = out_dir / "a_seed1.jsonl"
-    one_line_error(run_with_timeout("compare_logs.py", out_dir / "b_seed1.log", log),
+    one_line_error(run_with_timeout("tools.compare_logs", out_dir / "b_seed1.log", log),
                    f"{out_dir / 'b_seed1.log'}: not a regular file (a FIFO)")
-    one_line_error(run_with_timeout("plot_logs.py", "--per-dimension", fifo, fifo, "-o", tmp_path / "x.png"),
+    one_line_error(run_with_timeout("tools.plot_logs", "--per-dimension", fifo, fifo, "-o", tmp_path / "x.png"),
                    f"{fifo}: not a regular file (a FIFO)")
-    one_line_error(run_tool_main("compare_logs.py", tmp_path, log), f"{tmp_path}: not a regular file (a directory)")
+    one_line_error(run_tool_main("tools.compare_logs", tmp_path, log), f"{tmp_path}: not a regular file (a directory)")
 
 
 def test_a_fifo_among_a_sweeps_files_is_refused_before_anything_runs(tmp_path):
@@ -624,7 +624,7 @@ def test_a_fifo_among_a_sweeps_files_is_refused_before_anything_runs(tmp_path):
                                   "--", *TINY_RUN, cwd=tmp_path, timeout=60)
         one_line_error(result, "a seed 0", fifo, "not a regular file (a FIFO)", "nothing was run")
         assert not (tmp_path / "out" / "a_seed0.log").exists()
-    import sweep
+    from tools import sweep
 
     assert sweep.lock_holder(tmp_path / "out" / "checkpoints" / "a_seed0") is None  # a FIFO is nobody's lock
 
@@ -638,9 +638,9 @@ def test_sigterm_stops_a_sweep_waiting_for_another_processs_lock(tmp_path):
         fcntl.flock(lock, fcntl.LOCK_EX)
         lock.write("4242\n")
         lock.flush()
-        proc = subprocess.Popen([PY, SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+        proc = subprocess.Popen([PY, *SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
                                  "--", *TINY_RUN], cwd=tmp_path, stdout=out, stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+                                env=tool_env(OMP_NUM_THREADS="1"))
         try:
             deadline = time.monotonic() + 120
             while "waiting for it" not in (tmp_path / "stdout").read_text():
@@ -680,8 +680,8 @@ def test_hostile_metrics_lines_are_one_line_errors_in_every_reader(tmp_path, cas
     change(lines)
     bad = write(tmp_path / "bad.jsonl", "\n".join(lines) + "\n")
     good = _jsonl(tmp_path / "good.jsonl", _records())
-    one_line_error(run_tool_main("compare_logs.py", "--per-dimension", bad, good), f"{bad}:{line}: {what}")
-    one_line_error(run_tool_main("plot_logs.py", bad, "-o", tmp_path / "x.png"), f"{bad}:{line}: {what}")
+    one_line_error(run_tool_main("tools.compare_logs", "--per-dimension", bad, good), f"{bad}:{line}: {what}")
+    one_line_error(run_tool_main("tools.plot_logs", bad, "-o", tmp_path / "x.png"), f"{bad}:{line}: {what}")
     summary_reads_the_log_instead(run_tool_main, tmp_path, bad, f"{line}: {what}")
 
 
@@ -693,11 +693,11 @@ def test_a_step_number_of_thousands_of_digits_is_one_line_error(tmp_path, finish
     log = write(tmp_path / "huge.log", huge)
     good = write(tmp_path / "good.log", text)
     where = f"{log}:{line}: a step number of 5,000 digits"
-    one_line_error(run_tool_main("compare_logs.py", log, good), where)
-    one_line_error(run_tool_main("plot_logs.py", log, "-o", tmp_path / "x.png"), where)
+    one_line_error(run_tool_main("tools.compare_logs", log, good), where)
+    one_line_error(run_tool_main("tools.plot_logs", log, "-o", tmp_path / "x.png"), where)
     (tmp_path / "lc").mkdir()
     shutil.copy(log, tmp_path / "lc" / "bimodal_b256_seed1.log")
-    one_line_error(run_tool_main("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "lc"),
+    one_line_error(run_tool_main("tools.learning_check", "--summarize-only", "--out-dir", tmp_path / "lc"),
                    "bimodal_b256_seed1.log:", "a step number of 5,000 digits")
     # A sweep's finished run whose log holds such a line: --skip-done reads it, and refuses it in one line.
     copy_of(finished_sweep, tmp_path)
@@ -708,10 +708,10 @@ def test_a_step_number_of_thousands_of_digits_is_one_line_error(tmp_path, finish
     run_log.write_text("".join(lines))
     result = sweep_in(tmp_path, "--skip-done", in_process=True)
     one_line_error(result, "a seed 0", f"out/a_seed0.log:{k + 1}: a step number of 5,000 digits")
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", tmp_path / "out", "--name", "a")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", tmp_path / "out", "--name", "a")
     assert result.returncode == 0 and result.stderr == "", result.stderr  # its metrics file is read, not its log
     os.remove(tmp_path / "out" / "a_seed0.jsonl")
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", tmp_path / "out", "--name", "a")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", tmp_path / "out", "--name", "a")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"a_seed0.log:{k + 1}: a step number of 5,000 digits" in result.stderr
 
@@ -739,6 +739,6 @@ def test_plot_logs_draws_values_beyond_any_runs_as_gaps(tmp_path):
     k = next(i for i, line in enumerate(lines) if line.startswith("learned lambda values:"))
     lines[k] = "learned lambda values: [1e308" + lines[k][lines[k].index(","):]
     log = write(tmp_path / "huge.log", "".join(lines))
-    result = run_tool_main("plot_logs.py", log, "-o", tmp_path / "x.png", "--size", "6", "4", "--dpi", "20")
+    result = run_tool_main("tools.plot_logs", log, "-o", tmp_path / "x.png", "--size", "6", "4", "--dpi", "20")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"

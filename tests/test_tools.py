@@ -20,9 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import logparse  # noqa: E402
-import metrics_io  # noqa: E402
-from cli_util import run_tool_main  # noqa: E402
+from tools import logparse  # noqa: E402
+from tools import metrics_io  # noqa: E402
+from cli_util import run_tool_main, tool_argv, tool_env  # noqa: E402
 
 PY = sys.executable
 BIMODAL = [25.0] * 5 + [5.0] * 5
@@ -112,7 +112,7 @@ def write(path, text):
 
 
 def run_tool(*argv, cwd=ROOT):
-    return subprocess.run([PY, *map(str, argv)], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(tool_argv(*argv), cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=60)
 
 
 # --------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def test_lambda_matching():
 
 
 def test_only_plot_logs_imports_matplotlib():
-    result = run_tool("-c", "import sys, logparse, compare_logs, sweep; print('matplotlib' in sys.modules)")
+    result = run_tool("-c", "import sys; from tools import logparse, compare_logs, sweep; print('matplotlib' in sys.modules)")
     assert result.returncode == 0 and result.stdout.strip() == "False"
 
 
@@ -289,7 +289,7 @@ def pair(tmp_path, alter=None, n_logged=40, lam_end=BIMODAL, gt=BIMODAL):
 
 
 def test_compare_agree(tmp_path):
-    result = run_tool("compare_logs.py", *pair(tmp_path))
+    result = run_tool("tools.compare_logs", *pair(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verdict: AGREE" in result.stdout
     table = [line for line in result.stdout.split("\n") if line.strip()[:1].isdigit() and "  " in line]
@@ -300,7 +300,7 @@ def test_compare_agree(tmp_path):
 
 
 def test_compare_all_rows_and_rank_agreement(tmp_path):
-    result = run_tool("compare_logs.py", *pair(tmp_path, lam_end=LINEAR, gt=LINEAR), "--all")
+    result = run_tool("tools.compare_logs", *pair(tmp_path, lam_end=LINEAR, gt=LINEAR), "--all")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(40 of 40 common steps shown" in result.stdout
     assert "rank agreement with λ" in result.stdout and "A 1.000, B 1.000" in result.stdout
@@ -313,27 +313,27 @@ def _bump_lin(records, step, delta):
 
 
 def test_compare_altered_lin_disagrees(tmp_path):
-    result = run_tool("compare_logs.py", *pair(tmp_path, alter=lambda b: _bump_lin(b, 30001, 0.05)))
+    result = run_tool("tools.compare_logs", *pair(tmp_path, alter=lambda b: _bump_lin(b, 30001, 0.05)))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "verdict: DISAGREE" in result.stdout and "at step 30001" in result.stdout
 
 
 def test_compare_ignores_differences_before_min_step(tmp_path):
     path_a, path_b = pair(tmp_path, alter=lambda b: _bump_lin(b, 5001, 0.3))
-    assert run_tool("compare_logs.py", path_a, path_b).returncode == 0
-    assert run_tool_main("compare_logs.py", path_a, path_b, "--min-step", "1").returncode == 1
+    assert run_tool("tools.compare_logs", path_a, path_b).returncode == 0
+    assert run_tool_main("tools.compare_logs", path_a, path_b, "--min-step", "1").returncode == 1
 
 
 def test_compare_altered_lambda_disagrees(tmp_path):
     def scale_last(b):
         b[-1]["lambda"] = [v * 1.3 for v in b[-1]["lambda"]]
-    result = run_tool("compare_logs.py", *pair(tmp_path, alter=scale_last))
+    result = run_tool("tools.compare_logs", *pair(tmp_path, alter=scale_last))
     assert result.returncode == 1 and "sorted Λ̂ differ" in result.stdout
 
 
 def test_compare_short_logs_use_last_common_step(tmp_path):
     path_a, path_b = pair(tmp_path, n_logged=5)
-    result = run_tool("compare_logs.py", path_a, path_b)
+    result = run_tool("tools.compare_logs", path_a, path_b)
     assert result.returncode == 0
     assert "none >= 15000" in result.stdout and "last common step, 4001" in result.stdout
 
@@ -347,7 +347,7 @@ def test_compare_unreadable_inputs_exit_2(tmp_path):
     for run, other, where in ((run_tool, garbage, f"{garbage}:1: not a log"),
                               (run_tool_main, malformed, f"{malformed}:{bad_line}: malformed Step line"),
                               (run_tool_main, tmp_path / "missing.log", f"{tmp_path / 'missing.log'}: cannot read")):
-        result = run("compare_logs.py", good, other)
+        result = run("tools.compare_logs", good, other)
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stdout == "" and len(result.stderr.strip().split("\n")) == 1
         assert where in result.stderr and "Traceback" not in result.stderr
@@ -363,7 +363,7 @@ def test_plot_writes_png_of_expected_size(tmp_path):
 
     path_a, path_b = pair(tmp_path, n_logged=10, lam_end=LINEAR, gt=LINEAR)
     out = tmp_path / "curves.png"
-    result = run_tool("plot_logs.py", path_a, path_b, "-o", out)
+    result = run_tool("tools.plot_logs", path_a, path_b, "-o", out)
     assert result.returncode == 0, result.stderr
     image = matplotlib.image.imread(out)
     assert image.shape[:2] == (900, 1200)  # the default 12 x 9 in at 100 dpi
@@ -371,25 +371,25 @@ def test_plot_writes_png_of_expected_size(tmp_path):
     assert len(np.unique(image.reshape(-1, image.shape[2]), axis=0)) > 20
 
     bad = write(tmp_path / "bad.log", "Step: 1 \t Loss: x\n")
-    result = run_tool_main("plot_logs.py", bad, "-o", tmp_path / "x.png", "--size", "3", "2", "--dpi", "50")
+    result = run_tool_main("tools.plot_logs", bad, "-o", tmp_path / "x.png", "--size", "3", "2", "--dpi", "50")
     assert result.returncode == 2 and f"{bad}:1:" in result.stderr and not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.slow
 def test_plot_writes_the_name_it_prints_and_bounds_its_size(tmp_path):
     path_a, _ = pair(tmp_path, n_logged=4)
-    result = run_tool("plot_logs.py", path_a, "-o", tmp_path / "figure", "--size", "3", "2", "--dpi", "50")
+    result = run_tool("tools.plot_logs", path_a, "-o", tmp_path / "figure", "--size", "3", "2", "--dpi", "50")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"wrote {tmp_path / 'figure'}"
     assert (tmp_path / "figure").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "figure.png").exists()
     for size, dpi in ((["1000", "1000"], "100"), (["0.01", "0.01"], "100")):
-        result = run_tool_main("plot_logs.py", path_a, "-o", tmp_path / "big.png", "--size", *size, "--dpi", dpi)
+        result = run_tool_main("tools.plot_logs", path_a, "-o", tmp_path / "big.png", "--size", *size, "--dpi", dpi)
         assert result.returncode == 2 and "--size/--dpi" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "big.png").exists()
 
 
 def test_logs_that_are_not_logs_are_refused_without_reading_them_whole(tmp_path):
-    result = run_tool("compare_logs.py", "/dev/zero", "/dev/zero")
+    result = run_tool("tools.compare_logs", "/dev/zero", "/dev/zero")
     assert result.returncode == 2 and "not a log" in result.stderr
     big = tmp_path / "one_line.log"
     big.write_bytes(b"x" * (logparse.MAX_LINE_BYTES + 10))
@@ -403,7 +403,7 @@ def test_logs_that_are_not_logs_are_refused_without_reading_them_whole(tmp_path)
 
 def test_sweep_print_jobs(tmp_path):
     out_dir = tmp_path / "sw"
-    result = run_tool("sweep.py", "--seeds", "0", "1", "7", "--out-dir", out_dir, "--name", "bi", "--executor", "print",
+    result = run_tool("tools.sweep", "--seeds", "0", "1", "7", "--out-dir", out_dir, "--name", "bi", "--executor", "print",
                       "--", "--n", "10", "--space", "extended_sphere", "--save-dir", "ck")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().split("\n")
@@ -417,10 +417,10 @@ def test_sweep_print_jobs(tmp_path):
         assert argv[argv.index("--save-dir") + 1] == f"ck/bi_seed{seed}"
         assert argv[-4:] == [">", f"{out_dir}/bi_seed{seed}.out", "2>", f"{out_dir}/bi_seed{seed}.err"]
         assert "OMP_NUM_THREADS" not in line
-    result = run_tool_main("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--threads", "4", "--executor", "print",
+    result = run_tool_main("tools.sweep", "--seeds", "0", "--out-dir", out_dir, "--threads", "4", "--executor", "print",
                            "--")
     assert result.stdout.startswith("OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 ")
-    result = run_tool_main("sweep.py", "--seeds", "0", "--out-dir", out_dir, "--executor", "print", "--", "--seed", "3")
+    result = run_tool_main("tools.sweep", "--seeds", "0", "--out-dir", out_dir, "--executor", "print", "--", "--seed", "3")
     assert result.returncode == 2 and "sets --seed" in result.stderr
 
 
@@ -441,7 +441,7 @@ def test_sweep_summarize_only(tmp_path):
     _write_runs(out_dir, "info", [None, None], [0.5, 0.7], [1.0, 1.0], n_logged=4)
     write(out_dir / "info_seed9.log", "")  # a run that logged nothing: left out
 
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an")
+    result = run_tool("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "an")
     assert result.returncode == 0, result.stderr
     md = (out_dir / "an_summary.md").read_text()
     assert "Steps per run: 5,001" in md and "asked for: 40,002" in md
@@ -454,7 +454,7 @@ def test_sweep_summarize_only(tmp_path):
               for s in range(3)]
     assert float(rows[0]["lambda_error_mean"]) == pytest.approx(np.mean(errors))
 
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--names", "an", "in*")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--names", "an", "in*")
     assert result.returncode == 0, result.stderr
     assert "info_seed9.log has no logged step" in result.stderr
     rows = {r["name"]: r for r in csv.DictReader(open(out_dir / "sweep_summary.csv"))}
@@ -468,7 +468,7 @@ def test_sweep_summarize_only(tmp_path):
     _write_runs(out_dir, "mix", [(0.90, 0.01, 0.80, 0.01), (0.94, 0.01, 0.84, 0.01), None],
                 [0.9, 0.9, 0.2], [1.0] * 3, n_logged=4)
     write(out_dir / "mix_seed7.log", "Arguments:\n\tn: 10\nStep: 1 \t Loss: x\n")
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "mix")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "mix")
     assert result.returncode == 0, result.stderr
     assert "mix_seed7.log" in result.stderr and "left out of the summary" in result.stderr
     rows = list(csv.DictReader(open(out_dir / "mix_summary.csv")))
@@ -476,7 +476,7 @@ def test_sweep_summarize_only(tmp_path):
     assert float(rows[0]["lin_mean"]) == pytest.approx(0.92)
     assert "unfinished: " in (out_dir / "mix_summary.md").read_text()
 
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--names", "nothing*")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--names", "nothing*")
     assert result.returncode == 2 and "no log nothing*_seed<S>.log" in result.stderr
 
 
@@ -486,7 +486,7 @@ def test_sweep_reference_section(tmp_path):
     _write_runs(out_dir, "an", [None, None, None], [0.90, 0.92, 0.94], [1.0] * 3)  # steps 1 .. 5,001
     ref_steps = make_steps(n_logged=10, lin_end=0.95, perm_end=0.97, seed=7)  # steps 1 .. 9,001
     ref = write(tmp_path / "published.log", render_log(ref_steps))
-    result = run_tool("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+    result = run_tool("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "an",
                       "--reference", f"an={ref}")
     assert result.returncode == 0, result.stderr
     md = (out_dir / "an_summary.md").read_text()
@@ -502,11 +502,11 @@ def test_sweep_reference_section(tmp_path):
     for bad, message in ((["--reference", "an"], "expected NAME=LOG"),
                          (["--reference", f"other={ref}"], "no run of configuration 'other'"),
                          (["--reference", f"an={tmp_path / 'missing.log'}"], "missing.log")):
-        result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an", *bad)
+        result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "an", *bad)
         assert result.returncode == 2 and "--reference" in result.stderr and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     shifted = write(tmp_path / "shifted.log", render_log(make_steps(n_logged=10, every=777)[1:]))
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "an",
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "an",
                            "--reference", f"an={shifted}")
     assert result.returncode == 2 and "no step logged by the reference and every an run" in result.stderr
 
@@ -537,7 +537,7 @@ def test_sweep_runs_jobs_in_parallel_and_summarizes(tmp_path):
     template = write(tmp_path / "template.log",
                      render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
     out_dir = tmp_path / "sw"
-    result = run_tool("sweep.py", "--seeds", "0", "1", "2", "--jobs", "2", "--threads", "1", "--out-dir", out_dir,
+    result = run_tool("tools.sweep", "--seeds", "0", "1", "2", "--jobs", "2", "--threads", "1", "--out-dir", out_dir,
                       "--name", "fake", "--script", script, "--", "--template", template)
     assert result.returncode == 1, result.stdout + result.stderr  # seed 2 failed
     assert "seed 2: FAILED (exit 1)" in result.stdout and "seed 2 fails on purpose" in result.stdout
@@ -555,7 +555,7 @@ def test_a_run_that_fails_after_its_final_scores_is_reported_as_the_summary_coun
     script = write(tmp_path / "fake_trainer.py", textwrap.dedent(FAKE_TRAINER))
     template = write(tmp_path / "template.log", render_log(make_steps(n_logged=3), final=(0.97, 0.01, 0.8, 0.02)))
     out_dir = tmp_path / "sw"
-    result = run_tool_main("sweep.py", "--seeds", "0", "3", "--threads", "1", "--out-dir", out_dir, "--name", "fake",
+    result = run_tool_main("tools.sweep", "--seeds", "0", "3", "--threads", "1", "--out-dir", out_dir, "--name", "fake",
                            "--script", script, "--", "--template", template)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fake seed 3: done: its log has its final scores (after them: exit 1)" in result.stdout
@@ -569,7 +569,7 @@ def test_a_run_that_fails_after_its_final_scores_is_reported_as_the_summary_coun
 
 def _early_runs(out_dir, lins):
     """Logs of runs whose Lin. at steps 1,001..4,001 is the authors' mean plus ``offset``, one per offset."""
-    import learning_check
+    from tools import learning_check
 
     out_dir.mkdir()
     for seed, offset in enumerate(lins):
@@ -583,13 +583,13 @@ def _early_runs(out_dir, lins):
 @pytest.mark.slow
 def test_learning_check_against_the_authors_figures(tmp_path):
     _early_runs(tmp_path / "same", [-0.01, 0.0, 0.01])
-    result = run_tool("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "same")
+    result = run_tool("tools.learning_check", "--summarize-only", "--out-dir", tmp_path / "same")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 of our runs" in result.stdout and "| 3,001 |" in result.stdout and "within" in result.stdout
     _early_runs(tmp_path / "slow", [-0.10, -0.09, -0.11])  # three sds below the authors' code
-    result = run_tool_main("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "slow")
+    result = run_tool_main("tools.learning_check", "--summarize-only", "--out-dir", tmp_path / "slow")
     assert result.returncode == 1 and "NOT within" in result.stdout
-    result = run_tool_main("learning_check.py", "--summarize-only", "--out-dir", tmp_path / "missing")
+    result = run_tool_main("tools.learning_check", "--summarize-only", "--out-dir", tmp_path / "missing")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
 
 
@@ -631,15 +631,15 @@ def _metrics_file(path, content, style):
 def test_compare_and_plot_per_dimension(tmp_path):
     a = _metrics_file(tmp_path / "an.jsonl", 0.95, 0.90)
     b = _metrics_file(tmp_path / "info.jsonl", 0.96, 0.05)  # InfoNCE's collapse of the style latents
-    result = run_tool("compare_logs.py", "--per-dimension", a, b)
+    result = run_tool("tools.compare_logs", "--per-dimension", a, b)
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1].split()
     assert last == ["501", "0.9500", "0.9600", "0.9000", "0.0500"]
     assert "content (λ = 25) A" in result.stdout and "style (λ = 5) B" in result.stdout
-    result = run_tool_main("compare_logs.py", "--per-dimension", a, tmp_path / "missing.jsonl")
+    result = run_tool_main("tools.compare_logs", "--per-dimension", a, tmp_path / "missing.jsonl")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     out = tmp_path / "collapse.png"
-    result = run_tool("plot_logs.py", "--per-dimension", a, b, "-o", out, "--size", "6", "3", "--dpi", "50")
+    result = run_tool("tools.plot_logs", "--per-dimension", a, b, "-o", out, "--size", "6", "3", "--dpi", "50")
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
 
@@ -649,7 +649,7 @@ def test_sweep_summary_groups_r2_by_lambda(tmp_path):
     _write_runs(out_dir, "info", [(0.7, 0.01, 0.6, 0.01)] * 2, [0.7, 0.7], [1.0, 1.0])
     _metrics_file(out_dir / "info_seed0.jsonl", 0.96, 0.05)
     _metrics_file(out_dir / "info_seed1.jsonl", 0.94, 0.15)
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "info",
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "info",
                            "--group-steps", "251")
     assert result.returncode == 0, result.stderr
     md = (out_dir / "info_summary.md").read_text()
@@ -663,7 +663,7 @@ def test_compare_logs_ignores_how_a_run_was_run():
     seed) are not differences between two logs; what it computed is."""
     import types
 
-    import compare_logs
+    from tools import compare_logs
 
     base = {"lr": "0.0001", "n": "10", "save_dir": "a", "checkpoint_minutes": "None", "resume_if_exists": "False",
             "overwrite": "False", "seed": "0", "log_file": "a.log"}
@@ -708,7 +708,7 @@ def test_a_field_added_to_the_records_reaches_the_summary(tmp_path):
     out_dir.mkdir()
     for seed, (style, extra) in enumerate(((0.4, 0.0), (0.6, 0.1))):
         _run_with_block(out_dir / f"b_seed{seed}.jsonl", seed, style, extra)
-    result = run_tool_main("sweep.py", "--summarize-only", "--out-dir", out_dir, "--name", "b")
+    result = run_tool_main("tools.sweep", "--summarize-only", "--out-dir", out_dir, "--name", "b")
     assert result.returncode == 0, result.stderr
     md = (out_dir / "b_summary.md").read_text()
     # The main table from the final records, not from the logs beside them.
@@ -739,7 +739,7 @@ def test_block_groups_follow_the_groups_first_latent():
 
 @pytest.mark.slow
 def test_plot_draws_every_other_score_of_metrics_files(tmp_path):
-    import plot_logs
+    from tools import plot_logs
 
     metrics = _run_with_block(tmp_path / "b_seed0.jsonl", 0, 0.5)
     runs = [metrics_io.read_any(metrics, "unsupervised"), metrics_io.read_any(metrics.with_suffix(".log"),
@@ -751,6 +751,6 @@ def test_plot_draws_every_other_score_of_metrics_files(tmp_path):
     assert set(lines) == {"m (R²_BO)", "m (R²_BL)", "m (new_metric)"}  # the declared labels, else the field
     assert list(lines["m (R²_BO)"].get_ydata()) == pytest.approx([0.501, 0.751, 1.001])
     out = tmp_path / "b.png"
-    result = run_tool_main("plot_logs.py", metrics, metrics.with_suffix(".log"), "-o", out, "--size", "6", "4",
+    result = run_tool_main("tools.plot_logs", metrics, metrics.with_suffix(".log"), "-o", out, "--size", "6", "4",
                            "--dpi", "50")
     assert result.returncode == 0 and out.read_bytes()[:4] == b"\x89PNG", result.stderr

@@ -2,7 +2,7 @@
 
     python training_logs/hard_negatives/hn_scale.py SAVE_DIR [SAVE_DIR ...]
 
-For each finished run's save-dir (its configuration from the checkpoint there, as rescore.py reads it): the
+For each finished run's save-dir (its configuration from the checkpoint there, as tools.rescore reads it): the
 start is the run's own initial state, rebuilt from its seed as main_mlp.py draws it (g, θ of Λ̂, then the
 encoder from the global generator); the end is its trained encoder (unsup_f.pth) and the loss's Λ̂ of its
 checkpoint. On one batch of --batch-size pairs drawn with --seed: per anchor, the spread (max - min) of
@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import encoders  # noqa: E402
 import main_mlp  # noqa: E402
-import rescore  # noqa: E402
+from tools import rescore  # noqa: E402
 import run_support  # noqa: E402
 
 HARDEST = 0.05

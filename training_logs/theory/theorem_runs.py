@@ -3,7 +3,7 @@
     python training_logs/theory/theorem_runs.py table training_logs/theory/l100/*_seed?.jsonl --steps 10001 20001
     python training_logs/theory/theorem_runs.py plot training_logs/theory/l100/*_seed?.jsonl -o l100.png
 
-Reads main_mlp.py's metrics files (metrics_io). The runs are grouped into configurations by the flags in
+Reads main_mlp.py's metrics files (tools.metrics_io). The runs are grouped into configurations by the flags in
 which they differ (their seed, files and save-dir aside). ``table``: per configuration and step, mean ± std
 over its seeds of R²_BO (``block_orthogonal_r2``), the block-linear R², Lin., Perm. and the content / style R²
 (each group's mean of ``lin_dims``) and the mean of the larger and the smaller half of Λ̂ (sorted: Λ̂'s
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-import metrics_io  # noqa: E402
+from tools import metrics_io  # noqa: E402
 
 NOT_A_SETTING = {"seed", "log_file", "metrics_file", "save_dir", "overwrite", "resume_training"}
 STYLES = ["-", "--", ":", "-.", (0, (1, 3))]

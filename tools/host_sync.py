@@ -26,8 +26,7 @@ ALWAYS_SYNC = {
 # Indexing operators: a sync only when an index is a boolean mask (it becomes nonzero).
 MASK_INDEXED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
 COPIES = {aten._to_copy.default, aten.copy_.default}
-# Python-level read-backs that reach no operator when the tensor is already on
-# the CPU; on a GPU each is a device-to-host copy.
+# Read-backs that reach no operator when the tensor is already on the CPU; on a GPU each is a device-to-host copy.
 READ_BACK_METHODS = ("cpu", "tolist")
 
 
@@ -62,8 +61,8 @@ class HostSyncCounter(TorchDispatchMode):
 
 def _counting(method, name, counter):
     def wrapper(self, *args, **kwargs):
-        # Free on the CPU, where they reach no operator: they count for the copy the same call is
-        # on a GPU (off the CPU the dispatch mode sees that copy itself).
+        # Free on the CPU, where they reach no operator: they count for the copy the same call is on a GPU
+        # (off the CPU the dispatch mode sees that copy itself).
         if self.device.type == "cpu":
             counter.calls[f"Tensor.{name}"] += 1
         return method(self, *args, **kwargs)
@@ -82,10 +81,8 @@ def count_host_syncs():
 
 @contextlib.contextmanager
 def count_cuda_syncs():
-    """Count the synchronising CUDA calls inside the block, as the CUDA runtime reports them: yields a list
-    that holds one entry per synchronisation once the block ends."""
-    found = []
-    previous = torch.cuda.get_sync_debug_mode()
+    """Yields a list that holds, once the block ends, one entry per synchronising CUDA call the runtime reported."""
+    found, previous = [], torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every sync, not the first per line
         torch.cuda.set_sync_debug_mode("warn")

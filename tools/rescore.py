@@ -1,6 +1,6 @@
 """Score a finished run again, with every metric main_mlp.py records now, on fresh samples.
 
-    python rescore.py SAVE_DIR --seed 0 -o rescored.jsonl
+    python -m tools.rescore SAVE_DIR --seed 0 -o rescored.jsonl
 
 Reads the run's mixing (``g.pth``) and trained encoder (``unsup_f.pth``, or ``sup_f.pth`` with ``--phase
 supervised``) from its ``--save-dir``, and its configuration from the checkpoint there (or, where that was
@@ -21,11 +21,11 @@ import command_line
 import disentanglement_utils
 import encoders
 import main_mlp
-import metrics_io
+from tools import metrics_io
 import run_support
 from argparse_utils import ArgumentParser, bounded
 
-PROG = "rescore.py"
+PROG = "tools.rescore"
 ENCODER_FILES = {"unsupervised": "unsup_f.pth", "supervised": "sup_f.pth"}
 
 

@@ -1,4 +1,4 @@
-"""The summary of a sweep (``sweep.py`` after its runs, and ``--summarize-only``), what it shows: docs/tools.md.
+"""The summary of a sweep (``tools.sweep`` after its runs, and ``--summarize-only``), what it shows: docs/tools.md.
 A run is found by its log (``NAME_seedS.log``) and read from the metrics file beside it, or from its log
 where it has none (an older run; a published reference log)."""
 
@@ -7,18 +7,16 @@ import fnmatch
 import math
 import os
 import re
-import sys
-from stat import S_ISREG
 
 import numpy as np
 
 import disentanglement_utils
-import logparse
-import metrics_io
 import settings
-from argparse_utils import EXIT_BAD_INPUT, same_file, write_stdout
+from argparse_utils import same_file
+from tools import common, logparse, metrics_io
+from tools.common import say
 
-PROG = "sweep.py"
+PROG = "tools.sweep"
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
 GLOB_CHARACTERS = "*?[]"
 # More λ groups than this (linearly spaced λ: one per latent) make the section unreadable: left out.
@@ -27,24 +25,17 @@ CSV_FIELDS = ("name", "loss", "lambda", "seeds", "steps_min", "steps_max", "fini
 
 
 def main_scores():
-    """The main tables' figures, ``[(field, label, digits)]``: the numbers of the reference's own scores (Lin.,
-    Perm.: disentanglement_utils.METRICS; a finished run's final ones, else its last logged), then Λ̂ error."""
+    """The main tables' figures, ``[(field, label, digits)]``: the reference's own scores (Lin., Perm.: a finished
+    run's final ones, else its last logged), then Λ̂ error."""
     return ([(f.name, f.label, 4) for f in disentanglement_utils.fields(numbers=True, reference=True)]
             + [("lambda_error", "Λ̂ error", 3)])
 
 
-def say(line):
-    """One line on stdout in one write (the worker threads' lines must not interleave); a closed
-    stdout (``| head``) does not stop the sweep or its runs."""
-    write_stdout(line + "\n")
-
-
-def warn(message):
-    sys.stderr.write(f"{PROG}: warning: {message}\n")
+def error(message):
+    return common.error(PROG, message)
 
 
 def metrics_path(log_path):
-    """A run's metrics file, beside its log."""
     return log_path[:-len(".log")] + ".jsonl"
 
 
@@ -68,18 +59,19 @@ def find_runs(out_dir, patterns):
 
 
 def read_run(log_path):
-    """A run's records: its metrics file beside its log, else (an older run, or a metrics file that
-    cannot be read, which is said on stderr) its log, which has no per-dimension scores."""
+    """A run's records: its metrics file beside its log, else (an older run, or a metrics file that cannot be
+    read, said on stderr) its log, which has no per-dimension scores."""
     path = metrics_path(log_path)
     if os.path.exists(path):
         try:
             records = metrics_io.read(path)
         except logparse.LogParseError as exc:
-            warn(f"{exc}: the run's scores come from its log {log_path} instead (no R² by ground-truth λ)")
+            common.warn(PROG, f"{exc}: the run's scores come from its log {log_path} instead (no R² by "
+                              f"ground-truth λ)")
         else:
             if records.truncated:
-                warn(f"{path}: its last line is cut off (a run killed while writing, or still running): "
-                     f"the summary has its records up to the line before")
+                common.warn(PROG, f"{path}: its last line is cut off (a run killed while writing, or still "
+                                  f"running): the summary has its records up to the line before")
             return records
     return metrics_io.from_log(logparse.parse_log(log_path))
 
@@ -108,19 +100,19 @@ def summarize_run(name, seed, path, group_steps=()):
     records = read_run(path)
     steps = records.steps()
     if not steps:
-        warn(f"{path} has no logged step yet: left out of the summary")
+        common.warn(PROG, f"{path} has no logged step yet: left out of the summary")
         return None
-    last, final = steps[-1], records.final or {}
+    last, final, args = steps[-1], records.final or {}, records.args
     finished = all(f"{key}_mean" in final for key, _, _ in main_scores()[:-1])  # numbers: metrics_io checked them
     last_lambda = next((r["lambda"] for r in reversed(steps) if isinstance(r.get("lambda"), list)), None)
-    low, high = records.args.get("gt_lambda_1", "?"), records.args.get("gt_lambda_2", "?")  # the ground-truth Λ
-    linear = records.args.get("linearly_spaced_lambda") in (True, "True")
-    truth = "-" if records.gt_lambda is None else f"linear {low}..{high}" if linear else f"bimodal {high} / {low}"
+    low, high = args.get("gt_lambda_1", "?"), args.get("gt_lambda_2", "?")  # the ground-truth Λ
+    linear = args.get("linearly_spaced_lambda") in (True, "True")
     fields = {("last", key): value for key, value in last.items() if metrics_io.is_number(value) and key != "step"}
     fields.update({("final", key): value for key, value in final.items() if metrics_io.is_number(value)})
-    return {"name": name, "seed": seed, "path": path, "records": records, "loss": loss_label(records.args),
-            "lambda": truth, "steps": last["step"], "finished": finished,
-            "planned": planned_steps(records.args, records.main_phase()),
+    return {"name": name, "seed": seed, "path": path, "records": records, "loss": loss_label(args),
+            "lambda": "-" if records.gt_lambda is None else f"linear {low}..{high}" if linear else
+            f"bimodal {high} / {low}", "steps": last["step"], "finished": finished,
+            "planned": planned_steps(args, records.main_phase()),
             **{key: final[f"{key}_mean"] if finished else last.get(key) for key, _, _ in main_scores()[:-1]},
             "source": "final" if finished else f"step {last['step']}",
             "lambda_error": metrics_io.lambda_error(last_lambda, records.gt_lambda),
@@ -128,10 +120,10 @@ def summarize_run(name, seed, path, group_steps=()):
 
 
 def group_scores(records, steps=()):
-    """The list fields of a run's records per λ group (R2_PER_LATENT: the R² of each group's latents),
-    and Perm.: ``{"labels": [group labels], "at": {where: {field: [value per group]}}}`` where is
-    "end" (the last logged step: 4,096 samples, not the final evaluation's smaller batches), each of
-    ``steps`` the run logged, and "final" (the final evaluation); None without per-dimension scores."""
+    """The list fields of a run's records per λ group (R2_PER_LATENT: the R² of each group's latents), and Perm.:
+    ``{"labels": [group labels], "at": {where: {field: [value per group]}}}``; where is "end" (the last logged
+    step: 4,096 samples, not the final evaluation's smaller batches), each of ``steps`` the run logged, and
+    "final"; None without per-dimension scores."""
     with_dims = [r for r in records.steps() if disentanglement_utils.R2_PER_LATENT in r]
     if not with_dims:
         return None
@@ -191,16 +183,16 @@ def aggregate(name, rows):
 
 
 def reference_row(name, rows, ref_path):
-    """The reference table's row of the runs of one configuration against a reference log, at the last
-    step all of them logged (LogParseError: the reference cannot be read, or shares no step with every run)."""
+    """The reference table's row of one configuration's runs against a reference log, at the last step all of
+    them logged (LogParseError: the reference cannot be read, or shares no step with every run)."""
     ref = metrics_io.from_log(logparse.parse_log(ref_path))
     if not ref.steps():
         raise logparse.LogParseError(ref_path, None, "no logged step in the reference log")
     by_step = [{r["step"]: r for r in records.steps()} for records in [ref] + [row["records"] for row in rows]]
-    common = sorted(set.intersection(*map(set, by_step)))
-    if not common:
+    common_steps = sorted(set.intersection(*map(set, by_step)))
+    if not common_steps:
         raise logparse.LogParseError(ref_path, None, f"no step logged by the reference and every {name} run")
-    step = common[-1]
+    step = common_steps[-1]
     cells = [name, os.path.basename(ref_path), f"{step:,}", str(len(rows))]
     truths = [ref.gt_lambda] + [row["records"].gt_lambda for row in rows]
     for key, _, digits in [("mean_loss", "<Loss>", 4)] + main_scores():
@@ -221,7 +213,6 @@ def pm(mean, std, digits):
 
 
 def number(value, digits):
-    """A number for a table cell; ``-`` for None."""
     return f"{value:.{digits}f}" if value is not None else "-"
 
 
@@ -232,9 +223,7 @@ def header_lines(configs, runs, note):
     planned = sorted({r["planned"] for r in runs if r["planned"] is not None})
     header = (f"Steps per run: {low:,} (the last logged step of each run)" if low == high else
               f"Steps per run: {low:,} to {high:,} (not all runs are equally long: see the steps column)")
-    if planned:
-        header += f"; asked for: {', '.join(f'{p:,}' for p in planned)}"
-    header += "."
+    header += (f"; asked for: {', '.join(f'{p:,}' for p in planned)}" if planned else "") + "."
     if unfinished:
         header += (f" {unfinished} of {len(runs)} runs have no final scores (failed, killed or still running): they "
                    f"are left out of the mean ± std of a configuration with finished runs; a configuration with "
@@ -260,8 +249,8 @@ def run_lines(runs):
              + "".join(f"{label} | " for _, label, _ in main_scores()) + "log |",
              "|---|---:|---:|---|" + "---:|" * len(main_scores()) + "---|"]
     for r in runs:
-        source = r["source"] if r["finished"] else f"unfinished: {r['source']}"
-        source += " (metrics file cut off)" if r["records"].truncated else ""
+        source = (r["source"] if r["finished"] else f"unfinished: {r['source']}") + (
+            " (metrics file cut off)" if r["records"].truncated else "")
         lines.append(f"| {r['name']} | {r['seed']} | {r['steps']:,} | {source} | "
                      + "".join(f"{number(r[key], digits)} | " for key, _, digits in main_scores())
                      + f"{os.path.basename(r['path'])} |")
@@ -280,10 +269,10 @@ def group_lines(configs):
              "of each group, held out, so a fully lost group reads about 0); mean ± std over seeds, at the end "
              "(the last logged step, 4,096 samples), at the "
              "--group-steps and in the final evaluation.", ""]
+    r2 = disentanglement_utils.R2_PER_LATENT
     for c in grouped:
         labels = c["groups"]["labels"]
         for where, fields in c["groups"]["at"].items():
-            r2 = disentanglement_utils.R2_PER_LATENT
             parts = [f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, fields.get(r2, []))]
             parts += [f"Perm. {pm(*fields['Perm.'][0], 4)}"] if "Perm." in fields else []
             parts += [f"{key}: " + ", ".join(f"{label} {pm(*ms, 4)}" for label, ms in zip(labels, values))
@@ -293,17 +282,16 @@ def group_lines(configs):
 
 
 def field_lines(configs):
-    """The summary's table of every scalar a run recorded, at its last logged step and in its final
-    record: a metric added to the records is here with no change to this code."""
+    """The summary's table of every scalar a run recorded, at its last logged step and in its final record: a
+    metric added to the records is here with no change to this code."""
     if not any(c["fields"] for c in configs):
         return []
     lines = ["", "## Every recorded score", "",
              "Each number field of the runs' last logged step record (last) and of their final record (final): "
              "the metrics files' (a log without one: the fields of its text); mean ± std over the runs averaged "
              "above.", "", "| configuration | record | field | mean ± std | runs |", "|---|---|---|---|---:|"]
-    lines += [f"| {c['name']} | {record} | {field} | {pm(mean, std, 4)} | {count} |"
-              for c in configs for (record, field), ((mean, std), count) in c["fields"].items()]
-    return lines
+    return lines + [f"| {c['name']} | {record} | {field} | {pm(mean, std, 4)} | {count} |"
+                    for c in configs for (record, field), ((mean, std), count) in c["fields"].items()]
 
 
 def reference_lines(rows):
@@ -317,61 +305,43 @@ def reference_lines(rows):
             "|---|---|---:|---:|" + "---|---:|" * (1 + len(main_scores()))] + rows
 
 
-def open_output(path):
-    """``path`` opened to be written (text, created or emptied) when it is a regular file or none; OSError
-    otherwise. Opened with O_NONBLOCK, so a FIFO is refused at once, not waited on."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not S_ISREG(mode):
-            raise logparse.NotRegularFile(path, mode)
-        os.ftruncate(fd, 0)
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "w", encoding="utf-8", newline="")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def write_summary(md_path, csv_path, configs, runs, note, comparisons):
     """Write the summary's Markdown and CSV files (OSError: one cannot be written)."""
     lines = header_lines(configs, runs, note) + run_lines(runs) + group_lines(configs) + field_lines(configs)
-    with open_output(md_path) as handle:
+    with logparse.open_regular(md_path, write=True) as handle:
         handle.write("\n".join(lines + (reference_lines(comparisons) if comparisons else [])) + "\n")
     # The recorded fields' columns: last.FIELD_mean, last.FIELD_std, final.FIELD_mean, ...
     extras = [{f"{record}.{field}_{stat}": value for (record, field), (ms, _) in c["fields"].items()
                for stat, value in zip(("mean", "std"), ms)} for c in configs]
-    with open_output(csv_path) as handle:
+    with logparse.open_regular(csv_path, write=True) as handle:
         main = CSV_FIELDS + tuple(f"{key}_{stat}" for key, _, _ in main_scores() for stat in ("mean", "std"))
         writer = csv.DictWriter(handle, fieldnames=list(main) + list(dict.fromkeys(k for e in extras for k in e)))
         writer.writeheader()
         writer.writerows({**{k: c[k] for k in main}, **extra} for c, extra in zip(configs, extras))
 
 
-def error(message):
-    sys.stderr.write(f"{PROG}: error: {message}\n")
-    return EXIT_BAD_INPUT
-
-
-def summarize(args):
-    """Summarise the logs of ``args.names`` (or ``args.name``) in ``args.out_dir``; returns an exit status."""
-    patterns = args.names or [args.name]
-    try:
-        found = find_runs(args.out_dir, patterns)
-    except logparse.LogParseError as exc:
-        return error(exc)
+def summary_rows(args, found):
+    """``(runs' rows, {name: its rows})`` of the runs ``found`` (a log that cannot be read is left out)."""
     runs = []
     for name, seeds in found.items():
         for seed, path in seeds:
             try:
                 runs.append(summarize_run(name, seed, path, args.group_steps))
             except logparse.LogParseError as exc:  # one bad log does not sink the others
-                warn(f"{exc}: left out of the summary")
+                common.warn(PROG, f"{exc}: left out of the summary")
     runs = [r for r in runs if r is not None]
+    return runs, {name: [r for r in runs if r["name"] == name] for name in found}
+
+
+def summarize(args):
+    """Summarise the logs of ``args.names`` (or ``args.name``) in ``args.out_dir``; returns an exit status."""
+    patterns = args.names or [args.name]
+    try:
+        runs, by_name = summary_rows(args, find_runs(args.out_dir, patterns))
+    except logparse.LogParseError as exc:
+        return error(exc)
     if not runs:
         return error(f"{args.out_dir}: no log with a logged step for {' '.join(patterns)}")
-    by_name = {name: [r for r in runs if r["name"] == name] for name in found}
-    configs = [aggregate(name, rows) for name, rows in by_name.items() if rows]
     comparisons = []
     for name, ref_path in args.references.items():
         if not by_name.get(name):
@@ -388,7 +358,8 @@ def summarize(args):
             return error(f"argument --summary-name: the summary {path} would write over its input {read}; give "
                          f"another --summary-name")
     try:
-        write_summary(base + ".md", base + ".csv", configs, runs, args.note, comparisons)
+        write_summary(base + ".md", base + ".csv", [aggregate(n, rows) for n, rows in by_name.items() if rows],
+                      runs, args.note, comparisons)
     except OSError as exc:
         return error(f"cannot write the summary {exc.filename} ({exc.strerror or exc})")
     say(f"wrote {base}.md")

@@ -1,6 +1,6 @@
-"""One run of a sweep as a submitit task (sweep.py's local executor runs it in a thread): main_mlp.py as a
-child process that survives preemption (docs/cluster.md). A module of its own that imports nothing of the
-project: submitit pickles the task by reference, and the job process imports it by this name."""
+"""One run of a sweep as a submitit task (tools.sweep's local executor runs it in a thread): main_mlp.py as a
+child process that survives preemption (docs/cluster.md). It imports nothing of the project: submitit pickles
+the task by reference, and the job process imports ``tools.sweep_task`` (the repository on its PYTHONPATH)."""
 
 import os
 import signal

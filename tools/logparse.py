@@ -1,10 +1,7 @@
-"""Read a training log in the reference format (ours or the authors' published ones).
-
-The lines, and the rules that make two readers of a log agree on what it says, are docs/log-format.md.
-Step records are dicts with the keys of the run's metrics file: ``step``, ``loss``, ``mean_loss``,
-``lin``, ``perm``, ``r`` and ``lambda`` (a list of floats, or None when no ``learned lambda values``
-line followed the step).
-"""
+"""Read a training log in the reference format (ours or the authors' published ones; its lines and the rules
+that make two readers agree: docs/log-format.md). Step records are dicts with the keys of the run's metrics file:
+``step``, ``loss``, ``mean_loss``, ``lin``, ``perm``, ``r`` and ``lambda`` (a list of floats, or None when no
+``learned lambda values`` line followed the step)."""
 
 import dataclasses
 import errno
@@ -43,7 +40,6 @@ STARTS = {kind: re.compile(start) for kind, start, _, _ in (*LINE_TYPES, _MODULE
 
 
 def shapes(strict=False):
-    """``{kind: compiled pattern of the whole line}`` of every line type with a shape: loose or strict."""
     numbers = _STRICT if strict else _LOOSE
     return {kind: re.compile(f"^{shape % numbers}$") for kind, _, shape, _ in (*LINE_TYPES, _MODULE) if shape}
 
@@ -55,7 +51,6 @@ _RADIUS = re.compile(rf"^tensor\(\[({_NUM})\], requires_grad=True\)$")
 _TENSOR = re.compile(r"^tensor\(\[([^\[\]]*)\]((?:\s*,\s*\w+=[^,()]+)*)\s*\)$")
 # The lines whose repr may wrap: prefix -> the phase's encoder, or the ParsedLog field of a tensor.
 _REPR_KINDS = {"f:": "encoder", "lambda init:": "lambda_init", "ground truth Lambda:": "gt_lambda"}
-
 
 # The most digits of an integer a reader converts (a step, a count): int() of thousands is slow, or refused.
 MAX_INT_DIGITS = 20
@@ -72,17 +67,19 @@ class NotRegularFile(OSError):
         super().__init__(errno.EINVAL, f"not a regular file ({kind})", path)
 
 
-def open_regular(path):
-    """``path`` opened for reading (binary) when it is a regular file, or a link to one; else OSError, and
-    NotRegularFile for a FIFO, device or directory. Opened with O_NONBLOCK, then checked, so a FIFO that
-    no one writes to is refused at once instead of blocking the open."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def open_regular(path, write=False):
+    """``path`` opened (to read: binary; ``write``: text, created or emptied) when it is a regular file or a link to
+    one (or, to write, none); else OSError, NotRegularFile for a FIFO, device or directory. Opened with O_NONBLOCK,
+    then checked, so a FIFO that no one opens at its other end is refused at once instead of blocking the open."""
+    fd = os.open(path, (os.O_WRONLY | os.O_CREAT if write else os.O_RDONLY) | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFile(path, mode)
+        if write:
+            os.ftruncate(fd, 0)
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "w", encoding="utf-8", newline="") if write else os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
@@ -110,8 +107,7 @@ class Phase:
     def name(self):
         return "supervised" if self.supervised else "unsupervised"
 
-    def has_final(self):
-        """True when both final lines (``linear mean``, ``perm mean``) were logged."""
+    def has_final(self):  # both final lines, ``linear mean`` and ``perm mean``
         return "lin_mean" in self.final and "perm_mean" in self.final
 
     def last_lambda(self):
@@ -119,7 +115,6 @@ class Phase:
         return next(((r["step"], r["lambda"]) for r in reversed(self.steps) if r["lambda"] is not None), None)
 
     def by_step(self):
-        """``{step: record}``."""
         return {record["step"]: record for record in self.steps}
 
 
@@ -141,7 +136,6 @@ class ParsedLog:
     skipped: list = dataclasses.field(default_factory=list)  # line numbers of unknown lines
 
     def phase(self, name):
-        """The phase called ``name`` ('supervised' or 'unsupervised'), or None."""
         return next((phase for phase in self.phases if phase.name == name), None)
 
     def main_phase(self):
@@ -155,7 +149,6 @@ def quote(text, limit=80):
 
 class _Parser:
     """A line-by-line reader; one instance per file."""
-
     def __init__(self, path):
         self.log = ParsedLog(path=path)
         self.path = path
@@ -252,7 +245,7 @@ class _Parser:
 
     # -- the handlers of LINE_TYPES: (line_no, line, the match of its shape, or of its start)
 
-    def arguments(self, line_no, text, match):
+    def arguments(self, line_no, text, match):  # the flags follow, a tab before each
         self.in_arguments = True
 
     def step(self, line_no, text, match):

@@ -1,7 +1,7 @@
 """Plot the curves of one or several runs into one PNG.
 
-    python plot_logs.py training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log -o bimodal.png
-    python plot_logs.py --per-dimension an.jsonl info.jsonl -o collapse.png
+    python -m tools.plot_logs training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log -o bimodal.png
+    python -m tools.plot_logs --per-dimension an.jsonl info.jsonl -o collapse.png
 
 The inputs are metrics files (``--metrics-file``, ``.jsonl``) or text logs in the reference format (a
 published log), each run in its own colour: a panel for each score that disentanglement_utils.METRICS
@@ -17,7 +17,6 @@ Exit status: 0 written, 2 an input cannot be read (one line naming the file and 
 image cannot be written, or ``-o`` names an input (never written over).
 """
 
-import argparse
 import math
 import os
 import sys
@@ -29,11 +28,10 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
 import disentanglement_utils  # noqa: E402
-import logparse  # noqa: E402
-import metrics_io  # noqa: E402
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, same_file, write_stdout  # noqa: E402
+from argparse_utils import bounded, same_file, write_stdout  # noqa: E402
+from tools import common, logparse, metrics_io  # noqa: E402
 
-PROG = "plot_logs.py"
+PROG = "tools.plot_logs"
 # Largest image side, in pixels: beyond, the figure takes gigabytes (and matplotlib refuses 2^16).
 MAX_PIXELS = 10_000
 POSITIVE = bounded(float, above=0)
@@ -48,12 +46,11 @@ STYLES = ("-", ":", "--", "-.")
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(PROG, __doc__)
     add = parser.add_argument
     add("logs", nargs="+", metavar="LOG", help="metrics files (.jsonl) or logs in the reference format, overlaid")
     add("-o", "--output", required=True, metavar="OUT.png", help="the PNG to write")
-    add("--phase", choices=("unsupervised", "supervised"), default="unsupervised",
-        help="the phase of the logs to plot (default: %(default)s)")
+    common.add_phase(parser, "plot")
     add("--size", type=POSITIVE, nargs=2, default=[12.0, 9.0], metavar=("W", "H"),
         help="figure width and height in inches (default: 12 9)")
     add("--dpi", type=POSITIVE, default=100,
@@ -80,7 +77,6 @@ def drawable(value):
 
 
 def _curve(ax, steps, key, **style):
-    """Plot ``key`` of the step records that have it."""
     points = [(r["step"], drawable(r[key])) for r in steps if metrics_io.is_number(r.get(key))]
     if points:
         ax.plot(*zip(*points), **style)
@@ -154,11 +150,8 @@ def plot(runs, labels, phase_name, size, dpi, title):
 
 
 def plot_per_dimension(runs, labels, phase_name, size, dpi, title):
-    """One panel per λ group of the first run: each run's mean R² over the group against step.
-
-    Runs of the same loss share a colour (AnInfoNCE against InfoNCE at a glance), each seed its own
-    line style; the legend names the file.
-    """
+    """One panel per λ group of the first run: each run's mean R² over the group against step; runs of the
+    same loss share a colour (AnInfoNCE against InfoNCE at a glance), each seed its own line style."""
     groups = runs[0][1]  # metrics_io.read_per_dimension: every run has the first one's
     cols = min(len(groups), 5)
     fig, axes = plt.subplots(-(-len(groups) // cols), cols, figsize=size, dpi=dpi, squeeze=False)
@@ -184,13 +177,10 @@ def main(argv=None):
     """Write the PNG; returns the exit status (0 written, 2 bad input)."""
     args = parse_args(argv)
     try:
-        if args.per_dimension:
-            inputs = metrics_io.read_per_dimension(args.logs, args.phase)
-        else:
-            inputs = [metrics_io.read_any(path, args.phase) for path in args.logs]
+        inputs = (metrics_io.read_per_dimension(args.logs, args.phase) if args.per_dimension
+                  else [metrics_io.read_any(path, args.phase) for path in args.logs])
     except logparse.LogParseError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return EXIT_BAD_INPUT
+        return common.error(PROG, exc)
     names = [os.path.basename(p) for p in args.logs]  # the legend's labels; the paths where two names coincide
     labels = [p if names.count(n) > 1 else n for p, n in zip(args.logs, names)]
     draw = plot_per_dimension if args.per_dimension else plot
@@ -203,8 +193,7 @@ def main(argv=None):
             # exactly the name given (matplotlib would add ".png" to a name without an extension).
             fig.savefig(args.output, dpi=args.dpi, format="png")
         except OSError as exc:
-            sys.stderr.write(f"{PROG}: error: cannot write {args.output} ({exc.strerror or exc})\n")
-            return EXIT_BAD_INPUT
+            return common.error(PROG, f"cannot write {args.output} ({exc.strerror or exc})")
         finally:
             plt.close(fig)
     write_stdout(f"wrote {args.output}\n")

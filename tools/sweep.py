@@ -4,7 +4,6 @@ through submitit) or as printed command lines (``print``), then summarise them (
 number when stopped.
 """
 
-import argparse
 import collections
 import importlib.util
 import math
@@ -18,17 +17,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import command_line
-import logparse
+from tools import logparse
 import settings
-from argparse_utils import ArgumentParser, bounded, positive_int, reopen_closed_streams
+from argparse_utils import bounded, positive_int, reopen_closed_streams
 from file_lock import try_lock
-from sweep_summary import GLOB_CHARACTERS, error, say, summarize
-from sweep_task import THREAD_VARS, RunTask, exit_text
+from tools import common
+from tools.common import say
+from tools.sweep_summary import GLOB_CHARACTERS, error, summarize
+from tools.sweep_task import THREAD_VARS, RunTask, exit_text
 
-PROG = "sweep.py"
+PROG = "tools.sweep"
 EXIT_OK, EXIT_RUN_FAILED = 0, 1
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_SCRIPT = os.path.join(HERE, "main_mlp.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository, whatever the cwd
+DEFAULT_SCRIPT = os.path.join(ROOT, "main_mlp.py")
 OWN_FLAGS = ("--seed", "--log-file", "--metrics-file")  # set for each run here: not given after '--'
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # passed on to the runs, which checkpoint
 SIGNAL_DELAY_S = 120  # SLURM's SIGUSR2 comes this long before the time limit (at most a quarter of it)
@@ -39,9 +40,7 @@ PER_RUN_ARGS = ("log_file", "metrics_file", "save_dir", "resume_training", "over
 
 
 def build_parser():
-    """The command line: one add_argument per flag (so this is long)."""
-    parser = ArgumentParser(prog=PROG, usage=f"{PROG} [options] -- MAIN_MLP_ARGS ...",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.parser(PROG, __doc__, usage=f"python -m {PROG} [options] -- MAIN_MLP_ARGS ...")
     add, positive = parser.add_argument, bounded(float, above=0)
     add("--seeds", type=bounded(int, at_least=0, at_most=2 ** 63 - 1), nargs="+", metavar="S", help="one run each seed")
     add("--jobs", type=positive_int, default=1, help="runs at a time on this machine (default: %(default)s)")
@@ -82,25 +81,23 @@ def parse_args(argv=None):
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     args.train_args = argv[split + 1:]
-    for item in args.reference:
-        if not all(item.partition("=")[::2]):  # NAME and LOG
-            parser.error(f"argument --reference: expected NAME=LOG, got {item!r}")
+    for item in (item for item in args.reference if not all(item.partition("=")[::2])):  # NAME and LOG
+        parser.error(f"argument --reference: expected NAME=LOG, got {item!r}")
     args.references = dict(item.split("=", 1) for item in args.reference)
     name = args.name  # its runs' files are found again by it, as a shell glob
-    for bad, problem in ((not name, "must not be empty"), ("/" in name or os.sep in name, "no path separator allowed"),
-                         (any(ch in name for ch in GLOB_CHARACTERS),
-                          f"none of {' '.join(GLOB_CHARACTERS)} allowed (--names reads them as a shell glob)")):
-        if bad:
-            parser.error(f"argument --name: {problem}, got {name!r}")
+    problem = ("must not be empty" if not name else "no path separator allowed" if "/" in name or os.sep in name
+               else f"none of {' '.join(GLOB_CHARACTERS)} allowed (--names reads them as a shell glob)"
+               if any(ch in name for ch in GLOB_CHARACTERS) else None)
+    if problem:
+        parser.error(f"argument --name: {problem}, got {name!r}")
     if args.summary_name is not None and (not args.summary_name or {os.sep, "/"} & set(args.summary_name)):
         parser.error(f"argument --summary-name: a file name without a path separator, got {args.summary_name!r}")
-    if args.executor != "print":  # the summary is written there, and with a run the logs
-        problem = out_dir_problem(args.out_dir, create=not args.summarize_only)
-        if problem:
-            parser.error(f"argument --out-dir: {problem}")
+    # The summary is written there, and with a run the logs.
+    if args.executor != "print" and (problem := out_dir_problem(args.out_dir, create=not args.summarize_only)):
+        parser.error(f"argument --out-dir: {problem}")
+    if args.summarize_only and args.train_args:
+        parser.error("--summarize-only runs nothing: drop the main_mlp.py arguments after '--'")
     if args.summarize_only:
-        if args.train_args:
-            parser.error("--summarize-only runs nothing: drop the main_mlp.py arguments after '--'")
         return args
     if args.names is not None:
         parser.error("argument --names: only with --summarize-only")
@@ -189,8 +186,8 @@ def configurations(base, grid, flags, train_args):
     return configs
 
 
-# One configuration at one seed: its files (log, metrics, out, err), its task (sweep_task), and the
-# Arguments block main_mlp.py prints for it (None for a stand-in --script).
+# One configuration at one seed: its files (log, metrics, out, err), its task, and the Arguments block
+# main_mlp.py prints for it (None for a stand-in --script).
 Run = collections.namedtuple("Run", "label save_dir files task expected")
 
 
@@ -254,7 +251,6 @@ def differences(logged, expected, partial=False):
 
 
 def finished(log):
-    """Whether a parsed log has its final scores."""
     return log.main_phase() is not None and log.main_phase().has_final()
 
 
@@ -301,8 +297,7 @@ def plan_run(args, run):
 
 
 def not_regular(run):
-    """Refused when a file of ``run`` that the sweep or the run would open is there and not a regular file
-    (a FIFO would block the open that reads or appends to it)."""
+    """Refused when a file the sweep or the run would open is there and not a regular file (a FIFO would block)."""
     for path in (*run.files.values(), *(os.path.join(run.save_dir, name) for name in
                                         (settings.LOCK_NAME, settings.CHECKPOINT_NAME))):
         try:
@@ -334,8 +329,8 @@ def lock_holder(save_dir):
 
 
 def settle_failure(run, how, halt):
-    """Report a run that ended with an error (``how``); True when it failed, None when ``halt`` (a
-    threading.Event: the sweep was stopped) came while it waited. Its log decides, as in the summary."""
+    """Report a run that ended with an error (``how``); True when it failed, None when ``halt`` (an Event: the
+    sweep was stopped) came while it waited for another process. Its log decides, as in the summary."""
     holder = lock_holder(run.save_dir)
     if holder is not None:
         say(f"{run.label}: its run ended ({how}); another (pid {holder}) holds {run.save_dir}: waiting for it")
@@ -350,15 +345,19 @@ def settle_failure(run, how, halt):
     if done and not diff:
         say(f"{run.label}: done: its log has its final scores (after them: {how})")
         return False
-    try:  # the run's error message
-        with logparse.open_regular(run.files["err"]) as handle:
-            why = ([line.strip() for line in handle.read().decode("utf-8", "replace").splitlines()
-                    if line.strip()] or [""])[-1]
-    except OSError:
-        why = ""
-    why = f"its log is of another run: {diff}" if done else why
+    why = f"its log is of another run: {diff}" if done else last_line(run.files["err"])  # the run's error
     say(f"{run.label}: FAILED ({how}){': ' + why if why else ''} (see {run.files['err']})")
     return True
+
+
+def last_line(path):
+    """The last line of the text at ``path`` that is not blank, stripped, or ''."""
+    try:
+        with logparse.open_regular(path) as handle:
+            return ([line.strip() for line in handle.read().decode("utf-8", "replace").splitlines()
+                     if line.strip()] or [""])[-1]
+    except OSError:
+        return ""
 
 
 def run_all(args, pending):
@@ -419,8 +418,8 @@ def submitit_executor(args):
 
 def submit(pending, executor):
     """Submit ``pending`` as ONE job array of ``executor`` (submitit); returns the jobs."""
-    # The job process imports sweep_task by name (with this process's environment, locally and through sbatch).
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
+    # The job process imports tools.sweep_task (with this process's environment, locally and through sbatch).
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     # A process started here inherits SIGUSR2 blocked: one sent while its task starts, before submitit
     # has set up its handler, then waits for the task (RunTask lets it through) and requeues it.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
@@ -461,7 +460,7 @@ def main(argv=None):
             return EXIT_OK
         say(f"submitted job array {jobs[0].job_id.split('_')[0]}: {len(jobs)} tasks; logs in {args.out_dir}, "
             f"submitit's files in {os.path.join(args.out_dir, 'submitit')}")
-        say(f"when they are done: python {PROG} --summarize-only --out-dir {args.out_dir} "
+        say(f"when they are done: python -m {PROG} --summarize-only --out-dir {args.out_dir} "
             f"--names {' '.join(shlex.quote(n) for n, _ in args.configs)}")
         return EXIT_OK
     failed, signum = run_all(args, pending)

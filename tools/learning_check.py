@@ -1,10 +1,10 @@
 """Does our code learn as fast as the authors' early on? A regression check, not a timed test.
 
-    python learning_check.py --seeds 1 2 3 4 5 6 7 8 9 10 --jobs 2 --out-dir runs/learning_check
-    python learning_check.py --summarize-only --out-dir training_logs/learning_check_b256
+    python -m tools.learning_check --seeds 1 2 3 4 5 6 7 8 9 10 --jobs 2 --out-dir runs/learning_check
+    python -m tools.learning_check --summarize-only --out-dir training_logs/learning_check_b256
 
 Runs the bimodal README setting at ``--batch-size 256 --n-steps 1334`` (4,002 contrastive steps, logged
-every 250) over the seeds through sweep.py, then prints, at steps 1,001 to 4,001, the mean ± sd over
+every 250) over the seeds through tools.sweep, then prints, at steps 1,001 to 4,001, the mean ± sd over
 the seeds of ``<Loss>``, Lin. and Perm. beside the same figures of the authors' code (AUTHORS below:
 their main_mlp.py on this project's 2-core CPU, its loss's device pin lifted, unseeded, one thread
 per process, the same arguments), with Welch's t-test p-value for each pair.
@@ -13,19 +13,16 @@ Exit status: 0 when our mean Lin. is within one of the authors' run-to-run stand
 theirs at every step 2,001-4,001, 1 when not, 2 on bad arguments or unreadable logs.
 """
 
-import argparse
 import statistics
 import sys
 
 import scipy.stats
 
 import disentanglement_utils
-import logparse
-import sweep
-import sweep_summary
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, write_stdout
+from argparse_utils import positive_int, write_stdout
+from tools import common, logparse, sweep, sweep_summary
 
-PROG = "learning_check.py"
+PROG = "tools.learning_check"
 NAME = "bimodal_b256"
 TRAIN_ARGS = ["--n", "10", "--batch-size", "256", "--space", "extended_sphere", "--c-p", "0", "--p", "0",
               "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25", "--n-steps", "1334",
@@ -48,18 +45,15 @@ AUTHORS = {
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)), metavar="S",
-                        help="our seeds (default: 1..10)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default: %(default)s)")
-    parser.add_argument("--out-dir", required=True, metavar="DIR", help="where the runs' logs go")
-    parser.add_argument("--summarize-only", action="store_true", help="run nothing; read the logs in --out-dir")
+    parser = common.parser(PROG, __doc__)
+    add = parser.add_argument
+    add("--seeds", type=int, nargs="+", default=list(range(1, 11)), metavar="S", help="our seeds (default: 1..10)")
+    add("--jobs", type=positive_int, default=2, help="runs at a time (default: %(default)s)")
+    add("--out-dir", required=True, metavar="DIR", help="where the runs' logs go")
+    add("--summarize-only", action="store_true", help="run nothing; read the logs in --out-dir")
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"argument --jobs: must be at least 1, got {args.jobs}")
     # The runs' logs go there (read only with --summarize-only).
-    problem = None if args.summarize_only else sweep.out_dir_problem(args.out_dir)
-    if problem:
+    if not args.summarize_only and (problem := sweep.out_dir_problem(args.out_dir)):
         parser.error(f"argument --out-dir: {problem}")
     return args
 
@@ -108,8 +102,7 @@ def main(argv=None):
     try:
         values, count = our_values(args.out_dir)
     except logparse.LogParseError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return common.error(PROG, exc)
     lines, within = table(values)
     # One write after the verdict is known: a reader that stops early does not change the exit status.
     write_stdout(f"bimodal README setting, batch 256, {count} of our runs in {args.out_dir} against the authors' "

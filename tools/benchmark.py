@@ -1,7 +1,7 @@
 """Time a training step against the hardware floor, on this machine (what each figure means: docs/speed.md).
 
-    python benchmark.py --batch-sizes 1000 256 --precision float32 bf16 --breakdown
-    python benchmark.py --device cuda --batch-sizes 1000 6144 --precision float32 tf32 --compile --sync-count
+    python -m tools.benchmark --batch-sizes 1000 256 --precision float32 bf16 --breakdown
+    python -m tools.benchmark --device cuda --batch-sizes 1000 6144 --precision float32 tf32 --compile --sync-count
 """
 
 import contextlib
@@ -16,7 +16,7 @@ from torch.utils.benchmark import Timer
 
 import argparse_utils
 import encoders
-import host_sync
+from tools import host_sync
 import invertible_network_utils
 import main_mlp
 import run_support
@@ -207,7 +207,7 @@ def breakdown(args, device, batch_size, opts, precision):
 
 def parse_options(argv=None):
     """The benchmark's flags, validated (one-line errors naming the flag, exit 2). Returns (options, device)."""
-    parser = argparse_utils.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
+    parser = argparse_utils.ArgumentParser(prog="tools.benchmark", description=__doc__.splitlines()[0])
     add, count = parser.add_argument, argparse_utils.positive_int
     add("--batch-sizes", type=argparse_utils.bounded(int, at_least=2), nargs="+", default=[1000, 256],
         help="batch sizes to time (the first one is the README's 1000)")

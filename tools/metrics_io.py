@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 import disentanglement_utils
-import logparse
+from tools import logparse
 import settings
 
 RECORD_TYPES = ("config", "step", "final")
