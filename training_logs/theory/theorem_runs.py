@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import command_line  # noqa: E402
 from tools import metrics_io  # noqa: E402
 
 NOT_A_SETTING = {"seed", "log_file", "metrics_file", "save_dir", "overwrite", "resume_training"}
@@ -34,8 +35,9 @@ def read_runs(paths):
     """[(configuration label, seed, Records)], the label naming the flags in which the runs differ."""
     runs = [metrics_io.read(path) for path in sorted(paths)]
     keys = sorted({k for r in runs for k in r.args} - NOT_A_SETTING)
-    varying = [k for k in keys if len({repr(r.args.get(k)) for r in runs}) > 1]
-    label = lambda r: ", ".join(f"{k} {r.args.get(k)}" for k in varying) or "all runs"
+    value = lambda r, k: r.args.get(k, command_line.DEFAULTS.get(k))  # a flag not printed: its default
+    varying = [k for k in keys if len({repr(value(r, k)) for r in runs}) > 1]
+    label = lambda r: ", ".join(f"{k} {value(r, k)}" for k in varying) or "all runs"
     return [(label(r), r.args.get("seed"), r) for r in runs]
 
 
