@@ -371,8 +371,14 @@ def _field_type(action):
 
 
 _ACTIONS = [action for action in build_parser()._actions if action.dest != "help"]
-# Every flag's default: also the value of a flag that an older checkpoint or log does not name.
+# Every flag's default: also the value of a flag that an older checkpoint does not name.
 DEFAULTS = {action.dest: action.default for action in _ACTIONS}
+# The flags the reference does not have, each with its default: a whole Arguments block of ours (every one
+# of the reference's flags in it) written before one of them existed ran with its default.
+_OURS = ArgumentParser(add_help=False)
+_add_our_flags(_OURS)
+OUR_DEFAULTS = {action.dest: action.default for action in _OURS._actions}
+REFERENCE_FLAGS = [dest for dest in DEFAULTS if dest not in OUR_DEFAULTS]
 # The run's configuration: one field per flag, in the parser's order (its ``vars`` is the Arguments block).
 Config = dataclasses.make_dataclass("Config", [(a.dest, _field_type(a)) for a in _ACTIONS], bases=(_Derivations,),
                                     frozen=True)

@@ -15,8 +15,9 @@ from cli_util import ROOT, env_for_cli
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--only-unsupervised", "--more-unsupervised", "1",
-        "--n-steps", "4", "--n-log-steps", "2", "--num-eval-batches", "2", "--seed", "0"]
+SWEPT = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--only-unsupervised", "--more-unsupervised", "1",
+         "--n-steps", "4", "--n-log-steps", "2", "--num-eval-batches", "2"]  # tools.sweep gives the --seed
+TINY = [*SWEPT, "--seed", "0"]
 SPHERE = ["--space-type", "extended_sphere", "--c-p", "0", "--p", "0"]
 CODE = ("plumbing", "tools")  # the packages; and every module at the top level
 
@@ -41,12 +42,12 @@ def changed_files(tree):
     return sorted(changed)
 
 
-def insert(tree, path, anchor, text, before_closing=False):
-    """Put ``text`` after the line that starts with ``anchor`` or, ``before_closing``, before the line that
-    closes the table it opens (the first later line that is only ``)``, ``}`` or ``})``)."""
+def insert(tree, path, anchor, text, where="after"):
+    """Put ``text`` after (or ``where="before"``) the line that starts with ``anchor`` or, ``where="closing"``,
+    before the line that closes the table it opens (the first later line that is only ``)``, ``}`` or ``})``)."""
     lines = (tree / path).read_text(encoding="utf-8").splitlines(keepends=True)
-    at = next(i for i, line in enumerate(lines) if line.startswith(anchor)) + 1
-    if before_closing:
+    at = next(i for i, line in enumerate(lines) if line.startswith(anchor)) + (where != "before")
+    if where == "closing":
         at += next(i for i, line in enumerate(lines[at:]) if line.strip() in (")", "}", "})"))
     lines.insert(at, text)
     (tree / path).write_text("".join(lines), encoding="utf-8")
@@ -90,7 +91,7 @@ def scaled_dot(config, init_gen):
 ''')
     insert(tree, "settings.py", "LOSSES = {", '    "toy": Loss("a toy: the dot product times --toy-scale", '
                                              '"losses.scaled_dot", reads=("toy_scale",), label="toy loss"),\n',
-           before_closing=True)
+           where="closing")
     insert(tree, "command_line.py", "def _add_our_flags(parser):",
            '    parser.add_argument("--toy-scale", type=float, default=1.0, help="the toy loss\'s logit scale")\n')
     assert changed_files(tree) == ["command_line.py", "losses.py", "settings.py"]
@@ -98,7 +99,7 @@ def scaled_dot(config, init_gen):
     assert help_.returncode == 0 and "toy: a toy: the dot product" in " ".join(help_.stdout.split())
     out = tmp_path / "out"
     sweep = run(tree, "-m", "tools.sweep", "--seeds", "0", "--jobs", "1", "--threads", "1", "--out-dir", str(out),
-                "--name", "toy", "--", *TINY, *SPHERE, "--loss", "toy", "--toy-scale", "3")
+                "--name", "toy", "--", *SWEPT, *SPHERE, "--loss", "toy", "--toy-scale", "3")
     assert sweep.returncode == 0, sweep.stderr
     log = (out / "toy_seed0.log").read_text(encoding="utf-8")
     assert "\tloss: toy\n" in log and "\ttoy_scale: 3.0\n" in log and "linear mean:" in log
@@ -132,7 +133,7 @@ class Jitter:
 ''')
     insert(tree, "settings.py", "CONDITIONALS = check_conditionals({",
            '    "jitter": Conditional("0 uniform jitter on box", "latent_spaces.Jitter", c_p=0, spaces=("box",)),\n',
-           before_closing=True)
+           where="closing")
     assert changed_files(tree) == ["latent_spaces.py", "settings.py"]
     done = run(tree, "main_mlp.py", *argv)
     assert done.returncode == 0, done.stderr
@@ -145,20 +146,20 @@ class Jitter:
 def test_a_metric(tmp_path):
     """disentanglement_utils.py: its function and its entry; the log, metrics file, summary and plot follow."""
     tree = copy_of_the_code(tmp_path)
-    insert(tree, "disentanglement_utils.py", "R2_PER_LATENT = ", '''
-
-def output_spread(z, hz, groups):
+    insert(tree, "disentanglement_utils.py", "METRICS = (", '''def output_spread(z, hz, groups):
     """A toy metric: the std of each output of h, and their mean."""
     dims = hz.std(axis=0)
     return {"spread": float(dims.mean()), "spread_dims": dims.tolist()}
-''')
+
+
+''', where="before")
     insert(tree, "disentanglement_utils.py", "METRICS = (", '    Metric(output_spread, fields=(Field("spread", '
            '"Output spread", plot="panel", spread=True), Field("spread_dims", "spread per latent", per="latent"))),\n',
-           before_closing=True)
+           where="closing")
     assert changed_files(tree) == ["disentanglement_utils.py"]
     out = tmp_path / "out"
     sweep = run(tree, "-m", "tools.sweep", "--seeds", "0", "--jobs", "1", "--threads", "1", "--out-dir", str(out),
-                "--name", "toy", "--", *TINY, *SPHERE)
+                "--name", "toy", "--", *SWEPT, *SPHERE)
     assert sweep.returncode == 0, sweep.stderr
     records = [json.loads(line) for line in (out / "toy_seed0.jsonl").read_text(encoding="utf-8").splitlines()]
     steps, final = [r for r in records if r["type"] == "step"], records[-1]

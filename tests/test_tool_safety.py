@@ -620,7 +620,7 @@ def test_a_fifo_among_a_sweeps_files_is_refused_before_anything_runs(tmp_path):
         shutil.rmtree(tmp_path / "out", ignore_errors=True)
         (tmp_path / "out" / "checkpoints" / "a_seed0").mkdir(parents=True)
         os.mkfifo(tmp_path / fifo)
-        result = run_with_timeout(SWEEP, "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
+        result = run_with_timeout("tools.sweep", "--seeds", "0", "--threads", "1", "--out-dir", "out", "--name", "a",
                                   "--", *TINY_RUN, cwd=tmp_path, timeout=60)
         one_line_error(result, "a seed 0", fifo, "not a regular file (a FIFO)", "nothing was run")
         assert not (tmp_path / "out" / "a_seed0.log").exists()

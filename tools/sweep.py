@@ -233,12 +233,13 @@ def build_runs(args):
 
 
 def differences(logged, expected, partial=False):
-    """How a log's Arguments differ from ``expected`` (PER_RUN_ARGS aside), in words, or ''. A whole block
-    without a flag added since ran with its default (command_line.DEFAULTS), as a resume takes it."""
+    """How a log's Arguments differ from ``expected`` (PER_RUN_ARGS aside), in words, or ''. A whole block (all
+    of the reference's flags) without a flag of ours ran with its default (command_line.OUR_DEFAULTS), as a
+    resume takes it."""
     if expected is None:  # a stand-in script: nothing to compare with
         return ""
-    if not partial:  # as the Arguments block prints them (None as "None"); a flag unprinted at its default too
-        defaults = {k: "None" if v is None else str(v) for k, v in command_line.DEFAULTS.items()}
+    if not partial and all(k in logged for k in command_line.REFERENCE_FLAGS):  # None printed as "None"
+        defaults = {k: "None" if v is None else str(v) for k, v in command_line.OUR_DEFAULTS.items()}
         logged, expected = {**defaults, **logged}, {**defaults, **expected}
     names = list(logged) + ([] if partial else [k for k in expected if k not in logged])  # partial: a cut block
     diffs = [(k, logged.get(k, "(none)"), expected.get(k, "(none)")) for k in names

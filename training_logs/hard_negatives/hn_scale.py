@@ -11,6 +11,7 @@ negatives carry (5 % at β = 0); the median over the 2B anchors.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -55,7 +56,7 @@ def states(save_dir):
     """The run's (start, end) as (loss_fn, h, latent) triples and its β."""
     args = rescore.run_config(save_dir, None)
     checkpoint = run_support.read_checkpoint(os.path.join(save_dir, run_support.CHECKPOINT_NAME), "SAVE_DIR")
-    args.seed = checkpoint["seed"]
+    args = dataclasses.replace(args, seed=checkpoint["seed"])
     derived = args.derived
     device = torch.device("cpu")
     torch.manual_seed(args.seed)  # as main_mlp.prepare: the encoder's initial weights from the global generator
