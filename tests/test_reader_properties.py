@@ -85,7 +85,7 @@ def _field(draw, line):
     value; another line has one of its numbers replaced."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # an earlier mutation may have nested it deeper than json reads
         record = None
     if not isinstance(record, dict):
         return _number(draw, line)
