@@ -28,7 +28,7 @@ import disentanglement_utils
 import logparse
 import metrics_io
 import settings
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int, write_stdout
+from plumbing.argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, positive_int, write_stdout
 
 PROG = "compare_logs.py"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT

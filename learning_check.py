@@ -23,7 +23,7 @@ import disentanglement_utils
 import logparse
 import sweep
 import sweep_summary
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, write_stdout
+from plumbing.argparse_utils import EXIT_BAD_INPUT, ArgumentParser, write_stdout
 
 PROG = "learning_check.py"
 NAME = "bimodal_b256"

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import disentanglement_utils  # noqa: E402
 import logparse  # noqa: E402
 import metrics_io  # noqa: E402
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, same_file, write_stdout  # noqa: E402
+from plumbing.argparse_utils import EXIT_BAD_INPUT, ArgumentParser, bounded, same_file, write_stdout  # noqa: E402
 
 PROG = "plot_logs.py"
 # Largest image side, in pixels: beyond, the figure takes gigabytes (and matplotlib refuses 2^16).

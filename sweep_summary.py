@@ -16,7 +16,7 @@ import disentanglement_utils
 import logparse
 import metrics_io
 import settings
-from argparse_utils import EXIT_BAD_INPUT, same_file, write_stdout
+from plumbing.argparse_utils import EXIT_BAD_INPUT, same_file, write_stdout
 
 PROG = "sweep.py"
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")

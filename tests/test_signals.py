@@ -19,8 +19,9 @@ import signal
 import pytest
 
 import logparse
-import run_support
+import main_mlp
 from cli_util import TINY, finish, parse_log, placed, signal_after_steps, start_cli, step_lines
+from plumbing.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -35,7 +36,7 @@ RESUMED = re.compile(r"resumed the unsupervised run after step (\d+)")
 
 
 def load_checkpoint(cwd):
-    return run_support.read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"))
+    return read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"), main_mlp.CHECKPOINT_LAYOUT)
 
 
 @pytest.fixture(scope="module")
