@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import platform
+import re
 import time
 
 import numpy as np
@@ -33,10 +34,8 @@ import losses
 import settings
 import spaces
 from command_line import PROG
-from plumbing import checkpoint, files, signals
-from plumbing.checkpoint import save_atomically
+from plumbing import checkpoint, files, locks, signals
 from plumbing.errors import EXIT_WRITE_FAILED, Diverged, InputError, WriteError, exit_status
-from plumbing.locks import RunLocks
 from plumbing.log import RunLog, continue_files, refuse_files_of_others
 from plumbing.survival import Survival, keep_freed_memory, refuse_if_too_big
 
@@ -330,7 +329,7 @@ def train(run, survival):
         if args.overwrite:
             files.remove_previous_run(args.save_dir)
         # Before training, as the reference: an interrupted run leaves the mixing on disk.
-        save_atomically(run.exp.g.state_dict(), os.path.join(args.save_dir, "g.pth"))
+        checkpoint.save_atomically(run.exp.g.state_dict(), os.path.join(args.save_dir, "g.pth"))
     phases = phase_names(args)
     if resume is not None:
         phases = phases[phases.index(resume["phase"]):]
@@ -344,6 +343,13 @@ def argument_lines(args):
     settings.UNPRINTED_DEFAULTS at its default not named)."""
     return ["Arguments:"] + [f"\t{key}: {value if value is not None else 'None'}"
                              for key, value in settings.printed_args(args).items()]
+
+
+# What a killed start can have written after its beginning, before its first checkpoint (at step 1), per file (log,
+# metrics): (the start of a step's line, that of step 1, those of the final scores); more is not a leftover.
+LEFTOVER_LINES = ((b"Step: ", re.compile(rb"Step: 1 \t"), (b"linear mean: ", b"perm mean: ")),
+                  (b'{"type": "step"', re.compile(rb'\{"type": "step", "phase": "\w+", "step": 1, '),
+                   (b'{"type": "final"',)))
 
 
 def file_beginnings(args):
@@ -385,10 +391,10 @@ def prepare(args, derived, device):
     """The Run (without its log), before any output file is opened so that a refusal cuts nothing.
     Raises InputError (or the sampler's SamplerError) for a run that cannot start."""
     if args.save_dir:
-        files.remove_stale_temporaries(args.save_dir)  # under the directory's lock
+        files.remove_temporaries(args.save_dir)  # a killed run's, under the directory's lock
     phases = {name: phase_steps(args, name) for name in phase_names(args)}
     resume = checkpoint.resume_state(args, device, phases, CHECKPOINT_LAYOUT)  # None: a fresh run
-    refuse_files_of_others(args, file_beginnings(args))
+    refuse_files_of_others(args, file_beginnings(args), LEFTOVER_LINES)
     seed = args.seed
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
@@ -418,13 +424,13 @@ def main(argv=None):
     device = resolve_device(args.device)
     keep_freed_memory()
     try:
-        with RunLocks(args) as locks:
+        with locks.run_locks(args) as outputs:
             run = prepare(args, derived, device)
             if run.resume is None:
                 log = RunLog(PROG, args.log_file, args.metrics_file)
             else:  # the files cut back to the checkpoint, saying the run's arguments now
                 log = continue_files(PROG, args, run.resume, os.path.join(args.save_dir, files.CHECKPOINT_NAME),
-                                     locks.outputs)
+                                     outputs)
             run = dataclasses.replace(run, log=log)
             try:
                 survival = Survival(run, signals.install("remember"), CHECKPOINT_LAYOUT)

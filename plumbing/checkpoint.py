@@ -1,6 +1,5 @@
-"""A run's checkpoint: written atomically with its checksum, read back and checked field by field before anything
-is cut, then held against this run's configuration and log files (docs/resume.md). What it keeps of the experiment
-(its parts, phases and logged numbers) the experiment declares in a ``Layout``."""
+"""A run's checkpoint: written atomically with its checksum, checked field by field before anything is cut, held
+against this run's configuration and files (docs/resume.md). What it keeps of the experiment, the experiment declares."""
 
 import hashlib
 import io

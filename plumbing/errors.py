@@ -4,8 +4,7 @@ import contextlib
 import signal
 import sys
 
-EXIT_BAD_INPUT = 2
-EXIT_DIVERGED = 3
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: a file could not be written (full disk, quota, size limit)
 # SIGHUP (a closed terminal or ssh session) and SIGUSR2 (what SLURM sends before a
 # time limit or preemption, and submitit passes on) are treated like SIGTERM.
@@ -24,14 +23,14 @@ class WriteError(OSError):
     """An output file (log, metrics, checkpoint, model, lock) could not be written (exit 74)."""
 
 
-def cannot_write(path, exc):
-    return WriteError(f"cannot write {path}: {exc.strerror or exc}")
-
-
 class Stop(Exception):
     def __init__(self, signum, where="a completed step"):
         super().__init__(signum)
         self.signum, self.where = signum, where
+
+
+def cannot_write(path, exc):
+    return WriteError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def say(text):
@@ -40,8 +39,7 @@ def say(text):
 
 
 def exit_status(body, prog, save_dir, extra_errors=()):
-    """Call ``body()`` and say how the run ended: 0, 128 + a signal (checkpointed: how to resume), EXIT_DIVERGED,
-    EXIT_WRITE_FAILED, or EXIT_BAD_INPUT for ``extra_errors`` (e.g. a sampler that gives up)."""
+    """Run ``body()``; say how it ended and return the status (EXIT_BAD_INPUT for ``extra_errors``)."""
     try:
         body()
     except Stop as stop:

@@ -1,5 +1,5 @@
-"""A run's files: the names in its --save-dir, atomic writes and the temporaries a kill leaves of them, and a
-checkpoint's record of a log file. No torch: the command line and the tools read the names."""
+"""A run's files: the names in its --save-dir, atomic writes and the temporaries a kill leaves, a checkpoint's
+record of a log file. No torch: the command line and the tools read the names."""
 
 import contextlib
 import hashlib
@@ -58,10 +58,11 @@ def _gone(pid):
     return pid == os.getpid()
 
 
-def remove_temporaries(directory, *names, legacy=False):
-    """Remove the temporaries of ``directory/NAME`` a killed run left (``legacy``: also NAME.tmp<pid>, as earlier
-    versions named them, only in a --save-dir); one that may not be removed (another user's) is left, said."""
-    marks = re.escape(TEMPORARY_MARK) + (r"|\.tmp" if legacy else "")
+def remove_temporaries(directory, names=None):
+    """Remove the temporaries of ``directory/NAME`` a killed run left (``names`` None: a --save-dir's files, also
+    as NAME.tmp<pid>, as earlier versions named them); one that may not be removed (another user's) is said."""
+    marks = re.escape(TEMPORARY_MARK) + (r"|\.tmp" if names is None else "")
+    names = (CHECKPOINT_NAME, *MODEL_NAMES) if names is None else names
     pattern = re.compile(f"(?:{'|'.join(map(re.escape, names))})(?:{marks})(\\d+)")
     for other in os.listdir(directory):
         found = pattern.fullmatch(other)
@@ -73,11 +74,6 @@ def remove_temporaries(directory, *names, legacy=False):
             except OSError as exc:
                 say(f"left {os.path.join(directory, other)}, a temporary of an earlier run: cannot "
                     f"remove it ({exc.strerror or exc})")
-
-
-def remove_stale_temporaries(save_dir):
-    """Call under the directory's lock."""
-    remove_temporaries(save_dir, CHECKPOINT_NAME, *MODEL_NAMES, legacy=True)
 
 
 def remove_previous_run(save_dir):

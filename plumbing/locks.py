@@ -1,20 +1,18 @@
-"""The run's locks: exclusive flocks, never waited for, on its --save-dir and its output files. A lock
-belongs to the open file: closing it lets go, however the process ends."""
+"""The run's locks: exclusive flocks, never waited for, on its --save-dir and output files. A lock belongs to
+the open file: closing it lets go, however the process ends."""
 
 import contextlib
 import errno
 import fcntl
 import os
 import stat
-import sys
 
 from plumbing.errors import InputError, cannot_write
 from plumbing.files import LOCK_NAME, remove_temporaries
 
 
 def try_lock(handle):
-    """An exclusive flock on ``handle`` (a file or a descriptor); False when another open file holds it (or
-    the file system refuses locks)."""
+    """Lock ``handle`` (a file or a descriptor); False when another open file holds it (or locks are refused)."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -26,8 +24,7 @@ class _Lock:
     fd = None
 
     def _take(self, flag, path, what, flags):
-        """Open ``path`` and try to lock it (False: another run holds it). No room to create the file is a
-        write failure (exit 74), anything else refuses ``flag``."""
+        """Open and lock ``path`` (False: another run holds it); no room to create it is a write failure."""
         try:
             self.fd = os.open(path, flags | os.O_NONBLOCK, 0o666)  # a FIFO must not block the open
         except OSError as exc:
@@ -64,8 +61,8 @@ class SaveDirLock(_Lock):
 
 
 class OutputLock(_Lock):
-    """The lock of an output file (--log-file, --metrics-file): a second run writing the same file is
-    refused before it touches it. Streams (/dev/null, a pipe) are not locked."""
+    """The lock of a --log-file or --metrics-file: a second run writing it is refused before it touches it.
+    Streams (/dev/null, a pipe) are not locked."""
 
     def __init__(self, flag, path, create):
         self.path, self.created = path, None  # created: the stat of the file this lock made
@@ -82,11 +79,12 @@ class OutputLock(_Lock):
                 self.created = os.stat(path) if new else None
                 break
             self.release()
-        remove_temporaries(*os.path.split(os.path.realpath(path)))
+        directory, name = os.path.split(os.path.realpath(path))
+        remove_temporaries(directory, (name,))
 
     def adopt(self, path):
-        """Hold the lock on ``path`` (the file about to replace ours) as well; returns the descriptor of the
-        old lock, which ``write_atomically`` closes once ``path`` is in place: the name is never unlocked."""
+        """Lock ``path`` (the file about to replace ours) as well; returns the old lock's descriptor, which
+        ``write_atomically`` closes once ``path`` is in place: the name is never unlocked."""
         if self.fd is None:
             return None
         fd = os.open(path, os.O_RDONLY)
@@ -95,32 +93,26 @@ class OutputLock(_Lock):
         return old
 
     def discard(self):
-        """Remove the file this lock created while it is still empty and still that file: a start that is
-        refused leaves no empty output file behind."""
+        """Remove the file this lock made while it is still empty and that file: a refused start leaves none."""
         with contextlib.suppress(OSError):
             if self.created and os.path.samestat(self.created, os.stat(self.path)) and not os.path.getsize(self.path):
                 os.remove(self.path)
 
 
-class RunLocks(contextlib.ExitStack):
-    """The locks of a run's --save-dir and output files (``outputs``), held from start-up to exit. Left by an
-    exception (a refusal), it first removes the output files it created that are still empty."""
-
-    def __init__(self, args):
-        super().__init__()
-        self.outputs = []
+@contextlib.contextmanager
+def run_locks(args):
+    """The locks of a run's --save-dir and output files, held from start-up to exit; gives the output files' (for
+    ``write_atomically``). Left by an exception (a refusal), it first removes the output files it made still empty."""
+    with contextlib.ExitStack() as stack:
+        outputs = []
         try:
             if args.save_dir:
-                self.callback(SaveDirLock(args.save_dir).release)
+                stack.callback(SaveDirLock(args.save_dir).release)
             for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
-                self.outputs.append(OutputLock(flag, path, create=not args.resume_training))
-                self.callback(self.outputs[-1].release)
+                outputs.append(OutputLock(flag, path, create=not args.resume_training))
+                stack.callback(outputs[-1].release)
+            yield outputs
         except BaseException:
-            self.__exit__(*sys.exc_info())
-            raise
-
-    def __exit__(self, *exc):
-        if exc[0] is not None:
-            for lock in self.outputs:
+            for lock in outputs:
                 lock.discard()
-        return super().__exit__(*exc)
+            raise

@@ -4,7 +4,6 @@ its checkpoint and restated (``continue_files``); a fresh run's refusal of files
 import hashlib
 import json
 import os
-import re
 
 from plumbing.argparse_utils import write_stdout
 from plumbing.checkpoint import save_checkpoint_file
@@ -14,16 +13,10 @@ from plumbing.files import file_check, write_atomically
 # Resumable arguments that change what the run is (its length, its final evaluation): a resumed
 # run's files are updated to say their new values. The others (paths, --resume-training) stay as written.
 RESTATED_ON_RESUME = ("n_steps", "more_unsupervised", "num_eval_batches", "checkpoint_every")
-# What a killed start can have written past its beginning, before its first checkpoint (at its first logged
-# step, step 1), per file (log, metrics): (the start of a step's line, that of step 1, those of the final
-# scores). A second step line, another step's or a final one is past it: not a leftover to start over.
-LEFTOVER_LINES = ((b"Step: ", re.compile(rb"Step: 1 \t"), (b"linear mean: ", b"perm mean: ")),
-                  (b'{"type": "step"', re.compile(rb'\{"type": "step", "phase": "\w+", "step": 1, '),
-                   (b'{"type": "final"',)))
 
 
 class RunLog:
-    """stdout (and --log-file), stderr, and the --metrics-file JSON lines of one run. Each file keeps a running
+    """stdout (and --log-file), stderr, and the --metrics-file JSON lines of one run, each file with a running
     SHA-256 of its content for the checkpoints. ``truncate_at``: (log offset, metrics offset) of a resume."""
 
     info = staticmethod(say)
@@ -31,7 +24,7 @@ class RunLog:
     def __init__(self, prog, log_file=None, metrics_file=None, truncate_at=None):
         self.prog, self.paths = prog, (log_file, metrics_file)
         self.to_file = truncate_at is None  # on resume, the header goes to stdout only
-        self.stdout_gone = self.failed = False  # failed: a write failed and was reported (closing may fail again)
+        self.stdout_gone = self.failed = False  # failed: a write failed and was said (closing may fail again)
         # (log, metrics): the binary handles (None without the file) and the running hashes of their content
         self.handles, self.hashes = zip(*map(self._open, self.paths, truncate_at or (None, None)))
 
@@ -77,16 +70,16 @@ class RunLog:
         return tuple(handle.tell() if handle else 0 for handle in self.handles)
 
     def checks(self):
-        """(log check, metrics check) for a checkpoint: see ``files.file_check``."""
         return tuple(map(file_check, self.paths, self.offsets(), self.hashes))
 
     def close(self):
-        """Close both files. A failure a write reported already (closing flushes its leftover again) is not
-        raised twice; one no write reported (a deferred write error) raises WriteError."""
+        """Close both files; raise WriteError for a failure no write has said (closing flushes a failed write's
+        leftover again: that one is not said twice)."""
         error = None
         for handle, path in zip(self.handles, self.paths):
             try:
-                handle and handle.close()  # closes the descriptor even when its flush fails
+                if handle is not None:
+                    handle.close()  # closes the descriptor even when its flush fails
             except OSError as exc:
                 error = error or cannot_write(path, exc)
         if error is not None and not self.failed:
@@ -95,18 +88,19 @@ class RunLog:
 
 
 def restated_prefix(path, offset, args, metrics=False):
-    """The first ``offset`` bytes of a log (or metrics file) with the RESTATED_ON_RESUME arguments given
-    their values in ``args`` (an extended run says its new length); None when nothing changes."""
+    """The first ``offset`` bytes of a log (or metrics file), the RESTATED_ON_RESUME arguments given their values
+    in ``args`` (an extended run says its new length); None when nothing changes."""
     if path is None or not os.path.isfile(path):
         return None
     with open(path, "rb") as handle:
         lines = handle.read(offset).decode("utf-8").splitlines(keepends=True)
     values, changed = {key: getattr(args, key) for key in RESTATED_ON_RESUME}, list(lines)
-    if metrics and changed and json.loads(changed[0]).get("type") == "config":
+    if metrics and changed:
         record = json.loads(changed[0])
-        record["args"].update(values)
-        changed[0] = json.dumps(record) + "\n"
-    elif not metrics and changed and changed[0] == "Arguments:\n":
+        if record.get("type") == "config":
+            record["args"].update(values)
+            changed[0] = json.dumps(record) + "\n"
+    elif changed and changed[0] == "Arguments:\n":
         for k in range(1, len(changed)):
             if not changed[k].startswith("\t"):
                 break
@@ -117,18 +111,17 @@ def restated_prefix(path, offset, args, metrics=False):
 
 
 def continue_files(prog, args, state, checkpoint_path, locks):
-    """The RunLog of a resumed run: its files cut back to the checkpoint, their arguments restated. Every
-    moment stays resumable: the checkpoint first accepts the restated files as well as the present ones
-    (``state["file_checks"]``: those they matched), then each file is replaced atomically."""
+    """The RunLog of a resumed run, its files cut back to the checkpoint and restated. Every moment stays
+    resumable: the checkpoint first accepts the restated files as well as the present ones (``file_checks``:
+    those they matched), then each file is replaced atomically."""
     paths, checks = (args.log_file, args.metrics_file), list(state["file_checks"])
     new = [restated_prefix(path, check["offset"], args, metrics=k == 1) if check else None
            for k, (path, check) in enumerate(zip(paths, checks))]
     offsets = tuple(0 if check is None else check["offset"] if data is None else len(data)
                     for check, data in zip(checks, new))
     if any(data is not None for data in new):
-        state["file_checks"] = tuple(
-            check if data is None else [check, file_check(path, len(data), hashlib.sha256(data))]
-            for path, check, data in zip(paths, checks, new))
+        state["file_checks"] = tuple(check if data is None else [check, file_check(path, len(data), hashlib.sha256(data))]
+                                     for path, check, data in zip(paths, checks, new))
         state["offsets"] = offsets
         save_checkpoint_file(state, checkpoint_path)
         for path, data, lock in zip(paths, new, locks):
@@ -138,8 +131,8 @@ def continue_files(prog, args, state, checkpoint_path, locks):
 
 
 def _is_leftover(handle, own, lines):
-    """Whether the open file ``handle`` holds what a killed start of this very command leaves: a beginning of
-    ``own`` (what it writes first), or all of it followed by no more than its first step (``lines``)."""
+    """Whether the open file ``handle`` holds a beginning of ``own`` or all of it followed by no more than its
+    first step (``lines``: see refuse_files_of_others)."""
     head = handle.read(len(own))
     if not own.startswith(head):
         return False
@@ -154,14 +147,15 @@ def _is_leftover(handle, own, lines):
     return True
 
 
-def refuse_files_of_others(args, beginnings):
+def refuse_files_of_others(args, beginnings, leftovers):
     """Refuse, for a fresh run, a --log-file or --metrics-file with other names (hard links: another run's
-    save-dir file may be one), and without --overwrite one that holds more than what a killed start of this
-    very command leaves (``beginnings``: (log, metrics) bytes it writes first). Call with the files' locks held."""
+    save-dir file may be one), and without --overwrite one that holds more than what a killed start of this very
+    command leaves: per file (log, metrics), a beginning of what it writes first (``beginnings``), or all of it
+    and its first step (``leftovers``: the start of a step's line, that of step 1, those of the final scores)."""
     if args.resume_training:
         return
     for flag, path, own, lines in zip(("--log-file", "--metrics-file"), (args.log_file, args.metrics_file),
-                                      beginnings, LEFTOVER_LINES):
+                                      beginnings, leftovers):
         if path is None or not os.path.isfile(path):  # none yet, or a stream (/dev/null)
             continue
         links = os.stat(path).st_nlink

@@ -1,5 +1,4 @@
-"""What keeps a run's work through kills, signals and divergence (``Survival``), and what lets it start at all:
-the memory check and the allocator's setting."""
+"""What keeps a run's work through kills, signals and divergence (``Survival``); the memory it may take."""
 
 import contextlib
 import ctypes
@@ -15,16 +14,15 @@ from plumbing.files import CHECKPOINT_NAME
 
 
 class Survival:
-    """The loop calls ``resume(phase)`` once, ``after_step`` after every step, ``check_finite`` before it logs,
-    ``finish`` at the phase's end. ``run`` has ``args``, ``device``, ``seed``, ``log``, ``generator`` (the data's)
-    and ``resume`` (the checkpoint's state, or None); a phase has ``name``, ``total``, ``losses`` (the ring of
-    its last losses) and ``parts``: {name: what gives and takes a state dict, or None}, as ``layout`` declares."""
+    """The loop calls ``resume(phase)`` once, ``after_step`` after every step, ``check_finite`` before it logs and
+    ``finish`` at a phase's end. ``run``: args, device, seed, log, generator (the data's) and resume (a checkpoint's
+    state, or None); a phase: name, total, losses (its ring of last losses) and parts ({name: what gives and takes
+    a state dict, or None}), as ``layout`` (checkpoint.Layout) declares them."""
 
     def __init__(self, run, flag, layout):
         self.run, self.args, self.log, self.flag, self.layout = run, run.args, run.log, flag, layout
-        self.pending = run.resume
+        self.pending, self.last_logged = run.resume, None
         self.finished = dict(run.resume.get("finished", {})) if run.resume else {}  # {phase: its steps}, once it ended
-        self.last_logged = None
         # None: a fresh run with a --save-dir checkpoints at its first step, whatever the cadence, so that a
         # log it leaves without a checkpoint holds no more than that step (log.refuse_files_of_others).
         self.last_checkpoint = None if run.resume is None and self.args.save_dir else time.monotonic()
@@ -74,12 +72,10 @@ class Survival:
         if bad is None and all(bool(torch.isfinite(p).all()) for module in modules for p in module.parameters()):
             return
         first, last = step if bad is None else bad, self.last_logged
-        if first > start:  # the last finite loss: in the ring before the first bad one, else the last logged
-            finite = f"last finite loss {recent[first - start - 1]:.4f} at step {first - 1}"
-        elif last is not None:
-            finite = f"last finite loss {last['loss']:.4f} at step {last['step']}"
-        else:
-            finite = "no finite loss before it"
+        # the last finite loss: in the ring before the first bad one, else the last logged
+        finite = (f"last finite loss {recent[first - start - 1]:.4f} at step {first - 1}" if first > start else
+                  "no finite loss before it" if last is None else
+                  f"last finite loss {last['loss']:.4f} at step {last['step']}")
         if last is not None:
             finite += f"; last logged step {last['step']}: " + ", ".join(
                 f"{label} {last[key]:.4f}" for key, label in self.layout.logged.items())
