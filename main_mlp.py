@@ -8,8 +8,9 @@ import sys
 
 if __name__ == "__main__":
     # Before torch is imported (hence the imports below): a signal now ends the run at once, without a traceback.
-    from plumbing import argparse_utils, signals
+    from plumbing import signals
     signals.install("exit")
+    from plumbing import argparse_utils
     argparse_utils.reopen_closed_streams()  # before any file is opened: it would take a closed stream's place
 
 import contextlib
