@@ -1,5 +1,5 @@
 """A run's checkpoint: written atomically with its checksum, checked field by field before anything is cut, held
-against this run's configuration and files (docs/resume.md). What it keeps of the experiment, the experiment declares."""
+against this run's configuration and files (docs/resume.md); the experiment declares what it keeps of it."""
 
 import hashlib
 import io
@@ -132,9 +132,8 @@ def _unexpected_field(state, layout):
 
 
 def resume_state(args, device, phases, layout):
-    """The checkpoint a --resume-training run continues, checked against its arguments and log files (InputError
-    naming the flag when it cannot be); ``phases``: {phase: its steps} of this run's, in order. None for a fresh
-    run, which is refused where it would overwrite a checkpoint."""
+    """The checkpoint a --resume-training run continues, checked against its arguments and files (``phases``: {name:
+    steps} of this run's, in order); None for a fresh run, refused where it would overwrite a checkpoint."""
     path = os.path.join(args.save_dir, CHECKPOINT_NAME) if args.save_dir else None
     if not args.resume_training:
         if path is not None and not args.overwrite and os.path.exists(path):

@@ -104,9 +104,8 @@ def _holds(path, check):
 
 
 def verify_file(flag, path, check):
-    """The check (``check``, or of its alternatives when a list: an extended run's while its files are being
-    restated) that ``path`` holds now; InputError unless it holds what the checkpoint's run wrote. The content
-    decides, not the name: a run directory copied or moved elsewhere resumes."""
+    """The check (of the alternatives, when a list: an extension's while its files are restated) that ``path`` holds
+    now, else InputError. The content decides, not the name: a run directory copied or moved elsewhere resumes."""
     alternatives = check if isinstance(check, list) else [check]
     first = alternatives[0]
     if first is None:

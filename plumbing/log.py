@@ -111,17 +111,17 @@ def restated_prefix(path, offset, args, metrics=False):
 
 
 def continue_files(prog, args, state, checkpoint_path, locks):
-    """The RunLog of a resumed run, its files cut back to the checkpoint and restated. Every moment stays
-    resumable: the checkpoint first accepts the restated files as well as the present ones (``file_checks``:
-    those they matched), then each file is replaced atomically."""
+    """The RunLog of a resumed run, its files cut back to the checkpoint and restated. Every moment stays resumable:
+    the checkpoint first accepts the restated files as well as the present ones, then each is replaced atomically."""
     paths, checks = (args.log_file, args.metrics_file), list(state["file_checks"])
     new = [restated_prefix(path, check["offset"], args, metrics=k == 1) if check else None
            for k, (path, check) in enumerate(zip(paths, checks))]
     offsets = tuple(0 if check is None else check["offset"] if data is None else len(data)
                     for check, data in zip(checks, new))
     if any(data is not None for data in new):
-        state["file_checks"] = tuple(check if data is None else [check, file_check(path, len(data), hashlib.sha256(data))]
-                                     for path, check, data in zip(paths, checks, new))
+        state["file_checks"] = tuple(
+            check if data is None else [check, file_check(path, len(data), hashlib.sha256(data))]
+            for path, check, data in zip(paths, checks, new))
         state["offsets"] = offsets
         save_checkpoint_file(state, checkpoint_path)
         for path, data, lock in zip(paths, new, locks):
@@ -148,10 +148,9 @@ def _is_leftover(handle, own, lines):
 
 
 def refuse_files_of_others(args, beginnings, leftovers):
-    """Refuse, for a fresh run, a --log-file or --metrics-file with other names (hard links: another run's
-    save-dir file may be one), and without --overwrite one that holds more than what a killed start of this very
-    command leaves: per file (log, metrics), a beginning of what it writes first (``beginnings``), or all of it
-    and its first step (``leftovers``: the start of a step's line, that of step 1, those of the final scores)."""
+    """Refuse, for a fresh run, a --log-file or --metrics-file with other names (hard links: another run's save-dir
+    file may be one), and without --overwrite one that holds more than a killed start of this command leaves: per
+    file, a beginning of ``beginnings`` or all of it and its first step (``leftovers``: main_mlp.LEFTOVER_LINES)."""
     if args.resume_training:
         return
     for flag, path, own, lines in zip(("--log-file", "--metrics-file"), (args.log_file, args.metrics_file),

@@ -1,9 +1,7 @@
-"""The one signal handler of a run (SIGINT, SIGTERM, SIGHUP, SIGUSR2), installed before torch is imported.
-
-In the "exit" mode, until the run has something to save, a signal ends the process with 128 + its number
-(after the notice, if any) by ``os._exit``: a SystemExit raised inside torch's import can be swallowed there,
-or abort the process from a C++ callback; what start-up writes is written atomically, the locks are the OS's
-to release. In the "remember" mode, while training, it is only noted so the loop can checkpoint and stop."""
+"""The one signal handler of a run (SIGINT, SIGTERM, SIGHUP, SIGUSR2), installed before torch is imported. Until
+the run has something to save ("exit"), a signal ends the process with 128 + its number by ``os._exit``: a SystemExit
+raised inside torch's import can be swallowed there, or abort the process from a C++ callback (what start-up writes
+is written atomically, the locks are the OS's to release). While training ("remember"), it is only noted."""
 
 import os
 import signal

@@ -15,9 +15,8 @@ from plumbing.files import CHECKPOINT_NAME
 
 class Survival:
     """The loop calls ``resume(phase)`` once, ``after_step`` after every step, ``check_finite`` before it logs and
-    ``finish`` at a phase's end. ``run``: args, device, seed, log, generator (the data's) and resume (a checkpoint's
-    state, or None); a phase: name, total, losses (its ring of last losses) and parts ({name: what gives and takes
-    a state dict, or None}), as ``layout`` (checkpoint.Layout) declares them."""
+    ``finish`` at a phase's end. ``run``: args, device, seed, log, generator (the data's), resume (a state or None);
+    a phase: name, total, losses (its ring), parts ({name: what gives and takes a state dict, or None})."""
 
     def __init__(self, run, flag, layout):
         self.run, self.args, self.log, self.flag, self.layout = run, run.args, run.log, flag, layout
