@@ -13,7 +13,8 @@ import os
 import typing
 
 import settings
-from argparse_utils import ArgumentParser, same_file
+from plumbing.argparse_utils import ArgumentParser, same_file
+from plumbing.files import CHECKPOINT_NAME, LOCK_NAME, is_save_dir_file
 
 PROG = "main_mlp.py"
 DESCRIPTION = "Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss."
@@ -173,11 +174,11 @@ def _save_dir_holding(path, save_dir):
         return None
     for candidate in (place(path), os.path.realpath(path)):
         directory, name = os.path.split(candidate)
-        if not settings.is_save_dir_file(name):
+        if not is_save_dir_file(name):
             continue
         if save_dir and same_file(directory, save_dir):  # by device and inode: a bind mount too
             return save_dir
-        if os.path.exists(os.path.join(directory, settings.LOCK_NAME)):
+        if os.path.exists(os.path.join(directory, LOCK_NAME)):
             return directory
     return None
 
@@ -324,7 +325,7 @@ def _parse(parser, argv):
             parser.error("argument --resume-if-exists: needs --save-dir")
         if args.overwrite:
             parser.error("arguments --overwrite and --resume-if-exists: choose at most one")
-        args.resume_training = os.path.exists(os.path.join(args.save_dir, settings.CHECKPOINT_NAME))
+        args.resume_training = os.path.exists(os.path.join(args.save_dir, CHECKPOINT_NAME))
     config = Config(**vars(args))
     validate_args(parser, config)
     return config

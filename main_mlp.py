@@ -1,16 +1,16 @@
 """Train an encoder to invert a mixing of latents with a contrastive (or supervised) loss: the synthetic
 experiments of "Contrastive Learning: Reducing the Gap Between Theory and Practice" (Rusak et al.), with the
 command line and log format of the authors' main_mlp.py. Reads as: parse (command_line.py) -> build the latent
-space, g, f and the loss -> train -> final evaluation; run_support.py keeps a run's work through kills and signals.
+space, g, f and the loss -> train -> final evaluation; plumbing/ keeps a run's work through kills and signals.
 """
 
 import sys
 
 if __name__ == "__main__":
     # Before torch is imported (hence the imports below): a signal now ends the run at once, without a traceback.
-    import startup_signals
-    startup_signals.exit_at_once()
-    import argparse_utils
+    from plumbing import signals
+    signals.install("exit")
+    from plumbing import argparse_utils
     argparse_utils.reopen_closed_streams()  # before any file is opened: it would take a closed stream's place
     import command_line
     command_line.build_parser().parse_args()  # --help and a malformed command line end here, before torch loads
@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import platform
+import re
 import time
 
 import numpy as np
@@ -33,11 +34,13 @@ import encoders
 import invertible_network_utils
 import latent_spaces
 import losses
-import run_support
 import settings
 import spaces
 from command_line import PROG, parse_args
-from run_support import CHECKPOINT_NAME, Diverged, InputError, RunLog, WriteError, save_atomically
+from plumbing import checkpoint, files, locks, signals
+from plumbing.errors import EXIT_WRITE_FAILED, Diverged, InputError, WriteError, exit_status
+from plumbing.log import RunLog, continue_files, refuse_files_of_others
+from plumbing.survival import Survival, keep_freed_memory, refuse_if_too_big
 
 # Fresh marginal samples behind every logged Lin./Perm. score.
 N_EVAL_SAMPLES = 4096
@@ -182,6 +185,15 @@ class Phase:
     f: torch.nn.Module
     optimizer: torch.optim.Optimizer
     losses: torch.Tensor  # (ring,) the last --n-log-steps losses, on the device
+    parts: dict  # what a checkpoint keeps of the phase, by its names in the file (CHECKPOINT_LAYOUT.parts)
+
+
+# What a checkpoint keeps of the experiment: the parts (True: may be None, as older runs' loss), the phases, and
+# the numbers of a logged step with their labels (a divergence repeats the last ones).
+CHECKPOINT_LAYOUT = checkpoint.Layout(
+    parts={"g": False, "encoder": False, "loss_fn": True, "optimizer": False}, phases=("supervised", "unsupervised"),
+    logged={"loss": "Loss", "mean_loss": "<Loss>",
+            **{f.name: f.label for f in disentanglement_utils.fields(numbers=True, reference=True)}})
 
 
 def phase_steps(args, phase):
@@ -208,8 +220,9 @@ def train_phase(run, survival, name):
     supervised = name == "supervised"
     total = phase_steps(args, name)
     f = encoders.build_encoder(args.n, args.derived.normalization).to(device)
-    phase = Phase(name, total, f, build_optimizer(args, f, None if supervised else exp.loss_fn),
-                  torch.zeros(max(1, min(args.n_log_steps, total)), device=device))  # no longer than the phase
+    optimizer = build_optimizer(args, f, None if supervised else exp.loss_fn)
+    phase = Phase(name, total, f, optimizer, torch.zeros(max(1, min(args.n_log_steps, total)), device=device),
+                  {"g": exp.g, "encoder": f, "loss_fn": exp.loss_fn, "optimizer": optimizer})  # ring: not > phase
     run.log.line(f"supervised test: {supervised}")
     run.log.line(f"f:  {f!r}")
     start = survival.resume(phase)
@@ -227,7 +240,7 @@ def train_phase(run, survival, name):
         if is_log:
             log_step(run, survival, phase, step, h, clock)
         survival.after_step(phase, step, is_log)
-    survival.save_models(phase)
+    survival.finish(phase, {"sup_f.pth" if supervised else "unsup_f.pth": f})  # as the reference names them
     return f
 
 
@@ -312,9 +325,9 @@ def train(run, survival):
     print_header(run)
     if args.save_dir and resume is None:
         if args.overwrite:
-            run_support.remove_previous_run(args.save_dir)
+            files.remove_previous_run(args.save_dir)
         # Before training, as the reference: an interrupted run leaves the mixing on disk.
-        save_atomically(run.exp.g.state_dict(), os.path.join(args.save_dir, "g.pth"))
+        checkpoint.save_atomically(run.exp.g.state_dict(), os.path.join(args.save_dir, "g.pth"))
     phases = phase_names(args)
     if resume is not None:
         phases = phases[phases.index(resume["phase"]):]
@@ -330,9 +343,16 @@ def argument_lines(args):
                              for key, value in command_line.printed_args(args).items()]
 
 
+# What a killed start can have written after its beginning, before its first checkpoint (at step 1), per file (log,
+# metrics): (the start of a step's line, that of step 1, those of the final scores); more is not a leftover.
+LEFTOVER_LINES = ((b"Step: ", re.compile(rb"Step: 1 \t"), (b"linear mean: ", b"perm mean: ")),
+                  (b'{"type": "step"', re.compile(rb'\{"type": "step", "phase": "\w+", "step": 1, '),
+                   (b'{"type": "final"',)))
+
+
 def file_beginnings(args):
     """What a fresh run of ``args`` writes first, as bytes: (its log's Arguments block, the start of its
-    config record); a file that begins so is this command's own (run_support.refuse_files_of_others)."""
+    config record); a file that begins so is this command's own (plumbing.log.refuse_files_of_others)."""
     log = "".join(f"{line}\n" for line in argument_lines(args))
     # the config record's first two keys
     metrics = json.dumps(dict(type="config", args=command_line.printed_args(args)))[:-1]
@@ -369,13 +389,12 @@ def prepare(args, device):
     """The Run (without its log), before any output file is opened so that a refusal cuts nothing.
     Raises InputError (or the sampler's SamplerError) for a run that cannot start."""
     if args.save_dir:
-        run_support.remove_stale_temporaries(args.save_dir)  # under the directory's lock
-        run_support.refuse_existing_checkpoint(args)
-    run_support.refuse_files_of_others(args, file_beginnings(args))
+        files.remove_temporaries(args.save_dir)  # a killed run's, under the directory's lock
     phases = {name: phase_steps(args, name) for name in phase_names(args)}
-    resume = run_support.load_resume_state(args, device, phases, command_line.DEFAULTS) if args.resume_training else None
+    resume = checkpoint.resume_state(args, device, phases, CHECKPOINT_LAYOUT, command_line.DEFAULTS)  # None: fresh
     if resume is not None and args.seed is None:  # the checkpoint's seed
         args = dataclasses.replace(args, seed=resume["seed"])
+    refuse_files_of_others(args, file_beginnings(args), LEFTOVER_LINES)
     seed = args.seed
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
@@ -383,13 +402,13 @@ def prepare(args, device):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
         torch.backends.cudnn.allow_tf32 = args.allow_tf32
-    run_support.refuse_if_too_big(peak_memory(args), device)
+    refuse_if_too_big(peak_memory(args), device)
     # All randomness: the global CPU generator (encoder init), a CPU one for g and θ, one on the device for the data.
     torch.manual_seed(seed)
     init_gen = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator(device=device).manual_seed(seed)
     exp = build_experiment(args, device, init_gen, data_gen)
-    run_support.refuse_models_of_others(args, exp.g)
+    checkpoint.refuse_models_of_others(args, {"g.pth": exp.g})
     id_scores = evaluate(exp.latent, exp.g, N_EVAL_SAMPLES, data_gen, device)
     if id_scores is None:
         raise InputError("arguments --sphere-r/--m-param/--c-param/--box-min/--box-max: the latents or "
@@ -398,32 +417,31 @@ def prepare(args, device):
 
 
 def main(argv=None):
-    run_support.exit_on_signals(PROG)
+    signals.install("exit", f"{PROG}: stopped by {{name}} during start-up; nothing of the run to save yet")
     parser, args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():  # here: the command line imports no torch
         parser.error("argument --device: cuda requested but CUDA is not available")
     device = resolve_device(args.device)
-    run_support.keep_freed_memory()
+    keep_freed_memory()
     try:
-        with run_support.RunLocks(args) as locks:
+        with locks.run_locks(args) as outputs:
             run = prepare(args, device)
             if run.resume is None:
                 log = RunLog(PROG, args.log_file, args.metrics_file)
             else:  # the files cut back to the checkpoint, saying the run's arguments now
-                log = run_support.continue_files(PROG, run.args, run.resume,
-                                                 os.path.join(args.save_dir, CHECKPOINT_NAME), locks.outputs)
+                log = continue_files(PROG, run.args, run.resume, os.path.join(args.save_dir, files.CHECKPOINT_NAME),
+                                     outputs)
             run = dataclasses.replace(run, log=log)
             try:
-                survival = run_support.Survival(run, run_support.remember_signals())
-                return run_support.exit_status(lambda: train(run, survival), PROG,
-                                               args.save_dir, (spaces.SamplerError,))
+                survival = Survival(run, signals.install("remember"), CHECKPOINT_LAYOUT)
+                return exit_status(lambda: train(run, survival), PROG, args.save_dir, (spaces.SamplerError,))
             finally:
                 run.log.close()
     except (InputError, spaces.SamplerError) as exc:
         parser.error(str(exc))
     except WriteError as exc:
         RunLog.info(f"{PROG}: error: {exc}")
-        return run_support.EXIT_WRITE_FAILED
+        return EXIT_WRITE_FAILED
 
 
 if __name__ == "__main__":

@@ -168,19 +168,10 @@ def conditional_name(space_type, c_p):
     return matches[0] if matches else None
 
 
-# How or where a run ran, not what it computed: a resumption may change them (run_support); compare_logs ignores them.
+# How or where a run ran, not what it computed: a resumption may change them (plumbing.checkpoint); compare_logs ignores them.
 INCIDENTAL_FLAGS = ("save_dir", "resume_training", "resume_if_exists", "overwrite", "log_file", "metrics_file",
                     "device", "compile", "checkpoint_every", "checkpoint_minutes", "num_eval_batches", "seed")
 
-# The files a run keeps in its --save-dir (named here, torch-free, for the tools as well).
-CHECKPOINT_NAME = "checkpoint.pth"
-LOCK_NAME = ".lock"
-MODEL_NAMES = ("g.pth", "sup_f.pth", "unsup_f.pth")
-
-
-def is_save_dir_file(name):
-    """Whether ``name`` is (or is a temporary of) a file a run keeps in its --save-dir."""
-    return any(name == own or name.startswith(own + ".tmp") for own in (CHECKPOINT_NAME, LOCK_NAME) + MODEL_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,9 +46,10 @@ from tools import host_sync
 import invertible_network_utils
 import latent_spaces
 import main_mlp
-import run_support
 import spaces
 from cli_util import finish_all, parse_log, restore_signal_handlers, start_cli
+from plumbing.checkpoint import read_checkpoint
+from plumbing.survival import available_memory
 from test_spaces import README_LAMBDA, RandnRecorder
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -277,7 +278,7 @@ def test_the_benchmark_times_cuda_synchronised():
 def test_the_memory_estimate_covers_a_step_at_the_reference_batch(extra):
     _, args = main_mlp.parse_args(README + ["--batch-size", "6144", "--device", "cuda"] + extra)
     free, total = torch.cuda.mem_get_info(CUDA)
-    have = run_support.available_memory(CUDA)
+    have = available_memory(CUDA)
     assert 0 < have <= total and have == pytest.approx(free, rel=0.05)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated(CUDA)
@@ -377,7 +378,7 @@ def test_g_and_theta_are_the_cpu_runs(runs):
 def test_a_killed_cuda_run_resumes_to_the_uninterrupted_files(runs, stopped, resumed, code, first):
     rc, _, stderr, stopped_dir = runs[stopped]
     assert rc == code, stderr
-    state = run_support.read_checkpoint(str(stopped_dir / "ckpt" / "checkpoint.pth"))
+    state = read_checkpoint(str(stopped_dir / "ckpt" / "checkpoint.pth"), main_mlp.CHECKPOINT_LAYOUT)
     # Stopped mid-run, after the second Step line: SIGTERM checkpoints the step it stops at,
     # SIGKILL leaves the last log step's checkpoint (step 1 when it lands before step 101's).
     assert first <= state["step"] < 400
@@ -397,7 +398,7 @@ def test_a_cuda_checkpoint_is_refused_on_the_cpu_and_the_models_load_there(runs,
     assert len(lines) == 1 and lines[0].startswith("main_mlp.py: error: argument --resume-training:")
     assert "device_type ('cuda' there, 'cpu' here)" in lines[0]
     # The checkpoint itself reads on the CPU, and says where it was written.
-    state = run_support.read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"))
+    state = read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"), main_mlp.CHECKPOINT_LAYOUT)
     assert state["config"]["device_type"] == "cuda" and state["step"] == 400
     # The reference's files: g and the trained encoder compute on the CPU what they did on CUDA.
     _, derived, _ = experiment

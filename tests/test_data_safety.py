@@ -11,8 +11,12 @@ import sys
 import pytest
 
 import main_mlp
-import run_support
 from cli_util import ROOT, TINY_RUN, Killed, assert_refused, dead_pid, run_main, run_tool_main
+from plumbing.checkpoint import read_checkpoint
+from plumbing.errors import EXIT_DIVERGED, EXIT_WRITE_FAILED, InputError
+from plumbing.files import CHECKPOINT_NAME, LOCK_NAME, temporary_name
+from plumbing.locks import OutputLock, SaveDirLock
+from plumbing.survival import Survival
 
 BASE = [*TINY_RUN, "--device", "cpu", "--seed", "0"]
 
@@ -57,10 +61,10 @@ def test_fresh_run_does_not_overwrite_a_checkpoint(finished_run, capsys):
 
 def test_a_second_run_in_the_same_save_dir_is_refused(finished_run, capsys):
     d, argv = finished_run
-    left = d / "ckpt" / f"{main_mlp.CHECKPOINT_NAME}.tmp{dead_pid()}"  # of an earlier version, killed
+    left = d / "ckpt" / f"{CHECKPOINT_NAME}.tmp{dead_pid()}"  # of an earlier version, killed
     left.write_bytes(b"being written")
     before = snapshot(d)
-    lock = run_support.SaveDirLock(str(d / "ckpt"))  # the other run holds the directory
+    lock = SaveDirLock(str(d / "ckpt"))  # the other run holds the directory
     try:
         code, _, err = run_main(argv + ["--resume-training"], capsys)
     finally:
@@ -159,14 +163,14 @@ def _limit_file_size(limit):
 def test_a_full_disk_keeps_the_last_checkpoint(finished_run, capsys):
     """A checkpoint write that fails: one line naming the file, the old checkpoint intact, no temporary left."""
     d, argv = finished_run
-    before = (d / "ckpt" / main_mlp.CHECKPOINT_NAME).read_bytes()
+    before = (d / "ckpt" / CHECKPOINT_NAME).read_bytes()
     # Files may grow to 200 kB: the logs can, the ~1 MB checkpoint cannot.
     proc = cli(argv + ["--resume-training", "--n-steps", "6"], cwd=d, preexec_fn=_limit_file_size(200_000))
-    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    assert proc.returncode == EXIT_WRITE_FAILED, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and main_mlp.CHECKPOINT_NAME in errors[0] and "Traceback" not in proc.stderr
-    assert (d / "ckpt" / main_mlp.CHECKPOINT_NAME).read_bytes() == before
-    assert sorted(os.listdir(d / "ckpt")) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "unsup_f.pth"]
+    assert len(errors) == 1 and CHECKPOINT_NAME in errors[0] and "Traceback" not in proc.stderr
+    assert (d / "ckpt" / CHECKPOINT_NAME).read_bytes() == before
+    assert sorted(os.listdir(d / "ckpt")) == [".lock", CHECKPOINT_NAME, "g.pth", "unsup_f.pth"]
     # The system's words for it, not the serialiser's ("[enforce fail at inline_container.cc...]")
     assert "File too large" in errors[0] and "enforce fail" not in proc.stderr
 
@@ -176,7 +180,7 @@ def test_a_full_disk_under_the_metrics_file_ends_in_one_line(tmp_path):
     """/dev/full: every write fails with ENOSPC. One line naming the file, exit 74, and closing the file
     at exit raises nothing more."""
     proc = cli(BASE + ["--metrics-file", "/dev/full"], cwd=tmp_path)
-    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    assert proc.returncode == EXIT_WRITE_FAILED, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "/dev/full" in errors[0] and "No space left on device" in errors[0], proc.stderr
@@ -203,9 +207,9 @@ def test_a_full_disk_at_the_checkpoint_says_so(tmp_path):
     """The save-dir on a 200 kB file system: g.pth fits, the checkpoint does not. One line naming the
     checkpoint and ENOSPC in the system's words, exit 74."""
     proc = run_on_small_tmpfs(tmp_path, ["--save-dir", "small", "--log-file", "run.log"])
-    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    assert proc.returncode == EXIT_WRITE_FAILED, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and main_mlp.CHECKPOINT_NAME in errors[0], proc.stderr
+    assert len(errors) == 1 and CHECKPOINT_NAME in errors[0], proc.stderr
     assert "No space left on device" in errors[0] and "enforce fail" not in proc.stderr
 
 
@@ -224,7 +228,7 @@ def test_a_full_disk_at_the_lock_files_ends_in_one_line(tmp_path, options, fill,
     """The disk is full when the run creates its lock files at start-up: a write failure (exit 74, one
     line naming the file and ENOSPC), not a refused flag or a traceback."""
     proc = run_on_small_tmpfs(tmp_path, argv, options, fill)
-    assert proc.returncode == run_support.EXIT_WRITE_FAILED, proc.stderr
+    assert proc.returncode == EXIT_WRITE_FAILED, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and name in errors[0] and "No space left on device" in errors[0], proc.stderr
@@ -262,7 +266,7 @@ def test_a_closed_stdout_does_not_stop_the_run(tmp_path):
 
 def test_a_damaged_checkpoint_is_refused(finished_run, capsys):
     d, argv = finished_run
-    path = d / "ckpt" / main_mlp.CHECKPOINT_NAME
+    path = d / "ckpt" / CHECKPOINT_NAME
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside the payload
     path.write_bytes(bytes(data))
@@ -280,7 +284,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
             return (os.system, (f"touch {tmp_path / 'ran'}",))
 
     (tmp_path / "ckpt").mkdir()
-    with open(tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME, "wb") as handle:
+    with open(tmp_path / "ckpt" / CHECKPOINT_NAME, "wb") as handle:
         pickle.dump({"config": Payload()}, handle)
     code, _, err = run_main(BASE + ["--save-dir", str(tmp_path / "ckpt"), "--resume-training"], capsys)
     assert_refused(code, err, "--resume-training")
@@ -290,7 +294,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
 def test_not_a_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "ckpt").mkdir()
     import torch
-    torch.save({"weights": torch.zeros(3)}, tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "ckpt" / CHECKPOINT_NAME)
     code, _, err = run_main(BASE + ["--save-dir", str(tmp_path / "ckpt"), "--resume-training"], capsys)
     assert_refused(code, err, "not a checkpoint")
 
@@ -395,9 +399,9 @@ def test_a_signal_after_divergence_keeps_the_last_finite_checkpoint(tmp_path, ca
     argv = ["--device", "cpu", "--n", "3", "--batch-size", "32", "--only-supervised", "--lr", "300",
             "--n-steps", "200", "--n-log-steps", "100", "--cond-thresh-ratio", "0.01", "--seed", "0", "--save-dir", str(save_dir)]
     code, _, err = run_main(argv, capsys)
-    assert code == run_support.EXIT_DIVERGED, err
+    assert code == EXIT_DIVERGED, err
     assert "diverged" in err and "Resume with" not in err
-    state = run_support.read_checkpoint(str(save_dir / main_mlp.CHECKPOINT_NAME))
+    state = read_checkpoint(str(save_dir / CHECKPOINT_NAME), main_mlp.CHECKPOINT_LAYOUT)
     assert state["step"] == 1  # the log step's checkpoint, from before the divergence
     assert all(bool(torch.isfinite(t).all()) for t in state["encoder"].values())
 
@@ -412,7 +416,7 @@ def test_an_empty_output_file_name_is_refused(flag, tmp_path, capsys):
 def test_a_save_dir_lock_that_cannot_be_opened_is_refused(kind, tmp_path, capsys):
     save_dir = tmp_path / "sd"
     save_dir.mkdir()
-    lock = save_dir / run_support.LOCK_NAME
+    lock = save_dir / LOCK_NAME
     if kind == "directory":
         lock.mkdir()
     elif kind == "dangling link":
@@ -423,10 +427,10 @@ def test_a_save_dir_lock_that_cannot_be_opened_is_refused(kind, tmp_path, capsys
         if os.access(lock, os.R_OK):  # root reads anything: nothing to test
             pytest.skip("running as root")
     code, _, err = run_main(BASE + ["--save-dir", str(save_dir)], capsys)
-    assert_refused(code, err, "--save-dir", run_support.LOCK_NAME)
+    assert_refused(code, err, "--save-dir", LOCK_NAME)
 
 
-@pytest.mark.parametrize("name", [main_mlp.CHECKPOINT_NAME, "g.pth", "unsup_f.pth", run_support.LOCK_NAME])
+@pytest.mark.parametrize("name", [CHECKPOINT_NAME, "g.pth", "unsup_f.pth", LOCK_NAME])
 @pytest.mark.parametrize("flag", ["--log-file", "--metrics-file"])
 def test_an_output_file_inside_the_save_dirs_own_files_is_refused(name, flag, tmp_path, capsys):
     save_dir = tmp_path / "sd"
@@ -454,16 +458,16 @@ def test_a_start_up_signal_exits_without_raising(notice, monkeypatch, capfd):
     callback can be swallowed, or abort the process)."""
     import signal
 
-    import startup_signals
+    from plumbing import signals
 
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)
-    saved = {sig: signal.getsignal(sig) for sig in startup_signals.SIGNALS}
+    saved = {sig: signal.getsignal(sig) for sig in signals.SIGNALS}
     try:
-        startup_signals.exit_at_once(notice)
+        signals.install("exit", notice)
         signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # must not raise
         assert exits == [143]
-        flag = startup_signals.remember()
+        flag = signals.install("remember")
         signal.getsignal(signal.SIGUSR2)(signal.SIGUSR2, None)  # noted, nothing else
         assert exits == [143] and flag.signum == signal.SIGUSR2
     finally:
@@ -502,7 +506,7 @@ def test_an_output_file_linked_to_another_runs_checkpoint_is_refused(flag, finis
     """A link to another run's checkpoint: refused (with --overwrite too), the checkpoint untouched."""
     d, _ = finished_run
     link = tmp_path / "b.log"
-    link.symlink_to(d / "ckpt" / main_mlp.CHECKPOINT_NAME)
+    link.symlink_to(d / "ckpt" / CHECKPOINT_NAME)
     before = snapshot(d)
     for extra in ([], ["--overwrite"]):
         code, _, err = run_main(BASE + ["--save-dir", str(tmp_path / "runB"), flag, str(link)] + extra, capsys)
@@ -604,14 +608,14 @@ ISSUE = ["--n", "4", "--batch-size", "32", "--n-log-steps", "5", "--space-type",
 
 def stop_after_step(monkeypatch, last):
     """Make an in-process run die (Killed) right after ``last``'s step and checkpoint."""
-    real = run_support.Survival.after_step
+    real = Survival.after_step
 
     def after_step(self, phase, step, is_log):
         real(self, phase, step, is_log)
         if step == last:
             raise Killed
 
-    monkeypatch.setattr(run_support.Survival, "after_step", after_step)
+    monkeypatch.setattr(Survival, "after_step", after_step)
     return real
 
 
@@ -632,7 +636,7 @@ def test_a_log_past_its_first_step_is_not_started_over(case, tmp_path, capsys):
     code, _, err = run_main(argv, capsys)
     assert code == 0, err
     if case == "checkpoint removed":  # as a disk filling up with checkpoints invites
-        os.remove(tmp_path / "sd" / main_mlp.CHECKPOINT_NAME)
+        os.remove(tmp_path / "sd" / CHECKPOINT_NAME)
     if case == "killed at step 11":
         cut_after(tmp_path / "r.log", b"Step: 11 ", keep=1)  # its learned lambda line
         cut_after(tmp_path / "r.jsonl", b'{"type": "step", "phase": "unsupervised", "step": 11,')
@@ -652,7 +656,7 @@ def test_the_same_relative_paths_from_another_directory_are_another_run(tmp_path
     monkeypatch.chdir(tmp_path / "x")
     with pytest.raises(Killed):
         run_main(argv, capsys)
-    monkeypatch.setattr(run_support.Survival, "after_step", real)
+    monkeypatch.setattr(Survival, "after_step", real)
     capsys.readouterr()
     log = (tmp_path / "shared.log").read_bytes()
     assert f"\tsave_dir: {os.path.realpath(tmp_path / 'x' / 'ck')}\n".encode() in log
@@ -687,7 +691,7 @@ def test_a_hard_link_to_another_runs_checkpoint_is_refused(flag, finished_run, t
     """A hard link is the same file: --overwrite does not write another run's checkpoint through it."""
     d, _ = finished_run
     link = tmp_path / "hl.log"
-    os.link(d / "ckpt" / main_mlp.CHECKPOINT_NAME, link)
+    os.link(d / "ckpt" / CHECKPOINT_NAME, link)
     before = snapshot(d)
     code, _, err = run_main(BASE + [flag, str(link), "--overwrite"], capsys)
     assert_refused(code, err, flag, "hard link")
@@ -697,7 +701,7 @@ def test_a_hard_link_to_another_runs_checkpoint_is_refused(flag, finished_run, t
 def test_a_refused_start_keeps_a_live_runs_temporary_and_makes_no_file(tmp_path, capsys):
     log = tmp_path / "r.log"
     log.write_text("another run's log\n")
-    live = tmp_path / run_support.temporary_name("r.log", os.getppid())  # a process that is alive
+    live = tmp_path / temporary_name("r.log", os.getppid())  # a process that is alive
     live.write_bytes(b"being written")
     code, _, err = run_main(BASE + ["--log-file", str(log), "--metrics-file", str(tmp_path / "other.jsonl")], capsys)
     assert_refused(code, err, "--log-file")
@@ -714,9 +718,9 @@ def test_the_log_stays_locked_while_it_is_replaced(finished_run, capsys, monkeyp
     def replace(src, dst):
         if dst.endswith("run.log"):
             try:
-                run_support.OutputLock("--log-file", dst, create=False).release()
+                OutputLock("--log-file", dst, create=False).release()
                 tries.append("locked")
-            except run_support.InputError:
+            except InputError:
                 tries.append("refused")
         return real_replace(src, dst)
 
@@ -730,7 +734,7 @@ def test_a_temporary_that_may_not_be_removed_is_left_with_one_line(tmp_path, cap
     """Another user's temporary in a sticky directory (removing it is not permitted): kept, one line."""
     import errno
 
-    stale = tmp_path / run_support.temporary_name("r.log", dead_pid())
+    stale = tmp_path / temporary_name("r.log", dead_pid())
     stale.write_bytes(b"another user's")
     real_remove = os.remove
 
@@ -760,7 +764,7 @@ def test_a_start_refused_for_its_save_dir_or_a_busy_file_leaves_no_output_file(f
     code, _, err = run_main(BASE + ["--save-dir", str(d / "ckpt"), "--log-file", new[0], "--metrics-file", new[1]],
                             capsys)
     assert_refused(code, err, "--save-dir")
-    holder = run_support.OutputLock("--metrics-file", str(d / "metrics.jsonl"), create=False)
+    holder = OutputLock("--metrics-file", str(d / "metrics.jsonl"), create=False)
     try:  # the metrics file is another run's: refused after the log's lock was taken
         code, _, err = run_main(BASE + ["--log-file", new[0], "--metrics-file", str(d / "metrics.jsonl")], capsys)
     finally:
@@ -777,9 +781,9 @@ def test_a_run_checkpoints_at_its_first_step_whatever_the_cadence(tmp_path, caps
     real = stop_after_step(monkeypatch, 3)
     with pytest.raises(Killed):
         run_main(argv, capsys)
-    monkeypatch.setattr(run_support.Survival, "after_step", real)
+    monkeypatch.setattr(Survival, "after_step", real)
     capsys.readouterr()
-    assert run_support.read_checkpoint(str(tmp_path / "sd" / main_mlp.CHECKPOINT_NAME))["step"] == 1
+    assert read_checkpoint(str(tmp_path / "sd" / CHECKPOINT_NAME), main_mlp.CHECKPOINT_LAYOUT)["step"] == 1
     code, _, err = run_main(argv, capsys)  # a requeued job: resumes from step 1
     assert code == 0, err
     assert "resumed the unsupervised run after step 1" in err
@@ -794,7 +798,7 @@ def test_a_sweep_keeps_a_log_whose_checkpoint_was_removed(tmp_path, capsys):
     code, _, err = run_main(run.task.argv[2:], capsys)  # the run as the sweep starts it
     assert code == 0, err
     cut_after(tmp_path / "run_seed0.log", b"Step: 11 ", keep=1)
-    os.remove(os.path.join(run.save_dir, main_mlp.CHECKPOINT_NAME))
+    os.remove(os.path.join(run.save_dir, CHECKPOINT_NAME))
     before = snapshot(tmp_path)
     proc = run_tool_main("tools.sweep", *sweep_argv)
     assert_refused(proc.returncode, proc.stderr, "run_seed0.log", "3 logged steps", "no checkpoint", prog="tools.sweep")

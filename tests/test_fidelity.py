@@ -11,8 +11,8 @@ import signal
 import torch
 
 import main_mlp
-import run_support
 from cli_util import parse_log, run_main
+from plumbing.errors import EXIT_SIGNAL, Stop
 
 TINY = ["--device", "cpu", "--n", "4", "--batch-size", "32", "--n-steps", "3", "--n-log-steps", "2",
         "--num-eval-batches", "1", "--seed", "0"]
@@ -106,11 +106,11 @@ def test_no_contrastive_steps(capsys):
 def test_mixing_saved_before_training(tmp_path, capsys, monkeypatch):
     """g.pth is on disk before the first step, as the reference writes it."""
     def stop_at_once(*_):
-        raise run_support.Stop(signal.SIGTERM)
+        raise Stop(signal.SIGTERM)
 
     monkeypatch.setattr(main_mlp, "train_phase", stop_at_once)
     rc, _, _ = run_main(TINY + EXTENDED + ["--save-dir", str(tmp_path)], capsys)
-    assert rc == run_support.EXIT_SIGNAL[signal.SIGTERM]
+    assert rc == EXIT_SIGNAL[signal.SIGTERM]
     g = torch.load(os.path.join(tmp_path, "g.pth"), weights_only=True)
     assert list(g) == ["0.weight", "2.weight", "4.weight"]  # the reference's keys
     assert all(w.shape == (4, 4) for w in g.values())

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 import main_mlp
-import run_support
+import plumbing.log
 from cli_util import Killed, assert_refused, dead_pid, run_main
+from plumbing.checkpoint import read_checkpoint, save_checkpoint_file
+from plumbing.files import CHECKPOINT_NAME, TAIL_BYTES, temporary_name
+from plumbing.locks import OutputLock
 from test_data_safety import BASE, finished_run, run_to_the_end, snapshot  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow  # each test trains two or three tiny runs
@@ -37,7 +40,7 @@ def test_an_extension_killed_before_its_first_checkpoint_resumes(finished_run, t
     """Extend a finished run (--n-steps 3 -> 9) and kill it while its files are being restated or
     just after: the same command then resumes it, and its files are those of a straight 9-step run."""
     d, argv = finished_run
-    real_write, real_run = run_support.write_atomically, main_mlp.train
+    real_write, real_run = plumbing.log.write_atomically, main_mlp.train
 
     def write_then_die(path, write, lock=None):
         if path.endswith("run.log" if when == "writing the log" else "metrics.jsonl"):
@@ -50,10 +53,10 @@ def test_an_extension_killed_before_its_first_checkpoint_resumes(finished_run, t
     if when == "before the first checkpoint":
         monkeypatch.setattr(main_mlp, "train", die)
     else:
-        monkeypatch.setattr(run_support, "write_atomically", write_then_die)
+        monkeypatch.setattr(plumbing.log, "write_atomically", write_then_die)
     with pytest.raises(Killed):
         run_main(_extend(argv, 9), capsys)
-    monkeypatch.setattr(run_support, "write_atomically", real_write)
+    monkeypatch.setattr(plumbing.log, "write_atomically", real_write)
     monkeypatch.setattr(main_mlp, "train", real_run)
     capsys.readouterr()
     code, _, err = run_main(_extend(argv, 9), capsys)
@@ -73,7 +76,7 @@ def test_an_edit_anywhere_before_the_checkpoint_is_found(tmp_path, capsys, edit)
     code, _, err = run_main(argv, capsys)
     assert code == 0, err
     log = d / "run.log"
-    assert log.stat().st_size > 2 * run_support.TAIL_BYTES
+    assert log.stat().st_size > 2 * TAIL_BYTES
     data = log.read_bytes()
     if edit == "header":
         log.write_bytes(data.replace(b"\tlr: 0.0001\n", b"\tlr: 0.0002\n"))
@@ -87,9 +90,9 @@ def test_an_edit_anywhere_before_the_checkpoint_is_found(tmp_path, capsys, edit)
 
 def _rewrite_checkpoint(path, change):
     """Load a checkpoint, let ``change`` edit its state, save it again with a valid checksum."""
-    state = run_support.read_checkpoint(str(path))
+    state = read_checkpoint(str(path), main_mlp.CHECKPOINT_LAYOUT)
     change(state)
-    run_support.save_checkpoint_file(state, str(path))
+    save_checkpoint_file(state, str(path))
 
 
 def test_a_checkpoint_of_an_older_layout_is_refused_before_anything_is_cut(finished_run, capsys):
@@ -102,7 +105,7 @@ def test_a_checkpoint_of_an_older_layout_is_refused_before_anything_is_cut(finis
         state["optimizers"] = {"unsupervised": state.pop("optimizer")}
         state.pop("format")
 
-    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, older)
+    _rewrite_checkpoint(d / "ckpt" / CHECKPOINT_NAME, older)
     before = snapshot(d)
     code, _, err = run_main(_extend(argv, 9), capsys)
     assert_refused(code, err, "older version", "encoder", "--overwrite")
@@ -111,8 +114,8 @@ def test_a_checkpoint_of_an_older_layout_is_refused_before_anything_is_cut(finis
 
 def test_a_checkpoint_without_a_checksum_is_called_older(finished_run, capsys):
     d, argv = finished_run
-    path = d / "ckpt" / main_mlp.CHECKPOINT_NAME
-    state = run_support.read_checkpoint(str(path))
+    path = d / "ckpt" / CHECKPOINT_NAME
+    state = read_checkpoint(str(path), main_mlp.CHECKPOINT_LAYOUT)
     torch.save(state, str(path))  # the earliest layout: the state itself, no checksum around it
     before = snapshot(d)
     code, _, err = run_main(_extend(argv, 9), capsys)
@@ -122,7 +125,7 @@ def test_a_checkpoint_without_a_checksum_is_called_older(finished_run, capsys):
 
 def test_a_checkpoint_of_a_newer_format_is_refused(finished_run, capsys):
     d, argv = finished_run
-    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda s: s.update(format=99))
+    _rewrite_checkpoint(d / "ckpt" / CHECKPOINT_NAME, lambda s: s.update(format=99))
     before = snapshot(d)
     code, _, err = run_main(_extend(argv, 9), capsys)
     assert_refused(code, err, "newer version")
@@ -139,12 +142,12 @@ def test_a_format_1_checkpoint_still_resumes(finished_run, tmp_path, capsys):
         for check in state["file_checks"]:
             with open(check["path"], "rb") as handle:
                 data = handle.read(check["offset"])
-            tail = data[-run_support.TAIL_BYTES:]
+            tail = data[-TAIL_BYTES:]
             checks.append({"path": check["path"], "offset": check["offset"],
                            "tail_sha256": hashlib.sha256(tail).hexdigest()})
         state["file_checks"] = tuple(checks)
 
-    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, format_1)
+    _rewrite_checkpoint(d / "ckpt" / CHECKPOINT_NAME, format_1)
     code, _, err = run_main(_extend(argv, 9), capsys)
     assert code == 0, err
     log, _ = _straight_run(tmp_path, capsys, 9)
@@ -156,7 +159,7 @@ def test_an_output_file_of_a_live_run_is_refused(finished_run, capsys, flag, nam
     """Another run (its own save-dir) writing the same log: refused, the file untouched."""
     d, argv = finished_run
     before = snapshot(d)
-    holder = run_support.OutputLock(flag, str(d / name), create=False)
+    holder = OutputLock(flag, str(d / name), create=False)
     try:
         code, _, err = run_main(BASE + ["--save-dir", str(d / "other"), flag, str(d / name)], capsys)
     finally:
@@ -185,7 +188,7 @@ def test_a_symlinked_log_stays_a_link_when_the_run_is_extended(tmp_path, capsys)
 
 def test_temporaries_left_by_a_kill_are_removed(finished_run, capsys):
     d, argv = finished_run
-    ours, gone = run_support.temporary_name, dead_pid()
+    ours, gone = temporary_name, dead_pid()
     left = [d / "ckpt" / f"g.pth.tmp{gone}", d / "ckpt" / ours("unsup_f.pth", gone), d / ours("metrics.jsonl", gone),
             d / ours("run.log", gone)]
     for path in left:
@@ -202,7 +205,7 @@ def test_temporaries_left_by_a_kill_are_removed(finished_run, capsys):
 @pytest.mark.parametrize("value", [0, -1, "2", True, 2.0])
 def test_a_checkpoint_of_no_known_format_is_refused(finished_run, capsys, value):
     d, argv = finished_run
-    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda s: s.update(format=value))
+    _rewrite_checkpoint(d / "ckpt" / CHECKPOINT_NAME, lambda s: s.update(format=value))
     before = snapshot(d)
     code, _, err = run_main(_extend(argv, 9), capsys)
     assert_refused(code, err, "--resume-training", "format")
@@ -216,7 +219,7 @@ TWO_PHASE = [a for a in BASE if a != "--only-unsupervised"]
 def two_phase_run(tmp_path, capsys):
     """A finished run of both phases (3 supervised steps, then 3 contrastive ones) in tmp_path/two."""
     d, argv = run_to_the_end(tmp_path / "two", TWO_PHASE, capsys)
-    assert sorted(os.listdir(d / "ckpt")) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "sup_f.pth", "unsup_f.pth"]
+    assert sorted(os.listdir(d / "ckpt")) == [".lock", CHECKPOINT_NAME, "g.pth", "sup_f.pth", "unsup_f.pth"]
     return d, argv
 
 
@@ -240,7 +243,7 @@ def test_overwrite_leaves_nothing_of_the_previous_run(two_phase_run, capsys):
     code, _, err = run_main(argv + ["--overwrite", "--only-unsupervised", "--seed", "1"], capsys)
     assert code == 0, err
     now = snapshot(d / "ckpt")
-    assert sorted(now) == [".lock", main_mlp.CHECKPOINT_NAME, "g.pth", "unsup_f.pth"]
+    assert sorted(now) == [".lock", CHECKPOINT_NAME, "g.pth", "unsup_f.pth"]
     assert now["g.pth"] != old["g.pth"] and now["unsup_f.pth"] != old["unsup_f.pth"]
 
 
@@ -267,7 +270,7 @@ def test_a_hard_negative_run_killed_mid_way_resumes_to_the_uninterrupted_files(t
         run_main(argv, capsys)
     monkeypatch.setattr(main_mlp, "optimise", real)
     capsys.readouterr()
-    assert run_support.read_checkpoint(str(d / "ckpt" / main_mlp.CHECKPOINT_NAME))["step"] == 3
+    assert read_checkpoint(str(d / "ckpt" / CHECKPOINT_NAME), main_mlp.CHECKPOINT_LAYOUT)["step"] == 3
     code, _, err = run_main(argv + ["--resume-training"], capsys)
     assert code == 0, err
     log, metrics = _straight_run(tmp_path, capsys, 5, HARD_NEGATIVES)
@@ -285,7 +288,7 @@ def test_a_checkpoint_from_before_hn_beta_and_lambda_init_resumes_at_their_defau
     loss from the reference's Λ̂: it resumes without the flags, to the files of a straight run, which name neither;
     with --hn-beta 1 or --lambda-init 10 it is refused."""
     d, argv = finished_run
-    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME,
+    _rewrite_checkpoint(d / "ckpt" / CHECKPOINT_NAME,
                         lambda state: [state["config"].pop(k) for k in ("hn_beta", "lambda_init")])
     before = snapshot(d)
     for flag, named in (("--hn-beta", "hn_beta (0.0 there, 1.0 here)"), ("--lambda-init", "lambda_init (None there")):
@@ -307,7 +310,7 @@ def test_a_forged_checkpoint_is_refused_before_anything_is_cut(finished_run, cap
     """A checkpoint whose checksum holds but whose fields are not what a run writes (or name a phase this run
     has not): one line naming the field, exit 2, the log and metrics files untouched."""
     d, argv = finished_run
-    _rewrite_checkpoint(d / "ckpt" / main_mlp.CHECKPOINT_NAME, lambda state: state.update(forged))
+    _rewrite_checkpoint(d / "ckpt" / CHECKPOINT_NAME, lambda state: state.update(forged))
     before = snapshot(d)
     code, out, err = run_main(_extend(argv, 9), capsys)
     field = "phase" if "phase" in forged else next(iter(forged))

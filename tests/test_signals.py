@@ -18,9 +18,10 @@ import signal
 
 import pytest
 
+import main_mlp
 from tools import logparse
-import run_support
 from cli_util import TINY, finish, parse_log, placed, signal_after_steps, start_cli, step_lines
+from plumbing.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
@@ -35,7 +36,7 @@ RESUMED = re.compile(r"resumed the unsupervised run after step (\d+)")
 
 
 def load_checkpoint(cwd):
-    return run_support.read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"))
+    return read_checkpoint(str(cwd / "ckpt" / "checkpoint.pth"), main_mlp.CHECKPOINT_LAYOUT)
 
 
 @pytest.fixture(scope="module")

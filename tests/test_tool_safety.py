@@ -481,7 +481,7 @@ def summary_reads_the_log_instead(run, tmp_path, bad, where):
 def test_one_bounded_number_type_for_every_tool(tmp_path):
     import argparse
 
-    from argparse_utils import bounded
+    from plumbing.argparse_utils import bounded
 
     seed = bounded(int, at_least=0, at_most=2 ** 63 - 1)
     assert seed("0") == 0 and seed(str(2 ** 63 - 1)) == 2 ** 63 - 1

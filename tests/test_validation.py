@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import main_mlp
-import run_support
 from cli_util import STEP_RE, TINY, assert_refused, env_for_cli, restore_signal_handlers, run_main, run_many
+from plumbing.checkpoint import read_checkpoint
+from plumbing.files import CHECKPOINT_NAME
 
 
 # (flags, text the one-line error must contain)
@@ -154,7 +155,7 @@ def checkpoint_dir(tmp_path_factory):
     with restore_signal_handlers(), open(os.devnull, "w") as null, \
             contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
         assert main_mlp.main(CKPT_RUN + ["--save-dir", str(save_dir)]) == 0
-    assert (save_dir / main_mlp.CHECKPOINT_NAME).exists()
+    assert (save_dir / CHECKPOINT_NAME).exists()
     return save_dir
 
 
@@ -199,10 +200,10 @@ def test_diverging_run_stops_at_the_step(lr, later, capsys, tmp_path):
     assert len(steps) <= 2 and all(STEP_RE.match(line) for line in steps)  # no NaN lines
     assert "nan" not in out
     assert (tmp_path / "run.log").read_text() == out
-    ckpt = tmp_path / "ckpt" / main_mlp.CHECKPOINT_NAME
+    ckpt = tmp_path / "ckpt" / CHECKPOINT_NAME
     if later:  # the last checkpoint is from before the divergence, and finite
         assert int(m.group(1)) > 1
-        state = run_support.read_checkpoint(str(ckpt))
+        state = read_checkpoint(str(ckpt), main_mlp.CHECKPOINT_LAYOUT)
         assert state["step"] < int(m.group(1))
         assert all(bool(torch.isfinite(t).all()) for t in state["encoder"].values())
 

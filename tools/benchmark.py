@@ -14,12 +14,12 @@ from statistics import mean, median
 import torch
 from torch.utils.benchmark import Timer
 
-import argparse_utils
 import encoders
 from tools import host_sync
 import invertible_network_utils
 import main_mlp
-import run_support
+from plumbing import argparse_utils
+from plumbing.survival import keep_freed_memory
 
 README_ARGS = ["--n", "10", "--space-type", "extended_sphere", "--c-p", "0", "--p", "0",
                "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25"]
@@ -263,7 +263,7 @@ def print_header(args, device, opts):
 
 def main(argv=None):
     opts, device = parse_options(argv)
-    run_support.keep_freed_memory()  # as a run does: without it a CPU step page-faults ~3,000 times
+    keep_freed_memory()  # as a run does: without it a CPU step page-faults ~3,000 times
     _, args = main_mlp.parse_args(README_ARGS + ["--device", device.type])
     startup = print_header(args, device, opts)
     syncs = []

@@ -4,7 +4,7 @@ warning, a line on stdout, the flags that pick a phase."""
 import argparse
 import sys
 
-from argparse_utils import EXIT_BAD_INPUT, ArgumentParser, write_stdout
+from plumbing.argparse_utils import EXIT_BAD_INPUT, ArgumentParser, write_stdout
 
 
 def parser(prog, doc, **kwargs):

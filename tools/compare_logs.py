@@ -26,7 +26,7 @@ import numpy as np
 import command_line
 import disentanglement_utils
 import settings
-from argparse_utils import EXIT_BAD_INPUT, bounded, positive_int, write_stdout
+from plumbing.argparse_utils import EXIT_BAD_INPUT, bounded, positive_int, write_stdout
 from tools import common, logparse, metrics_io
 
 PROG = "tools.compare_logs"

@@ -19,7 +19,7 @@ import sys
 import scipy.stats
 
 import disentanglement_utils
-from argparse_utils import positive_int, write_stdout
+from plumbing.argparse_utils import positive_int, write_stdout
 from tools import common, logparse, sweep, sweep_summary
 
 PROG = "tools.learning_check"

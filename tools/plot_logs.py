@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
 import disentanglement_utils  # noqa: E402
-from argparse_utils import bounded, same_file, write_stdout  # noqa: E402
+from plumbing.argparse_utils import bounded, same_file, write_stdout  # noqa: E402
 from tools import common, logparse, metrics_io  # noqa: E402
 
 PROG = "tools.plot_logs"

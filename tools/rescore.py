@@ -21,9 +21,11 @@ import command_line
 import disentanglement_utils
 import encoders
 import main_mlp
+from plumbing.argparse_utils import ArgumentParser, bounded
+from plumbing.checkpoint import read_checkpoint
+from plumbing.errors import InputError
+from plumbing.files import CHECKPOINT_NAME
 from tools import metrics_io
-import run_support
-from argparse_utils import ArgumentParser, bounded
 
 PROG = "tools.rescore"
 ENCODER_FILES = {"unsupervised": "unsup_f.pth", "supervised": "sup_f.pth"}
@@ -46,13 +48,13 @@ def parse_args(argv=None):
 def run_config(save_dir, metrics_file):
     """The run's flags as main_mlp.py parsed them: the parser's defaults (flags added since the run),
     then the checkpoint's configuration, or the metrics file's config record."""
-    checkpoint = os.path.join(save_dir, run_support.CHECKPOINT_NAME)
+    checkpoint = os.path.join(save_dir, CHECKPOINT_NAME)
     if metrics_file is not None:
         config = metrics_io.read(metrics_file).args
     elif os.path.exists(checkpoint):
-        config = run_support.read_checkpoint(checkpoint, "SAVE_DIR")["config"]
+        config = read_checkpoint(checkpoint, main_mlp.CHECKPOINT_LAYOUT, "SAVE_DIR")["config"]
     else:
-        raise run_support.InputError(f"argument SAVE_DIR: no {checkpoint} to read the run's configuration "
+        raise InputError(f"argument SAVE_DIR: no {checkpoint} to read the run's configuration "
                                      f"from; give the run's --metrics-file as --config")
     return command_line.config(**{k: v for k, v in config.items() if k in command_line.DEFAULTS})
 
@@ -62,11 +64,11 @@ def load_state(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise run_support.InputError(f"argument SAVE_DIR: no {path} (has the run finished?)") from None
+        raise InputError(f"argument SAVE_DIR: no {path} (has the run finished?)") from None
     except Exception as exc:
-        raise run_support.InputError(f"argument SAVE_DIR: cannot read {path} ({type(exc).__name__})") from None
+        raise InputError(f"argument SAVE_DIR: cannot read {path} ({type(exc).__name__})") from None
     if not isinstance(state, dict):
-        raise run_support.InputError(f"argument SAVE_DIR: {path} is not a state dict of main_mlp.py")
+        raise InputError(f"argument SAVE_DIR: {path} is not a state dict of main_mlp.py")
     return state
 
 
@@ -81,14 +83,14 @@ def rescore(opts):
         try:
             module.load_state_dict(load_state(os.path.join(opts.save_dir, name)))
         except RuntimeError as exc:  # keys or shapes of another model
-            raise run_support.InputError(f"argument SAVE_DIR: {name} is not this run's model "
+            raise InputError(f"argument SAVE_DIR: {name} is not this run's model "
                                          f"({str(exc).splitlines()[0]})") from None
     h = torch.nn.Sequential(exp.g, f).eval()
     batches = []
     for _ in range(opts.batches):
         scores = main_mlp.evaluate(exp.latent, h, opts.samples, data_gen, device, exp.groups)
         if scores is None:
-            raise run_support.InputError("argument SAVE_DIR: the encoder's output is not finite")
+            raise InputError("argument SAVE_DIR: the encoder's output is not finite")
         batches.append(scores)
     spread = main_mlp.spread_fields(disentanglement_utils.METRICS)
     return {"type": "rescore", "save_dir": os.path.abspath(opts.save_dir), "phase": opts.phase, "seed": opts.seed,
@@ -99,7 +101,7 @@ def main(argv=None):
     parser, opts = parse_args(argv)
     try:
         record = rescore(opts)
-    except (run_support.InputError, metrics_io.logparse.LogParseError) as exc:
+    except (InputError, metrics_io.logparse.LogParseError) as exc:
         parser.error(str(exc))
     line = json.dumps(record) + "\n"
     try:

@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import command_line
 from tools import logparse
 import settings
-from argparse_utils import bounded, positive_int, reopen_closed_streams
-from file_lock import try_lock
+from plumbing.argparse_utils import bounded, positive_int, reopen_closed_streams
+from plumbing.files import CHECKPOINT_NAME, LOCK_NAME
+from plumbing.locks import try_lock
 from tools import common
 from tools.common import say
 from tools.sweep_summary import GLOB_CHARACTERS, error, summarize
@@ -268,7 +269,7 @@ def begins_as(path, start, max_lines=None):
 def plan_run(args, run):
     """A run whose log is there: ``run`` to start it, None to skip it (finished, --skip-done), or Refused."""
     elsewhere = "give another --name or --out-dir"
-    resumable = os.path.exists(os.path.join(run.save_dir, settings.CHECKPOINT_NAME))
+    resumable = os.path.exists(os.path.join(run.save_dir, CHECKPOINT_NAME))
     if resumable and not args.skip_done:
         return run  # main_mlp.py continues it, or refuses a checkpoint of other arguments, touching nothing
     try:
@@ -300,7 +301,7 @@ def plan_run(args, run):
 def not_regular(run):
     """Refused when a file the sweep or the run would open is there and not a regular file (a FIFO would block)."""
     for path in (*run.files.values(), *(os.path.join(run.save_dir, name) for name in
-                                        (settings.LOCK_NAME, settings.CHECKPOINT_NAME))):
+                                        (LOCK_NAME, CHECKPOINT_NAME))):
         try:
             logparse.open_regular(path).close()
         except logparse.NotRegularFile as exc:
@@ -322,7 +323,7 @@ def plan_runs(args, runs):
 def lock_holder(save_dir):
     """The pid (as its lock file says) of the run that holds ``save_dir``'s lock, or None."""
     try:  # not a regular file (a FIFO): nobody's lock, and not opened in a way that waits
-        handle = logparse.open_regular(os.path.join(save_dir, settings.LOCK_NAME))
+        handle = logparse.open_regular(os.path.join(save_dir, LOCK_NAME))
     except OSError:
         return None
     with handle:  # closing it lets go of a lock taken here

@@ -12,7 +12,7 @@ import numpy as np
 
 import disentanglement_utils
 import settings
-from argparse_utils import same_file
+from plumbing.argparse_utils import same_file
 from tools import common, logparse, metrics_io
 from tools.common import say
 

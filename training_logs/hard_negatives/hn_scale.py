@@ -21,8 +21,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import encoders  # noqa: E402
 import main_mlp  # noqa: E402
+from plumbing.checkpoint import read_checkpoint  # noqa: E402
+from plumbing.files import CHECKPOINT_NAME  # noqa: E402
 from tools import rescore  # noqa: E402
-import run_support  # noqa: E402
 
 HARDEST = 0.05
 
@@ -55,7 +56,7 @@ def spread(loss_fn, h, latent, batch_size, beta, generator):
 def states(save_dir):
     """The run's (start, end) as (loss_fn, h, latent) triples and its β."""
     args = rescore.run_config(save_dir, None)
-    checkpoint = run_support.read_checkpoint(os.path.join(save_dir, run_support.CHECKPOINT_NAME), "SAVE_DIR")
+    checkpoint = read_checkpoint(os.path.join(save_dir, CHECKPOINT_NAME), main_mlp.CHECKPOINT_LAYOUT, "SAVE_DIR")
     args = dataclasses.replace(args, seed=checkpoint["seed"])
     derived = args.derived
     device = torch.device("cpu")

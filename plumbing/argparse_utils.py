@@ -1,6 +1,5 @@
-"""What our scripts' command lines share: the parser (errors are one line, exit status 2), argument
-types, and output that neither an ASCII-only terminal, a closed pipe nor a closed stream (``>&-``)
-turns into a traceback."""
+"""What our scripts' command lines share: the parser (one-line errors, exit status 2), argument types, and
+output that neither an ASCII-only terminal, a closed pipe nor a closed stream (``>&-``) turns into a traceback."""
 
 import argparse
 import contextlib
@@ -9,22 +8,20 @@ import math
 import os
 import sys
 
-EXIT_BAD_INPUT = 2
+from plumbing.errors import EXIT_BAD_INPUT
 
 
 def bounded(kind, at_least=None, above=None, at_most=None):
-    """An argparse type: a number of ``kind`` (int, or float: then finite) within the bounds given; the
-    error names them (``bounded(int, at_least=1)``: ``must be an integer >= 1, got 0``)."""
-    what = "an integer" if kind is int else "a finite number"
-    bounds = [f"{sign} {limit}" for sign, limit in ((">=", at_least), (">", above), ("<=", at_most))
-              if limit is not None]
-    wanted = what + (" " + " and ".join(bounds) if bounds else "")
+    """An argparse type: a number of ``kind`` (int, or float: then finite) within the bounds given, which its error
+    names (``bounded(int, at_least=1)``: ``must be an integer >= 1, got 0``)."""
+    bounds = " and ".join(f"{sign} {limit}" for sign, limit in ((">=", at_least), (">", above), ("<=", at_most))
+                          if limit is not None)
+    wanted = f"{'an integer' if kind is int else 'a finite number'} {bounds}".strip()
 
     def parse(text):
         value = kind(text)  # a ValueError: argparse says "invalid <name> value"
-        if not ((kind is int or math.isfinite(value))
-                and (at_least is None or value >= at_least) and (above is None or value > above)
-                and (at_most is None or value <= at_most)):
+        if not ((kind is int or math.isfinite(value)) and (at_least is None or value >= at_least)
+                and (above is None or value > above) and (at_most is None or value <= at_most)):
             raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
         return value
 
@@ -45,8 +42,8 @@ def tolerant_output():
 
 
 def write_stdout(text):
-    """Write ``text`` to stdout and flush it; False when the reader went away (``| head``, ``| true``): not
-    an error of the program, stdout then goes to /dev/null and the program goes on to its exit status."""
+    """Write and flush ``text``; False when the reader went away (``| head``): not the program's error, so stdout
+    then goes to /dev/null and the program goes on to its exit status."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -59,9 +56,8 @@ def write_stdout(text):
 
 
 def reopen_closed_streams():
-    """Put /dev/null where the shell closed a standard stream (``>&-``, ``2>&-``, ``<&-``); call it first:
-    else ``sys.stderr`` is None (a refusal ends in an AttributeError) and the next file opened takes the
-    free descriptor (a log that receives whatever is written to "stderr")."""
+    """Put /dev/null where the shell closed a standard stream (``>&-``); call it first: else ``sys.stderr`` is None
+    and the next file opened takes the free descriptor (a log that receives what is written to "stderr")."""
     for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         with contextlib.suppress(OSError):
             os.fstat(fd)
@@ -76,17 +72,15 @@ def reopen_closed_streams():
 
 def same_file(path, other):
     """Whether two paths name one file (the same path spelled differently, a link, a hard link)."""
-    if os.path.realpath(path) == os.path.realpath(other):
-        return True
     try:
-        return os.path.samefile(path, other)
+        return os.path.realpath(path) == os.path.realpath(other) or os.path.samefile(path, other)
     except OSError:  # one of them does not exist (yet): not the same file
         return False
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error on stderr (``prog: error: ...``, no usage block) and exit 2. Making
-    one makes stdout and stderr tolerant (every script builds its parser first; our output has λ and ±)."""
+    """argparse with a one-line error (``prog: error: ...``, no usage block) and exit 2; it makes stdout and
+    stderr tolerant (every script builds its parser first; our output has λ and ±)."""
 
     def __init__(self, *args, **kwargs):
         tolerant_output()

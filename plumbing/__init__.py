@@ -1,0 +1,1 @@
+"""The plumbing of a run, apart from the experiment: its files, locks, signals, checkpoints and exit statuses."""
