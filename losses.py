@@ -135,16 +135,14 @@ class AnInfoNCELoss(nn.Module):
             return self._lam().expand(self.n)
         return torch.full((self.n,), float(self.fixed_lambda))
 
-    def augmented(self, u):
-        """(R, n+2) rows [uΛ̂, -½uᵀΛ̂u, -½] and [u, 1, uᵀΛ̂u] of (R, n) ``u``: the product of one's left rows and
-        another's right rows is s = uᵀΛ̂v - ½uᵀΛ̂u - ½vᵀΛ̂v, one matmul (no (R, C) temporaries)."""
-        lam = self._lam()  # (n,), (1,) or a number
-        ones, q = torch.ones_like(u[:, :1]), (u * u * lam).sum(1, keepdim=True)  # (R, 1)  uᵀΛ̂u
-        return torch.cat([u * lam, -0.5 * q, -0.5 * ones], dim=1), torch.cat([u, ones, q], dim=1)
-
     def similarity(self, u, v):
-        """s(u_r, v_c) for every pair of rows: (R, n), (C, n) -> (R, C)."""
-        return self.augmented(u)[0] @ self.augmented(v)[1].T
+        """s(u_r, v_c) for every pair of rows: (R, n), (C, n) -> (R, C), as one matmul of augmented rows,
+        [uΛ̂, -½uᵀΛ̂u, -½] · [v, 1, vᵀΛ̂v] = uᵀΛ̂v - ½uᵀΛ̂u - ½vᵀΛ̂v (no (R, C) temporaries)."""
+        lam = self._lam()
+        ones_u, ones_v = torch.ones_like(u[:, :1]), torch.ones_like(v[:, :1])
+        left = torch.cat([u * lam, -0.5 * (u * u * lam).sum(1, keepdim=True), -0.5 * ones_u], dim=1)  # (R, n+2)
+        right = torch.cat([v, ones_v, (v * v * lam).sum(1, keepdim=True)], dim=1)  # (C, n+2)
+        return left @ right.T
 
     def logits(self, a, b):
         """The (2B, 2B) logits of the unit-norm views, rows and columns a_1..a_B, b_1..b_B: row r's positive
@@ -163,8 +161,16 @@ class AnInfoNCELoss(nn.Module):
         b = b / b.norm(dim=1, keepdim=True)
         if self.hn_beta:
             return hard_negative_cross_entropy(self.logits(a, b), self.hn_beta)
-        (left_a, right_a), (left_b, right_b) = self.augmented(a), self.augmented(b)  # (B, n+2) each
-        positive = -0.5 * ((a - b) ** 2 * self._lam()).sum(1)  # (B,)  s(a_i, b_i)
+        lam = self._lam()  # (n,), (1,) or a number
+        ones = torch.ones_like(a[:, :1])
+        qa = (a * a * lam).sum(1, keepdim=True)  # (B, 1)  aᵀΛa
+        qb = (b * b * lam).sum(1, keepdim=True)
+        # s(u, v) = uᵀΛv - ½uᵀΛu - ½vᵀΛv as one matmul of augmented rows: [uΛ, -½uᵀΛu, -½] · [v, 1, vᵀΛv].
+        left_a = torch.cat([a * lam, -0.5 * qa, -0.5 * ones], dim=1)  # (B, n+2)
+        left_b = torch.cat([b * lam, -0.5 * qb, -0.5 * ones], dim=1)
+        right_a = torch.cat([a, ones, qa], dim=1)
+        right_b = torch.cat([b, ones, qb], dim=1)
+        positive = -0.5 * ((a - b) ** 2 * lam).sum(1)  # (B,)  s(a_i, b_i)
         # log Σ_k exp s(·, ·) over each anchor's candidates, block by block.
         ab = _ShiftedExpRowSums.apply(left_a, right_b, False)  # s(a_i, b_k), positive included
         aa = _ShiftedExpRowSums.apply(left_a, right_a, True)  # s(a_i, a_k), k ≠ i
