@@ -336,12 +336,10 @@ def read_lines(path, reader):
             while raw := handle.readline(MAX_LINE_BYTES + 1):
                 line_no += 1
                 total += len(raw)
-                if len(raw) > MAX_LINE_BYTES:
-                    raise LogParseError(path, line_no, f"a line longer than {MAX_LINE_BYTES >> 20} MiB: "
-                                                       f"not a log or metrics file")
-                if total > MAX_LOG_BYTES:
-                    raise LogParseError(path, line_no, f"larger than {MAX_LOG_BYTES >> 30} GiB: not a log or "
-                                                       f"metrics file")
+                too_big = (f"a line longer than {MAX_LINE_BYTES >> 20} MiB" if len(raw) > MAX_LINE_BYTES
+                           else f"larger than {MAX_LOG_BYTES >> 30} GiB" if total > MAX_LOG_BYTES else None)
+                if too_big:
+                    raise LogParseError(path, line_no, f"{too_big}: not a log or metrics file")
                 if not raw.endswith(b"\n"):  # cut mid-line, maybe mid-character: dropped
                     return True
                 try:

@@ -40,13 +40,10 @@ def is_number_list(value):
     return isinstance(value, list) and bool(value) and all(is_number(v) for v in value)
 
 
-def is_kind(value, kind):
-    """Whether ``value`` is of ``kind``, a value of ARG_KINDS."""
-    if kind == "an integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "a finite number":
-        return is_number(value) and math.isfinite(value)
-    return isinstance(value, str if kind == "text" else bool)
+# Whether a value is of a kind of ARG_KINDS (a bool is no integer).
+KIND_TESTS = {"an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "a finite number": lambda v: is_number(v) and math.isfinite(v),
+              "text": lambda v: isinstance(v, str), "true or false": lambda v: isinstance(v, bool)}
 
 
 def score_fields(record_type):
@@ -144,7 +141,7 @@ class _Reader:
             if not isinstance(args, dict) or any(key not in args for key in GROUP_ARGS):
                 self.error(line_no, f"its config record lacks main_mlp.py's arguments ({', '.join(GROUP_ARGS)})")
             for key, kind in ARG_KINDS.items():
-                if key in args and not is_kind(args[key], kind):
+                if key in args and not KIND_TESTS[kind](args[key]):
                     self.error(line_no, f"its config's {key} is not {kind}: {logparse.quote(json.dumps(args[key]))}")
             self.records.args, self.config_line = args, line_no  # a resumed run writes it again: the last holds
             return
@@ -155,7 +152,7 @@ class _Reader:
             self.records.final = record
             return
         step, phase = record.get("step"), record.get("phase")
-        if not (isinstance(step, int) and not isinstance(step, bool) and isinstance(phase, str)):
+        if not (KIND_TESTS["an integer"](step) and isinstance(phase, str)):
             self.error(line_no, "a step record without an integer step and a phase")
         if (phase, step) in self.seen:
             self.error(line_no, f"step {step} of the {phase} phase again (first at line {self.seen[phase, step]})")

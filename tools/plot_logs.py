@@ -83,6 +83,9 @@ def _curve(ax, steps, key, **style):
 
 
 def _finish(fig, axes, titles, title):
+    """Label the panels of ``titles``, ``[(y label, title)]``; hide the grid's others."""
+    for ax in axes[len(titles):]:
+        ax.set_visible(False)
     for ax, (ylabel, panel_title) in zip(axes, titles):
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
@@ -141,8 +144,6 @@ def plot(runs, labels, phase_name, size, dpi, title):
     titles.append((r"learned $\hat\Lambda$ entries", r"$\hat\Lambda$ trajectories; dashed: ground-truth $\lambda$"))
     if others:
         titles.append(("score", "other scores vs step"))
-    for ax in axes[count:]:
-        ax.set_visible(False)
     for ax in axes[:len(titles)]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
@@ -167,8 +168,6 @@ def plot_per_dimension(runs, labels, phase_name, size, dpi, title):
             r2 = [drawable(metrics_io.per_group(r[disentanglement_utils.R2_PER_LATENT], groups)[g]) for r in steps]
             ax.plot([r["step"] for r in steps], r2, color=colour, linestyle=style, label=label)
         ax.set_ylim(-0.05, 1.05)
-    for ax in axes[len(groups):]:
-        ax.set_visible(False)
     axes[0].legend(fontsize="small")
     return _finish(fig, axes, [("R² of the group's latents", name) for name, _ in groups], title)
 

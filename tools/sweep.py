@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import command_line
 from tools import logparse
-import settings
 from plumbing.argparse_utils import bounded, positive_int, reopen_closed_streams
 from plumbing.files import CHECKPOINT_NAME, LOCK_NAME
 from plumbing.locks import try_lock
@@ -286,15 +285,13 @@ def plan_run(args, run):
                       f"{diff}; {elsewhere} (nothing was run)")
     if done and args.skip_done:
         return None
-    if done and not resumable:
-        raise Refused(f"{run.label}: {run.files['log']} has finished and {run.save_dir} holds no checkpoint to "
-                      f"continue: it would be run again and its log overwritten; add --skip-done to keep it, "
-                      f"or {elsewhere} (nothing was run)")
     steps = [record["step"] for phase in log.phases for record in phase.steps]
-    if not resumable and steps not in ([], [1]):  # more than a start killed before its first checkpoint leaves
-        raise Refused(f"{run.label}: {run.files['log']} holds {len(steps)} logged steps and {run.save_dir} no "
-                      f"checkpoint to continue them: it would be run again and its log overwritten; {elsewhere} "
-                      f"(nothing was run)")
+    if not resumable and (done or steps not in ([], [1])):  # more than a start killed before its first checkpoint
+        what = (f"has finished and {run.save_dir} holds no checkpoint to continue" if done else
+                f"holds {len(steps)} logged steps and {run.save_dir} no checkpoint to continue them")
+        keep = "add --skip-done to keep it, or " if done else ""
+        raise Refused(f"{run.label}: {run.files['log']} {what}: it would be run again and its log overwritten; "
+                      f"{keep}{elsewhere} (nothing was run)")
     return run
 
 
