@@ -236,6 +236,19 @@ def test_the_command_line_imports_no_torch():
     assert result.returncode == 0 and result.stdout.split() == ["False", "False"], result.stderr
 
 
+def test_a_summary_names_its_runs_losses_without_torch():
+    """The summaries label each run's loss from the declarations (settings), not from the losses module."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tools import sweep_summary; print(sweep_summary.loss_label({'space_type': "
+            "'extended_sphere', 'p': '0', 'c_p': '0', 'loss': 'infonce'}), sweep_summary.loss_label({'p': '2'}), "
+            "'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(main_mlp.__file__)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.split() == ["infonce", "Lp", "(p=2)", "False"], result.stderr
+
+
 def test_every_entry_of_the_tables_builds():
     """Each name the command line offers is an entry whose builder exists and builds what its table says."""
     import command_line
