@@ -24,7 +24,8 @@ def _one_torch_thread():
 # out first and the many short ones fill the gaps, so neither worker is left with a long module at the
 # end. A module missing from this list only runs later; nothing else depends on the order.
 SLOWEST_FIRST = ("test_cluster", "test_tool_safety", "test_data_safety", "test_benchmark", "test_signals",
-                 "test_cli", "test_tools", "test_compile", "test_golden", "test_resume_safety", "test_validation")
+                 "test_cli", "test_contributing", "test_tools", "test_compile", "test_golden", "test_resume_safety",
+                 "test_validation")
 
 
 def pytest_collection_modifyitems(items):
