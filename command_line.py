@@ -249,7 +249,7 @@ def validate_args(parser, args):
             f"({', '.join(c.words for c in named)}), not {args.space_type}")
     if not derived.loss_from_flag and args.loss != settings.DEFAULT_LOSS:
         err(f"argument --loss: {args.loss} applies to {settings.LOSSES[args.loss].where} only")
-    refuse_unread(err, args)
+    refuse_unread(err, args, derived.loss)
     if derived.loss == "infonce-fixed" and 1 / args.tau > MAX_FIXED_LAMBDA:
         err(f"argument --tau: infonce-fixed needs --tau >= {1 / MAX_FIXED_LAMBDA:g} (Λ̂ = 1/τ at most "
             f"{MAX_FIXED_LAMBDA:g}), got {args.tau}")
@@ -259,9 +259,8 @@ def validate_args(parser, args):
         err("argument --resume-training: needs --save-dir with a checkpoint")
 
 
-def refuse_unread(err, args):
-    """Refuse a flag that a loss reads (settings.Loss.reads) set where the run's loss does not read it."""
-    loss = args.derived.loss
+def refuse_unread(err, args, loss):
+    """Refuse a flag that a loss reads (settings.Loss.reads) set where the run's ``loss`` does not read it."""
     reads = () if args.only_supervised else settings.LOSSES[loss].reads
     for dest in dict.fromkeys(d for entry in settings.LOSSES.values() for d in entry.reads):
         if dest in reads or getattr(args, dest) == DEFAULTS[dest]:

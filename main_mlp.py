@@ -68,7 +68,8 @@ def build_experiment(args, device, init_gen, data_gen):
     """Build the latent space, g and the loss in the order the seed fixes: θ of Λ̂ and g from ``init_gen``
     (CPU), the sampler's acceptance estimate from ``data_gen``. Raises InputError when the rejection
     sampler would accept too few proposals to finish a batch."""
-    derived, loss = args.derived, settings.LOSSES[args.derived.loss]
+    derived = args.derived
+    loss = settings.LOSSES[derived.loss]
     space = latent_spaces.build_space(args)
     loss_fn = settings.load(loss.build)(args, init_gen)
     theta_init = loss_fn.theta.detach().clone() if loss.learns_lambda else None
@@ -102,9 +103,10 @@ def peak_memory(args):
     params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
     width = sum(dims)
     mixing = 3 * invertible_network_utils.N_COND_SAMPLES * n * n * 4
-    conditional = settings.CONDITIONALS[args.derived.conditional]
+    derived = args.derived
+    conditional = settings.CONDITIONALS[derived.conditional]
     acceptance = 3 * ACCEPTANCE_PROPOSALS * n * 4 if conditional.acceptance else 0
-    blocks = losses.HARD_NEGATIVE_BLOCKS if args.hn_beta else settings.LOSSES[args.derived.loss].blocks
+    blocks = losses.HARD_NEGATIVE_BLOCKS if args.hn_beta else settings.LOSSES[derived.loss].blocks
     proposals = 3 * settings.load(conditional.proposal_elements)(args) * 4 if conditional.proposal_elements else 0
     # the encoder with its gradients and Adam's two moments, the 2B rows of activations kept for the
     # backward pass, the loss's (B, B) blocks, the conditional's proposals
