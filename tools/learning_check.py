@@ -3,14 +3,7 @@
     python -m tools.learning_check --seeds 1 2 3 4 5 6 7 8 9 10 --jobs 2 --out-dir runs/learning_check
     python -m tools.learning_check --summarize-only --out-dir training_logs/learning_check_b256
 
-Runs the bimodal README setting at ``--batch-size 256 --n-steps 1334`` (4,002 contrastive steps, logged
-every 250) over the seeds through tools.sweep, then prints, at steps 1,001 to 4,001, the mean ± sd over
-the seeds of ``<Loss>``, Lin. and Perm. beside the same figures of the authors' code (AUTHORS below:
-their main_mlp.py on this project's 2-core CPU, its loss's device pin lifted, unseeded, one thread
-per process, the same arguments), with Welch's t-test p-value for each pair.
-
-Exit status: 0 when our mean Lin. is within one of the authors' run-to-run standard deviations of
-theirs at every step 2,001-4,001, 1 when not, 2 on bad arguments or unreadable logs.
+What it runs and prints, and its exit statuses (0 within the authors' spread, 1 not, 2 bad input): docs/tools.md.
 """
 
 import statistics

@@ -326,10 +326,8 @@ def parse_text(text, path="<log>"):
 
 def read_lines(path, reader):
     """Feed ``reader.feed(line_no, line)`` each complete line of the text file at ``path`` (a log or a
-    metrics file); returns whether its last line was cut. LogParseError when the file is missing or
-    unreadable, is not a regular file (a FIFO, device or directory: refused without waiting), is not UTF-8
-    text, is larger than MAX_LOG_BYTES, has a line longer than MAX_LINE_BYTES, or has a line its reader
-    refuses."""
+    metrics file); returns whether its last line was cut. LogParseError when the file, or a line of it, is
+    refused (by ``reader`` or by the rules of docs/tools.md, 'Reading a run')."""
     line_no = total = 0
     try:
         with open_regular(path) as handle:

@@ -1,9 +1,6 @@
 """A run's records, as the tools read them: its ``--metrics-file`` (JSON lines: a ``config`` record, a
 ``step`` record per logged step, a ``final`` record), checked, or the text log of a run that has none
-(a published one). The tools take every field they find, so a metric added to the records reaches the
-summaries unchanged. What the reader refuses: docs/tools.md; n, the number of latents, is what the
-records hold (the length of their per-latent scores), never what the config alone claims.
-"""
+(a published one). The tools take every field they find; what the reader refuses: docs/tools.md."""
 
 import dataclasses
 import itertools

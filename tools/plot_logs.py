@@ -3,18 +3,9 @@
     python -m tools.plot_logs training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log -o bimodal.png
     python -m tools.plot_logs --per-dimension an.jsonl info.jsonl -o collapse.png
 
-The inputs are metrics files (``--metrics-file``, ``.jsonl``) or text logs in the reference format (a
-published log), each run in its own colour: a panel for each score that disentanglement_utils.METRICS
-gives one (Lin., Perm.), <Loss> and the learned Λ̂ entries (the ground-truth λ dashed) against step, and
-in a last panel every other score a metrics file records at each step (e.g. the block scores of a run
-with groups of equal λ), one line style per score. With ``--per-dimension``, from metrics files: the R²
-of the latents against step, one panel per group of equal ground-truth λ (bimodal: the high-λ "content"
-latents and the low-λ "style" ones; linearly spaced: one per latent). The image is exactly ``--size``
-inches at ``--dpi``.
-
-Exit status: 0 written, 2 an input cannot be read (one line naming the file and the line; with
-``--per-dimension`` also a file that is not main_mlp.py's, or of other latents than the first), the
-image cannot be written, or ``-o`` names an input (never written over).
+The inputs are metrics files (``--metrics-file``, ``.jsonl``) or text logs in the reference format (a published
+log), each run in its own colour. The panels, the image's size and the exit statuses (0 written, 2 bad input or
+an image that cannot be written): docs/tools.md.
 """
 
 import math

@@ -2,13 +2,7 @@
 
     python -m tools.rescore SAVE_DIR --seed 0 -o rescored.jsonl
 
-Reads the run's mixing (``g.pth``) and trained encoder (``unsup_f.pth``, or ``sup_f.pth`` with ``--phase
-supervised``) from its ``--save-dir``, and its configuration from the checkpoint there (or, where that was
-removed, from the config record of its ``--metrics-file``, given as ``--config``). Draws ``--batches``
-batches of ``--samples`` fresh latents from the run's marginal with ``--seed``, and writes one JSON record
-(``"type": "rescore"``: each metric's mean over the batches, the std of the spread ones, as the final
-record) to ``-o`` (appended) and to stdout. A metric added after a run finished so applies to it without
-training it again. Exit status: 0 written, 2 a file missing, unreadable or not a run's.
+What it reads and writes, and its exit statuses: docs/tools.md.
 """
 
 import json
