@@ -5,16 +5,14 @@ that make two readers agree: docs/log-format.md). Step records are dicts with th
 
 import dataclasses
 import errno
-import io
 import os
 import re
 import stat
 
 # A number as Python or torch prints it: 7.6004, 25., 1.0000e+01, nan, -inf.
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
-# The line types, tried in this order: (kind, what its line starts with, its whole shape or None,
-# its name in errors). A line that starts like a type must have the type's whole shape. In a shape,
-# %(...)s are the separators and number formats: loose to read any log (the reference's too),
+# The line types (docs/log-format.md), tried in this order: (kind, its line's start, its whole shape or None,
+# its name in errors). In a shape, %(...)s are the separators and number formats: loose for any log,
 # strict for exactly what main_mlp.py prints (what the tests hold our logs to).
 LINE_TYPES = (
     ("arguments", r"Arguments:$", None, None),
@@ -151,7 +149,6 @@ class _Parser:
     """A line-by-line reader; one instance per file."""
     def __init__(self, path):
         self.log = ParsedLog(path=path)
-        self.path = path
         self.in_arguments = False
         self.current = None  # the Phase being read
         self.steps = None  # {step: record} of the current phase
@@ -162,7 +159,7 @@ class _Parser:
         self.radius_next = False  # the line after ``r: Parameter containing:``
 
     def error(self, line_no, message):
-        raise LogParseError(self.path, line_no, message)
+        raise LogParseError(self.log.path, line_no, message)
 
     def expect(self, pattern, line_no, text, what):
         """``pattern``'s match of ``text``, a line that starts like a ``what`` line: it must parse."""
@@ -317,11 +314,10 @@ MAX_LINE_BYTES = 1 << 20
 def parse_text(text, path="<log>"):
     """Parse the text of a log; ``path`` only names it in errors. Returns a :class:`ParsedLog`."""
     parser = _Parser(path)
-    for line_no, line in enumerate(io.StringIO(text, newline="\n"), start=1):  # lines end at "\n", as in a file
-        if not line.endswith("\n"):  # its writer was stopped mid-line: dropped
-            return parser.done(True)
-        parser.feed(line_no, line)
-    return parser.done(False)
+    *lines, cut = text.split("\n")  # cut: what follows the last "\n", a line its writer was stopped in, dropped
+    for line_no, line in enumerate(lines, start=1):
+        parser.feed(line_no, line + "\n")
+    return parser.done(cut != "")
 
 
 def read_lines(path, reader):
