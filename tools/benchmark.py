@@ -89,8 +89,7 @@ def build(args, device, seed=0):
     """The objects of a run, as main_mlp builds them. Returns (experiment, data generator, start-up seconds)."""
     t = time.perf_counter()
     data_gen = torch.Generator(device=device).manual_seed(seed)
-    exp = main_mlp.build_experiment(args, device,
-                                    torch.Generator().manual_seed(seed), data_gen)
+    exp = main_mlp.build_experiment(args, device, torch.Generator().manual_seed(seed), data_gen)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return exp, data_gen, time.perf_counter() - t

@@ -357,11 +357,10 @@ def parse_log(path):
 def require_steps(log, phase_name):
     """The phase ``phase_name`` of ``log``; a LogParseError when it has no such phase or no Step line."""
     phase = log.phase(phase_name)
-    if phase is None and log.n_lines > 0 and len(log.skipped) == log.n_lines:
-        # Not one line of the format: say where reading found none, line 1.
-        raise LogParseError(log.path, 1, f"not a log in the reference format (none of its {log.n_lines} "
-                                         f"lines is a line type of it)")
     if phase is None:
+        if log.n_lines > 0 and len(log.skipped) == log.n_lines:  # not one line of the format: say so at line 1
+            raise LogParseError(log.path, 1, f"not a log in the reference format (none of its {log.n_lines} "
+                                             f"lines is a line type of it)")
         raise LogParseError(log.path, None, f"no {phase_name} phase "
                             f"('supervised test: {phase_name == 'supervised'}' line) in the log")
     if not phase.steps:
