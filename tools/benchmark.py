@@ -25,8 +25,6 @@ README_ARGS = ["--n", "10", "--space-type", "extended_sphere", "--c-p", "0", "--
                "--only-unsupervised", "--gt-lambda-1", "5", "--gt-lambda-2", "25"]
 FULL_STEPS = 300_003
 LOG_EVERY = 250
-# The float32 GEMM behind the floor: the encoder's widest layer, (2B × 500) @ (500 × 500) for n = 10.
-WIDEST_FACTOR = max(encoders.HIDDEN_FACTORS)
 PRECISIONS = ("float32", "tf32", "bf16")
 # A turn's block (Timer's rule): the fewest calls, a power of ten, that last over this many seconds or
 # 10,000 times the timer's own cost (on a GPU, its synchronisations); blocks repeat to this many seconds.
@@ -57,8 +55,9 @@ def tf32_matmuls(enabled):
 
 
 def gemm_shape(n, batch_size):
-    """(M, K, N) of the encoder's widest product at this batch: both views' 2B rows through the widest layer."""
-    width = WIDEST_FACTOR * n
+    """(M, K, N) of the encoder's widest product at this batch, the float32 GEMM behind the floor: both views'
+    2B rows through the widest layer, (2B × 500) @ (500 × 500) for n = 10."""
+    width = max(encoders.layer_widths(n))
     return 2 * batch_size, width, width
 
 
@@ -251,7 +250,7 @@ def print_header(args, device, opts):
           f"{', the GPU synchronised around each block' if device.type == 'cuda' else ''}, {opts.warmup} warm-up calls")
     # Timed by hand: each repetition builds with another seed, where a Timer repeats one statement.
     startup = median(build(args, device, seed)[2] for seed in range(opts.startup_repeats))
-    width = WIDEST_FACTOR * args.n
+    width = gemm_shape(args.n, 1)[1]
     print(f"floor: the encoder's matmul FLOPs at the float32 rate of its widest product, (2B×{width}) @ "
           f"({width}×{width}), timed in turns with the step; step/floor: median over {opts.repeats} turns "
           "of the turn's ratio")
