@@ -14,7 +14,7 @@ import disentanglement_utils
 import settings
 from plumbing.argparse_utils import same_file
 from tools import common, logparse, metrics_io
-from tools.common import say
+from tools.common import number, say
 
 PROG = "tools.sweep"
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
@@ -210,10 +210,6 @@ def pm(mean, std, digits):
     if math.isnan(mean):
         return "-"
     return f"{mean:.{digits}f} ± " + ("-" if math.isnan(std) else f"{std:.{digits}f}")
-
-
-def number(value, digits):
-    return f"{value:.{digits}f}" if value is not None else "-"
 
 
 def header_lines(configs, runs, note):
