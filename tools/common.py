@@ -34,8 +34,7 @@ def say(line):
 
 
 def number(value, digits=4, signed=False):
-    """A number for the tables: fixed decimals (``signed``: a finite one with its sign), nan and inf as they are,
-    None as ``-``."""
+    """A number for the tables: fixed decimals (``signed``: with its sign), nan and inf as they are, None as -."""
     if value is None:
         return "-"
     return f"{value:{'+' if signed and math.isfinite(value) else ''}.{digits}f}"
