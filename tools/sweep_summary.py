@@ -122,8 +122,7 @@ def summarize_run(name, seed, path, group_steps=()):
 def group_scores(records, steps=()):
     """The list fields of a run's records per λ group (R2_PER_LATENT: the R² of each group's latents), and Perm.:
     ``{"labels": [group labels], "at": {where: {field: [value per group]}}}``; where is "end" (the last logged
-    step: 4,096 samples, not the final evaluation's smaller batches), each of ``steps`` the run logged, and
-    "final"; None without per-dimension scores."""
+    step), each of ``steps`` the run logged, and "final"; None without per-dimension scores."""
     with_dims = [r for r in records.steps() if disentanglement_utils.R2_PER_LATENT in r]
     if not with_dims:
         return None
