@@ -1,7 +1,8 @@
 """What the tools share: their parser (its description the docstring as written), the one-line error and
-warning, a line on stdout, the flags that pick a phase."""
+warning, a line on stdout, the flags that pick a phase, a number in a table."""
 
 import argparse
+import math
 import sys
 
 from plumbing.argparse_utils import EXIT_BAD_INPUT, ArgumentParser, write_stdout
@@ -30,3 +31,10 @@ def say(line):
     """One line on stdout in one write (worker threads' lines do not interleave); a closed stdout (``| head``)
     stops nothing."""
     write_stdout(line + "\n")
+
+
+def number(value, digits=4, signed=False):
+    """A number for the tables: fixed decimals (``signed``: with its sign), nan and inf as they are, None as -."""
+    if value is None:
+        return "-"
+    return f"{value:{'+' if signed and math.isfinite(value) else ''}.{digits}f}"

@@ -1,15 +1,7 @@
-"""Say whether two training logs agree within noise, and show where they differ.
-
-Aligns one phase of two logs in the reference format (ours or the published ones) by step, and prints
-<Loss>, Lin. and Perm. side by side at the common steps, the final scores, and each log's learned Λ̂
-against the ground truth, matched by sorting. The logs agree when, at the common steps >= --min-step
-(with none, at the last common step), the differences are within their tolerances; the sorted Λ̂, at
-the last common step where both logged one, within --lambda-rtol; the final scores, where both logs
-have them, within the Lin./Perm. tolerances; and the ground-truth Λ the same.
-
-Exit status: 0 the logs agree, 1 they do not, 2 an input cannot be read (one line on stderr naming
-the file and the line), whatever becomes of stdout (| head). With --per-dimension (no verdict): 0,
-or 2 for a file that is not a metrics file of main_mlp.py or whose latents are not LOG_A's.
+"""Say whether two training logs agree within noise, and show where they differ: one phase of two logs (ours or
+the published ones) aligned by step, <Loss>, Lin. and Perm. side by side, the final scores, and each log's Λ̂
+against the ground truth. When they agree, and the exit statuses (0 agree, 1 not, 2 unreadable input):
+docs/tools.md, 'The verdict of tools.compare_logs'.
 
     python -m tools.compare_logs training_logs/bimodal_aninfonce_seed0.log logs_for_bimodal_lambda.log
 """
@@ -26,11 +18,12 @@ import numpy as np
 import command_line
 import disentanglement_utils
 import settings
-from plumbing.argparse_utils import EXIT_BAD_INPUT, bounded, positive_int, write_stdout
+from plumbing.argparse_utils import bounded, positive_int, write_stdout
 from tools import common, logparse, metrics_io
+from tools.common import number
 
 PROG = "tools.compare_logs"
-EXIT_AGREE, EXIT_DISAGREE, EXIT_UNREADABLE = 0, 1, EXIT_BAD_INPUT
+EXIT_AGREE, EXIT_DISAGREE = 0, 1  # 2, unreadable input: common.error
 # <Loss> (a 250-step running mean) "learns like the reference" within 0.15 at the same step.
 LOSS_COLUMN = ("mean_loss", "<Loss>", "loss_tol", 0.15)
 
@@ -75,17 +68,6 @@ def thin(steps, rows):
     return chosen if chosen[-1] == steps[-1] else chosen + [steps[-1]]
 
 
-def pick_lambda(phase_a, phase_b, common_steps, how):
-    """The Λ̂ of each phase to compare: ``(step_a, Λ̂_a), (step_b, Λ̂_b)``, either may be None."""
-    if how == "last":
-        return phase_a.last_lambda(), phase_b.last_lambda()
-    a, b = phase_a.by_step(), phase_b.by_step()
-    for step in reversed(common_steps):
-        if a[step]["lambda"] is not None and b[step]["lambda"] is not None:
-            return (step, a[step]["lambda"]), (step, b[step]["lambda"])
-    return None, None
-
-
 def differing_args(log_a, log_b):
     """``[(name, value in A, value in B)]`` for the arguments both logs list with different values (a flag
     of command_line.UNPRINTED_AT_DEFAULT that a log does not name has its default there)."""
@@ -93,11 +75,6 @@ def differing_args(log_a, log_b):
     args_a, args_b = {**unprinted, **log_a.args}, {**unprinted, **log_b.args}
     keys = [k for k in args_a if k in args_b and k not in settings.INCIDENTAL_FLAGS]  # where/how it ran
     return [(k, args_a[k], args_b[k]) for k in keys if args_a[k] != args_b[k]]
-
-
-def fmt(value, digits=4, signed=False):
-    """A number for the tables: fixed decimals, ``nan``/``inf`` as they are."""
-    return f"{value:{'+' if signed and math.isfinite(value) else ''}.{digits}f}"
 
 
 def compare_steps(phase_a, phase_b, common_steps, args, out):
@@ -118,7 +95,8 @@ def compare_steps(phase_a, phase_b, common_steps, args, out):
     for step in shown:
         a, b = by_a[step], by_b[step]
         outside = step in checked_set and any(not abs(a[k] - b[k]) <= tol for k, _, tol, _ in cols)
-        cells = [f"{fmt(a[k]):>{w}} {fmt(b[k]):>{w}} {fmt(a[k] - b[k], signed=True):>8}" for k, _, _, w in cols]
+        cells = [f"{number(a[k]):>{w}} {number(b[k]):>{w}} {number(a[k] - b[k], signed=True):>8}"
+                 for k, _, _, w in cols]
         out.write(f"{step:>8} " + "  ".join(cells) + f"{'  *' if outside else ''}\n")
     out.write(f"({len(shown)} of {len(common_steps)} common steps shown"
               f"{'' if args.all else '; --all for every one'}; * marks a checked step outside a tolerance)\n")
@@ -127,9 +105,9 @@ def compare_steps(phase_a, phase_b, common_steps, args, out):
         deltas = np.array([by_a[s][key] - by_b[s][key] for s in checked])
         i = int(np.argmax(np.where(np.isnan(deltas), np.inf, np.abs(deltas))))  # a nan (diverged) is the worst
         ok = abs(deltas[i]) <= tol
-        out.write(f"largest |Δ{name}| at checked steps: {fmt(abs(deltas[i]))} at step {checked[i]} "
+        out.write(f"largest |Δ{name}| at checked steps: {number(abs(deltas[i]))} at step {checked[i]} "
                   f"(tolerance {tol:g}): {'ok' if ok else 'OUTSIDE'}\n")
-        problems += [] if ok else [f"|Δ{name}| = {fmt(abs(deltas[i]))} > {tol:g} at step {checked[i]}"]
+        problems += [] if ok else [f"|Δ{name}| = {number(abs(deltas[i]))} > {tol:g} at step {checked[i]}"]
     return problems
 
 
@@ -140,30 +118,33 @@ def compare_finals(phase_a, phase_b, args, out):
     both, problems = phase_a.has_final() and phase_b.has_final(), []
     out.write("\nfinal scores (mean ± std over the final evaluation batches)\n")
     for key, label, dest, _ in columns()[1:]:
-        cells = [f"{fmt(phase.final[key + '_mean'])} ± {fmt(phase.final[key + '_std'])}" if phase.has_final()
+        cells = [f"{number(phase.final[key + '_mean'])} ± {number(phase.final[key + '_std'])}" if phase.has_final()
                  else "-" for phase in (phase_a, phase_b)]
         out.write(f"  {label + ' mean':<12} A {cells[0]:<18} B {cells[1]}\n")
         delta = phase_a.final[key + "_mean"] - phase_b.final[key + "_mean"] if both else 0
         if not abs(delta) <= getattr(args, dest):
-            problems.append(f"final {label} mean differs by {fmt(abs(delta))} > {getattr(args, dest):g}")
+            problems.append(f"final {label} mean differs by {number(abs(delta))} > {getattr(args, dest):g}")
     if not both:
         out.write("  (only one log has final scores: not compared)\n")
     return problems
 
 
 def lambda_to_compare(phase_a, phase_b, common_steps, args, out):
-    """``(Λ̂_a, Λ̂_b, problems)``: the Λ̂ of each log to compare (``(step, values)``), or Nones and the
-    disagreement of a log without one."""
-    lam_a, lam_b = pick_lambda(phase_a, phase_b, common_steps, args.lambda_at)
-    if lam_a is None and lam_b is None:
-        if args.lambda_at == "common" and (phase_a.last_lambda() or phase_b.last_lambda()):
+    """``(Λ̂_a, Λ̂_b, problems)``: the Λ̂ of each log to compare, ``(step, values)``, at the last common step where
+    both logged one (``--lambda-at last``: each log's last), or Nones and the disagreement of a log without one."""
+    lam_a, lam_b = phase_a.last_lambda(), phase_b.last_lambda()
+    if args.lambda_at == "common" and (lam_a or lam_b):
+        a, b = phase_a.by_step(), phase_b.by_step()
+        steps = [s for s in common_steps if a[s]["lambda"] is not None and b[s]["lambda"] is not None]
+        if not steps:
             out.write("\nlearned Λ̂: no common step where both logs have one: not compared\n")
             return None, None, ["no common step where both logs have a learned Λ̂"]
+        lam_a, lam_b = (steps[-1], a[steps[-1]]["lambda"]), (steps[-1], b[steps[-1]]["lambda"])
+    elif lam_a is None and lam_b is None:
         out.write("\nno learned Λ̂ in either log: not compared\n")
         return None, None, []
-    if lam_a is None or lam_b is None:
-        where = " at a common step" if args.lambda_at == "common" else ""
-        out.write(f"\nlearned Λ̂: log {'A' if lam_a is None else 'B'} has none{where}\n")
+    elif lam_a is None or lam_b is None:
+        out.write(f"\nlearned Λ̂: log {'A' if lam_a is None else 'B'} has none\n")
         return None, None, ["only one log has a learned Λ̂ to compare"]
     return lam_a, lam_b, []
 
@@ -224,7 +205,7 @@ def rank_lines(sorted_a, sorted_b, truth_sorted, err_a, err_b, out):
         rho = [float(scipy.stats.spearmanr(learned, truth_sorted).statistic) if np.ptp(learned) else math.nan
                for learned in (sorted_a, sorted_b)]
     out.write(f"rank agreement with λ (Spearman ρ after sorting; 1 when every distinct λ is separated): "
-              f"A {fmt(rho[0], 3)}, B {fmt(rho[1], 3)}\n")
+              f"A {number(rho[0], 3)}, B {number(rho[1], 3)}\n")
 
 
 def compare_per_dimension(run_a, run_b, args, out):

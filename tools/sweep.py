@@ -1,8 +1,5 @@
-"""Run main_mlp.py configurations over seeds here (``--executor local``), as one SLURM job array (``slurm``,
-through submitit) or as printed command lines (``print``), then summarise them (docs/cluster.md). Exit status:
-0 done (or submitted); 1 a run failed; 2 bad arguments, unreadable logs or refused runs; 128 + the signal's
-number when stopped.
-"""
+"""Run main_mlp.py configurations over seeds here, as one SLURM job array (submitit) or as printed command lines,
+then summarise them. How, and the exit statuses: docs/cluster.md, 'Sweeps in detail'."""
 
 import collections
 import importlib.util
@@ -17,16 +14,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import command_line
-from tools import logparse
 from plumbing.argparse_utils import bounded, positive_int, reopen_closed_streams
 from plumbing.files import CHECKPOINT_NAME, LOCK_NAME
 from plumbing.locks import try_lock
-from tools import common
+from tools import common, logparse
 from tools.common import say
-from tools.sweep_summary import GLOB_CHARACTERS, error, summarize
+from tools.sweep_summary import GLOB_CHARACTERS, PROG, error, summarize
 from tools.sweep_task import THREAD_VARS, RunTask, exit_text
 
-PROG = "tools.sweep"
 EXIT_OK, EXIT_RUN_FAILED = 0, 1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository, whatever the cwd
 DEFAULT_SCRIPT = os.path.join(ROOT, "main_mlp.py")

@@ -14,7 +14,7 @@ import disentanglement_utils
 import settings
 from plumbing.argparse_utils import same_file
 from tools import common, logparse, metrics_io
-from tools.common import say
+from tools.common import number, say
 
 PROG = "tools.sweep"
 LOG_NAME = re.compile(r"^(?P<name>.+)_seed(?P<seed>\d+)\.log$")
@@ -122,8 +122,7 @@ def summarize_run(name, seed, path, group_steps=()):
 def group_scores(records, steps=()):
     """The list fields of a run's records per λ group (R2_PER_LATENT: the R² of each group's latents), and Perm.:
     ``{"labels": [group labels], "at": {where: {field: [value per group]}}}``; where is "end" (the last logged
-    step: 4,096 samples, not the final evaluation's smaller batches), each of ``steps`` the run logged, and
-    "final"; None without per-dimension scores."""
+    step), each of ``steps`` the run logged, and "final"; None without per-dimension scores."""
     with_dims = [r for r in records.steps() if disentanglement_utils.R2_PER_LATENT in r]
     if not with_dims:
         return None
@@ -212,10 +211,6 @@ def pm(mean, std, digits):
     return f"{mean:.{digits}f} ± " + ("-" if math.isnan(std) else f"{std:.{digits}f}")
 
 
-def number(value, digits):
-    return f"{value:.{digits}f}" if value is not None else "-"
-
-
 def header_lines(configs, runs, note):
     """The summary's title, what its runs are, and its main table of configurations."""
     low, high = min(r["steps"] for r in runs), max(r["steps"] for r in runs)
@@ -225,14 +220,12 @@ def header_lines(configs, runs, note):
               f"Steps per run: {low:,} to {high:,} (not all runs are equally long: see the steps column)")
     header += (f"; asked for: {', '.join(f'{p:,}' for p in planned)}" if planned else "") + "."
     if unfinished:
-        header += (f" {unfinished} of {len(runs)} runs have no final scores (failed, killed or still running): they "
-                   f"are left out of the mean ± std of a configuration with finished runs; a configuration with "
-                   f"none uses their last logged Lin./Perm.")
+        header += (f" {unfinished} of {len(runs)} runs have no final scores (failed, killed or still running): not "
+                   f"averaged where their configuration has finished runs.")
     lines = [f"# Seed sweep: {', '.join(c['name'] for c in configs)}", "", header, ""] + ([note, ""] if note else [])
-    lines += ["Mean ± standard deviation over seeds (sample std, ddof = 1). Lin. and Perm.: the final `linear mean` "
-              "/ `perm mean` of a finished run, else its last logged Lin. / Perm. Λ̂ error: mean over entries of "
-              "|Λ̂ − λ| / λ, both sorted (the encoder's outputs are a permutation of the latents), with the last "
-              "logged Λ̂.", "", "| configuration | loss | Λ | seeds (finished) | steps | "
+    lines += ["Mean ± sample std over seeds. Lin., Perm.: final (else last logged); Λ̂ error: mean relative error of "
+              "the last Λ̂ to λ, both sorted (see docs/tools.md).", "",
+              "| configuration | loss | Λ | seeds (finished) | steps | "
               + " | ".join(label for _, label, _ in main_scores()) + " |",
               "|---|---|---|---:|---:|" + "---|" * len(main_scores())]
     for c in configs:
@@ -263,12 +256,8 @@ def group_lines(configs):
     if not grouped:
         return []
     lines = ["", "## R² by ground-truth λ", "",
-             "From the metrics files: the R² of each latent, averaged over each group of equal ground-truth λ "
-             "(content: the high λ, which changes little across a positive pair; style: the low λ), Perm., and "
-             "every other per-latent or per-group field of the records (`block_linear_groups`: the block-linear R² "
-             "of each group, held out, so a fully lost group reads about 0); mean ± std over seeds, at the end "
-             "(the last logged step, 4,096 samples), at the "
-             "--group-steps and in the final evaluation.", ""]
+             "R² (then every other per-latent field) averaged per group of equal ground-truth λ (content: high λ, "
+             "style: low λ), Perm., each per-group field; mean ± std over seeds; end: the last logged step.", ""]
     r2 = disentanglement_utils.R2_PER_LATENT
     for c in grouped:
         labels = c["groups"]["labels"]
@@ -287,9 +276,9 @@ def field_lines(configs):
     if not any(c["fields"] for c in configs):
         return []
     lines = ["", "## Every recorded score", "",
-             "Each number field of the runs' last logged step record (last) and of their final record (final): "
-             "the metrics files' (a log without one: the fields of its text); mean ± std over the runs averaged "
-             "above.", "", "| configuration | record | field | mean ± std | runs |", "|---|---|---|---|---:|"]
+             "Each number field of the runs' last logged step record (last) and final record (final); mean ± std "
+             "over the runs averaged above.", "", "| configuration | record | field | mean ± std | runs |",
+             "|---|---|---|---|---:|"]
     return lines + [f"| {c['name']} | {record} | {field} | {pm(mean, std, 4)} | {count} |"
                     for c in configs for (record, field), ((mean, std), count) in c["fields"].items()]
 

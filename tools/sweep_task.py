@@ -39,9 +39,8 @@ def _reap(pid, timeout):
 
 
 class RunTask(Checkpointable):
-    """Run ``argv`` (interpreter first) with stdout/stderr appended to two files (each start of the
-    task adds to them), ``threads`` OMP/MKL threads; a call returns the exit status, or raises RuntimeError(exit_text).
-    """
+    """Run ``argv`` (interpreter first) with stdout/stderr appended to two files (each start of the task adds to
+    them), ``threads`` OMP/MKL threads; a call returns the exit status, or raises RuntimeError(exit_text)."""
 
     def __init__(self, argv, out_path, err_path, threads=None):
         self.argv, self.out_path, self.err_path, self.threads = list(argv), out_path, err_path, threads
