@@ -16,8 +16,7 @@ from plumbing.files import CHECKPOINT_NAME, MODEL_NAMES, verify_file, write_atom
 RESUMABLE_DIFFERENCES = settings.INCIDENTAL_FLAGS + ("n_steps", "more_unsupervised")
 # 2: a log or metrics file is checked by the hash of all before its offset; 1 (no "format" key): of the TAIL_BYTES.
 CHECKPOINT_FORMAT = 2
-# The run's own fields, before and after the experiment's parts; a checkpoint that lacks one is of an older
-# layout, refused whole ("format" and "finished" are younger: their absence has a meaning).
+# The run's fields around the experiment's parts; lacking one is an older layout (not so "format", "finished").
 HEAD_KEYS, TAIL_KEYS = ("config", "seed", "phase", "step"), ("loss_buffer", "rng_cpu", "rng_data", "offsets",
                                                              "file_checks", "last_logged")
 OLDER = "was written by an older version of main_mlp.py ({}) that this one cannot resume; start over with --overwrite"
