@@ -1,5 +1,4 @@
-"""What our scripts' command lines share: the parser (one-line errors, exit status 2), argument types, and
-output that neither an ASCII-only terminal, a closed pipe nor a closed stream (``>&-``) turns into a traceback."""
+"""What our scripts' command lines share: the parser (one-line errors, exit 2), argument types, tolerant output."""
 
 import argparse
 import contextlib
@@ -30,15 +29,6 @@ def bounded(kind, at_least=None, above=None, at_most=None):
 
 
 positive_int = bounded(int, at_least=1)
-
-
-def tolerant_output():
-    """Let stdout and stderr take any write: a closed one becomes /dev/null, and a character their
-    encoding lacks (an ASCII locale) comes out as a ``\\u03bb`` escape instead of a UnicodeEncodeError."""
-    reopen_closed_streams()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):  # not a text stream of ours
-            stream.reconfigure(errors="backslashreplace")
 
 
 def write_stdout(text):
@@ -79,11 +69,15 @@ def same_file(path, other):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error (``prog: error: ...``, no usage block) and exit 2; it makes stdout and
-    stderr tolerant (every script builds its parser first; our output has λ and ±)."""
+    """argparse with a one-line error (``prog: error: ...``, no usage block) and exit 2. Every script builds its
+    parser first, so building one lets stdout and stderr take any write: a closed one becomes /dev/null, and a
+    character their encoding lacks (an ASCII locale; our output has λ and ±) comes out as a ``\\u03bb`` escape."""
 
     def __init__(self, *args, **kwargs):
-        tolerant_output()
+        reopen_closed_streams()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):  # not a text stream of ours
+                stream.reconfigure(errors="backslashreplace")
         super().__init__(*args, **kwargs)
 
     def error(self, message):

@@ -1,5 +1,4 @@
-"""A run's checkpoint: written atomically with its checksum, checked field by field before anything is cut, held
-against this run's configuration and files (docs/resume.md); the experiment declares what it keeps of it."""
+"""A run's checkpoint: written atomically, checksummed, read field by field, held against the run (docs/resume.md)."""
 
 import hashlib
 import io
@@ -13,14 +12,11 @@ import settings
 from plumbing.errors import InputError
 from plumbing.files import CHECKPOINT_NAME, MODEL_NAMES, verify_file, write_atomically
 
-# Arguments that may differ between a run and its resumption: the incidental ones, and the length
-# (an extension). The device is compared as its type instead (auto and cpu are the same device).
+# Arguments a resumption may change: the incidental ones, the length (an extension); the device is compared by type.
 RESUMABLE_DIFFERENCES = settings.INCIDENTAL_FLAGS + ("n_steps", "more_unsupervised")
-# Checkpoints carry their format. 2: the log and metrics files are checked by the hash of everything
-# before the checkpoint's offset; 1 (no "format" key): by the hash of the TAIL_BYTES before it.
+# 2: a log or metrics file is checked by the hash of all before its offset; 1 (no "format" key): of the TAIL_BYTES.
 CHECKPOINT_FORMAT = 2
-# The run's own fields, before and after the experiment's parts; a checkpoint that lacks one is of an older
-# layout, refused whole ("format" and "finished" are younger: their absence has a meaning).
+# The run's fields around the experiment's parts; lacking one is an older layout (not so "format", "finished").
 HEAD_KEYS, TAIL_KEYS = ("config", "seed", "phase", "step"), ("loss_buffer", "rng_cpu", "rng_data", "offsets",
                                                              "file_checks", "last_logged")
 OLDER = "was written by an older version of main_mlp.py ({}) that this one cannot resume; start over with --overwrite"
@@ -42,8 +38,7 @@ def torch_bytes(obj):
 
 
 def save_atomically(obj, path):
-    """torch.save ``obj`` through ``write_atomically``; serialised in memory first, so that a failed write
-    says what the system says (``No space left on device``), not torch's serialiser."""
+    """torch.save ``obj`` through ``write_atomically``, in memory first: a failed write says the system's reason."""
     write_atomically(path, torch_bytes(obj))
 
 
@@ -107,8 +102,7 @@ def _is_file_check(check, alternatives=True):
 
 
 def _unexpected_field(state, layout):
-    """The first field of a checkpoint's state (checksum intact) that is not of the kind a run writes, or None:
-    read before anything is cut, so that a forged or foreign one is one line, not a traceback."""
+    """The first field of a checkpoint's state (checksum intact) not of the kind a run writes, or None."""
     def tensor(value, dtype=None):
         return isinstance(value, torch.Tensor) and (value.dim() == 1 and value.is_floating_point() if dtype is None
                                                     else value.dtype == dtype)

@@ -6,8 +6,7 @@ import sys
 
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 EXIT_WRITE_FAILED = 74  # sysexits' EX_IOERR: a file could not be written (full disk, quota, size limit)
-# SIGHUP (a closed terminal or ssh session) and SIGUSR2 (what SLURM sends before a
-# time limit or preemption, and submitit passes on) are treated like SIGTERM.
+# SIGHUP (a closed terminal or ssh session) and SIGUSR2 (SLURM's) end a run like SIGTERM (docs/resume.md).
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGUSR2: 140}
 
 

@@ -1,5 +1,4 @@
-"""A run's files: the names in its --save-dir, atomic writes and the temporaries a kill leaves, a checkpoint's
-record of a log file. No torch: the command line and the tools read the names."""
+"""A run's files: the --save-dir's names, atomic writes, a kill's temporaries, a log's record. No torch."""
 
 import contextlib
 import hashlib
@@ -11,9 +10,7 @@ from plumbing.errors import InputError, cannot_write, say
 CHECKPOINT_NAME = "checkpoint.pth"
 LOCK_NAME = ".lock"
 MODEL_NAMES = ("g.pth", "sup_f.pth", "unsup_f.pth")
-# The temporary file of ``write_atomically`` for NAME is NAME + TEMPORARY_MARK + the writer's pid: a
-# name no one else gives a file, so that the clean-up beside a log (a user's directory) removes only ours.
-TEMPORARY_MARK = ".tmp-main_mlp-"
+TEMPORARY_MARK = ".tmp-main_mlp-"  # write_atomically's temporary: NAME + this + pid (docs/resume.md, 'Temporaries')
 # Checkpoints of format 1 checked a log by the hash of the TAIL_BYTES before their offset only.
 TAIL_BYTES = 4096
 
@@ -47,8 +44,7 @@ def write_atomically(path, data, lock=None):
 
 
 def _gone(pid):
-    """Whether no process ``pid`` exists now, or it is this one (which writes none at start-up). A pid reused
-    by another process keeps a leftover; a writer on another machine is kept off by the file's lock."""
+    """Whether no process ``pid`` exists now, or it is this one (which writes none at start-up)."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):  # OverflowError: no process can have that number
@@ -77,8 +73,7 @@ def remove_temporaries(directory, names=None):
 
 
 def remove_previous_run(save_dir):
-    """Remove the checkpoint and models of the run a fresh --overwrite run replaces, before it writes its
-    own g: the directory never holds one run's encoder beside another's mixing."""
+    """Remove the checkpoint and models of the run a fresh --overwrite run replaces (before it writes its g)."""
     for name in (CHECKPOINT_NAME,) + MODEL_NAMES:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(save_dir, name))
@@ -104,8 +99,7 @@ def _holds(path, check):
 
 
 def verify_file(flag, path, check):
-    """The check (of the alternatives, when a list: an extension's while its files are restated) that ``path`` holds
-    now, else InputError. The content decides, not the name: a run directory copied or moved elsewhere resumes."""
+    """The check ``path`` holds (of the alternatives, when a list: while an extension restates it), else InputError."""
     alternatives = check if isinstance(check, list) else [check]
     first = alternatives[0]
     if first is None:

@@ -1,5 +1,4 @@
-"""The run's locks: exclusive flocks, never waited for, on its --save-dir and output files. A lock belongs to
-the open file: closing it lets go, however the process ends."""
+"""The run's exclusive flocks, never waited for, on its --save-dir and output files (the OS lets go at any exit)."""
 
 import contextlib
 import errno

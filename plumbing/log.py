@@ -1,5 +1,4 @@
-"""What a run writes: stdout, stderr, its log and metrics files (``RunLog``); a resumed run's files cut back to
-its checkpoint and restated (``continue_files``); a fresh run's refusal of files it did not write."""
+"""What a run writes (``RunLog``); a resumed run's files cut back and restated; a fresh run's refusal of others'."""
 
 import hashlib
 import json
@@ -39,12 +38,10 @@ class RunLog:
         if len(prefix) < offset:  # verified on resume; shorter now only if something else cut it
             handle.close()
             raise WriteError(f"cannot continue {path}: it is shorter than the checkpoint's {offset} bytes")
-        handle.truncate(offset)
-        handle.seek(offset)
+        handle.truncate(offset)  # the position stays at offset, where the run goes on
         return handle, hashlib.sha256(prefix)
 
     def line(self, text):
-        # A closed stdout (`main_mlp.py ... | head`) does not stop the run: it goes on writing its files.
         if not self.stdout_gone and not write_stdout(text + "\n"):
             self.stdout_gone = True
             self.info(f"{self.prog}: stdout was closed; the run goes on and writes only its files")
@@ -83,7 +80,6 @@ class RunLog:
             except OSError as exc:
                 error = error or cannot_write(path, exc)
         if error is not None and not self.failed:
-            self.failed = True
             raise error
 
 

@@ -1,8 +1,8 @@
-"""The one signal handler of a run (SIGINT, SIGTERM, SIGHUP, SIGUSR2), installed before torch is imported. Until
-the run has something to save ("exit"), a signal ends the process with 128 + its number by ``os._exit``: a SystemExit
-raised inside torch's import can be swallowed there, or abort the process from a C++ callback (what start-up writes
-is written atomically, the locks are the OS's to release). While training ("remember"), it is only noted."""
+"""The one signal handler of a run (SIGINT, SIGTERM, SIGHUP, SIGUSR2), installed before torch is imported: "exit"
+ends the process with 128 + the signal's number by ``os._exit`` (docs/resume.md, 'Stopping and resuming'),
+"remember" (while training) only notes the signal."""
 
+import contextlib
 import os
 import signal
 import types
@@ -17,10 +17,8 @@ def _handle(signum, frame):
         STATE.signum = signum
         return
     if STATE.notice is not None:
-        try:
+        with contextlib.suppress(OSError):  # a closed stderr must not keep the process alive
             os.write(2, (STATE.notice.format(name=signal.Signals(signum).name) + "\n").encode())
-        except OSError:  # a closed stderr must not keep the process alive
-            pass
     os._exit(128 + signum)
 
 

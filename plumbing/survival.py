@@ -22,8 +22,7 @@ class Survival:
         self.run, self.args, self.log, self.flag, self.layout = run, run.args, run.log, flag, layout
         self.pending, self.last_logged = run.resume, None
         self.finished = dict(run.resume.get("finished", {})) if run.resume else {}  # {phase: its steps}, once it ended
-        # None: a fresh run with a --save-dir checkpoints at its first step, whatever the cadence, so that a
-        # log it leaves without a checkpoint holds no more than that step (log.refuse_files_of_others).
+        # None: a fresh run with a --save-dir checkpoints at its first step, whatever the cadence (docs/resume.md)
         self.last_checkpoint = None if run.resume is None and self.args.save_dir else time.monotonic()
 
     def resume(self, phase):
@@ -125,8 +124,7 @@ def refuse_if_too_big(need, device):
 
 
 def keep_freed_memory():
-    """Let glibc keep freed buffers instead of returning them to the OS: a CPU step frees and allocates the
-    same activations every time, otherwise one page fault per 4 KB (training_logs/speed.md)."""
+    """Let glibc keep freed buffers, not return them to the OS (a page fault per 4 KB: training_logs/speed.md)."""
     with contextlib.suppress(OSError):  # no libc.so.6: another libc, macOS, Windows
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's maximum on 64-bit
