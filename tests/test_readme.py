@@ -8,6 +8,7 @@ it checked.
 
 import contextlib
 import functools
+import importlib
 import io
 import os
 import re
@@ -37,14 +38,15 @@ INTERPRETERS = re.compile(r"^(python3?|\S*/bin/python3?|bash)$")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
 def documents():
     """[(path, text)]: the README, then every markdown file of docs/ (sorted)."""
     paths = [README] + sorted(os.path.join(DOCS, name) for name in os.listdir(DOCS) if name.endswith(".md"))
-    result = []
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            result.append((path, handle.read()))
-    return result
+    return [(path, read(path)) for path in paths]
 
 
 def flag_rows(parser):
@@ -237,3 +239,57 @@ def test_every_link_leads_somewhere():
 def test_the_readme_links_every_document(name):
     with open(README, encoding="utf-8") as handle:
         assert f"](docs/{name})" in handle.read()
+
+
+# Names the docs use as placeholders for a contributor's own module member or tool.
+PLACEHOLDERS = {"tools.NAME", "losses.builder", "latent_spaces.builder"}
+FILE_SUFFIXES = {"py", "md", "jsonl", "log", "csv", "png", "pth", "txt", "out", "err", "sh", "lock"}
+
+
+def code_names():
+    """{name a doc may write a module by: its import path}: the top-level modules, the two packages and
+    their modules (also by their own name: ``metrics_io.read`` is ``tools.metrics_io.read``)."""
+    names = {"plumbing": "plumbing", "tools": "tools"}
+    for folder in ("", "plumbing", "tools"):
+        for name in os.listdir(os.path.join(ROOT, folder)):
+            stem = name[:-3]
+            if name.endswith(".py") and stem != "__init__":
+                names[stem] = f"{folder}.{stem}" if folder else stem
+    return names
+
+
+def resolves(module, parts):
+    """Whether ``module.parts[0].parts[1]...`` is an attribute chain (or a submodule) of the code."""
+    obj = importlib.import_module(module)
+    for i, part in enumerate(parts):
+        if hasattr(obj, part):
+            obj = getattr(obj, part)
+            continue
+        try:
+            obj = importlib.import_module(".".join([module, *parts[:i + 1]]))
+        except ImportError:
+            return False
+    return True
+
+
+def test_every_name_of_the_code_the_docs_use_exists():
+    """A doc's ``settings.LOSSES`` or ``plumbing.checkpoint.resume_state`` names an object that exists:
+    a renamed or removed one is caught here, not by a reader (training_logs' notes included)."""
+    assert resolves("plumbing", ["checkpoint", "resume_state"]) and resolves("tools.metrics_io", ["Records", "steps"])
+    assert not resolves("settings", ["ADDED_FLAG_DEFAULTS"])  # a name that was removed
+    names = code_names()
+    reference = re.compile(r"(?<![\w./-])(" + "|".join(sorted(names, key=len, reverse=True))
+                           + r")((?:\.[A-Za-z_]\w*)+)")
+    notes = [os.path.join(folder, name) for folder, _, files in os.walk(os.path.join(ROOT, "training_logs"))
+             for name in files if name.endswith(".md")]
+    problems, count = [], 0
+    for path, text in documents() + [(path, read(path)) for path in sorted(notes)]:
+        for match in reference.finditer(text):
+            parts = match.group(2)[1:].split(".")
+            if parts[0] in FILE_SUFFIXES or match.group(0) in PLACEHOLDERS:
+                continue
+            count += 1
+            if not resolves(names[match.group(1)], parts):
+                problems.append(f"{os.path.relpath(path, ROOT)}: {match.group(0)}")
+    assert not problems, "names of the code that do not exist:\n" + "\n".join(sorted(set(problems)))
+    assert count >= 50
