@@ -67,3 +67,18 @@ def test_a_save_dir_without_its_checkpoint_reads_the_metrics_file(finished, tmp_
     result = run_tool_main("tools.rescore", tmp_path / "sd", "--seed", "5", "-o", tmp_path / "o.jsonl",
                            "--config", finished / "m.jsonl")
     assert_refused(result.returncode, result.stderr, "unsup_f.pth", prog="tools.rescore")
+
+
+def test_an_output_that_is_not_a_file_of_rescore_records_is_refused(finished, tmp_path):
+    """-o appends: a run's metrics file (or its log, or any other file) named there by mistake is refused,
+    unchanged, instead of taking a record its readers refuse; a file of rescore records takes one more."""
+    for name in ("m.jsonl", "r.log"):
+        before = (finished / name).read_bytes()
+        result = run_tool_main("tools.rescore", finished / "sd", "--seed", "5", "-o", finished / name)
+        assert_refused(result.returncode, result.stderr, "-o/--output", prog="tools.rescore")
+        assert (finished / name).read_bytes() == before
+    out = tmp_path / "o.jsonl"
+    for _ in range(2):
+        result = run_tool_main("tools.rescore", finished / "sd", "--seed", "5", "-o", out)
+        assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["type"] for line in out.read_text().splitlines()] == ["rescore", "rescore"]

@@ -22,6 +22,7 @@ from plumbing.files import CHECKPOINT_NAME
 from tools import metrics_io
 
 PROG = "tools.rescore"
+RECORD_START = b'{"type": "rescore"'  # how the records this tool appends begin
 ENCODER_FILES = {"unsupervised": "unsup_f.pth", "supervised": "sup_f.pth"}
 
 
@@ -91,8 +92,24 @@ def rescore(opts):
             "samples": opts.samples, "batches": opts.batches, **main_mlp.summarise_batches(batches, spread)}
 
 
+def refuse_foreign_output(parser, path):
+    """Refuse an ``-o`` that is there and not a file of rescore records (a run's metrics file or log named by
+    mistake would take a record its readers refuse) or not a regular file (a FIFO would block the append)."""
+    try:
+        with metrics_io.logparse.open_regular(path) as handle:
+            head = handle.read(len(RECORD_START))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        parser.error(f"argument -o/--output: cannot write {path} ({exc.strerror})")
+    if head and head != RECORD_START:
+        parser.error(f"argument -o/--output: {path} holds other records than rescore's (a run's metrics file or "
+                     f"log?); give a file of its own")
+
+
 def main(argv=None):
     parser, opts = parse_args(argv)
+    refuse_foreign_output(parser, opts.output)
     try:
         record = rescore(opts)
     except (InputError, metrics_io.logparse.LogParseError) as exc:
