@@ -168,11 +168,9 @@ def _check_writable_dir(parser, flag, path, create):
 
 
 def _save_dir_holding(path, save_dir):
-    """The --save-dir (this run's, or a directory with a run's lock file) that ``path`` is one of the
-    files of, by its name or where its links lead; None when it is none."""
-    if not path:
-        return None
-    for candidate in (place(path), os.path.realpath(path)):
+    """The --save-dir (this run's, or a directory with a run's lock file) that ``path`` (placed: resolve_places)
+    is one of the files of, by its name or where its links lead; None when it is none."""
+    for candidate in (path, os.path.realpath(path)):
         directory, name = os.path.split(candidate)
         if not is_save_dir_file(name):
             continue
@@ -257,6 +255,8 @@ def validate_args(parser, args):
         err("arguments --compile and --precision bf16: choose at most one")
     if args.resume_training and not args.save_dir:
         err("argument --resume-training: needs --save-dir with a checkpoint")
+    if args.overwrite and args.resume_training:
+        err("arguments --overwrite and --resume-training: choose at most one")
 
 
 def refuse_unread(err, args, loss):
@@ -279,16 +279,14 @@ def validate_files(parser, args):
     if args.save_dir:
         _check_writable_dir(parser, "--save-dir", args.save_dir, create=not args.resume_training)
     for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
-        if path is not None:
-            _check_writable_file(parser, flag, path)
-    for flag, path in (("--log-file", args.log_file), ("--metrics-file", args.metrics_file)):
+        if path is None:
+            continue
+        _check_writable_file(parser, flag, path)
         where = _save_dir_holding(path, args.save_dir)
         if where is not None:
             err(f"argument {flag}: {path} is a file a run keeps in its --save-dir {where}; give another name")
     if args.log_file is not None and args.metrics_file is not None and same_file(args.log_file, args.metrics_file):
         err(f"arguments --log-file and --metrics-file: both name {args.log_file}; give two files")
-    if args.overwrite and args.resume_training:
-        err("arguments --overwrite and --resume-training: choose at most one")
 
 
 # The flags that name a run's places: recorded as ``place`` makes them, so that the same spelling from
@@ -348,7 +346,7 @@ def read_args(argv):
     parser = build_parser()
     parser.error = _raise  # argparse calls self.error: a refusal becomes an exception, not an exit
     config = _parse(parser, argv)
-    return {key: "None" if value is None else str(value) for key, value in printed_args(config).items()}
+    return {key: str(value) for key, value in printed_args(config).items()}
 
 
 def flags():

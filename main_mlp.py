@@ -198,6 +198,10 @@ CHECKPOINT_LAYOUT = checkpoint.Layout(
             **{f.name: f.label for f in disentanglement_utils.fields(numbers=True, reference=True)}})
 
 
+# Each phase's trained encoder in the --save-dir, as the reference names them.
+ENCODER_FILES = {"unsupervised": "unsup_f.pth", "supervised": "sup_f.pth"}
+
+
 def phase_steps(args, phase):
     """How many steps a phase of this run has."""
     return args.n_steps if phase == "supervised" else args.n_steps * args.more_unsupervised
@@ -242,7 +246,7 @@ def train_phase(run, survival, name):
         if is_log:
             log_step(run, survival, phase, step, h, clock)
         survival.after_step(phase, step, is_log)
-    survival.finish(phase, {"sup_f.pth" if supervised else "unsup_f.pth": f})  # as the reference names them
+    survival.finish(phase, {ENCODER_FILES[name]: f})
     return f
 
 

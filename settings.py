@@ -5,8 +5,8 @@ line, ``--help`` and the tools (which read a log's ``Arguments:`` block, strings
 functions) import no torch."""
 
 import dataclasses
-import importlib
 import itertools
+import pkgutil
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,10 +95,8 @@ LAMBDA_PARAMS = {
 }
 
 
-def load(dotted):
-    """The object ``module.name`` names (an entry's builder), its module imported now."""
-    module, _, name = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+# The object ``module.name`` names (an entry's builder), its module imported now.
+load = pkgutil.resolve_name
 
 
 @dataclasses.dataclass(frozen=True)

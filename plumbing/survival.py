@@ -67,7 +67,8 @@ class Survival:
         recent = phase.losses.cpu()[(torch.arange(start, step + 1) - 1) % ring].tolist()
         bad = next((start + k for k, loss in enumerate(recent) if not math.isfinite(loss)), None)
         modules = [part for part in phase.parts.values() if isinstance(part, torch.nn.Module)]
-        if bad is None and all(bool(torch.isfinite(p).all()) for module in modules for p in module.parameters()):
+        if bad is None and all(bool(torch.isfinite(p).all()) for module in modules for p in module.parameters()
+                               if p.requires_grad):  # the frozen mixing g cannot diverge
             return
         first, last = step if bad is None else bad, self.last_logged
         # the last finite loss: in the ring before the first bad one, else the last logged

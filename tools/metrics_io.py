@@ -255,7 +255,7 @@ def lambda_groups(gt_lambda, n):
 
 def per_group(values, groups):
     """A list field of a record per λ group: per latent (n values), the mean over each group's latents;
-    per group (as ``block_groups``), in the run's order of groups (by their first latent); else None."""
+    per group (as ``block_linear_groups``), in the run's order of groups (by their first latent); else None."""
     if len(values) == sum(len(dims) for _, dims in groups):
         return [float(np.mean([values[d] for d in dims])) for _, dims in groups]
     if len(values) == len(groups):

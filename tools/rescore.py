@@ -23,7 +23,6 @@ from tools import metrics_io
 
 PROG = "tools.rescore"
 RECORD_START = b'{"type": "rescore"'  # how the records this tool appends begin
-ENCODER_FILES = {"unsupervised": "unsup_f.pth", "supervised": "sup_f.pth"}
 
 
 def parse_args(argv=None):
@@ -34,7 +33,8 @@ def parse_args(argv=None):
     add("--samples", type=bounded(int, at_least=4, at_most=10_000_000), default=main_mlp.N_EVAL_SAMPLES,
         help="samples per batch (default: %(default)s, as every logged step)")
     add("--batches", type=bounded(int, at_least=1, at_most=1000), default=4, help="batches (default: %(default)s)")
-    add("--phase", choices=tuple(ENCODER_FILES), default="unsupervised", help="whose encoder (default: %(default)s)")
+    add("--phase", choices=tuple(main_mlp.ENCODER_FILES), default="unsupervised",
+        help="whose encoder (default: %(default)s)")
     add("--config", metavar="METRICS.jsonl", help="the run's --metrics-file, for a save-dir without its checkpoint")
     add("-o", "--output", required=True, metavar="OUT.jsonl", help="the file the record is appended to")
     return parser, parser.parse_args(argv)
@@ -74,7 +74,7 @@ def rescore(opts):
     init_gen, data_gen = torch.Generator().manual_seed(opts.seed), torch.Generator().manual_seed(opts.seed)
     exp = main_mlp.build_experiment(args, device, init_gen, data_gen)
     f = encoders.build_encoder(args.n, args.derived.normalization)
-    for module, name in ((exp.g, "g.pth"), (f, ENCODER_FILES[opts.phase])):
+    for module, name in ((exp.g, "g.pth"), (f, main_mlp.ENCODER_FILES[opts.phase])):
         try:
             module.load_state_dict(load_state(os.path.join(opts.save_dir, name)))
         except RuntimeError as exc:  # keys or shapes of another model

@@ -234,7 +234,7 @@ def differences(logged, expected, partial=False):
     if expected is None:  # a stand-in script: nothing to compare with
         return ""
     if not partial and all(k in logged for k in command_line.REFERENCE_FLAGS):  # None printed as "None"
-        defaults = {k: "None" if v is None else str(v) for k, v in command_line.OUR_DEFAULTS.items()}
+        defaults = {k: str(v) for k, v in command_line.OUR_DEFAULTS.items()}
         logged, expected = {**defaults, **logged}, {**defaults, **expected}
     names = list(logged) + ([] if partial else [k for k in expected if k not in logged])  # partial: a cut block
     diffs = [(k, logged.get(k, "(none)"), expected.get(k, "(none)")) for k in names

@@ -70,7 +70,7 @@ def states(save_dir):
     end.loss_fn.load_state_dict(checkpoint["loss_fn"])
     end.g.load_state_dict(rescore.load_state(os.path.join(save_dir, "g.pth")))
     end_f = encoders.build_encoder(args.n, derived.normalization)
-    end_f.load_state_dict(rescore.load_state(os.path.join(save_dir, "unsup_f.pth")))
+    end_f.load_state_dict(rescore.load_state(os.path.join(save_dir, main_mlp.ENCODER_FILES["unsupervised"])))
     return (start, (end.loss_fn, torch.nn.Sequential(end.g, end_f), exp.latent)), args
 
 

@@ -44,11 +44,10 @@ def maps(z, rng):
 
 
 def scores(z, hz):
-    half = len(z) // 2
-    fit, test = (z[:half], hz[:half]), (z[half:], hz[half:])
-    linear, groups = du.block_linear_r2(*fit, GROUPS, test=test)
-    return (du.block_orthogonal_r2(*fit, GROUPS, test=test), linear, *groups,
-            du.linear_r2_per_dimension(z, hz).mean(), du.matched_correlations(z, hz).mean())
+    """The row of ``hz``: the scores a run's metrics records hold, by the functions that compute them there."""
+    block, reference = du.block_scores(z, hz, GROUPS), du.identifiability_scores(z, hz, GROUPS)
+    return (block["block_orthogonal_r2"], block["block_linear_r2"], *block["block_linear_groups"],
+            reference["lin"], reference["perm"])
 
 
 def main():

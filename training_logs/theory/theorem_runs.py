@@ -25,9 +25,10 @@ from scipy.stats import binomtest  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import command_line  # noqa: E402
+import settings  # noqa: E402
 from tools import metrics_io  # noqa: E402
 
-NOT_A_SETTING = {"seed", "log_file", "metrics_file", "save_dir", "overwrite", "resume_training"}
+NOT_A_SETTING = set(settings.INCIDENTAL_FLAGS)  # where and how a run ran, not what it computed
 STYLES = ["-", "--", ":", "-.", (0, (1, 3))]
 
 
